@@ -1,0 +1,62 @@
+//! Errors of the runtime backends.
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The daemon's socket is missing or refuses connections.
+    #[error("cannot connect to {runtime} at {endpoint}: {reason}")]
+    Connect {
+        runtime: &'static str,
+        endpoint: String,
+        reason: String,
+    },
+    /// The daemon did not answer before the deadline.
+    #[error("{runtime} did not answer within {waited:?}: {source}")]
+    Unavailable {
+        runtime: &'static str,
+        waited: Duration,
+        #[source]
+        source: Box<RuntimeError>,
+    },
+    /// The image tarball is missing, truncated or not a `docker save`/OCI archive.
+    #[error("bad image tarball {path}: {reason}")]
+    BadTarball { path: PathBuf, reason: String },
+    /// No container of that name exists.
+    #[error("no container named {0}")]
+    NoSuchContainer(String),
+    /// Any other error the daemon reported, with what we were doing.
+    #[error("{runtime}: {action}: {message}")]
+    Daemon {
+        runtime: &'static str,
+        action: String,
+        message: String,
+    },
+    #[error("{action}: {source}")]
+    Io {
+        action: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RuntimeError {
+    /// Shorthand for [`RuntimeError::Daemon`].
+    pub fn daemon(runtime: &'static str, action: impl Into<String>, message: impl ToString) -> Self {
+        RuntimeError::Daemon {
+            runtime,
+            action: action.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Shorthand for [`RuntimeError::Io`].
+    pub fn io(action: impl Into<String>, source: std::io::Error) -> Self {
+        RuntimeError::Io {
+            action: action.into(),
+            source,
+        }
+    }
+}

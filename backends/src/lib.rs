@@ -1,0 +1,103 @@
+//! The container-runtime seam of ecs-init.
+//!
+//! The launcher describes the agent container once, runtime-neutrally ([`AgentSpec`]), and a
+//! [`Runtime`] backend turns that description into a running container. Backends never read
+//! `ecs.config`; everything they need is in the spec or in their own connection settings.
+
+pub mod error;
+pub mod spec;
+
+pub use error::{Result, RuntimeError};
+pub use spec::{is_secret_key, AgentSpec, LogConfig, Mount, NamespaceMode, REDACTED};
+
+use async_trait::async_trait;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Duration;
+
+/// What a runtime says about itself when it answers a ping.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RuntimeInfo {
+    /// "docker" or "containerd".
+    pub runtime: String,
+    /// The daemon's own version string.
+    pub version: String,
+    /// Where we reached it (e.g. `unix:///var/run/docker.sock`).
+    pub endpoint: String,
+}
+
+/// The state of a container as the runtime reports it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct ContainerState {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    /// Runtime-reported status word ("running", "exited", "created", ...).
+    pub status: String,
+    pub running: bool,
+    /// Exit code once the container has exited.
+    pub exit_code: Option<i64>,
+    /// RFC 3339 start time, when the runtime reports one.
+    pub started_at: Option<String>,
+    /// RFC 3339 finish time, when the runtime reports one.
+    pub finished_at: Option<String>,
+    /// Host PID of the container's first process while running.
+    pub pid: Option<u32>,
+}
+
+/// One container runtime (Docker Engine or containerd).
+///
+/// Every method is safe to call repeatedly: removing an absent container or stopping a
+/// stopped one is success.
+#[async_trait]
+pub trait Runtime: Send + Sync {
+    /// "docker" or "containerd".
+    fn name(&self) -> &'static str;
+    /// One connection attempt; see [`wait_ready`] for retrying while the daemon starts.
+    async fn ping(&self) -> Result<RuntimeInfo>;
+    /// Is an image with exactly this reference present?
+    async fn image_present(&self, reference: &str) -> Result<bool>;
+    /// Load a `docker save` (or OCI layout) tarball, streamed from disk. Returns the image
+    /// references it contained. On error nothing that was present before is removed.
+    async fn load_image(&self, tarball: &Path) -> Result<Vec<String>>;
+    /// Force-remove the container with exactly this name; absent is success.
+    async fn remove_container(&self, name: &str) -> Result<()>;
+    /// Create and start the container described by `spec`.
+    async fn run(&self, spec: &AgentSpec) -> Result<()>;
+    /// Wait for the named container to exit and return its exit code. A non-zero exit is a
+    /// result, not an error.
+    async fn wait(&self, name: &str) -> Result<i64>;
+    /// Stop the container: SIGTERM, then SIGKILL after `grace`. Not running is success.
+    async fn stop(&self, name: &str, grace: Duration) -> Result<()>;
+    /// The last `lines` lines of the container's stdout and stderr, with timestamps.
+    async fn logs_tail(&self, name: &str, lines: usize) -> Result<String>;
+    /// The container's state, or `None` when no such container exists.
+    async fn inspect(&self, name: &str) -> Result<Option<ContainerState>>;
+}
+
+/// Ping `runtime` until it answers or `deadline` has passed, backing off from 250 ms to 2 s.
+///
+/// The Go ecs-init gives up after about 19 s, which kills it during an ordinary dockerd
+/// restart; here the deadline is the caller's (configurable) choice.
+pub async fn wait_ready(runtime: &dyn Runtime, deadline: Duration) -> Result<RuntimeInfo> {
+    let start = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match runtime.ping().await {
+            Ok(info) => return Ok(info),
+            Err(err) if start.elapsed() + delay < deadline => {
+                tracing::info!(runtime = runtime.name(), error = %err, retry_in_ms = delay.as_millis() as u64,
+                    "runtime not answering yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(err) => {
+                return Err(RuntimeError::Unavailable {
+                    runtime: runtime.name(),
+                    waited: start.elapsed(),
+                    source: Box::new(err),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The runtime-neutral rule description (UPSTREAM-BEHAVIOUR.md §6).
+use serde::Serialize;
+use std::net::SocketAddrV4;
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    V4,
+    V6,
+}
+
+/// Which inbound interfaces an introspection block applies to.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Every interface but loopback (the default; see "Deviations we choose").
+    AllExceptLoopback,
+    /// Only this interface (`ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME`).
+    Interface(String),
+}
+
+/// One rule of ours.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Rule {
+    /// nat PREROUTING: TCP to `endpoint` is DNATed to `target` (task credentials endpoint).
+    CredentialsDnat {
+        endpoint: SocketAddrV4,
+        target: SocketAddrV4,
+    },
+    /// nat OUTPUT: TCP to `endpoint` from the host itself is redirected to `target_port`.
+    CredentialsRedirect {
+        endpoint: SocketAddrV4,
+        target_port: u16,
+    },
+    /// filter INPUT: drop packets to 127.0.0.0/8 not from 127.0.0.0/8 unless conntrack says
+    /// RELATED, ESTABLISHED or DNAT.
+    LocalhostFilter,
+    /// filter INPUT: drop TCP to `port` arriving on `scope`.
+    IntrospectionBlock {
+        family: Family,
+        port: u16,
+        scope: Scope,
+    },
+    /// filter INPUT: accept TCP to `port` arriving on the Docker bridge (above the block).
+    IntrospectionBridgeAccept {
+        family: Family,
+        port: u16,
+        bridge: String,
+    },
+}
+
+/// The rules in the order the existing ecs-init adds them.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct RuleSet {
+    pub rules: Vec<Rule>,
+}
+
+/// The facts and knobs the rule set depends on; the launcher fills this from config and host
+/// probes, so this crate never reads `ecs.config`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RuleOptions {
+    /// `ECS_SKIP_LOCALHOST_TRAFFIC_FILTER`.
+    pub skip_localhost_filter: bool,
+    /// `ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS`.
+    pub allow_offhost_introspection: bool,
+    /// `ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME`, when set explicitly.
+    pub introspection_interface: Option<String>,
+    /// Docker's default bridge, when it exists on the host.
+    pub bridge: Option<String>,
+    /// Whether the host has IPv6 (the introspection rules are then repeated for IPv6).
+    pub ipv6: bool,
+}
+
+/// Task credentials endpoint (169.254.170.2:80).
+pub const CREDENTIALS_ENDPOINT: SocketAddrV4 =
+    SocketAddrV4::new(std::net::Ipv4Addr::new(169, 254, 170, 2), 80);
+/// Where the agent serves credentials (127.0.0.1:51679).
+pub const CREDENTIALS_TARGET: SocketAddrV4 =
+    SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 51679);
+/// The agent's introspection port.
+pub const INTROSPECTION_PORT: u16 = 51678;
+
+impl RuleSet {
+    /// The rule set for these options, in the existing tool's order.
+    pub fn build(opts: &RuleOptions) -> RuleSet {
+        let mut rules = vec![Rule::CredentialsDnat {
+            endpoint: CREDENTIALS_ENDPOINT,
+            target: CREDENTIALS_TARGET,
+        }];
+        if !opts.skip_localhost_filter {
+            rules.push(Rule::LocalhostFilter);
+        }
+        if !opts.allow_offhost_introspection {
+            let families: &[Family] = if opts.ipv6 {
+                &[Family::V4, Family::V6]
+            } else {
+                &[Family::V4]
+            };
+            for &family in families {
+                let scope = match &opts.introspection_interface {
+                    Some(name) => Scope::Interface(name.clone()),
+                    None => Scope::AllExceptLoopback,
+                };
+                rules.push(Rule::IntrospectionBlock {
+                    family,
+                    port: INTROSPECTION_PORT,
+                    scope,
+                });
+                if let Some(bridge) = &opts.bridge {
+                    rules.push(Rule::IntrospectionBridgeAccept {
+                        family,
+                        port: INTROSPECTION_PORT,
+                        bridge: bridge.clone(),
+                    });
+                }
+            }
+        }
+        rules.push(Rule::CredentialsRedirect {
+            endpoint: CREDENTIALS_ENDPOINT,
+            target_port: CREDENTIALS_TARGET.port(),
+        });
+        RuleSet { rules }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> RuleOptions {
+        RuleOptions {
+            skip_localhost_filter: false,
+            allow_offhost_introspection: false,
+            introspection_interface: None,
+            bridge: Some("docker0".into()),
+            ipv6: true,
+        }
+    }
+
+    #[test]
+    fn default_set_has_every_rule_in_order() {
+        let set = RuleSet::build(&opts());
+        let kinds: Vec<String> = set
+            .rules
+            .iter()
+            .map(|r| serde_json::to_value(r).unwrap()["kind"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "credentials_dnat",
+                "localhost_filter",
+                "introspection_block",
+                "introspection_bridge_accept",
+                "introspection_block",
+                "introspection_bridge_accept",
+                "credentials_redirect"
+            ]
+        );
+    }
+
+    #[test]
+    fn knobs_drop_rules() {
+        let set = RuleSet::build(&RuleOptions {
+            skip_localhost_filter: true,
+            allow_offhost_introspection: true,
+            ..opts()
+        });
+        assert_eq!(set.rules.len(), 2);
+        let set = RuleSet::build(&RuleOptions {
+            introspection_interface: Some("ens5".into()),
+            bridge: None,
+            ipv6: false,
+            ..opts()
+        });
+        assert!(set.rules.contains(&Rule::IntrospectionBlock {
+            family: Family::V4,
+            port: 51678,
+            scope: Scope::Interface("ens5".into())
+        }));
+        assert_eq!(set.rules.len(), 4);
+    }
+}

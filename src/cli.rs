@@ -1,0 +1,52 @@
+//! The command line: the Go ecs-init's actions plus `plan` and `status`.
+//!
+//! Kept free of behaviour so that the man page and shell completions can be generated from it
+//! (see `packaging/`).
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "amazon-ecs-init",
+    about = "Prepare the host for the Amazon ECS Container Agent, run it as a container and supervise it",
+    long_about = "amazon-ecs-init prepares a Linux host for the Amazon ECS Container Agent (firewall \
+rules for the task credentials endpoint, sysctls, routes, the agent image), runs the agent as the \
+container `ecs-agent` on Docker or containerd, restarts it when it fails, and undoes its host \
+changes on stop. It is a drop-in replacement for the Go ecs-init.",
+    disable_version_flag = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Action {
+    /// Prepare the host: sysctls, routes, firewall rules, agent image.
+    PreStart,
+    /// Remove any old agent container, start a new one and supervise it.
+    Start,
+    /// Stop the agent container (10 s grace).
+    Stop,
+    /// Alias of `stop` (upstart's pre-stop).
+    PreStop,
+    /// Undo the host changes of pre-start (route_localnet, routes, firewall rules).
+    PostStop,
+    /// Load the cached agent tarball into the runtime again (rollback after a failed update).
+    ReloadCache,
+    /// Print the version.
+    Version,
+    /// Print, as JSON, what would be done: agent container spec, backends and rules. Read-only.
+    Plan,
+    /// Show the runtime, the agent container's state and whether introspection answers.
+    Status,
+}
+
+impl Action {
+    /// Actions that must work while the container runtime is down.
+    pub fn works_without_runtime(self) -> bool {
+        matches!(
+            self,
+            Action::Stop | Action::PreStop | Action::PostStop | Action::Plan | Action::Version
+        )
+    }
+}
