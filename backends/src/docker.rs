@@ -1,0 +1,663 @@
+//! The Docker Engine backend, over the Engine API on a unix socket (bollard).
+//!
+//! The client is created lazily on first use: ecs-init's `stop`/`post-stop` and the launcher's
+//! `plan` must work while dockerd is down, so [`DockerRuntime::connect`] only validates the
+//! endpoint. The first call that needs the daemon connects and negotiates the API version
+//! (dockerd 20.10 speaks 1.41, bollard defaults to a newer one); a failed attempt is not cached,
+//! so a later call retries once the daemon is back.
+
+use crate::{AgentSpec, ContainerState, NamespaceMode, Result, Runtime, RuntimeError, RuntimeInfo};
+use async_trait::async_trait;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ImportImageOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
+};
+use bollard::{Docker, API_DEFAULT_VERSION};
+use bytes::{Bytes, BytesMut};
+use futures_util::{StreamExt, TryStreamExt};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::sync::OnceCell;
+
+const RUNTIME: &str = "docker";
+
+/// The endpoint used when `DOCKER_HOST` is unset (same as the Go ecs-init).
+pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/docker.sock";
+
+/// Per-request timeout for ordinary calls (bollard's own default).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Loading a large agent image on a slow disk can take minutes before dockerd answers.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// `wait` blocks for the whole life of the agent; the request must never time out.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// Extra time over the stop grace period for dockerd to kill and reap the container.
+const STOP_SLACK: Duration = Duration::from_secs(30);
+/// Read size when streaming an image tarball to dockerd.
+const LOAD_CHUNK: usize = 256 * 1024;
+
+/// Docker Engine as a [`Runtime`].
+#[derive(Debug)]
+pub struct DockerRuntime {
+    /// `unix:///path/to/docker.sock`, as reported in errors and [`RuntimeInfo`].
+    endpoint: String,
+    /// The socket path inside `endpoint`.
+    socket: PathBuf,
+    /// The connected, version-negotiated client; set by the first successful call.
+    client: OnceCell<Docker>,
+}
+
+impl DockerRuntime {
+    /// Prepare a client for `host` (the value of `DOCKER_HOST`, if set) without contacting the
+    /// daemon.
+    ///
+    /// `None` or an empty value means [`DEFAULT_ENDPOINT`]. Only `unix://` endpoints are
+    /// accepted: ecs-init bind-mounts the socket into the agent, so TCP endpoints make no sense.
+    pub fn connect(host: Option<&str>) -> Result<Self> {
+        let endpoint = match host.map(str::trim) {
+            None | Some("") => DEFAULT_ENDPOINT.to_string(),
+            Some(h) => h.to_string(),
+        };
+        let socket = match endpoint.strip_prefix("unix://") {
+            Some(path) if !path.is_empty() => PathBuf::from(path),
+            _ => {
+                return Err(RuntimeError::Connect {
+                    runtime: RUNTIME,
+                    endpoint,
+                    reason: "only unix:// endpoints (DOCKER_HOST=unix:///path/to/docker.sock) \
+                             are supported"
+                        .into(),
+                })
+            }
+        };
+        tracing::debug!(%endpoint, "docker endpoint selected");
+        Ok(DockerRuntime {
+            endpoint,
+            socket,
+            client: OnceCell::new(),
+        })
+    }
+
+    /// The endpoint this runtime talks to (`unix:///...`).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The connected bollard client, connecting and negotiating the API version on first use.
+    ///
+    /// Public so that tests and diagnostics can ask dockerd things the [`Runtime`] trait does
+    /// not cover (e.g. the full `docker inspect` document).
+    pub async fn client(&self) -> Result<Docker> {
+        self.client
+            .get_or_try_init(|| async {
+                if !self.socket.exists() {
+                    return Err(self.connect_error(format!(
+                        "socket {} does not exist (is dockerd running?)",
+                        self.socket.display()
+                    )));
+                }
+                let docker = Docker::connect_with_unix(
+                    &self.endpoint,
+                    REQUEST_TIMEOUT.as_secs(),
+                    API_DEFAULT_VERSION,
+                )
+                .map_err(|e| self.connect_error(e.to_string()))?;
+                let docker = docker
+                    .negotiate_version()
+                    .await
+                    .map_err(|e| self.connect_error(format!("API version negotiation: {e}")))?;
+                let v = docker.client_version();
+                tracing::info!(endpoint = %self.endpoint, api_version = %format!("{}.{}", v.major_version, v.minor_version),
+                    "connected to dockerd");
+                Ok(docker)
+            })
+            .await
+            .cloned()
+    }
+
+    fn connect_error(&self, reason: String) -> RuntimeError {
+        RuntimeError::Connect {
+            runtime: RUNTIME,
+            endpoint: self.endpoint.clone(),
+            reason,
+        }
+    }
+
+    /// Map a bollard error to a [`RuntimeError`], saying what we were doing.
+    fn error(&self, action: impl Into<String>, err: BollardError) -> RuntimeError {
+        let action = action.into();
+        match err {
+            BollardError::HyperLegacyError { err } if err.is_connect() => {
+                self.connect_error(format!("{action}: {err}"))
+            }
+            BollardError::SocketNotFoundError(path) => {
+                self.connect_error(format!("{action}: socket {path} does not exist"))
+            }
+            BollardError::DockerResponseServerError {
+                status_code,
+                message,
+            } => RuntimeError::daemon(RUNTIME, action, format!("HTTP {status_code}: {message}")),
+            other => RuntimeError::daemon(RUNTIME, action, other),
+        }
+    }
+
+    /// The IDs of containers named exactly `name` (dockerd's name filter is a regex match, so
+    /// `ecs-agent` would also find `ecs-agent-2`).
+    async fn containers_named(&self, docker: &Docker, name: &str) -> Result<Vec<String>> {
+        let wanted = format!("/{name}");
+        let filters = HashMap::from([("name".to_string(), vec![name.to_string()])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.error(format!("list containers named {name}"), e))?;
+        Ok(list
+            .into_iter()
+            .filter(|c| c.names.iter().flatten().any(|n| *n == wanted))
+            .filter_map(|c| c.id)
+            .collect())
+    }
+
+    /// Load a tarball that is known to be readable, streaming it in chunks.
+    async fn load_stream(&self, tarball: &Path, file: tokio::fs::File) -> Result<Vec<String>> {
+        let docker = self.client().await?.with_timeout(LOAD_TIMEOUT);
+        // A read error on our side must not be reported as a corrupt tarball; the stream
+        // records it here and hands hyper a generic error.
+        let read_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
+        let body = {
+            let read_error = read_error.clone();
+            futures_util::stream::unfold(Some(file), move |file| {
+                let read_error = read_error.clone();
+                async move {
+                    let mut file = file?;
+                    let mut buf = BytesMut::with_capacity(LOAD_CHUNK);
+                    match file.read_buf(&mut buf).await {
+                        Ok(0) => None,
+                        Ok(_) => Some((Ok::<Bytes, std::io::Error>(buf.freeze()), Some(file))),
+                        Err(err) => {
+                            let kind = err.kind();
+                            *read_error.lock().expect("read_error lock") = Some(err);
+                            Some((Err(std::io::Error::new(kind, "reading tarball")), None))
+                        }
+                    }
+                }
+            })
+        };
+        let options = ImportImageOptionsBuilder::default().quiet(true).build();
+        let mut progress = docker.import_image_stream(options, body, None);
+
+        let mut loaded = Vec::new();
+        let mut failure: Option<BollardError> = None;
+        while let Some(item) = progress.next().await {
+            match item {
+                Ok(info) => {
+                    for line in info
+                        .stream
+                        .iter()
+                        .chain(info.status.iter())
+                        .flat_map(|s| s.lines())
+                    {
+                        let line = line.trim();
+                        if let Some(reference) = line.strip_prefix("Loaded image: ") {
+                            loaded.push(reference.trim().to_string());
+                        } else if let Some(id) = line.strip_prefix("Loaded image ID: ") {
+                            tracing::info!(tarball = %tarball.display(), image_id = id.trim(),
+                                "loaded untagged image");
+                        } else if !line.is_empty() {
+                            tracing::debug!(tarball = %tarball.display(), line, "image load progress");
+                        }
+                    }
+                }
+                Err(err) => {
+                    failure = Some(err);
+                    break;
+                }
+            }
+        }
+
+        if let Some(err) = read_error.lock().expect("read_error lock").take() {
+            return Err(RuntimeError::io(
+                format!("read image tarball {}", tarball.display()),
+                err,
+            ));
+        }
+        match failure {
+            None => Ok(loaded),
+            Some(BollardError::DockerStreamError { error }) => Err(RuntimeError::BadTarball {
+                path: tarball.to_path_buf(),
+                reason: error,
+            }),
+            Some(BollardError::DockerResponseServerError {
+                status_code,
+                message,
+            }) if status_code < 500 || !message.is_empty() => Err(RuntimeError::BadTarball {
+                path: tarball.to_path_buf(),
+                reason: format!("dockerd rejected it (HTTP {status_code}): {message}"),
+            }),
+            Some(err) => Err(self.error(format!("load image {}", tarball.display()), err)),
+        }
+    }
+}
+
+/// `docker` shows Docker Hub references in their familiar form (`busybox:latest`,
+/// `amazon/amazon-ecs-agent:latest`), and an untagged reference means `:latest`.
+fn familiar_reference(reference: &str) -> String {
+    let mut r = reference.trim();
+    for prefix in ["docker.io/", "index.docker.io/", "registry-1.docker.io/"] {
+        if let Some(rest) = r.strip_prefix(prefix) {
+            r = rest;
+            break;
+        }
+    }
+    let r = r.strip_prefix("library/").unwrap_or(r);
+    let name_part = r.rsplit('/').next().unwrap_or(r);
+    if r.contains('@') || name_part.contains(':') {
+        r.to_string()
+    } else {
+        format!("{r}:latest")
+    }
+}
+
+/// The Docker `Binds` entry of one mount: `src:dst` or `src:dst:ro`.
+fn bind(mount: &crate::Mount) -> Result<String> {
+    let source = mount.source.to_string_lossy();
+    let target = mount.target.to_string_lossy();
+    if source.contains(':') || target.contains(':') {
+        return Err(RuntimeError::daemon(
+            RUNTIME,
+            "build bind mounts",
+            format!(
+                "path contains ':' and cannot be expressed as a Docker bind: {source} -> {target}"
+            ),
+        ));
+    }
+    Ok(if mount.read_only {
+        format!("{source}:{target}:ro")
+    } else {
+        format!("{source}:{target}")
+    })
+}
+
+fn namespace(mode: NamespaceMode) -> Option<String> {
+    match mode {
+        NamespaceMode::Host => Some("host".to_string()),
+        NamespaceMode::Private => None,
+    }
+}
+
+/// Translate the runtime-neutral spec into a Docker create request.
+fn create_body(spec: &AgentSpec) -> Result<ContainerCreateBody> {
+    let binds = spec.mounts.iter().map(bind).collect::<Result<Vec<_>>>()?;
+    let host_config = HostConfig {
+        binds: Some(binds),
+        cap_add: Some(spec.cap_add.clone()),
+        network_mode: namespace(spec.network),
+        userns_mode: namespace(spec.userns),
+        pid_mode: namespace(spec.pid),
+        privileged: Some(spec.privileged),
+        init: Some(spec.init),
+        security_opt: spec
+            .apparmor_profile
+            .as_ref()
+            .map(|profile| vec![format!("apparmor:{profile}")]),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some(spec.log.driver.clone()),
+            config: Some(
+                spec.log
+                    .options
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+        }),
+        ..Default::default()
+    };
+    Ok(ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        labels: Some(
+            spec.labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        host_config: Some(host_config),
+        ..Default::default()
+    })
+}
+
+fn is_status(err: &BollardError, codes: &[u16]) -> bool {
+    matches!(err, BollardError::DockerResponseServerError { status_code, .. } if codes.contains(status_code))
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        RUNTIME
+    }
+
+    async fn ping(&self) -> Result<RuntimeInfo> {
+        let docker = self.client().await?;
+        let version = docker
+            .version()
+            .await
+            .map_err(|e| self.error("ask dockerd for its version", e))?;
+        Ok(RuntimeInfo {
+            runtime: RUNTIME.to_string(),
+            version: version.version.unwrap_or_default(),
+            endpoint: self.endpoint.clone(),
+        })
+    }
+
+    async fn image_present(&self, reference: &str) -> Result<bool> {
+        let docker = self.client().await?;
+        let image = match docker.inspect_image(reference).await {
+            Ok(image) => image,
+            Err(err) if is_status(&err, &[404]) => return Ok(false),
+            Err(err) => return Err(self.error(format!("inspect image {reference}"), err)),
+        };
+        // Inspect also resolves image IDs and digests; only an exact tag counts.
+        let wanted = familiar_reference(reference);
+        let present = image
+            .repo_tags
+            .iter()
+            .flatten()
+            .chain(image.repo_digests.iter().flatten())
+            .any(|tag| familiar_reference(tag) == wanted);
+        tracing::debug!(reference, present, "image presence checked");
+        Ok(present)
+    }
+
+    async fn load_image(&self, tarball: &Path) -> Result<Vec<String>> {
+        let file = tokio::fs::File::open(tarball)
+            .await
+            .map_err(|e| RuntimeError::BadTarball {
+                path: tarball.to_path_buf(),
+                reason: format!("cannot open: {e}"),
+            })?;
+        let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+        tracing::info!(tarball = %tarball.display(), bytes = size, "loading image into dockerd");
+        let loaded = self.load_stream(tarball, file).await?;
+        tracing::info!(tarball = %tarball.display(), references = ?loaded, "image loaded");
+        Ok(loaded)
+    }
+
+    async fn remove_container(&self, name: &str) -> Result<()> {
+        let docker = self.client().await?;
+        for id in self.containers_named(&docker, name).await? {
+            let options = RemoveContainerOptionsBuilder::default()
+                .force(true)
+                .v(true)
+                .build();
+            match docker.remove_container(&id, Some(options)).await {
+                Ok(()) => tracing::info!(name, id, "removed container"),
+                Err(err) if is_status(&err, &[404]) => {
+                    tracing::debug!(name, id, "container vanished before removal")
+                }
+                Err(err) => return Err(self.error(format!("remove container {name} ({id})"), err)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(&self, spec: &AgentSpec) -> Result<()> {
+        let docker = self.client().await?;
+        let body = create_body(spec)?;
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        let created = docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| {
+                self.error(
+                    format!("create container {} from {}", spec.name, spec.image),
+                    e,
+                )
+            })?;
+        for warning in &created.warnings {
+            tracing::warn!(name = %spec.name, warning, "dockerd warning on create");
+        }
+        if let Err(err) = docker.start_container(&created.id, None).await {
+            let err = self.error(format!("start container {}", spec.name), err);
+            // Leave no half-made agent behind: a created-but-never-started container would
+            // only block the next attempt's name.
+            let options = RemoveContainerOptionsBuilder::default()
+                .force(true)
+                .v(true)
+                .build();
+            if let Err(rm) = docker.remove_container(&created.id, Some(options)).await {
+                tracing::warn!(name = %spec.name, error = %rm, "could not remove the container that failed to start");
+            }
+            return Err(err);
+        }
+        tracing::info!(name = %spec.name, id = %created.id, image = %spec.image, "container started");
+        Ok(())
+    }
+
+    async fn wait(&self, name: &str) -> Result<i64> {
+        let docker = self.client().await?.with_timeout(WAIT_TIMEOUT);
+        let options = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
+            .build();
+        let first = docker.wait_container(name, Some(options)).try_next().await;
+        match first {
+            Ok(Some(resp))
+                if resp
+                    .error
+                    .as_ref()
+                    .and_then(|e| e.message.as_ref())
+                    .is_none() =>
+            {
+                tracing::info!(name, exit_code = resp.status_code, "container exited");
+                return Ok(resp.status_code);
+            }
+            // bollard turns every non-zero exit into an error; for us it is the result.
+            Err(BollardError::DockerContainerWaitError { code, error }) => {
+                tracing::info!(name, exit_code = code, error, "container exited");
+                return Ok(code);
+            }
+            Err(err) if is_status(&err, &[404]) => {
+                return Err(RuntimeError::NoSuchContainer(name.to_string()))
+            }
+            Err(err @ BollardError::HyperLegacyError { .. })
+            | Err(err @ BollardError::DockerResponseServerError { .. }) => {
+                return Err(self.error(format!("wait for container {name}"), err));
+            }
+            // The wait answered oddly (no body, an error message with code 0, a stream that
+            // broke off): ask for the container's recorded state instead.
+            other => tracing::warn!(name, answer = ?other, "unclear wait answer; inspecting"),
+        }
+        match self.inspect(name).await? {
+            None => Err(RuntimeError::NoSuchContainer(name.to_string())),
+            Some(state) if !state.running => Ok(state.exit_code.unwrap_or(-1)),
+            Some(_) => Err(RuntimeError::daemon(
+                RUNTIME,
+                format!("wait for container {name}"),
+                "wait ended while the container is still running",
+            )),
+        }
+    }
+
+    async fn stop(&self, name: &str, grace: Duration) -> Result<()> {
+        let docker = self.client().await?.with_timeout(grace + STOP_SLACK);
+        // Docker takes whole seconds; round up so a sub-second grace is not a SIGKILL.
+        let seconds = grace.as_millis().div_ceil(1000).min(i32::MAX as u128) as i32;
+        let options = StopContainerOptionsBuilder::default().t(seconds).build();
+        match docker.stop_container(name, Some(options)).await {
+            Ok(()) => {
+                tracing::info!(name, grace_s = seconds, "container stopped");
+                Ok(())
+            }
+            Err(err) if is_status(&err, &[304, 404]) => {
+                tracing::debug!(name, "container not running; nothing to stop");
+                Ok(())
+            }
+            Err(err) => Err(self.error(format!("stop container {name}"), err)),
+        }
+    }
+
+    async fn logs_tail(&self, name: &str, lines: usize) -> Result<String> {
+        let docker = self.client().await?;
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .follow(false)
+            .tail(&lines.to_string())
+            .build();
+        let mut out = String::new();
+        let mut stream = docker.logs(name, Some(options));
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(chunk) => out.push_str(&String::from_utf8_lossy(chunk.as_ref())),
+                Err(err) if is_status(&err, &[404]) => {
+                    return Err(RuntimeError::NoSuchContainer(name.to_string()))
+                }
+                Err(err) => return Err(self.error(format!("read logs of container {name}"), err)),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn inspect(&self, name: &str) -> Result<Option<ContainerState>> {
+        let docker = self.client().await?;
+        let info = match docker.inspect_container(name, None).await {
+            Ok(info) => info,
+            Err(err) if is_status(&err, &[404]) => return Ok(None),
+            Err(err) => return Err(self.error(format!("inspect container {name}"), err)),
+        };
+        let id = info.id.unwrap_or_default();
+        let found_name = info
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string();
+        // dockerd also resolves ID prefixes; a container merely whose ID starts with `name`
+        // is not the one asked for.
+        if found_name != name && id != name {
+            return Ok(None);
+        }
+        let state = info.state.unwrap_or_default();
+        let running = state.running.unwrap_or(false);
+        let status = state.status.map(|s| s.to_string()).unwrap_or_default();
+        let exited = !running && status != "created";
+        // dockerd reports the zero time for a container that never started or finished.
+        let time = |t: Option<String>| t.filter(|t| !t.starts_with("0001-01-01"));
+        Ok(Some(ContainerState {
+            id,
+            name: found_name,
+            // The reference it was created from (`Config.Image`), not the image ID.
+            image: info
+                .config
+                .and_then(|c| c.image)
+                .or(info.image)
+                .unwrap_or_default(),
+            status,
+            running,
+            exit_code: if exited { state.exit_code } else { None },
+            started_at: time(state.started_at),
+            finished_at: time(state.finished_at),
+            pid: state
+                .pid
+                .filter(|p| *p > 0 && running)
+                .and_then(|p| u32::try_from(p).ok()),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LogConfig, Mount};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn endpoints() {
+        let d = DockerRuntime::connect(None).unwrap();
+        assert_eq!(d.endpoint(), DEFAULT_ENDPOINT);
+        assert_eq!(d.socket, PathBuf::from("/var/run/docker.sock"));
+        let d = DockerRuntime::connect(Some("")).unwrap();
+        assert_eq!(d.endpoint(), DEFAULT_ENDPOINT);
+        let d = DockerRuntime::connect(Some("unix:///run/x/docker.sock")).unwrap();
+        assert_eq!(d.socket, PathBuf::from("/run/x/docker.sock"));
+        for bad in [
+            "tcp://127.0.0.1:2375",
+            "unix://",
+            "/var/run/docker.sock",
+            "ssh://h",
+        ] {
+            let err = DockerRuntime::connect(Some(bad)).unwrap_err();
+            assert!(
+                matches!(&err, RuntimeError::Connect { endpoint, .. } if endpoint == bad),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn familiar_references() {
+        assert_eq!(familiar_reference("busybox"), "busybox:latest");
+        assert_eq!(
+            familiar_reference("docker.io/library/busybox"),
+            "busybox:latest"
+        );
+        assert_eq!(
+            familiar_reference("amazon/amazon-ecs-agent:latest"),
+            "amazon/amazon-ecs-agent:latest"
+        );
+        assert_eq!(
+            familiar_reference("localhost:5000/agent"),
+            "localhost:5000/agent:latest"
+        );
+        assert_eq!(
+            familiar_reference("localhost:5000/agent:v1"),
+            "localhost:5000/agent:v1"
+        );
+        assert_eq!(familiar_reference("a@sha256:00"), "a@sha256:00");
+    }
+
+    #[test]
+    fn create_body_maps_every_field() {
+        let spec = AgentSpec {
+            image: "img:1".into(),
+            name: "n".into(),
+            env: vec![("A".into(), "1".into()), ("B".into(), "x=y".into())],
+            mounts: vec![Mount::rw("/a", "/b"), Mount::ro("/c", "/d")],
+            labels: BTreeMap::from([("l".into(), "v".into())]),
+            cap_add: vec!["NET_ADMIN".into()],
+            network: NamespaceMode::Host,
+            pid: NamespaceMode::Private,
+            userns: NamespaceMode::Host,
+            privileged: true,
+            init: true,
+            apparmor_profile: Some("prof".into()),
+            log: LogConfig::default(),
+        };
+        let body = create_body(&spec).unwrap();
+        assert_eq!(body.image.as_deref(), Some("img:1"));
+        assert_eq!(body.env.unwrap(), vec!["A=1", "B=x=y"]);
+        assert!(body.cmd.is_none() && body.entrypoint.is_none());
+        let hc = body.host_config.unwrap();
+        assert_eq!(hc.binds.unwrap(), vec!["/a:/b", "/c:/d:ro"]);
+        assert_eq!(hc.network_mode.as_deref(), Some("host"));
+        assert_eq!(hc.userns_mode.as_deref(), Some("host"));
+        assert_eq!(hc.pid_mode, None);
+        assert_eq!(hc.security_opt.unwrap(), vec!["apparmor:prof"]);
+        assert!(hc.restart_policy.is_none());
+        assert_eq!(hc.log_config.unwrap().typ.as_deref(), Some("json-file"));
+
+        let mut colon = spec.clone();
+        colon.mounts.push(Mount::rw("/x:y", "/z"));
+        assert!(create_body(&colon).is_err());
+    }
+}
