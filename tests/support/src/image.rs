@@ -39,6 +39,11 @@ pub struct ImageSpec {
     pub env: Vec<(String, String)>,
     /// Extra image labels.
     pub labels: BTreeMap<String, String>,
+    /// When set, the layer also holds `/stand-in-marker` with this text, which makes the layer
+    /// digest unique. Needed by corruption tests: dockerd skips a layer whose chain ID it already
+    /// has and containerd skips a blob whose digest it already has, so a damaged copy of a layer
+    /// that is already loaded would be accepted without ever being read.
+    pub marker: Option<String>,
 }
 
 impl ImageSpec {
@@ -48,7 +53,14 @@ impl ImageSpec {
             references: vec![reference.to_string()],
             env: Vec::new(),
             labels: BTreeMap::new(),
+            marker: None,
         }
+    }
+
+    /// Makes the layer unique (see [`ImageSpec::marker`]).
+    pub fn marker(mut self, text: &str) -> Self {
+        self.marker = Some(text.to_string());
+        self
     }
 
     /// Adds an image-config environment variable.
@@ -144,10 +156,13 @@ fn append_file<W: Write>(
 }
 
 /// The single layer: `/agent` plus the directories the agent's binds and writes expect.
-fn build_layer(binary: &Path) -> io::Result<Vec<u8>> {
+fn build_layer(binary: &Path, marker: Option<&str>) -> io::Result<Vec<u8>> {
     let bin = fs::read(binary)?;
     let mut b = tar::Builder::new(Vec::new());
     append_file(&mut b, "agent", 0o755, &bin)?;
+    if let Some(text) = marker {
+        append_file(&mut b, "stand-in-marker", 0o644, text.as_bytes())?;
+    }
     for dir in [
         "data/",
         "etc/",
@@ -209,7 +224,7 @@ fn parts(binary: &Path, spec: &ImageSpec) -> io::Result<Parts> {
         .iter()
         .map(|r| split_reference(r))
         .collect::<io::Result<Vec<_>>>()?;
-    let layer = build_layer(binary)?;
+    let layer = build_layer(binary, spec.marker.as_deref())?;
     let layer_hex = sha256_hex(&layer);
     let config = build_config(spec, &layer_hex)?;
     let config_hex = sha256_hex(&config);
@@ -409,6 +424,10 @@ fn locate_layer_payload(src: &Path) -> io::Result<u64> {
 }
 
 /// Copies `src` to `dst`, damaged as `how` says.
+///
+/// For [`Corruption::FlippedLayerBytes`] the source image should carry a unique
+/// [`ImageSpec::marker`]: runtimes skip layers they already have, so a damaged copy of a layer
+/// that is already loaded is accepted.
 pub fn corrupt_copy(src: &Path, dst: &Path, how: Corruption) -> io::Result<()> {
     match how {
         Corruption::Truncated => {
