@@ -342,7 +342,7 @@ fn oci_tarball_imports_into_containerd_runs_and_stops_with_zero() {
     let images = String::from_utf8_lossy(&ctr(&["images", "ls", "-q"]).stdout).into_owned();
     assert!(images.lines().any(|l| l == full), "{images}");
 
-    let mut child = Command::new("ctr")
+    let child = Command::new("ctr")
         .args([
             "-n",
             CTR_NAMESPACE,
