@@ -1,0 +1,111 @@
+# Shared body of the RPM scriptlets and DEB maintainer scripts of amazon-ecs-init.
+# The Makefile prepends a header that sets BUNDLED_AGENT and appends the format's entry point.
+# POSIX sh: it runs under /bin/sh on every target distribution.
+#
+# DPKG_ROOT (dpkg's convention for scripts run outside a chroot, `--force-script-chrootless`)
+# prefixes every path. When it names a directory other than /, the scripts act on that tree only
+# and never touch services, the firewall or the host's init system: they belong to the host, not
+# to the tree being populated. The packaging tests use this to run the scripts in a scratch root.
+
+ROOT="${DPKG_ROOT:-}"
+[ "$ROOT" = / ] && ROOT=
+ECS_INIT=/usr/libexec/amazon-ecs-init
+CACHE_DIR="$ROOT/var/cache/ecs"
+
+in_scratch_root() { [ -n "$ROOT" ]; }
+
+systemd_running() {
+    ! in_scratch_root && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1
+}
+
+upstart_running() {
+    ! in_scratch_root && command -v initctl >/dev/null 2>&1 &&
+        initctl version 2>/dev/null | grep -q upstart
+}
+
+upstart_job_running() {
+    initctl status ecs 2>/dev/null | grep -q 'start/'
+}
+
+# Directories the launcher and the agent expect. The RPM also owns them; the DEB format cannot
+# ship empty directories, so creating them here is what installs them there. Modes: the cache
+# holds the agent image (0700, like the launcher creates it); data holds the agent's state.
+make_dirs() {
+    install -d -m 0755 "$ROOT/etc/ecs" "$ROOT/var/lib/ecs" "$ROOT/var/log/ecs"
+    install -d -m 0700 "$ROOT/var/lib/ecs/data" "$CACHE_DIR"
+}
+
+# A package built with a bundled agent ships $CACHE_DIR/$BUNDLED_AGENT; point the cache at it
+# and ask the launcher to load it on the next pre-start (state 2), as the Go ecs-init's
+# packages do. The link is relative so it stays valid inside a scratch root.
+link_bundled_agent() {
+    [ -n "$BUNDLED_AGENT" ] || return 0
+    if [ ! -s "$CACHE_DIR/$BUNDLED_AGENT" ]; then
+        echo "amazon-ecs-init: bundled agent $CACHE_DIR/$BUNDLED_AGENT is missing" >&2
+        return 0
+    fi
+    ln -sfn "$BUNDLED_AGENT" "$CACHE_DIR/ecs-agent.tar"
+    printf '2' > "$CACHE_DIR/state.tmp" && mv -f "$CACHE_DIR/state.tmp" "$CACHE_DIR/state"
+}
+
+# After removal the bundled tarball is gone; drop a link that now points nowhere so the launcher
+# sees an uncached agent instead of a broken file.
+unlink_dangling_agent() {
+    if [ -L "$CACHE_DIR/ecs-agent.tar" ] && [ ! -e "$CACHE_DIR/ecs-agent.tar" ]; then
+        rm -f "$CACHE_DIR/ecs-agent.tar"
+    fi
+}
+
+# $1: install | upgrade
+after_install() {
+    make_dirs
+    link_bundled_agent
+    if systemd_running; then
+        systemctl daemon-reload || true
+        if [ "$1" = upgrade ]; then
+            # Restarts only a running service, so the new launcher takes over; a stopped or
+            # disabled service stays as the operator left it.
+            systemctl try-restart ecs.service || true
+        fi
+    elif upstart_running && [ "$1" = upgrade ] && upstart_job_running; then
+        initctl stop ecs || true
+        initctl start ecs || true
+    fi
+}
+
+before_remove() {
+    stopped_by_init=no
+    if systemd_running; then
+        if systemctl is-active --quiet ecs.service; then
+            # ExecStop= stops the agent, ExecStopPost= runs post-stop and removes the rules.
+            systemctl stop ecs.service && stopped_by_init=yes
+        fi
+        systemctl --no-reload disable ecs.service >/dev/null 2>&1 || true
+    elif upstart_running && upstart_job_running; then
+        # The job's pre-stop and post-stop stanzas stop the agent and remove the rules.
+        initctl stop ecs && stopped_by_init=yes
+    fi
+    if [ "$stopped_by_init" = no ] && ! in_scratch_root && [ -x "$ECS_INIT" ]; then
+        # Not running under an init system (manual runs, or the service had crashed): stop any
+        # agent container and remove the host changes, so nothing is left behind. Both actions
+        # are idempotent and work while the runtime is down; never block the removal on them.
+        "$ECS_INIT" stop || true
+        "$ECS_INIT" post-stop || true
+    fi
+    return 0
+}
+
+# $1: remove | purge
+after_remove() {
+    unlink_dangling_agent
+    if [ "$1" = purge ]; then
+        if [ -n "$BUNDLED_AGENT" ]; then
+            rm -f "$CACHE_DIR/state"
+        fi
+        rmdir "$ROOT/var/lib/ecs/data" "$CACHE_DIR" 2>/dev/null || true
+    fi
+    if systemd_running; then
+        systemctl daemon-reload || true
+    fi
+    return 0
+}

@@ -1,0 +1,330 @@
+#!/usr/bin/env bash
+# Packaging tests: builds the RPMs and the DEB (plain, and with a bundled dummy agent tarball),
+# then checks file lists, modes, config-file flags, dependencies and scripts with rpm/dpkg-deb,
+# installs each package into a scratch root and runs the installed binary's `version` and `plan`,
+# runs the maintainer scripts against a scratch root (install, upgrade, removal), and
+# `systemd-analyze verify`s the unit inside the installed tree.
+#
+# Needs: rpm, dpkg-dev, systemd (systemd-analyze), python3, cargo. Run as root (dpkg --root).
+# Never touches the real /: every install goes into a temporary root.
+# Usage: packaging/test.sh            (SKIP_BUILD=1 reuses packages already built by this script)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+top=$(cd "$here/.." && pwd)
+work=$(mktemp -d /tmp/ecs-init-packaging-test.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+passed=0
+failed=0
+pass() { passed=$((passed + 1)); echo "ok   - $*"; }
+fail() { failed=$((failed + 1)); echo "FAIL - $*"; }
+# check DESCRIPTION COMMAND...: passes when the command succeeds.
+check() {
+    local desc=$1
+    shift
+    local out
+    if out=$("$@" 2>&1); then
+        pass "$desc"
+    else
+        fail "$desc"
+        printf '%s\n' "$out" | sed 's/^/       /' | tail -n 20
+    fi
+}
+# contains DESCRIPTION HAYSTACK NEEDLE: fixed-string match; a needle starting with ^ must match a
+# whole line.
+contains() {
+    local found=no
+    if [ "${3:0:1}" = "^" ]; then
+        grep -qxF -- "${3#^}" <<<"$2" && found=yes
+    else
+        grep -qF -- "$3" <<<"$2" && found=yes
+    fi
+    if [ "$found" = yes ]; then
+        pass "$1"
+    else
+        fail "$1: '${3#^}' not found in:"
+        printf '%s\n' "$2" | sed 's/^/       /' | head -n 40
+    fi
+}
+lacks() {
+    if grep -qF -- "$3" <<<"$2"; then
+        fail "$1: unexpected '$3'"
+    else
+        pass "$1"
+    fi
+}
+
+[ "$(id -u)" = 0 ] || { echo "packaging/test.sh must run as root (dpkg --root, rpm --root)" >&2; exit 1; }
+for tool in rpm dpkg-deb dpkg systemd-analyze python3 cargo make; do
+    command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
+done
+
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$top/Cargo.toml" | head -n1)
+arch_rpm=$(uname -m)
+arch_deb=$(dpkg --print-architecture)
+out_plain="$top/target/packaging/test-out/plain"
+out_agent="$top/target/packaging/test-out/agent"
+agent_version=9.9.9
+agent_name="ecs-agent-v$agent_version.tar"
+
+# A small dummy agent tarball: the packages only carry it, they never look inside.
+mkdir -p "$work/dummy"
+printf '[{"Config":"dummy.json","RepoTags":["amazon/amazon-ecs-agent:latest"],"Layers":[]}]' \
+    > "$work/dummy/manifest.json"
+tar -cf "$work/dummy-agent.tar" -C "$work/dummy" manifest.json
+
+# ---------------------------------------------------------------------------------------------
+echo "# build"
+if [ "${SKIP_BUILD:-}" != 1 ]; then
+    check "make -C packaging rpm deb" make -C "$here" OUT="$out_plain" rpm deb
+    check "make -C packaging rpm deb with a bundled agent" \
+        make -C "$here" OUT="$out_agent" AGENT_TARBALL="$work/dummy-agent.tar" \
+        AGENT_VERSION="$agent_version" rpm deb
+fi
+rpm_rich="$out_plain/amazon-ecs-init-$version-1.$arch_rpm.rpm"
+rpm_amzn2="$out_plain/amazon-ecs-init-$version-1.amzn2.$arch_rpm.rpm"
+deb_plain="$out_plain/amazon-ecs-init_${version}-1_$arch_deb.deb"
+rpm_agent="$out_agent/amazon-ecs-init-$version-1.$arch_rpm.rpm"
+rpm_agent_amzn2="$out_agent/amazon-ecs-init-$version-1.amzn2.$arch_rpm.rpm"
+deb_agent="$out_agent/amazon-ecs-init_${version}-1_$arch_deb.deb"
+for f in "$rpm_rich" "$rpm_amzn2" "$deb_plain" "$rpm_agent" "$rpm_agent_amzn2" "$deb_agent"; do
+    check "built $(basename "$(dirname "$f")")/$(basename "$f")" test -s "$f"
+done
+if [ ! -s "$rpm_rich" ] || [ ! -s "$deb_plain" ]; then
+    echo "$passed passed, $failed failed"
+    exit 1
+fi
+
+# Files every package installs, with their modes.
+expected_files=(
+    "-rwxr-xr-x /usr/libexec/amazon-ecs-init"
+    "-rwxr-xr-x /usr/libexec/amazon-ecs-init-agent-init"
+    "-rw-r--r-- /usr/lib/systemd/system/ecs.service"
+    "-rw------- /etc/ecs/ecs.config"
+    "-rw-r--r-- /usr/share/man/man1/amazon-ecs-init.1.gz"
+    "-rw-r--r-- /usr/share/bash-completion/completions/amazon-ecs-init"
+    "-rw-r--r-- /usr/share/fish/vendor_completions.d/amazon-ecs-init.fish"
+)
+
+# ---------------------------------------------------------------------------------------------
+echo "# rpm metadata"
+for rpmf in "$rpm_rich" "$rpm_amzn2"; do
+    n=$(basename "$rpmf")
+    contains "$n: gzip payload (Amazon Linux 2's rpm cannot read zstd)" \
+        "$(rpm -qp --qf '%{PAYLOADCOMPRESSOR}\n' "$rpmf")" "^gzip"
+    reqs=$(rpm -qp --requires "$rpmf")
+    lacks "$n: no zstd payload requirement" "$reqs" "PayloadIsZstd"
+    listing=$(rpm -qp --qf '[%{FILEMODES:perms} %{FILENAMES}\n]' "$rpmf")
+    for entry in "${expected_files[@]}" \
+        "-rw-r--r-- /etc/init/ecs.conf" \
+        "-rw-r--r-- /usr/share/zsh/site-functions/_amazon-ecs-init" \
+        "drwx------ /var/lib/ecs/data" "drwx------ /var/cache/ecs" \
+        "drwxr-xr-x /var/lib/ecs" "drwxr-xr-x /etc/ecs" "drwxr-xr-x /var/log/ecs"; do
+        contains "$n: ships ${entry#* } as ${entry%% *}" "$listing" "^$entry"
+    done
+    lacks "$n: no agent tarball without AGENT_TARBALL" "$listing" "/var/cache/ecs/ecs-agent"
+    flags=$(rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$rpmf")
+    contains "$n: ecs.config is %config(noreplace)" "$flags" "^cn /etc/ecs/ecs.config"
+    contains "$n: upstart job is %config(noreplace)" "$flags" "^cn /etc/init/ecs.conf"
+    contains "$n: rpm -qcp lists ecs.config" "$(rpm -qcp "$rpmf")" "^/etc/ecs/ecs.config"
+    contains "$n: man page is %doc" "$flags" "^d /usr/share/man/man1/amazon-ecs-init.1.gz"
+    contains "$n: requires procps" "$reqs" "^procps"
+    contains "$n: conflicts with the Go ecs-init" "$(rpm -qp --conflicts "$rpmf")" "^ecs-init"
+    scripts=$(rpm -qp --scripts "$rpmf")
+    contains "$n: has a postinstall scriptlet" "$scripts" "postinstall scriptlet"
+    contains "$n: has a preuninstall scriptlet" "$scripts" "preuninstall scriptlet"
+    contains "$n: has a postuninstall scriptlet" "$scripts" "postuninstall scriptlet"
+    contains "$n: upgrade restarts a running service" "$scripts" "systemctl try-restart ecs.service"
+    contains "$n: removal stops the service" "$scripts" "systemctl stop ecs.service"
+    contains "$n: removal removes the rules when not run by systemd" "$scripts" "\"\$ECS_INIT\" post-stop"
+    contains "$n: plain package bundles no agent" "$scripts" "^BUNDLED_AGENT=''"
+done
+reqs=$(rpm -qp --requires "$rpm_rich")
+contains "rich rpm: firewall alternatives" "$reqs" "^(iptables or nftables)"
+contains "rich rpm: runtime alternatives" "$reqs" \
+    "^(docker >= 20.10 or docker-ce >= 3:20.10 or moby-engine >= 20.10 or containerd or containerd.io)"
+lacks "rich rpm: does not require iptables alone" "$(grep -x 'iptables' <<<"$reqs" || true)" "iptables"
+reqs=$(rpm -qp --requires "$rpm_amzn2")
+contains "amzn2 rpm: plain docker requirement" "$reqs" "^docker >= 20.10"
+contains "amzn2 rpm: plain iptables requirement" "$reqs" "^iptables"
+lacks "amzn2 rpm: no rich dependencies (rpm 4.11)" "$reqs" " or "
+contains "amzn2 rpm: release carries the dist tag" "$(rpm -qp --qf '%{RELEASE}\n' "$rpm_amzn2")" "^1.amzn2"
+
+# ---------------------------------------------------------------------------------------------
+echo "# deb metadata"
+info=$(dpkg-deb -I "$deb_plain")
+contains "deb: package name" "$(dpkg-deb -f "$deb_plain" Package)" "^amazon-ecs-init"
+contains "deb: version" "$(dpkg-deb -f "$deb_plain" Version)" "^$version-1"
+depends=$(dpkg-deb -f "$deb_plain" Depends)
+contains "deb: runtime alternatives" "$depends" \
+    "docker-ce (>= 5:20.10) | docker.io (>= 20.10) | moby-engine (>= 20.10) | containerd.io | containerd"
+contains "deb: firewall alternatives" "$depends" "iptables | nftables"
+contains "deb: procps" "$depends" "procps"
+contains "deb: conffiles lists ecs.config" "$(dpkg-deb -I "$deb_plain" conffiles)" "^/etc/ecs/ecs.config"
+for s in postinst prerm postrm; do
+    contains "deb: ships $s" "$info" " $s"
+done
+contains "deb: postinst restarts a running service on upgrade" \
+    "$(dpkg-deb -I "$deb_plain" postinst)" "systemctl try-restart ecs.service"
+contains "deb: prerm stops the service and removes the rules" \
+    "$(dpkg-deb -I "$deb_plain" prerm)" "\"\$ECS_INIT\" post-stop"
+listing=$(dpkg-deb -c "$deb_plain" | awk '{print $1, substr($6, 2)}')
+for entry in "${expected_files[@]}" "-rw-r--r-- /usr/share/zsh/vendor-completions/_amazon-ecs-init"; do
+    contains "deb: ships ${entry#* } as ${entry%% *}" "$listing" "^$entry"
+done
+lacks "deb: no agent tarball without AGENT_TARBALL" "$listing" "/var/cache/ecs/ecs-agent"
+
+# ---------------------------------------------------------------------------------------------
+echo "# bundled agent variant"
+contains "rpm+agent: ships /var/cache/ecs/$agent_name" \
+    "$(rpm -qp --qf '[%{FILEMODES:perms} %{FILENAMES}\n]' "$rpm_agent")" "^-rw-r--r-- /var/cache/ecs/$agent_name"
+contains "amzn2 rpm+agent: ships /var/cache/ecs/$agent_name" "$(rpm -qlp "$rpm_agent_amzn2")" "^/var/cache/ecs/$agent_name"
+contains "rpm+agent: post-install knows the tarball" "$(rpm -qp --scripts "$rpm_agent")" "BUNDLED_AGENT='$agent_name'"
+contains "deb+agent: ships /var/cache/ecs/$agent_name" \
+    "$(dpkg-deb -c "$deb_agent" | awk '{print $1, substr($6, 2)}')" "^-rw-r--r-- /var/cache/ecs/$agent_name"
+contains "deb+agent: postinst knows the tarball" "$(dpkg-deb -I "$deb_agent" postinst)" "BUNDLED_AGENT='$agent_name'"
+contains "deb+agent: same package name" "$(dpkg-deb -f "$deb_agent" Package)" "^amazon-ecs-init"
+check "deb+agent: tarball is the one given at build time" \
+    cmp "$work/dummy-agent.tar" <(dpkg-deb --fsys-tarfile "$deb_agent" | tar -xOf - "./var/cache/ecs/$agent_name")
+
+# ---------------------------------------------------------------------------------------------
+# run_installed ROOT LABEL: `version` and `plan` of the binary installed under ROOT.
+run_installed() {
+    local root=$1 label=$2 out
+    out=$("$root/usr/libexec/amazon-ecs-init" version 2>&1) || true
+    contains "$label: installed binary prints its version" "$out" "ecs-init version $version"
+    mkdir -p "$root/etc/ecs"
+    if out=$(ECS_INIT_HOST_ROOT="$root" "$root/usr/libexec/amazon-ecs-init" plan 2>&1); then
+        if python3 -c 'import json,sys; json.loads(sys.stdin.read())' <<<"$out" 2>/dev/null; then
+            pass "$label: installed binary's plan prints JSON"
+            contains "$label: plan names the agent container" "$out" '"ecs-agent"'
+        else
+            fail "$label: plan output is not JSON:"
+            printf '%s\n' "$out" | sed 's/^/       /' | head -n 20
+        fi
+    else
+        fail "$label: installed binary's plan failed:"
+        printf '%s\n' "$out" | sed 's/^/       /' | head -n 20
+    fi
+}
+
+# verify_unit ROOT LABEL: systemd-analyze verify of the installed unit inside ROOT, with the
+# host's own units copied in (sysinit.target etc.) and MANPATH pointing at the installed page.
+verify_unit() {
+    local root=$1 label=$2 out
+    mkdir -p "$root/usr/lib/systemd/system"
+    cp -an /lib/systemd/system/. "$root/usr/lib/systemd/system/"
+    if out=$(MANPATH="$root/usr/share/man" systemd-analyze verify --root="$root" ecs.service 2>&1) &&
+        [ -z "$out" ]; then
+        pass "$label: systemd-analyze verify ecs.service"
+    else
+        fail "$label: systemd-analyze verify ecs.service:"
+        printf '%s\n' "$out" | sed 's/^/       /'
+    fi
+}
+
+echo "# rpm install into a scratch root"
+r="$work/rpmroot"
+mkdir -p "$r"
+check "rpm --initdb in scratch root" rpm --root "$r" --initdb
+# Scriptlets run chrooted into the root, which has no /bin/sh: they are exercised below instead.
+check "rpm -i --nodeps --noscripts into scratch root" rpm --root "$r" -i --nodeps --noscripts "$rpm_agent"
+check "rpm -V: installed files match the package" rpm --root "$r" -V --nodeps --noscripts amazon-ecs-init
+check "rpm -q in scratch root" rpm --root "$r" -q amazon-ecs-init
+run_installed "$r" "rpm"
+verify_unit "$r" "rpm"
+# The scriptlets, exactly as stored in the package, against the scratch root (DPKG_ROOT).
+rpm -qp --qf '%{POSTIN}' "$rpm_agent" > "$work/rpm-post"
+rpm -qp --qf '%{PREUN}' "$rpm_agent" > "$work/rpm-preun"
+rpm -qp --qf '%{POSTUN}' "$rpm_agent" > "$work/rpm-postun"
+rm -rf "$r/var/cache/ecs/state" "$r/var/lib/ecs/data"
+check "rpm %post (install) runs" env DPKG_ROOT="$r" sh "$work/rpm-post" 1
+check "rpm %post: ecs-agent.tar links to the bundled tarball" \
+    test "$(readlink "$r/var/cache/ecs/ecs-agent.tar")" = "$agent_name"
+check "rpm %post: state is 2 (reload needed)" test "$(cat "$r/var/cache/ecs/state")" = 2
+check "rpm %post: /var/lib/ecs/data exists, mode 700" test "$(stat -c %a "$r/var/lib/ecs/data")" = 700
+check "rpm %post (upgrade) runs" env DPKG_ROOT="$r" sh "$work/rpm-post" 2
+check "rpm %preun (removal) runs" env DPKG_ROOT="$r" sh "$work/rpm-preun" 0
+check "rpm -e --noscripts from scratch root" rpm --root "$r" -e --nodeps --noscripts amazon-ecs-init
+check "rpm -e: binary removed" test ! -e "$r/usr/libexec/amazon-ecs-init"
+check "rpm %postun (removal) runs" env DPKG_ROOT="$r" sh "$work/rpm-postun" 0
+check "rpm %postun: dangling ecs-agent.tar link removed" test ! -L "$r/var/cache/ecs/ecs-agent.tar"
+
+echo "# deb install into a scratch root (maintainer scripts run chrootless with DPKG_ROOT)"
+d="$work/debroot"
+mkdir -p "$d/var/lib/dpkg/info" "$d/var/lib/dpkg/updates"
+: > "$d/var/lib/dpkg/status"
+: > "$d/var/lib/dpkg/available"
+dpkg_r=(dpkg --root="$d" --force-script-chrootless --force-depends --log=/dev/null)
+check "dpkg --root -i plain deb" "${dpkg_r[@]}" -i "$deb_plain"
+contains "dpkg: installed" "$(dpkg-query --admindir="$d/var/lib/dpkg" -W -f '${Status}' amazon-ecs-init)" "install ok installed"
+check "dpkg: postinst created /var/cache/ecs mode 700" test "$(stat -c %a "$d/var/cache/ecs")" = 700
+check "dpkg: postinst created /var/lib/ecs/data mode 700" test "$(stat -c %a "$d/var/lib/ecs/data")" = 700
+check "dpkg: plain package writes no cache state" test ! -e "$d/var/cache/ecs/state"
+check "dpkg: ecs.config installed empty with mode 600" \
+    test -f "$d/etc/ecs/ecs.config" -a ! -s "$d/etc/ecs/ecs.config" -a "$(stat -c %a "$d/etc/ecs/ecs.config")" = 600
+run_installed "$d" "deb"
+verify_unit "$d" "deb"
+echo "ECS_CLUSTER=kept" > "$d/etc/ecs/ecs.config"
+check "dpkg --root upgrade to the bundled-agent deb" "${dpkg_r[@]}" --force-confold -i "$deb_agent"
+check "dpkg upgrade: modified ecs.config kept" grep -qx ECS_CLUSTER=kept "$d/etc/ecs/ecs.config"
+check "dpkg upgrade: ecs-agent.tar links to the bundled tarball" \
+    test "$(readlink "$d/var/cache/ecs/ecs-agent.tar")" = "$agent_name"
+check "dpkg upgrade: state is 2" test "$(cat "$d/var/cache/ecs/state")" = 2
+check "dpkg upgrade: bundled tarball present" test -s "$d/var/cache/ecs/$agent_name"
+check "dpkg --root -r" "${dpkg_r[@]}" -r amazon-ecs-init
+check "dpkg -r: binary removed" test ! -e "$d/usr/libexec/amazon-ecs-init"
+check "dpkg -r: dangling ecs-agent.tar link removed" test ! -L "$d/var/cache/ecs/ecs-agent.tar"
+check "dpkg -r: ecs.config kept until purge" test -f "$d/etc/ecs/ecs.config"
+check "dpkg --root --purge" "${dpkg_r[@]}" --purge amazon-ecs-init
+check "dpkg --purge: ecs.config removed" test ! -e "$d/etc/ecs/ecs.config"
+check "dpkg --purge: state removed" test ! -e "$d/var/cache/ecs/state"
+
+echo "# dpkg-deb -x of the bundled-agent deb"
+x="$work/debx"
+check "dpkg-deb -x" dpkg-deb -x "$deb_agent" "$x"
+run_installed "$x" "deb -x"
+
+# ---------------------------------------------------------------------------------------------
+echo "# unit and upstart job"
+unit="$here/systemd/ecs.service"
+for line in "Type=notify" "Restart=on-failure" "RestartPreventExitStatus=5" "RestartSec=10s" \
+    "EnvironmentFile=-/var/lib/ecs/ecs.config" "EnvironmentFile=-/etc/ecs/ecs.config" \
+    "ExecStartPre=/usr/libexec/amazon-ecs-init pre-start" "ExecStart=/usr/libexec/amazon-ecs-init start" \
+    "ExecStop=/usr/libexec/amazon-ecs-init stop" "ExecStopPost=/usr/libexec/amazon-ecs-init post-stop" \
+    "Wants=docker.service containerd.service" "After=docker.service containerd.service"; do
+    contains "unit: $line" "$(cat "$unit")" "^$line"
+done
+lacks "unit: no Requires= (would fail where a runtime is absent)" "$(grep -v '^#' "$unit")" "Requires="
+# The verify check above must be able to fail: a unit whose ExecStart does not exist.
+neg="$work/negroot"
+mkdir -p "$neg/usr/lib/systemd/system"
+sed 's|/usr/libexec/amazon-ecs-init|/usr/libexec/missing-ecs-init|' "$unit" > "$neg/usr/lib/systemd/system/ecs.service"
+cp -an /lib/systemd/system/. "$neg/usr/lib/systemd/system/"
+if MANPATH=/nonexistent systemd-analyze verify --root="$neg" ecs.service >/dev/null 2>&1; then
+    fail "systemd-analyze verify rejects a unit with a missing ExecStart binary"
+else
+    pass "systemd-analyze verify rejects a unit with a missing ExecStart binary"
+fi
+job=$(cat "$here/upstart/ecs.conf")
+for line in "start on stopped rc RUNLEVEL=[345]" "respawn" "normal exit 0 5" \
+    "pre-start exec /usr/libexec/amazon-ecs-init pre-start" "exec /usr/libexec/amazon-ecs-init start" \
+    "pre-stop exec /usr/libexec/amazon-ecs-init pre-stop" "post-stop exec /usr/libexec/amazon-ecs-init post-stop"; do
+    contains "upstart: $line" "$job" "^$line"
+done
+
+echo "# scripts"
+for s in "$here"/test.sh "$here"/test-exec-lines.sh; do
+    [ -e "$s" ] && check "bash -n $(basename "$s")" bash -n "$s"
+done
+for s in "$top"/target/packaging/scripts/*/*; do
+    check "sh -n $(basename "$(dirname "$s")")/$(basename "$s")" sh -n "$s"
+done
+if command -v shellcheck >/dev/null; then
+    check "shellcheck test scripts" shellcheck -x "$here/test.sh"
+    check "shellcheck maintainer scripts" shellcheck -s sh "$top"/target/packaging/scripts/*/*
+fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
