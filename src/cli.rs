@@ -42,11 +42,39 @@ pub enum Action {
 }
 
 impl Action {
+    /// The action's command-line name (e.g. `pre-start`).
+    pub fn name(self) -> String {
+        format!("{self:?}")
+            .chars()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                let lower = c.to_ascii_lowercase();
+                if c.is_ascii_uppercase() && i > 0 {
+                    vec!['-', lower]
+                } else {
+                    vec![lower]
+                }
+            })
+            .collect()
+    }
+
     /// Actions that must work while the container runtime is down.
     pub fn works_without_runtime(self) -> bool {
         matches!(
             self,
             Action::Stop | Action::PreStop | Action::PostStop | Action::Plan | Action::Version
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_command_line_words() {
+        assert_eq!(Action::PreStart.name(), "pre-start");
+        assert_eq!(Action::ReloadCache.name(), "reload-cache");
+        assert_eq!(Action::Plan.name(), "plan");
     }
 }

@@ -1,0 +1,480 @@
+//! Turn configuration and host facts into the runtime-neutral agent container spec
+//! (UPSTREAM-BEHAVIOUR.md §4). Pure: no I/O, so every decision is unit-tested.
+use ecs_backends::{AgentSpec, LogConfig, Mount, NamespaceMode};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::config::{parse_string_map, Config, Warning};
+use crate::facts::HostFacts;
+use crate::paths::Paths;
+
+pub const AGENT_IMAGE: &str = "amazon/amazon-ecs-agent:latest";
+pub const AGENT_NAME: &str = "ecs-agent";
+/// Default credentials-fetcher socket (gMSA).
+pub const CREDENTIALS_FETCHER_SOCKET: &str = "/var/credentials-fetcher/socket/credentials_fetcher.sock";
+pub const DEFAULT_APPARMOR_PROFILE: &str = "ecs-agent-default";
+const LOG_DRIVERS: &[&str] = &[
+    "awslogs", "fluentd", "gelf", "json-file", "journald", "logentries", "syslog", "splunk",
+];
+
+/// Environment in insertion order where a later `set` replaces the value in place.
+#[derive(Default)]
+struct EnvList(Vec<(String, String)>);
+
+impl EnvList {
+    fn set(&mut self, k: &str, v: impl Into<String>) {
+        let v = v.into();
+        match self.0.iter_mut().find(|(key, _)| key == k) {
+            Some(slot) => slot.1 = v,
+            None => self.0.push((k.to_string(), v)),
+        }
+    }
+}
+
+/// The paths whose existence [`build`] needs beyond [`HostFacts::probe`]'s own.
+pub fn paths_to_probe(paths: &Paths, cfg: &Config) -> Vec<PathBuf> {
+    vec![
+        credentials_fetcher_socket(cfg),
+        paths.var_lib_ecs.join("deps"),
+        paths.var_lib_ecs.join("deps/execute-command/config"),
+    ]
+}
+
+fn credentials_fetcher_socket(cfg: &Config) -> PathBuf {
+    match cfg.process_env.get("CREDENTIALS_FETCHER_HOST") {
+        Some(v) if !v.is_empty() => PathBuf::from(v.strip_prefix("unix://").unwrap_or(v)),
+        _ => PathBuf::from(CREDENTIALS_FETCHER_SOCKET),
+    }
+}
+
+/// Build the agent container spec. Problems that do not stop the agent (bad labels JSON, an
+/// unknown log driver) are returned as warnings naming the file, line and key.
+pub fn build(paths: &Paths, cfg: &Config, facts: &HostFacts) -> (AgentSpec, Vec<Warning>) {
+    let mut warnings = Vec::new();
+    let external = cfg.knob_bool("ECS_EXTERNAL");
+
+    // --- environment, lowest precedence first ---
+    let mut env = EnvList::default();
+    for (k, v) in [
+        ("ECS_LOGFILE", "/log/ecs-agent.log"),
+        ("ECS_DATADIR", "/data"),
+        ("ECS_AGENT_CONFIG_FILE_PATH", "/etc/ecs/ecs.config.json"),
+        ("ECS_UPDATE_DOWNLOAD_DIR", "/var/cache/ecs"),
+        ("ECS_UPDATES_ENABLED", "true"),
+        (
+            "ECS_AVAILABLE_LOGGING_DRIVERS",
+            r#"["json-file","syslog","awslogs","fluentd","none"]"#,
+        ),
+        ("ECS_ENABLE_TASK_IAM_ROLE", "true"),
+        ("ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST", "true"),
+        ("ECS_EBSTA_SUPPORTED", "true"),
+        ("ECS_AGENT_LABELS", ""),
+        ("ECS_VOLUME_PLUGIN_CAPABILITIES", r#"["efsAuth"]"#),
+    ] {
+        env.set(k, v);
+    }
+    env.set("ECS_DETAILED_OS_FAMILY", facts.detailed_os_family.clone());
+    if let Some(dir) = &facts.cert_dir {
+        env.set("SSL_CERT_DIR", dir.display().to_string());
+    }
+    let fetcher = credentials_fetcher_socket(cfg);
+    env.set("CREDENTIALS_FETCHER_HOST_DIR", fetcher.display().to_string());
+    env.set("ECS_ENABLE_TASK_ENI", "true");
+    env.set("ECS_ENABLE_AWSLOGS_EXECUTIONROLE_OVERRIDE", "true");
+    let gmsa = cfg
+        .process_env
+        .get("ECS_GMSA_SUPPORTED")
+        .and_then(|v| crate::config::parse_bool(v))
+        .unwrap_or(false);
+    if gmsa && facts.realm_joined {
+        env.set("ECS_DOMAIN_JOINED_LINUX_INSTANCE", "true");
+    }
+    for e in &cfg.file_env {
+        env.set(&e.key, e.value.clone());
+    }
+    if external {
+        env.set("ECS_ENABLE_TASK_ENI", "false");
+    }
+    if !facts.ebs_dir {
+        env.set("ECS_EBSTA_SUPPORTED", "false");
+    }
+
+    // --- labels ---
+    let labels = match cfg.file_entry("ECS_AGENT_LABELS") {
+        None => BTreeMap::new(),
+        Some(entry) => parse_string_map(&entry.value).unwrap_or_else(|err| {
+            warnings.push(Warning {
+                origin: Some(entry.origin.clone()),
+                key: Some("ECS_AGENT_LABELS".into()),
+                message: format!(
+                    "Failed to decode the container labels, skipping labels ({err}; expected a JSON object of strings)"
+                ),
+            });
+            BTreeMap::new()
+        }),
+    };
+
+    // --- binds, in the existing tool's order ---
+    let mut mounts = Vec::new();
+    match cfg.process_env.get("DOCKER_HOST").and_then(|h| h.strip_prefix("unix://")) {
+        Some(sock) if !sock.is_empty() => {
+            let target = cfg
+                .file_entry("DOCKER_HOST")
+                .and_then(|e| e.value.strip_prefix("unix://"))
+                .filter(|p| !p.is_empty())
+                .unwrap_or("/var/run/docker.sock");
+            mounts.push(Mount::rw(sock, target));
+        }
+        _ => mounts.push(Mount::rw("/var/run", "/var/run")),
+    }
+    mounts.push(Mount::rw(&paths.var_log_ecs, "/log"));
+    mounts.push(Mount::rw(paths.data_dir(), "/data"));
+    mounts.push(Mount::rw(&paths.etc_ecs, "/etc/ecs"));
+    mounts.push(Mount::rw(&paths.var_cache_ecs, "/var/cache/ecs"));
+    mounts.push(Mount::rw(&facts.cgroup_root, "/sys/fs/cgroup"));
+    mounts.push(Mount::rw(&paths.var_lib_ecs, "/var/lib/ecs"));
+    mounts.push(Mount::rw(paths.var_log_ecs.join("exec"), "/log/exec"));
+    if let Some(pki) = &facts.pki_dir {
+        mounts.push(Mount::ro(pki, pki));
+    }
+    if external {
+        mounts.push(Mount::ro("/root/.aws", "/rotatingcreds"));
+    }
+    if cfg.knob_bool("ECS_ENABLE_GPU_SUPPORT") && facts.nvidia_devices {
+        mounts.push(Mount::rw(paths.var_lib_ecs.join("gpu"), "/var/lib/ecs/gpu"));
+    }
+    if gmsa && facts.exists(&fetcher) {
+        mounts.push(Mount::rw(&fetcher, &fetcher));
+    }
+    for plugins in ["/run/docker/plugins", "/etc/docker/plugins", "/usr/lib/docker/plugins"] {
+        mounts.push(Mount::ro(plugins, plugins));
+    }
+    let deps = paths.var_lib_ecs.join("deps");
+    if facts.exists(&deps) {
+        mounts.push(Mount::ro(&deps, "/managed-agents"));
+        let exec_cfg = deps.join("execute-command/config");
+        if facts.exists(&exec_cfg) {
+            mounts.push(Mount::rw(&exec_cfg, "/managed-agents/execute-command/config"));
+        }
+    }
+    for (src, dst) in [
+        ("/proc", "/host/proc"),
+        ("/usr/lib", "/usr/lib"),
+        ("/lib", "/lib"),
+        ("/usr/lib64", "/usr/lib64"),
+        ("/lib64", "/lib64"),
+        ("/sbin", "/host/sbin"),
+        ("/etc/alternatives", "/etc/alternatives"),
+        ("/usr/sbin", "/usr/sbin"),
+    ] {
+        mounts.push(Mount::ro(src, dst));
+    }
+    mounts.push(Mount::rw("/usr/bin/lsblk", "/usr/bin/lsblk"));
+    for file in [&facts.nsenter, &facts.modinfo].into_iter().flatten() {
+        mounts.push(Mount::rw(file, file));
+    }
+    if let (Some(result), false) = (&facts.cloud_init_result, external) {
+        mounts.push(Mount::ro(result, result));
+    }
+
+    // --- host config ---
+    let log = log_config(cfg, &mut warnings);
+    let spec = AgentSpec {
+        image: AGENT_IMAGE.into(),
+        name: AGENT_NAME.into(),
+        env: env.0,
+        mounts,
+        labels,
+        cap_add: if external {
+            vec![]
+        } else {
+            vec!["NET_ADMIN".into(), "SYS_ADMIN".into()]
+        },
+        network: NamespaceMode::Host,
+        pid: if cfg.knob_bool("ECS_AGENT_PID_NAMESPACE_HOST") {
+            NamespaceMode::Host
+        } else {
+            NamespaceMode::Private
+        },
+        userns: NamespaceMode::Host,
+        privileged: cfg.knob_bool("ECS_AGENT_RUN_PRIVILEGED"),
+        init: true,
+        apparmor_profile: facts.apparmor.then(|| {
+            cfg.knob("ECS_AGENT_APPARMOR_PROFILE")
+                .filter(|p| !p.is_empty())
+                .unwrap_or(DEFAULT_APPARMOR_PROFILE)
+                .to_string()
+        }),
+        log,
+    };
+    (spec, warnings)
+}
+
+fn knob_warning(key: &str, message: String) -> Warning {
+    Warning {
+        origin: None,
+        key: Some(key.into()),
+        message,
+    }
+}
+
+fn log_config(cfg: &Config, warnings: &mut Vec<Warning>) -> LogConfig {
+    let mut log = LogConfig::default();
+    if let Some(size) = cfg.knob("ECS_INIT_DOCKER_LOG_FILE_SIZE").filter(|v| !v.is_empty()) {
+        let size = if size.bytes().all(|b| b.is_ascii_digit()) {
+            format!("{size}m")
+        } else {
+            size.to_string()
+        };
+        log.options.insert("max-size".into(), size);
+    }
+    if let Some(num) = cfg.knob("ECS_INIT_DOCKER_LOG_FILE_NUM").filter(|v| !v.is_empty()) {
+        log.options.insert("max-file".into(), num.to_string());
+    }
+    if let Some(driver) = cfg.knob("ECS_LOG_DRIVER").filter(|v| !v.is_empty()) {
+        if LOG_DRIVERS.contains(&driver) {
+            if driver != log.driver {
+                log.options.clear();
+            }
+            log.driver = driver.to_string();
+        } else {
+            warnings.push(knob_warning(
+                "ECS_LOG_DRIVER",
+                format!("unknown log driver {driver:?} (want one of {}); using json-file", LOG_DRIVERS.join(", ")),
+            ));
+        }
+    }
+    if let Some(opts) = cfg.knob("ECS_LOG_OPTS").filter(|v| !v.is_empty()) {
+        match parse_string_map(opts) {
+            Ok(map) => log.options = map,
+            Err(err) => warnings.push(knob_warning(
+                "ECS_LOG_OPTS",
+                format!("not a JSON object of strings ({err}); using the default log options"),
+            )),
+        }
+    }
+    log
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::Distro;
+
+    fn facts() -> HostFacts {
+        HostFacts {
+            distro: Distro::AmazonLinux,
+            detailed_os_family: "amzn_2".into(),
+            cert_dir: Some("/etc/pki/tls/certs".into()),
+            pki_dir: Some("/etc/pki".into()),
+            cgroup_root: "/sys/fs/cgroup".into(),
+            ebs_dir: true,
+            nvidia_devices: false,
+            apparmor: false,
+            realm_joined: false,
+            nsenter: Some("/usr/bin/nsenter".into()),
+            modinfo: Some("/sbin/modinfo".into()),
+            cloud_init_result: Some(crate::facts::CLOUD_INIT_RESULT.into()),
+            existing: vec![],
+        }
+    }
+
+    fn cfg(file: &str, process: &[(&str, &str)]) -> Config {
+        Config::from_parts(
+            &[(PathBuf::from("/etc/ecs/ecs.config"), file.to_string())],
+            process.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        )
+    }
+
+    fn env(spec: &AgentSpec) -> Vec<String> {
+        spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    }
+
+    fn binds(spec: &AgentSpec) -> Vec<String> {
+        spec.mounts
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}:{}{}",
+                    m.source.display(),
+                    m.target.display(),
+                    if m.read_only { ":ro" } else { "" }
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn default_spec_matches_upstream() {
+        let (spec, warnings) = build(&Paths::under("/"), &cfg("ECS_CLUSTER=prod\n", &[]), &facts());
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(spec.image, "amazon/amazon-ecs-agent:latest");
+        assert_eq!(spec.name, "ecs-agent");
+        assert_eq!(
+            env(&spec),
+            [
+                "ECS_LOGFILE=/log/ecs-agent.log",
+                "ECS_DATADIR=/data",
+                "ECS_AGENT_CONFIG_FILE_PATH=/etc/ecs/ecs.config.json",
+                "ECS_UPDATE_DOWNLOAD_DIR=/var/cache/ecs",
+                "ECS_UPDATES_ENABLED=true",
+                r#"ECS_AVAILABLE_LOGGING_DRIVERS=["json-file","syslog","awslogs","fluentd","none"]"#,
+                "ECS_ENABLE_TASK_IAM_ROLE=true",
+                "ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST=true",
+                "ECS_EBSTA_SUPPORTED=true",
+                "ECS_AGENT_LABELS=",
+                r#"ECS_VOLUME_PLUGIN_CAPABILITIES=["efsAuth"]"#,
+                "ECS_DETAILED_OS_FAMILY=amzn_2",
+                "SSL_CERT_DIR=/etc/pki/tls/certs",
+                "CREDENTIALS_FETCHER_HOST_DIR=/var/credentials-fetcher/socket/credentials_fetcher.sock",
+                "ECS_ENABLE_TASK_ENI=true",
+                "ECS_ENABLE_AWSLOGS_EXECUTIONROLE_OVERRIDE=true",
+                "ECS_CLUSTER=prod",
+            ]
+        );
+        assert_eq!(
+            binds(&spec),
+            [
+                "/var/run:/var/run",
+                "/var/log/ecs:/log",
+                "/var/lib/ecs/data:/data",
+                "/etc/ecs:/etc/ecs",
+                "/var/cache/ecs:/var/cache/ecs",
+                "/sys/fs/cgroup:/sys/fs/cgroup",
+                "/var/lib/ecs:/var/lib/ecs",
+                "/var/log/ecs/exec:/log/exec",
+                "/etc/pki:/etc/pki:ro",
+                "/run/docker/plugins:/run/docker/plugins:ro",
+                "/etc/docker/plugins:/etc/docker/plugins:ro",
+                "/usr/lib/docker/plugins:/usr/lib/docker/plugins:ro",
+                "/proc:/host/proc:ro",
+                "/usr/lib:/usr/lib:ro",
+                "/lib:/lib:ro",
+                "/usr/lib64:/usr/lib64:ro",
+                "/lib64:/lib64:ro",
+                "/sbin:/host/sbin:ro",
+                "/etc/alternatives:/etc/alternatives:ro",
+                "/usr/sbin:/usr/sbin:ro",
+                "/usr/bin/lsblk:/usr/bin/lsblk",
+                "/usr/bin/nsenter:/usr/bin/nsenter",
+                "/sbin/modinfo:/sbin/modinfo",
+                "/var/lib/cloud/data/result.json:/var/lib/cloud/data/result.json:ro",
+            ]
+        );
+        assert_eq!(spec.cap_add, ["NET_ADMIN", "SYS_ADMIN"]);
+        assert_eq!((spec.network, spec.userns, spec.pid), (NamespaceMode::Host, NamespaceMode::Host, NamespaceMode::Private));
+        assert!(spec.init && !spec.privileged && spec.apparmor_profile.is_none());
+        assert!(spec.labels.is_empty());
+        assert_eq!(spec.log, LogConfig::default());
+    }
+
+    #[test]
+    fn file_env_overrides_defaults_and_forced_values_win() {
+        let (spec, _) = build(
+            &Paths::under("/"),
+            &cfg("ECS_ENABLE_TASK_ENI=true\nECS_LOGFILE=/log/x.log\nECS_EXTERNAL=true\n", &[]),
+            &HostFacts { ebs_dir: false, ..facts() },
+        );
+        assert_eq!(spec.env_value("ECS_LOGFILE"), Some("/log/x.log"));
+        assert_eq!(spec.env_value("ECS_ENABLE_TASK_ENI"), Some("false"));
+        assert_eq!(spec.env_value("ECS_EBSTA_SUPPORTED"), Some("false"));
+        // External: no caps, rotating creds, no cloud-init result.
+        assert!(spec.cap_add.is_empty());
+        let b = binds(&spec);
+        assert!(b.contains(&"/root/.aws:/rotatingcreds:ro".to_string()));
+        assert!(!b.iter().any(|m| m.contains("result.json")));
+    }
+
+    #[test]
+    fn rerooted_ecs_dirs_only() {
+        let root = Paths::under("/tmp/r");
+        let (spec, _) = build(&root, &cfg("", &[]), &facts());
+        let b = binds(&spec);
+        assert!(b.contains(&"/tmp/r/var/log/ecs:/log".to_string()));
+        assert!(b.contains(&"/tmp/r/var/lib/ecs/data:/data".to_string()));
+        assert!(b.contains(&"/proc:/host/proc:ro".to_string()));
+    }
+
+    #[test]
+    fn labels_and_bad_labels() {
+        let (spec, w) = build(
+            &Paths::under("/"),
+            &cfg(r#"ECS_AGENT_LABELS={"a":"1","b":"2"}"#, &[]),
+            &facts(),
+        );
+        assert!(w.is_empty());
+        assert_eq!(spec.labels.len(), 2);
+        let (spec, w) = build(
+            &Paths::under("/"),
+            &cfg("ECS_CLUSTER=x\nECS_AGENT_LABELS={\"a\":1}\n", &[]),
+            &facts(),
+        );
+        assert!(spec.labels.is_empty());
+        assert_eq!(w.len(), 1);
+        let msg = w[0].to_string();
+        assert!(
+            msg.starts_with("/etc/ecs/ecs.config:2: ECS_AGENT_LABELS: Failed to decode the container labels, skipping labels"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn host_config_knobs() {
+        let (spec, w) = build(
+            &Paths::under("/"),
+            &cfg("", &[
+                ("ECS_AGENT_RUN_PRIVILEGED", "true"),
+                ("ECS_AGENT_PID_NAMESPACE_HOST", "true"),
+                ("ECS_AGENT_APPARMOR_PROFILE", "custom"),
+                ("ECS_INIT_DOCKER_LOG_FILE_SIZE", "32"),
+                ("ECS_INIT_DOCKER_LOG_FILE_NUM", "7"),
+            ]),
+            &HostFacts { apparmor: true, ..facts() },
+        );
+        assert!(w.is_empty());
+        assert!(spec.privileged);
+        assert_eq!(spec.pid, NamespaceMode::Host);
+        assert_eq!(spec.apparmor_profile.as_deref(), Some("custom"));
+        assert_eq!(spec.log.options["max-size"], "32m");
+        assert_eq!(spec.log.options["max-file"], "7");
+    }
+
+    #[test]
+    fn log_driver_and_opts() {
+        let (spec, w) = build(
+            &Paths::under("/"),
+            &cfg("", &[("ECS_LOG_DRIVER", "syslog"), ("ECS_LOG_OPTS", r#"{"tag":"ecs"}"#)]),
+            &facts(),
+        );
+        assert!(w.is_empty());
+        assert_eq!(spec.log.driver, "syslog");
+        assert_eq!(spec.log.options, BTreeMap::from([("tag".into(), "ecs".into())]));
+        let (spec, w) = build(
+            &Paths::under("/"),
+            &cfg("", &[("ECS_LOG_DRIVER", "bogus"), ("ECS_LOG_OPTS", "[1]")]),
+            &facts(),
+        );
+        assert_eq!(spec.log, LogConfig::default());
+        assert_eq!(w.len(), 2);
+        assert!(w[0].to_string().starts_with("ECS_LOG_DRIVER: unknown log driver \"bogus\""));
+    }
+
+    #[test]
+    fn docker_host_bind_and_gmsa() {
+        let sock = PathBuf::from("/run/cf.sock");
+        let (spec, _) = build(
+            &Paths::under("/"),
+            &cfg("DOCKER_HOST=unix:///var/run/agent-docker.sock\n", &[
+                ("DOCKER_HOST", "unix:///run/custom/docker.sock"),
+                ("ECS_GMSA_SUPPORTED", "true"),
+                ("CREDENTIALS_FETCHER_HOST", "unix:///run/cf.sock"),
+            ]),
+            &HostFacts { realm_joined: true, existing: vec![sock.clone()], ..facts() },
+        );
+        let b = binds(&spec);
+        assert_eq!(b[0], "/run/custom/docker.sock:/var/run/agent-docker.sock");
+        assert!(b.contains(&"/run/cf.sock:/run/cf.sock".to_string()));
+        assert_eq!(spec.env_value("ECS_DOMAIN_JOINED_LINUX_INSTANCE"), Some("true"));
+        assert_eq!(spec.env_value("CREDENTIALS_FETCHER_HOST_DIR"), Some("/run/cf.sock"));
+    }
+}

@@ -1,0 +1,126 @@
+//! Every host path ecs-init uses, derived from one place.
+//!
+//! `ECS_INIT_HOST_ROOT` (default `/`) re-roots the four ecs directories so that tests and demos
+//! can run side by side without touching the real ones. Host system paths that are only *read*
+//! or bind-mounted read-only (`/proc`, `/lib`, certificates, ...) are not re-rooted.
+use std::path::{Path, PathBuf};
+
+/// The environment variable that re-roots the ecs directories.
+pub const HOST_ROOT_ENV: &str = "ECS_INIT_HOST_ROOT";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// The re-rooting prefix (`/` on a real host).
+    pub root: PathBuf,
+    /// `/etc/ecs`
+    pub etc_ecs: PathBuf,
+    /// `/var/lib/ecs`
+    pub var_lib_ecs: PathBuf,
+    /// `/var/cache/ecs`
+    pub var_cache_ecs: PathBuf,
+    /// `/var/log/ecs`
+    pub var_log_ecs: PathBuf,
+}
+
+impl Paths {
+    /// Paths under `root` (`/` for the real host).
+    pub fn under(root: impl Into<PathBuf>) -> Paths {
+        let root = root.into();
+        let join = |p: &str| root.join(p);
+        Paths {
+            etc_ecs: join("etc/ecs"),
+            var_lib_ecs: join("var/lib/ecs"),
+            var_cache_ecs: join("var/cache/ecs"),
+            var_log_ecs: join("var/log/ecs"),
+            root,
+        }
+    }
+
+    /// Paths from `ECS_INIT_HOST_ROOT` (empty or unset: `/`).
+    pub fn from_env() -> Paths {
+        match std::env::var_os(HOST_ROOT_ENV) {
+            Some(v) if !v.is_empty() => Paths::under(PathBuf::from(v)),
+            _ => Paths::under("/"),
+        }
+    }
+
+    /// `/etc/ecs/ecs.config`: the operator's config (wins over the one below).
+    pub fn etc_config(&self) -> PathBuf {
+        self.etc_ecs.join("ecs.config")
+    }
+    /// `/var/lib/ecs/ecs.config`: config written by tooling (e.g. user data).
+    pub fn var_lib_config(&self) -> PathBuf {
+        self.var_lib_ecs.join("ecs.config")
+    }
+    /// `/var/lib/ecs/data`: the agent's data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self.var_lib_ecs.join("data")
+    }
+    /// `/var/cache/ecs/ecs-agent.tar`
+    pub fn agent_tarball(&self) -> PathBuf {
+        self.var_cache_ecs.join("ecs-agent.tar")
+    }
+    /// `/var/cache/ecs/state`
+    pub fn cache_state(&self) -> PathBuf {
+        self.var_cache_ecs.join("state")
+    }
+    /// `/var/cache/ecs/desired-image`
+    pub fn desired_image(&self) -> PathBuf {
+        self.var_cache_ecs.join("desired-image")
+    }
+    /// `/var/log/ecs/ecs-init.log`
+    pub fn init_log(&self) -> PathBuf {
+        self.var_log_ecs.join("ecs-init.log")
+    }
+    /// Where the chosen runtime backend is recorded for `stop`/`post-stop`.
+    pub fn runtime_record(&self) -> PathBuf {
+        self.var_lib_ecs.join("runtime-backend")
+    }
+    /// A path under the re-rooting prefix.
+    pub fn rooted(&self, absolute: &Path) -> PathBuf {
+        self.root
+            .join(absolute.strip_prefix("/").unwrap_or(absolute))
+    }
+}
+
+/// Write `contents` to `path` atomically (temp file in the same directory, then rename), so a
+/// crash never leaves a half-written state file.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rerooted() {
+        let p = Paths::under("/tmp/x");
+        assert_eq!(p.etc_config(), PathBuf::from("/tmp/x/etc/ecs/ecs.config"));
+        assert_eq!(p.agent_tarball(), PathBuf::from("/tmp/x/var/cache/ecs/ecs-agent.tar"));
+        assert_eq!(p.rooted(Path::new("/var/lib/ecs/gpu")), PathBuf::from("/tmp/x/var/lib/ecs/gpu"));
+        let real = Paths::under("/");
+        assert_eq!(real.init_log(), PathBuf::from("/var/log/ecs/ecs-init.log"));
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("sub/state");
+        write_atomic(&f, b"2").unwrap();
+        write_atomic(&f, b"1").unwrap();
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "1");
+        assert_eq!(std::fs::read_dir(f.parent().unwrap()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,124 @@
+//! The two read-only actions: `plan` (what would be done, as JSON) and `status` (what is
+//! running now). Both work without a running runtime, and neither changes the host.
+use ecs_backends::Runtime;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, SystemTime};
+
+use crate::{agent, cache, select, time, Context};
+
+/// Print the resolved plan as JSON on stdout (secret values redacted).
+pub async fn plan(ctx: &Context) -> anyhow::Result<()> {
+    let (spec, warnings) = ctx.spec();
+    let runtime = match select::choose(&ctx.config, &ctx.endpoints).await {
+        Ok(choice) => json!({"name": choice.name, "reason": choice.reason}),
+        Err(select::SelectError::Config(e)) => return Err(e.into()),
+        Err(e) => json!({"name": null, "reason": e.to_string()}),
+    };
+    let cache_state = match cache::state(&ctx.paths) {
+        Ok(s) => json!(s),
+        Err(e) => json!({"error": e.to_string()}),
+    };
+    let out = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "host_root": ctx.paths.root,
+        "config_files": [ctx.paths.var_lib_config(), ctx.paths.etc_config()],
+        "runtime": runtime,
+        "endpoints": ctx.endpoints,
+        "cache": {
+            "tarball": ctx.paths.agent_tarball(),
+            "state_file": ctx.paths.cache_state(),
+            "state": cache_state,
+        },
+        "agent": spec,
+        "warnings": warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+    });
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, &out)?;
+    writeln!(stdout)?;
+    Ok(())
+}
+
+/// Ask the agent's introspection endpoint; `Ok(status line)` when it answers HTTP.
+pub fn introspection(timeout: Duration) -> Result<String, String> {
+    let addr: SocketAddr = ([127, 0, 0, 1], 51678).into();
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.write_all(b"GET /v1/metadata HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.take(4096).read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.lines().next().unwrap_or("").trim().to_string();
+    if status.starts_with("HTTP/") {
+        Ok(status)
+    } else {
+        Err(format!("unexpected answer {status:?}"))
+    }
+}
+
+/// Print the runtime, the agent container's state and whether introspection answers.
+/// Exit 0 when the agent is running, 3 when it is not.
+pub async fn status(ctx: &Context) -> anyhow::Result<i32> {
+    let mut out = String::new();
+    let mut running = false;
+    match ctx.recorded_runtime().await {
+        Err(e) => out += &format!("runtime:        unknown ({e:#})\n"),
+        Ok((choice, rt)) => {
+            match rt.ping().await {
+                Ok(info) => {
+                    out += &format!(
+                        "runtime:        {} {} at {} ({})\n",
+                        info.runtime, info.version, info.endpoint, choice.reason
+                    );
+                    running = describe_agent(rt.as_ref(), &mut out).await;
+                }
+                Err(e) => out += &format!("runtime:        {} not answering: {e} ({})\n", choice.name, choice.reason),
+            }
+        }
+    }
+    match introspection(Duration::from_secs(2)) {
+        Ok(line) => out += &format!("introspection:  http://127.0.0.1:51678/v1/metadata answers ({line})\n"),
+        Err(e) => out += &format!("introspection:  http://127.0.0.1:51678/v1/metadata does not answer ({e})\n"),
+    }
+    print!("{out}");
+    Ok(if running { 0 } else { 3 })
+}
+
+async fn describe_agent(rt: &dyn Runtime, out: &mut String) -> bool {
+    match rt.inspect(agent::AGENT_NAME).await {
+        Err(e) => {
+            *out += &format!("agent:          cannot inspect {}: {e}\n", agent::AGENT_NAME);
+            false
+        }
+        Ok(None) => {
+            *out += &format!("agent:          no container named {}\n", agent::AGENT_NAME);
+            false
+        }
+        Ok(Some(st)) => {
+            let since = st.started_at.as_deref().and_then(time::parse_rfc3339);
+            let uptime = since
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .map(time::human_duration);
+            if st.running {
+                *out += &format!(
+                    "agent:          {} running, up {}, pid {}, image {}\n",
+                    agent::AGENT_NAME,
+                    uptime.as_deref().unwrap_or("?"),
+                    st.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+                    st.image
+                );
+            } else {
+                *out += &format!(
+                    "agent:          {} {} (exit code {}), finished {}\n",
+                    agent::AGENT_NAME,
+                    st.status,
+                    st.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
+                    st.finished_at.as_deref().unwrap_or("?")
+                );
+            }
+            st.running
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! A recording, scripted [`Runtime`] for unit tests of the launcher's decisions (never used
+//! to claim a daemon-facing feature works: those are tested against the real daemons).
+use async_trait::async_trait;
+use ecs_backends::{AgentSpec, ContainerState, Result, Runtime, RuntimeError, RuntimeInfo};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Default)]
+struct State {
+    calls: Vec<(&'static str, Instant)>,
+    exits: Vec<(i64, u64)>,
+    run_index: usize,
+    fail_run: bool,
+    image_present: bool,
+    loaded: Vec<PathBuf>,
+}
+
+#[derive(Default)]
+pub struct FakeRuntime(Mutex<State>);
+
+impl FakeRuntime {
+    /// Each run of the agent lasts `secs` and exits with `code`, in order.
+    pub fn with_exits(exits: &[(i64, u64)]) -> FakeRuntime {
+        let rt = FakeRuntime::default();
+        rt.0.lock().unwrap().exits = exits.to_vec();
+        rt
+    }
+    pub fn fail_run(&self) {
+        self.0.lock().unwrap().fail_run = true;
+    }
+    pub fn set_image_present(&self, present: bool) {
+        self.0.lock().unwrap().image_present = present;
+    }
+    fn record(&self, what: &'static str) {
+        self.0.lock().unwrap().calls.push((what, Instant::now()));
+    }
+    pub fn calls_of(&self, what: &str) -> usize {
+        self.0.lock().unwrap().calls.iter().filter(|(c, _)| *c == what).count()
+    }
+    pub fn runs(&self) -> usize {
+        self.calls_of("run")
+    }
+    pub fn loaded(&self) -> Vec<PathBuf> {
+        self.0.lock().unwrap().loaded.clone()
+    }
+    /// Time between consecutive `run` calls.
+    pub fn gaps_between_runs(&self) -> Vec<Duration> {
+        let s = self.0.lock().unwrap();
+        let runs: Vec<Instant> = s.calls.iter().filter(|(c, _)| *c == "run").map(|(_, t)| *t).collect();
+        runs.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+}
+
+#[async_trait]
+impl Runtime for FakeRuntime {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    async fn ping(&self) -> Result<RuntimeInfo> {
+        self.record("ping");
+        Ok(RuntimeInfo {
+            runtime: "fake".into(),
+            version: "0".into(),
+            endpoint: "memory".into(),
+        })
+    }
+    async fn image_present(&self, _reference: &str) -> Result<bool> {
+        self.record("image_present");
+        Ok(self.0.lock().unwrap().image_present)
+    }
+    async fn load_image(&self, tarball: &Path) -> Result<Vec<String>> {
+        self.record("load_image");
+        let mut s = self.0.lock().unwrap();
+        s.loaded.push(tarball.to_path_buf());
+        s.image_present = true;
+        Ok(vec![crate::agent::AGENT_IMAGE.into()])
+    }
+    async fn remove_container(&self, _name: &str) -> Result<()> {
+        self.record("remove_container");
+        Ok(())
+    }
+    async fn run(&self, _spec: &AgentSpec) -> Result<()> {
+        self.record("run");
+        if self.0.lock().unwrap().fail_run {
+            return Err(RuntimeError::daemon("fake", "create container", "no such image"));
+        }
+        Ok(())
+    }
+    async fn wait(&self, _name: &str) -> Result<i64> {
+        self.record("wait");
+        let next = {
+            let mut s = self.0.lock().unwrap();
+            let n = s.exits.get(s.run_index).copied();
+            s.run_index += 1;
+            n
+        };
+        match next {
+            Some((code, secs)) => {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                Ok(code)
+            }
+            None => std::future::pending().await,
+        }
+    }
+    async fn stop(&self, _name: &str, _grace: Duration) -> Result<()> {
+        self.record("stop");
+        Ok(())
+    }
+    async fn logs_tail(&self, _name: &str, lines: usize) -> Result<String> {
+        self.record("logs_tail");
+        Ok((0..lines).map(|i| format!("line {i}\n")).collect())
+    }
+    async fn inspect(&self, _name: &str) -> Result<Option<ContainerState>> {
+        self.record("inspect");
+        Ok(None)
+    }
+}
