@@ -1,0 +1,160 @@
+//! The agent's stdout/stderr on containerd: a `binary://` log URI pointing at the
+//! `ecs-agent-init` log shim, which writes `<dir>/<name>.log` (+ `.1` … rotations) in Docker's
+//! json-file line format. This module builds the URI and reads the files back for
+//! [`logs_tail`](crate::Runtime::logs_tail).
+
+use crate::spec::LogConfig;
+use serde::Deserialize;
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+/// Percent-encodes everything but unreserved characters and `/` (containerd's shim parses the
+/// URI with Go's `net/url`, which decodes query values).
+fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `max-size` and `max-file` from the spec's log options, Docker's defaults otherwise.
+///
+/// The containerd backend always keeps this json-file-style log (other Docker log drivers do
+/// not exist here); a different driver is logged as a warning by the caller.
+pub fn limits(log: &LogConfig) -> (String, String) {
+    let size = log
+        .options
+        .get("max-size")
+        .cloned()
+        .unwrap_or_else(|| "16m".into());
+    let files = log
+        .options
+        .get("max-file")
+        .cloned()
+        .unwrap_or_else(|| "4".into());
+    (size, files)
+}
+
+/// The log URI handed to Tasks.Create for both stdout and stderr.
+pub fn uri(shim: &Path, dir: &Path, name: &str, log: &LogConfig) -> String {
+    let (size, files) = limits(log);
+    format!(
+        "binary://{}?log-shim={}&name={}&max-size={}&max-file={}",
+        encode(&shim.to_string_lossy()),
+        encode(&dir.to_string_lossy()),
+        encode(name),
+        encode(&size),
+        encode(&files)
+    )
+}
+
+/// The current file and its rotations, oldest first, that exist.
+pub fn files(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let base = dir.join(format!("{name}.log"));
+    let mut rotated: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let n = file.strip_prefix(&format!("{name}.log."))?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    rotated.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut all: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    if base.exists() {
+        all.push(base);
+    }
+    all
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    log: String,
+    time: String,
+}
+
+/// The last `lines` entries as `<RFC 3339 time> <line>` lines (Docker's `logs --timestamps`).
+pub fn tail(dir: &Path, name: &str, lines: usize) -> std::io::Result<String> {
+    let mut last: VecDeque<String> = VecDeque::with_capacity(lines.min(10_000));
+    if lines == 0 {
+        return Ok(String::new());
+    }
+    for path in files(dir, name) {
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            // Rotated away between listing and opening.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for line in BufReader::new(file).lines() {
+            let line = line?;
+            let Ok(entry) = serde_json::from_str::<Entry>(&line) else {
+                continue;
+            };
+            if last.len() == lines {
+                last.pop_front();
+            }
+            let text = entry.log.strip_suffix('\n').unwrap_or(&entry.log);
+            last.push_back(format!("{} {}", entry.time, text));
+        }
+    }
+    let mut out = String::new();
+    for l in last {
+        out.push_str(&l);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Removes the log files of a container (Docker drops a container's log with the container).
+pub fn remove(dir: &Path, name: &str) {
+    for f in files(dir, name) {
+        if let Err(e) = std::fs::remove_file(&f) {
+            tracing::debug!(file = %f.display(), error = %e, "could not remove log file");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_encodes() {
+        let u = uri(
+            Path::new("/usr/libexec/x"),
+            Path::new("/var/log/ecs/containerd"),
+            "ecs-agent",
+            &LogConfig::default(),
+        );
+        assert_eq!(
+            u,
+            "binary:///usr/libexec/x?log-shim=/var/log/ecs/containerd&name=ecs-agent&max-size=16m&max-file=4"
+        );
+        assert_eq!(encode("a b&c"), "a%20b%26c");
+    }
+
+    #[test]
+    fn tail_reads_rotations_in_order() {
+        let dir = std::env::temp_dir().join(format!("ecs-logs-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let line =
+            |n: u32| format!("{{\"log\":\"l{n}\\n\",\"stream\":\"stdout\",\"time\":\"t{n}\"}}\n");
+        std::fs::write(dir.join("c.log.2"), line(1) + &line(2)).unwrap();
+        std::fs::write(dir.join("c.log.1"), line(3)).unwrap();
+        std::fs::write(dir.join("c.log"), line(4) + &line(5)).unwrap();
+        assert_eq!(tail(&dir, "c", 3).unwrap(), "t3 l3\nt4 l4\nt5 l5\n");
+        assert_eq!(tail(&dir, "c", 100).unwrap().lines().count(), 5);
+        remove(&dir, "c");
+        assert!(files(&dir, "c").is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
