@@ -18,12 +18,33 @@
 # With systemd as PID 1 the daemons are started with systemctl (drop-ins add the flags above
 # and the log files); otherwise they are started in the background with setsid/nohup.
 
+# Overrides (for testing this script against a private pair of daemons, never needed normally):
+#   ECS_TEST_LOG_DIR, ECS_TEST_CONTAINERD_SOCK, ECS_TEST_CONTAINERD_ARGS (extra containerd args),
+#   ECS_TEST_DOCKER_SOCK, ECS_TEST_DOCKER_PID, ECS_TEST_DOCKER_EXEC_ROOT,
+#   ECS_TEST_DOCKERD_ARGS (extra dockerd args), ECS_TEST_NO_SYSTEMD=1 (background start even
+#   under systemd).
+
 set -euo pipefail
 
-LOG_DIR=/var/log/ecs-init-tests
-CONTAINERD_SOCK=/run/containerd/containerd.sock
-DOCKER_SOCK=/var/run/docker.sock
-DOCKER_PID=/var/run/docker.pid
+DEFAULT_CONTAINERD_SOCK=/run/containerd/containerd.sock
+DEFAULT_DOCKER_SOCK=/var/run/docker.sock
+DEFAULT_DOCKER_PID=/var/run/docker.pid
+LOG_DIR=${ECS_TEST_LOG_DIR:-/var/log/ecs-init-tests}
+CONTAINERD_SOCK=${ECS_TEST_CONTAINERD_SOCK:-$DEFAULT_CONTAINERD_SOCK}
+DOCKER_SOCK=${ECS_TEST_DOCKER_SOCK:-$DEFAULT_DOCKER_SOCK}
+DOCKER_PID=${ECS_TEST_DOCKER_PID:-$DEFAULT_DOCKER_PID}
+DOCKER_EXEC_ROOT=${ECS_TEST_DOCKER_EXEC_ROOT:-/var/run/docker}
+read -r -a CONTAINERD_EXTRA <<<"${ECS_TEST_CONTAINERD_ARGS:-}"
+read -r -a DOCKERD_EXTRA <<<"${ECS_TEST_DOCKERD_ARGS:-}"
+if [ "$CONTAINERD_SOCK" != "$DEFAULT_CONTAINERD_SOCK" ]; then
+    CONTAINERD_EXTRA+=(--address "$CONTAINERD_SOCK")
+fi
+if [ "$DOCKER_SOCK" != "$DEFAULT_DOCKER_SOCK" ]; then
+    DOCKERD_EXTRA+=(-H "unix://${DOCKER_SOCK}")
+fi
+if [ "$DOCKER_PID" != "$DEFAULT_DOCKER_PID" ]; then
+    DOCKERD_EXTRA+=(--pidfile "$DOCKER_PID")
+fi
 DOCKERD_FLAGS=(--iptables=false --ip6tables=false --bridge=none "--containerd=${CONTAINERD_SOCK}")
 WAIT_SECS=60
 
@@ -76,10 +97,55 @@ mkdir -p "$LOG_DIR"
 
 # ---------------------------------------------------------------- helpers
 containerd_answers() { timeout 10 ctr --address "$CONTAINERD_SOCK" version >/dev/null 2>&1; }
+export CONTAINERD_ADDRESS=$CONTAINERD_SOCK DOCKER_HOST=unix://$DOCKER_SOCK
 docker_answers() { timeout 10 docker -H "unix://${DOCKER_SOCK}" version >/dev/null 2>&1; }
 
-# True when a process with exactly this name is alive.
-alive() { pgrep -x "$1" >/dev/null 2>&1; }
+# True when some live process listens on this unix socket path (paths compared after
+# resolving symlinks such as /var/run -> /run).
+socket_owned() {
+    local want
+    want=$(realpath -m "$1")
+    ss -xlnH 2>/dev/null | awk '{print $5}' | {
+        while read -r p; do
+            [ "$(realpath -m "$p")" = "$want" ] && exit 0
+        done
+        exit 1
+    }
+}
+
+# The value of a daemon's --address/-a (containerd) or -H/--host (dockerd) style flag in a
+# NUL-separated cmdline, or the default when absent.
+flag_value() {
+    local cmdline_file=$1 default=$2
+    shift 2
+    local prev="" arg f
+    while IFS= read -r -d '' arg; do
+        for f in "$@"; do
+            if [ "$prev" = "$f" ]; then
+                echo "$arg"
+                return
+            fi
+            case "$arg" in "$f="*) echo "${arg#*=}"; return ;; esac
+        done
+        prev=$arg
+    done <"$cmdline_file"
+    echo "$default"
+}
+
+# True when a containerd process serving our socket exists (it may still be starting).
+containerd_running() {
+    local pid addr
+    for pid in $(pgrep -x containerd || true); do
+        addr=$(flag_value "/proc/$pid/cmdline" "$DEFAULT_CONTAINERD_SOCK" --address -a 2>/dev/null) || continue
+        [ "$(realpath -m "$addr")" = "$(realpath -m "$CONTAINERD_SOCK")" ] && return 0
+    done
+    socket_owned "$CONTAINERD_SOCK"
+}
+
+# True when the dockerd of our pid file is alive or something listens on our socket.
+dockerd_running() {
+    pidfile_live "$DOCKER_PID" dockerd || socket_owned "$DOCKER_SOCK"
+}
 
 # Is the pid in this file a live process called $2?
 pidfile_live() {
@@ -99,15 +165,23 @@ remove_stale() {
     done
 }
 
+# Pid of the daemon this script just started in the background (empty under systemd or when
+# waiting for a daemon someone else started): if it dies, waiting longer is pointless.
+STARTED_PID=
+
 wait_for() {
-    local what=$1 probe=$2 log=$3 i
+    local what=$1 probe=$2 log=$3 i reason="did not answer within ${WAIT_SECS}s"
     for ((i = 0; i < WAIT_SECS; i++)); do
         if "$probe"; then
             return 0
         fi
+        if [ -n "$STARTED_PID" ] && ! kill -0 "$STARTED_PID" 2>/dev/null; then
+            reason="exited right after start"
+            break
+        fi
         sleep 1
     done
-    printf 'setup: ERROR: %s did not answer within %ss; last lines of %s:\n' "$what" "$WAIT_SECS" "$log" >&2
+    printf 'setup: ERROR: %s %s; last lines of %s:\n' "$what" "$reason" "$log" >&2
     tail -n 40 "$log" >&2 2>/dev/null || true
     if [ -n "${SYSTEMD:-}" ]; then
         journalctl -u "$what" -n 40 --no-pager >&2 2>/dev/null || true
@@ -116,7 +190,8 @@ wait_for() {
 }
 
 SYSTEMD=
-if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] && [ -d /run/systemd/system ]; then
+if [ -z "${ECS_TEST_NO_SYSTEMD:-}" ] && [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] &&
+    [ -d /run/systemd/system ]; then
     SYSTEMD=1
 fi
 
@@ -149,21 +224,20 @@ start_containerd() {
         say "containerd answers"
         return
     fi
-    if alive containerd; then
+    if containerd_running; then
         say "containerd is running but not answering yet; waiting"
         wait_for containerd containerd_answers "$LOG_DIR/containerd.log"
         return
     fi
-    # No live containerd: its sockets and docker's managed-containerd leftovers are stale.
-    remove_stale "$CONTAINERD_SOCK" "${CONTAINERD_SOCK}.ttrpc" \
-        /run/docker/containerd/containerd.sock /run/docker/containerd/containerd.sock.ttrpc \
-        /run/docker/containerd/containerd-debug.sock /run/docker/containerd/containerd.pid
-    say "starting containerd"
+    # No live containerd serves our socket: the socket files are stale.
+    remove_stale "$CONTAINERD_SOCK" "${CONTAINERD_SOCK}.ttrpc"
+    say "starting containerd ${CONTAINERD_EXTRA[*]}"
     if [ -n "$SYSTEMD" ]; then
         write_dropins
         systemctl start containerd.service
     else
-        setsid nohup containerd </dev/null >>"$LOG_DIR/containerd.log" 2>&1 &
+        setsid nohup containerd "${CONTAINERD_EXTRA[@]}" </dev/null >>"$LOG_DIR/containerd.log" 2>&1 &
+        STARTED_PID=$!
     fi
     wait_for containerd containerd_answers "$LOG_DIR/containerd.log"
     say "containerd started"
@@ -175,21 +249,31 @@ start_dockerd() {
         say "dockerd answers"
         return
     fi
-    if alive dockerd; then
+    if dockerd_running; then
         say "dockerd is running but not answering yet; waiting"
         wait_for docker docker_answers "$LOG_DIR/dockerd.log"
         return
     fi
-    if [ -e "$DOCKER_PID" ] && ! pidfile_live "$DOCKER_PID" dockerd; then
-        remove_stale "$DOCKER_PID"
+    # No live dockerd: its pid file and socket are stale, and so are the sockets and pid file of
+    # a containerd that an earlier dockerd managed itself (without --containerd), unless that
+    # containerd still lives.
+    remove_stale "$DOCKER_PID" "$DOCKER_SOCK"
+    local managed=$DOCKER_EXEC_ROOT/containerd sock
+    if ! pidfile_live "$managed/containerd.pid" containerd; then
+        for sock in containerd.sock containerd.sock.ttrpc containerd-debug.sock; do
+            if [ -S "$managed/$sock" ] && ! socket_owned "$managed/$sock"; then
+                remove_stale "$managed/$sock"
+            fi
+        done
+        remove_stale "$managed/containerd.pid"
     fi
-    remove_stale "$DOCKER_SOCK"
-    say "starting dockerd ${DOCKERD_FLAGS[*]}"
+    say "starting dockerd ${DOCKERD_FLAGS[*]} ${DOCKERD_EXTRA[*]}"
     if [ -n "$SYSTEMD" ]; then
         write_dropins
         systemctl start docker.service
     else
-        setsid nohup dockerd "${DOCKERD_FLAGS[@]}" </dev/null >>"$LOG_DIR/dockerd.log" 2>&1 &
+        setsid nohup dockerd "${DOCKERD_FLAGS[@]}" "${DOCKERD_EXTRA[@]}" </dev/null >>"$LOG_DIR/dockerd.log" 2>&1 &
+        STARTED_PID=$!
     fi
     wait_for docker docker_answers "$LOG_DIR/dockerd.log"
     say "dockerd started"
@@ -200,8 +284,8 @@ start_dockerd
 
 # A dockerd that was already running may have been started by someone else without our
 # flags; say so loudly rather than restarting a daemon others may be using.
-dockerd_pid=$(pgrep -x dockerd | head -n1 || true)
-if [ -n "$dockerd_pid" ]; then
+dockerd_pid=$(tr -dc '0-9' <"$DOCKER_PID" 2>/dev/null || true)
+if [ -n "$dockerd_pid" ] && [ -r "/proc/$dockerd_pid/cmdline" ]; then
     cmdline=$(tr '\0' ' ' <"/proc/$dockerd_pid/cmdline")
     for flag in --iptables=false --bridge=none; do
         case " $cmdline " in
