@@ -1,3 +1,6 @@
+// NOTE TO WHOEVER WORKS ON THIS CRATE IN THIS SESSION: read /work/main/.helper-rules.md (shared
+// rules: commit only your own paths, shared target dir, never touch the host firewall). The
+// integrator removes this note.
 //! The firewall seam of ecs-init.
 //!
 //! The launcher describes the rules runtime-neutrally ([`RuleSet`], built by
@@ -7,12 +10,25 @@
 //! nothing is there.
 
 pub mod error;
+mod exec;
+pub mod hostnet;
+pub mod iptables;
+pub mod nftables;
 pub mod none;
 pub mod rules;
+pub mod select;
 
 pub use error::{FirewallError, Result};
+pub use exec::find_tool;
+pub use hostnet::{
+    plan_network, setup_network, teardown_network, HostFacts, NetConfig, NetError, NetPlan,
+    SysctlChange,
+};
+pub use iptables::Iptables;
+pub use nftables::Nftables;
 pub use none::NoFirewall;
-pub use rules::{Family, Rule, RuleOptions, RuleSet, Scope};
+pub use rules::{Family, Hook, Position, Rule, RuleOptions, RuleSet, Scope};
+pub use select::{Backend, Choice, HostProbe, Selection, UnknownFirewall};
 
 use async_trait::async_trait;
 

@@ -124,6 +124,105 @@ impl RuleSet {
     }
 }
 
+/// Where a rule goes in its chain, as the existing ecs-init does it: `-I` (top) for the
+/// filter rules, `-A` (bottom) for the nat rules. Both backends derive the final chain order from
+/// this, so the packet-level effect is the same on iptables and nftables.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Position {
+    /// Inserted at the top of the chain (`iptables -I`).
+    Top,
+    /// Appended to the chain (`iptables -A`).
+    Bottom,
+}
+
+/// The netfilter hook (iptables table + chain) a rule lives in.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    /// nat PREROUTING (dstnat).
+    NatPrerouting,
+    /// nat OUTPUT (dstnat of locally generated packets).
+    NatOutput,
+    /// filter INPUT.
+    FilterInput,
+}
+
+impl Rule {
+    /// IPv4 or IPv6.
+    pub fn family(&self) -> Family {
+        match self {
+            Rule::CredentialsDnat { .. }
+            | Rule::CredentialsRedirect { .. }
+            | Rule::LocalhostFilter => Family::V4,
+            Rule::IntrospectionBlock { family, .. }
+            | Rule::IntrospectionBridgeAccept { family, .. } => *family,
+        }
+    }
+
+    /// The hook (table and chain) the rule belongs to.
+    pub fn hook(&self) -> Hook {
+        match self {
+            Rule::CredentialsDnat { .. } => Hook::NatPrerouting,
+            Rule::CredentialsRedirect { .. } => Hook::NatOutput,
+            _ => Hook::FilterInput,
+        }
+    }
+
+    /// Top (`-I`) or bottom (`-A`) of its chain.
+    pub fn position(&self) -> Position {
+        match self.hook() {
+            Hook::FilterInput => Position::Top,
+            Hook::NatPrerouting | Hook::NatOutput => Position::Bottom,
+        }
+    }
+}
+
+impl RuleSet {
+    /// The rules of one (family, hook) in their final top-to-bottom order in the chain: rules
+    /// inserted at the top end up in reverse insertion order above the appended ones.
+    pub fn chain_order(&self, family: Family, hook: Hook) -> Vec<&Rule> {
+        let in_chain = || {
+            self.rules
+                .iter()
+                .filter(move |r| r.family() == family && r.hook() == hook)
+        };
+        let mut out: Vec<&Rule> = in_chain()
+            .filter(|r| r.position() == Position::Top)
+            .collect();
+        out.reverse();
+        out.extend(in_chain().filter(|r| r.position() == Position::Bottom));
+        out
+    }
+
+    /// Rebuild a rule set in insertion order (the order of [`RuleSet::build`]) from the chains'
+    /// top-to-bottom contents, as listed by a backend. Inverse of [`RuleSet::chain_order`] for
+    /// a rule set built by [`RuleSet::build`].
+    pub fn from_chains(chains: &[(Family, Hook, Vec<Rule>)]) -> RuleSet {
+        let mut rules = Vec::new();
+        let pick = |family: Family, hook: Hook| -> Vec<Rule> {
+            chains
+                .iter()
+                .filter(|(f, h, _)| *f == family && *h == hook)
+                .flat_map(|(_, _, r)| r.iter().cloned())
+                .collect()
+        };
+        rules.extend(pick(Family::V4, Hook::NatPrerouting));
+        for family in [Family::V4, Family::V6] {
+            let mut input = pick(family, Hook::FilterInput);
+            input.reverse();
+            rules.extend(input);
+        }
+        rules.extend(pick(Family::V4, Hook::NatOutput));
+        RuleSet { rules }
+    }
+
+    /// Whether any rule needs IPv6 tooling.
+    pub fn has_v6(&self) -> bool {
+        self.rules.iter().any(|r| r.family() == Family::V6)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,7 +243,12 @@ mod tests {
         let kinds: Vec<String> = set
             .rules
             .iter()
-            .map(|r| serde_json::to_value(r).unwrap()["kind"].as_str().unwrap().to_string())
+            .map(|r| {
+                serde_json::to_value(r).unwrap()["kind"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
         assert_eq!(
             kinds,
@@ -180,5 +284,24 @@ mod tests {
             scope: Scope::Interface("ens5".into())
         }));
         assert_eq!(set.rules.len(), 4);
+    }
+
+    #[test]
+    fn chain_order_round_trips() {
+        let set = RuleSet::build(&opts());
+        let input = set.chain_order(Family::V4, Hook::FilterInput);
+        assert!(matches!(input[0], Rule::IntrospectionBridgeAccept { .. }));
+        assert!(matches!(input[1], Rule::IntrospectionBlock { .. }));
+        assert_eq!(input[2], &Rule::LocalhostFilter);
+        let chains: Vec<(Family, Hook, Vec<Rule>)> = [Family::V4, Family::V6]
+            .into_iter()
+            .flat_map(|f| {
+                [Hook::NatPrerouting, Hook::FilterInput, Hook::NatOutput]
+                    .into_iter()
+                    .map(move |h| (f, h))
+            })
+            .map(|(f, h)| (f, h, set.chain_order(f, h).into_iter().cloned().collect()))
+            .collect();
+        assert_eq!(RuleSet::from_chains(&chains), set);
     }
 }

@@ -1,0 +1,538 @@
+//! Host network preparation of pre-start and its undoing in post-stop (UPSTREAM-BEHAVIOUR.md §6):
+//! `route_localnet`, `accept_ra` on Docker's bridge, the `169.254.170.2/32 dev lo` route on hosts
+//! without an IPv4 default route, and the firewall rules through the chosen backend.
+//!
+//! Everything is read and written relative to the network namespace the process runs in:
+//! sysctls through `<proc_sys>/net/...` (per-netns), host facts through `<proc>/net/...`
+//! (`proc` = the parent of `proc_sys`), the route through rtnetlink. Nothing shells out except
+//! the firewall tools themselves.
+use crate::rules::{RuleOptions, RuleSet, CREDENTIALS_ENDPOINT};
+use crate::select::{
+    choose, Backend, Choice, HostProbe, NoFirewallTool, Selection, UnknownFirewall,
+};
+use crate::FirewallError;
+use rtnetlink::packet_route::route::RouteScope;
+use serde::Serialize;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// Docker's default bridge.
+pub const DOCKER_BRIDGE: &str = "docker0";
+/// The file under the state directory naming the backend that applied the rules.
+pub const RECORD_FILE: &str = "firewall-backend";
+const ROUTE_LOCALNET_ALL: &str = "net/ipv4/conf/all/route_localnet";
+const ROUTE_LOCALNET_DEFAULT: &str = "net/ipv4/conf/default/route_localnet";
+
+/// What the launcher knows from its configuration. No backend reads `ecs.config`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetConfig {
+    /// `ECS_INIT_FIREWALL`: auto (default), iptables, nftables or none.
+    pub firewall: String,
+    /// `ECS_SKIP_LOCALHOST_TRAFFIC_FILTER`.
+    pub skip_localhost_filter: bool,
+    /// `ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS`.
+    pub allow_offhost_introspection: bool,
+    /// `ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME`, when set explicitly.
+    pub introspection_interface: Option<String>,
+    /// `<root>/var/lib/ecs`: where the chosen backend is recorded for post-stop.
+    pub state_dir: PathBuf,
+    /// Normally `/proc/sys`; its parent is taken as `/proc`.
+    pub proc_sys: PathBuf,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            firewall: "auto".into(),
+            skip_localhost_filter: false,
+            allow_offhost_introspection: false,
+            introspection_interface: None,
+            state_dir: PathBuf::from("/var/lib/ecs"),
+            proc_sys: PathBuf::from("/proc/sys"),
+        }
+    }
+}
+
+/// One sysctl write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SysctlChange {
+    /// Dotted name, e.g. `net.ipv4.conf.all.route_localnet`.
+    pub key: String,
+    pub value: String,
+}
+
+/// The host facts the rule set and the changes depend on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostFacts {
+    /// Docker's default bridge, when it exists.
+    pub bridge: Option<String>,
+    /// The host has IPv6 addresses.
+    pub ipv6: bool,
+    /// The host has an IPv4 default route (otherwise the lo route is added).
+    pub ipv4_default_route: bool,
+}
+
+/// What pre-start does (or did) to the host network; printed by `plan`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetPlan {
+    /// The backend: iptables, nftables or none.
+    pub firewall: String,
+    /// Why that backend.
+    pub reason: String,
+    pub facts: HostFacts,
+    pub rules: RuleSet,
+    /// The exact commands / nft statements the backend issues for `rules`.
+    pub rendered: Vec<String>,
+    pub sysctls: Vec<SysctlChange>,
+    /// Routes added, in `ip route` syntax.
+    pub routes: Vec<String>,
+}
+
+/// Errors of host network setup/teardown.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// `ECS_INIT_FIREWALL` is not one we know; nothing was changed.
+    #[error(transparent)]
+    UnknownFirewall(#[from] UnknownFirewall),
+    /// `auto` found no usable tool; nothing was changed.
+    #[error(transparent)]
+    NoFirewallTool(#[from] NoFirewallTool),
+    #[error("firewall ({backend}): {source}")]
+    Firewall {
+        backend: String,
+        #[source]
+        source: FirewallError,
+    },
+    #[error("sysctl {path}: {source}")]
+    Sysctl {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("route {route}: {message}")]
+    Route { route: String, message: String },
+    #[error("{path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Teardown continues past failures and reports them all.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Several(Vec<NetError>),
+}
+
+fn proc_root(cfg: &NetConfig) -> PathBuf {
+    cfg.proc_sys
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/proc"))
+}
+
+/// Probe the facts of the current network namespace. Read-only.
+///
+/// The bridge exists when `<proc_sys>/net/ipv4/conf/docker0` does (every interface has one, and
+/// unlike `/sys/class/net` it always follows the caller's namespace); IPv6 is present when
+/// `<proc>/net/if_inet6` lists an address; the default route is read from `<proc>/net/route`.
+pub fn host_facts(cfg: &NetConfig) -> HostFacts {
+    let proc = proc_root(cfg);
+    let bridge = cfg
+        .proc_sys
+        .join("net/ipv4/conf")
+        .join(DOCKER_BRIDGE)
+        .is_dir()
+        .then(|| DOCKER_BRIDGE.to_string());
+    let ipv6 = std::fs::read_to_string(proc.join("net/if_inet6"))
+        .map(|s| s.lines().any(|l| !l.trim().is_empty()))
+        .unwrap_or(false);
+    let ipv4_default_route = std::fs::read_to_string(proc.join("net/route"))
+        .map(|s| has_default_route(&s))
+        .unwrap_or(false);
+    HostFacts {
+        bridge,
+        ipv6,
+        ipv4_default_route,
+    }
+}
+
+/// `/proc/net/route`: a default route has destination and mask 00000000.
+fn has_default_route(table: &str) -> bool {
+    table.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() >= 8 && f[1] == "00000000" && f[7] == "00000000"
+    })
+}
+
+/// The rule options for this config on this host.
+pub fn rule_options(cfg: &NetConfig, facts: &HostFacts) -> RuleOptions {
+    RuleOptions {
+        skip_localhost_filter: cfg.skip_localhost_filter,
+        allow_offhost_introspection: cfg.allow_offhost_introspection,
+        introspection_interface: cfg.introspection_interface.clone(),
+        bridge: facts.bridge.clone(),
+        ipv6: facts.ipv6,
+    }
+}
+
+fn lo_route_text() -> String {
+    format!("{}/32 dev lo scope link", CREDENTIALS_ENDPOINT.ip())
+}
+
+fn plan_with(cfg: &NetConfig, facts: HostFacts, selection: Selection) -> NetPlan {
+    let rules = RuleSet::build(&rule_options(cfg, &facts));
+    let rendered = selection.backend.firewall().render(&rules);
+    let mut sysctls = vec![SysctlChange {
+        key: "net.ipv4.conf.all.route_localnet".into(),
+        value: "1".into(),
+    }];
+    if let Some(bridge) = &facts.bridge {
+        sysctls.push(SysctlChange {
+            key: format!("net.ipv6.conf.{bridge}.accept_ra"),
+            value: "0".into(),
+        });
+    }
+    let routes = if facts.ipv4_default_route {
+        Vec::new()
+    } else {
+        vec![lo_route_text()]
+    };
+    NetPlan {
+        firewall: selection.backend.to_string(),
+        reason: selection.reason,
+        facts,
+        rules,
+        rendered,
+        sysctls,
+        routes,
+    }
+}
+
+/// What pre-start would do. Read-only: probes tools and kernel state, changes nothing.
+pub fn plan_network(cfg: &NetConfig) -> Result<NetPlan, NetError> {
+    let choice: Choice = cfg.firewall.parse()?;
+    let selection = choose(choice, HostProbe::probe)?;
+    Ok(plan_with(cfg, host_facts(cfg), selection))
+}
+
+/// The backend recorded by the last pre-start, if any.
+pub fn recorded_backend(state_dir: &Path) -> Option<Backend> {
+    let text = std::fs::read_to_string(state_dir.join(RECORD_FILE)).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// Write the record atomically (temp file, fsync, rename): name on the first line, reason on
+/// the second.
+fn write_record(state_dir: &Path, selection: &Selection) -> Result<(), NetError> {
+    use std::io::Write;
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| NetError::State { path, source }
+    };
+    std::fs::create_dir_all(state_dir).map_err(err(state_dir))?;
+    let path = state_dir.join(RECORD_FILE);
+    let tmp = state_dir.join(format!(".{RECORD_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(err(&tmp))?;
+    writeln!(f, "{}\n{}", selection.backend, selection.reason).map_err(err(&tmp))?;
+    f.sync_all().map_err(err(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(err(&path))
+}
+
+fn sysctl_path(cfg: &NetConfig, rel: &str) -> PathBuf {
+    cfg.proc_sys.join(rel)
+}
+
+fn read_sysctl(path: &Path) -> Result<String, NetError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|source| NetError::Sysctl {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn write_sysctl(path: &Path, value: &str) -> Result<(), NetError> {
+    tracing::info!(sysctl = %path.display(), value, "setting");
+    std::fs::write(path, format!("{value}\n")).map_err(|source| NetError::Sysctl {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn netlink_code(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// Add (or remove) `169.254.170.2/32 dev lo scope link` through rtnetlink. Idempotent: an
+/// existing route on add, or a missing one on remove, is success.
+async fn lo_route(add: bool) -> Result<(), NetError> {
+    let route_err = |message: String| NetError::Route {
+        route: lo_route_text(),
+        message,
+    };
+    let lo = {
+        let name = std::ffi::CString::new("lo").expect("static name");
+        // SAFETY: if_nametoindex reads a NUL-terminated string and touches nothing else.
+        unsafe { libc::if_nametoindex(name.as_ptr()) }
+    };
+    if lo == 0 {
+        return Err(route_err("no loopback interface".into()));
+    }
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| route_err(format!("netlink socket: {e}")))?;
+    let task = tokio::spawn(conn);
+    let msg = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(*CREDENTIALS_ENDPOINT.ip(), 32)
+        .output_interface(lo)
+        .scope(RouteScope::Link)
+        .build();
+    let result = if add {
+        match handle.route().add(msg).execute().await {
+            Err(e) if netlink_code(&e) == Some(libc::EEXIST) => Ok(()),
+            other => other,
+        }
+    } else {
+        match handle.route().del(msg).execute().await {
+            Err(e) if netlink_code(&e) == Some(libc::ESRCH) => Ok(()),
+            other => other,
+        }
+    };
+    task.abort();
+    result.map_err(|e| route_err(e.to_string()))
+}
+
+/// pre-start: choose the backend (error before any change if the setting is unknown), record
+/// it, set the sysctls, add the lo route when needed, apply the rules.
+pub async fn setup_network(cfg: &NetConfig) -> Result<NetPlan, NetError> {
+    let choice: Choice = cfg.firewall.parse()?;
+    let selection = choose(choice, HostProbe::probe)?;
+    tracing::info!(firewall = %selection.backend, reason = %selection.reason, "firewall backend chosen");
+    let plan = plan_with(cfg, host_facts(cfg), selection.clone());
+
+    // A different backend applied last time (setting changed without a post-stop): take its
+    // rules out so the host never has two copies.
+    if let Some(previous) = recorded_backend(&cfg.state_dir) {
+        if previous != selection.backend {
+            tracing::warn!(%previous, now = %selection.backend, "firewall backend changed; removing the previous backend's rules");
+            if let Err(e) = previous.firewall().remove(&plan.rules).await {
+                tracing::warn!(error = %e, "could not remove the previous backend's rules");
+            }
+        }
+    }
+    // Recorded before applying, so a crash mid-apply still tears down with the right backend.
+    write_record(&cfg.state_dir, &selection)?;
+
+    write_sysctl(&sysctl_path(cfg, ROUTE_LOCALNET_ALL), "1")?;
+    if let Some(bridge) = &plan.facts.bridge {
+        let path = cfg
+            .proc_sys
+            .join(format!("net/ipv6/conf/{bridge}/accept_ra"));
+        if let Err(e) = write_sysctl(&path, "0") {
+            // IPv6 disabled on the bridge: nothing to ignore router advertisements on.
+            tracing::debug!(error = %e, "accept_ra not set");
+        }
+    }
+    if !plan.routes.is_empty() {
+        tracing::info!(route = %lo_route_text(), "no IPv4 default route: adding");
+        lo_route(true).await?;
+    }
+    selection
+        .backend
+        .firewall()
+        .apply(&plan.rules)
+        .await
+        .map_err(|source| NetError::Firewall {
+            backend: selection.backend.to_string(),
+            source,
+        })?;
+    tracing::info!(firewall = %selection.backend, rules = plan.rules.rules.len(), "host network prepared");
+    Ok(plan)
+}
+
+/// post-stop: remove our rules with the backend that applied them (every available one when
+/// nothing was recorded), restore route_localnet from the default, remove the lo route. Needs no
+/// container runtime. Carries on past failures and reports them all.
+pub async fn teardown_network(cfg: &NetConfig) -> Result<(), NetError> {
+    let choice: Choice = cfg.firewall.parse()?;
+    let facts = host_facts(cfg);
+    let rules = RuleSet::build(&rule_options(cfg, &facts));
+    let backends: Vec<Backend> = match (recorded_backend(&cfg.state_dir), choice) {
+        (Some(b), _) => vec![b],
+        (None, Choice::Named(b)) => vec![b],
+        (None, Choice::Auto) => {
+            let p = HostProbe::probe();
+            let mut v = Vec::new();
+            if p.iptables_usable {
+                v.push(Backend::Iptables);
+            }
+            if p.nft_usable {
+                v.push(Backend::Nftables);
+            }
+            v
+        }
+    };
+    let mut errors = Vec::new();
+    for backend in backends {
+        tracing::info!(firewall = %backend, "removing firewall rules");
+        if let Err(source) = backend.firewall().remove(&rules).await {
+            errors.push(NetError::Firewall {
+                backend: backend.to_string(),
+                source,
+            });
+        }
+    }
+    match read_sysctl(&sysctl_path(cfg, ROUTE_LOCALNET_DEFAULT))
+        .and_then(|v| write_sysctl(&sysctl_path(cfg, ROUTE_LOCALNET_ALL), &v))
+    {
+        Ok(()) => {}
+        Err(e) => errors.push(e),
+    }
+    if let Err(e) = lo_route(false).await {
+        errors.push(e);
+    }
+    if errors.is_empty() {
+        let path = cfg.state_dir.join(RECORD_FILE);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(NetError::State { path, source }),
+        }
+        Ok(())
+    } else if errors.len() == 1 {
+        Err(errors.remove(0))
+    } else {
+        Err(NetError::Several(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_proc(bridge: bool, ipv6: bool, default_route: bool) -> (tempfile::TempDir, NetConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path().join("sys");
+        std::fs::create_dir_all(sys.join("net/ipv4/conf/all")).unwrap();
+        std::fs::create_dir_all(sys.join("net/ipv4/conf/default")).unwrap();
+        std::fs::create_dir_all(dir.path().join("net")).unwrap();
+        if bridge {
+            std::fs::create_dir_all(sys.join("net/ipv4/conf/docker0")).unwrap();
+        }
+        let inet6 = if ipv6 {
+            "00000000000000000000000000000001 01 80 10 80       lo\n"
+        } else {
+            ""
+        };
+        std::fs::write(dir.path().join("net/if_inet6"), inet6).unwrap();
+        let mut route =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+                .to_string();
+        route.push_str("eth0\t0064A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n");
+        if default_route {
+            route.push_str("eth0\t00000000\t0164A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n");
+        }
+        std::fs::write(dir.path().join("net/route"), route).unwrap();
+        let cfg = NetConfig {
+            firewall: "none".into(),
+            state_dir: dir.path().join("state"),
+            proc_sys: sys,
+            ..NetConfig::default()
+        };
+        (dir, cfg)
+    }
+
+    #[test]
+    fn facts_follow_the_proc_tree() {
+        let (_d, cfg) = fake_proc(true, true, true);
+        assert_eq!(
+            host_facts(&cfg),
+            HostFacts {
+                bridge: Some("docker0".into()),
+                ipv6: true,
+                ipv4_default_route: true
+            }
+        );
+        let (_d, cfg) = fake_proc(false, false, false);
+        assert_eq!(
+            host_facts(&cfg),
+            HostFacts {
+                bridge: None,
+                ipv6: false,
+                ipv4_default_route: false
+            }
+        );
+    }
+
+    #[test]
+    fn plan_lists_rules_sysctls_and_route() {
+        let (_d, cfg) = fake_proc(true, true, false);
+        let plan = plan_network(&cfg).unwrap();
+        assert_eq!(plan.firewall, "none");
+        assert_eq!(plan.reason, "ECS_INIT_FIREWALL=none");
+        assert_eq!(plan.rules.rules.len(), 7);
+        assert!(plan.rendered.is_empty());
+        assert_eq!(plan.sysctls.len(), 2);
+        assert_eq!(plan.sysctls[1].key, "net.ipv6.conf.docker0.accept_ra");
+        assert_eq!(plan.routes, ["169.254.170.2/32 dev lo scope link"]);
+        let json = serde_json::to_value(&plan).unwrap();
+        assert_eq!(json["facts"]["bridge"], "docker0");
+
+        let (_d, cfg) = fake_proc(false, false, true);
+        let plan = plan_network(&NetConfig {
+            firewall: "NONE".into(),
+            ..cfg
+        })
+        .unwrap();
+        assert!(plan.routes.is_empty());
+        assert_eq!(plan.sysctls.len(), 1);
+    }
+
+    #[test]
+    fn unknown_setting_is_its_own_error_and_changes_nothing() {
+        let (_d, cfg) = fake_proc(true, true, false);
+        let cfg = NetConfig {
+            firewall: "ufw".into(),
+            ..cfg
+        };
+        assert!(matches!(
+            plan_network(&cfg),
+            Err(NetError::UnknownFirewall(_))
+        ));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        assert!(matches!(
+            rt.block_on(setup_network(&cfg)),
+            Err(NetError::UnknownFirewall(_))
+        ));
+        assert!(matches!(
+            rt.block_on(teardown_network(&cfg)),
+            Err(NetError::UnknownFirewall(_))
+        ));
+        assert!(!cfg.state_dir.exists(), "nothing may be written");
+        assert_eq!(
+            std::fs::read_dir(cfg.proc_sys.join("net/ipv4/conf/all"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn record_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("var/lib/ecs");
+        assert_eq!(recorded_backend(&state), None);
+        let sel = Selection {
+            backend: Backend::Nftables,
+            reason: "auto: test".into(),
+        };
+        write_record(&state, &sel).unwrap();
+        assert_eq!(recorded_backend(&state), Some(Backend::Nftables));
+        let text = std::fs::read_to_string(state.join(RECORD_FILE)).unwrap();
+        assert_eq!(text, "nftables\nauto: test\n");
+    }
+}
