@@ -317,12 +317,23 @@ async fn run_maps_every_spec_field_and_stop_is_graceful() {
     assert_eq!(state.name, name);
     assert_eq!(state.image, IMAGE);
     assert_eq!(state.id, info.id.unwrap());
-    assert!(state.pid.is_some_and(|p| p > 1), "{state:?}");
+    let pid = state.pid.expect("running container has a pid");
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "{state:?}"
+    );
     assert!(state.started_at.is_some());
     assert_eq!(state.exit_code, None);
     assert_eq!(state.finished_at, None);
 
-    // The stand-in exits 0 on SIGTERM, well within the grace period.
+    // A supervisor waits while someone else stops the container: the wait ends with 0, the
+    // stand-in's answer to SIGTERM, well within the grace period.
+    let waiter = tokio::spawn(async move { runtime().wait(name).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiter.is_finished(),
+        "wait returned while the container runs"
+    );
     let started = Instant::now();
     rt.stop(name, Duration::from_secs(10)).await.expect("stop");
     assert!(
@@ -330,6 +341,7 @@ async fn run_maps_every_spec_field_and_stop_is_graceful() {
         "{:?}",
         started.elapsed()
     );
+    assert_eq!(waiter.await.unwrap().expect("wait during stop"), 0);
     let state = rt.inspect(name).await.unwrap().unwrap();
     assert!(!state.running);
     assert_eq!(state.status, "exited");
