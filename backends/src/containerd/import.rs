@@ -72,6 +72,15 @@ pub fn normalize(reference: &str) -> String {
     format!("{full}{suffix}")
 }
 
+/// The short form Docker shows: `docker.io/library/busybox:latest` → `busybox:latest`,
+/// `docker.io/amazon/x:latest` → `amazon/x:latest`.
+pub fn familiar(full: &str) -> String {
+    match full.strip_prefix("docker.io/") {
+        Some(rest) => rest.strip_prefix("library/").unwrap_or(rest).to_string(),
+        None => full.to_string(),
+    }
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }
@@ -1196,9 +1205,9 @@ async fn prepare_oci(
             );
         }
         set_labels(rt, &manifest_desc.digest, labels).await?;
-        let mut names = vec![name.clone()];
         let full = normalize(&name);
-        if full != name {
+        let mut names = vec![familiar(&full)];
+        if full != names[0] {
             names.push(full);
         }
         out.push(Prepared {
@@ -1229,10 +1238,17 @@ pub async fn load(rt: &ContainerdRuntime, tarball: &Path) -> Result<Vec<String>>
     let lease = Lease::create(rt, Duration::from_secs(3600)).await?;
     let result = async {
         let archive = stream_tarball(rt, tarball, &lease).await?;
-        let prepared = if archive.meta.contains_key("manifest.json") {
-            prepare_docker(rt, &lease, &archive, &bad).await?
-        } else if archive.meta.contains_key("index.json") {
+        // OCI layouts (also written by Docker 25+ `docker save`, next to manifest.json) carry
+        // real manifests; prefer them when they name images.
+        let oci = if archive.meta.contains_key("index.json") {
             prepare_oci(rt, &archive, &bad).await?
+        } else {
+            Vec::new()
+        };
+        let prepared = if !oci.is_empty() {
+            oci
+        } else if archive.meta.contains_key("manifest.json") {
+            prepare_docker(rt, &lease, &archive, &bad).await?
         } else {
             return Err(bad("neither manifest.json nor index.json found".into()));
         };
@@ -1291,6 +1307,19 @@ mod tests {
             normalize("docker.io/amazon/amazon-ecs-agent:latest"),
             "docker.io/amazon/amazon-ecs-agent:latest"
         );
+    }
+
+    #[test]
+    fn familiar_names() {
+        assert_eq!(
+            familiar("docker.io/amazon/amazon-ecs-agent:latest"),
+            "amazon/amazon-ecs-agent:latest"
+        );
+        assert_eq!(
+            familiar("docker.io/library/busybox:latest"),
+            "busybox:latest"
+        );
+        assert_eq!(familiar("public.ecr.aws/x:1"), "public.ecr.aws/x:1");
     }
 
     #[test]

@@ -127,9 +127,6 @@ pub struct HostFacts {
     pub hostname: String,
     /// Highest capability number the kernel knows (`/proc/sys/kernel/cap_last_cap`).
     pub cap_last_cap: usize,
-    /// RLIMIT_NOFILE for the agent (Docker's daemon runs with `LimitNOFILE=infinity`, i.e.
-    /// `fs.nr_open`, and containers inherit it).
-    pub nofile: u64,
     /// Bind-mounted when they exist (host network: the container sees the host's resolver
     /// and names, as with Docker's `--network host`).
     pub etc_files: Vec<&'static str>,
@@ -143,11 +140,6 @@ impl HostFacts {
             .trim()
             .parse()
             .unwrap_or(40);
-        let nofile = read("/proc/sys/fs/nr_open")
-            .trim()
-            .parse()
-            .unwrap_or(1_048_576u64)
-            .min(1_048_576);
         let etc_files = ["/etc/resolv.conf", "/etc/hosts", "/etc/hostname"]
             .into_iter()
             .filter(|p| Path::new(p).exists())
@@ -155,7 +147,6 @@ impl HostFacts {
         HostFacts {
             hostname,
             cap_last_cap,
-            nofile,
             etc_files,
         }
     }
@@ -447,7 +438,8 @@ pub fn build(spec: &AgentSpec, inputs: &Inputs<'_>) -> Value {
         "env": process_env(spec, inputs.image, &inputs.host.hostname),
         "cwd": cwd,
         "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": inputs.host.nofile, "soft": inputs.host.nofile}],
+        // No "rlimits": like Docker without --ulimit, the agent inherits the runtime's limits
+        // (containerd.service: LimitNOFILE=infinity); setting higher ones than the shim has fails.
         "noNewPrivileges": false,
     });
     if let Some(profile) = &spec.apparmor_profile {
@@ -509,7 +501,6 @@ mod tests {
         HostFacts {
             hostname: "h".into(),
             cap_last_cap: 40,
-            nofile: 1024,
             etc_files: vec!["/etc/resolv.conf"],
         }
     }

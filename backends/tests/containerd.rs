@@ -1,0 +1,535 @@
+//! The containerd backend against the real containerd on this machine (with runc).
+//!
+//! Every test uses its own containerd namespace (`ecs-init-test-<name>`) and log directory and
+//! cleans both up; tests that run the agent container hold `agent_lock()` (host network, fixed
+//! ports). The static `ecs-agent-init` is built once into `target/agent-init-static`.
+
+use ecs_backends::containerd::{ContainerdOptions, ContainerdRuntime};
+use ecs_backends::{AgentSpec, LogConfig, Mount, NamespaceMode, Runtime, RuntimeError};
+use ecs_test_support as support;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const NAME: &str = "ecs-agent";
+
+/// Builds `ecs-agent-init` statically (once per process; cargo's own lock serialises
+/// concurrent test binaries) in a separate target dir so the shared fingerprints are untouched.
+fn agent_init() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = support::workspace_root();
+        let target = root.join("target").join("agent-init-static");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&root)
+            .args(["rustc", "-p", "ecs-agent-init", "--release", "--target-dir"])
+            .arg(&target)
+            .args(["--", "-C", "target-feature=+crt-static"])
+            .status()
+            .expect("run cargo to build ecs-agent-init");
+        assert!(
+            status.success(),
+            "building the static ecs-agent-init failed"
+        );
+        let bin = target.join("release").join("ecs-agent-init");
+        assert!(
+            support::is_static_elf(&bin).expect("inspect ecs-agent-init"),
+            "ecs-agent-init must be static"
+        );
+        bin
+    })
+    .clone()
+}
+
+/// A runtime in a private namespace, cleaned before and after.
+struct Env {
+    rt: ContainerdRuntime,
+    ns: String,
+    logs: tempfile::TempDir,
+}
+
+fn ctr(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ctr")
+        .arg("-n")
+        .arg(ns)
+        .args(args)
+        .output()
+        .expect("run ctr");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wipe(ns: &str) {
+    for c in ctr(ns, &["containers", "ls", "-q"]).lines() {
+        let _ = ctr(ns, &["tasks", "kill", "-a", "-s", "SIGKILL", c]);
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = ctr(ns, &["tasks", "rm", "-f", c]);
+        let _ = ctr(ns, &["containers", "rm", c]);
+    }
+    for i in ctr(ns, &["images", "ls", "-q"]).lines() {
+        let _ = ctr(ns, &["images", "rm", "--sync", i]);
+    }
+}
+
+impl Env {
+    fn new(test: &str) -> Env {
+        support::require_root();
+        support::require_containerd();
+        let ns = format!("ecs-init-test-{test}");
+        wipe(&ns);
+        let logs = tempfile::tempdir().expect("temp log dir");
+        let rt = ContainerdRuntime::with_options(ContainerdOptions {
+            address: "/run/containerd/containerd.sock".into(),
+            namespace: ns.clone(),
+            agent_init: agent_init(),
+            log_dir: logs.path().to_path_buf(),
+            snapshotter: "overlayfs".into(),
+        })
+        .expect("runtime");
+        Env { rt, ns, logs }
+    }
+
+    fn images(&self) -> Vec<String> {
+        let mut v: Vec<String> = ctr(&self.ns, &["images", "ls", "-q"])
+            .lines()
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        wipe(&self.ns);
+    }
+}
+
+fn spec(env: &[(&str, &str)]) -> AgentSpec {
+    AgentSpec {
+        image: support::AGENT_IMAGE.into(),
+        name: NAME.into(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        mounts: vec![],
+        labels: BTreeMap::from([("com.example.test".to_string(), "yes".to_string())]),
+        cap_add: vec!["NET_ADMIN".into(), "SYS_ADMIN".into()],
+        network: NamespaceMode::Host,
+        pid: NamespaceMode::Private,
+        userns: NamespaceMode::Host,
+        privileged: false,
+        init: true,
+        apparmor_profile: None,
+        log: LogConfig::default(),
+    }
+}
+
+fn rt_block<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Polls `logs_tail` until `pred` holds (the log shim writes asynchronously).
+async fn logs_until(rt: &ContainerdRuntime, n: usize, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = rt.logs_tail(NAME, n).await.expect("logs_tail");
+        if pred(&out) || Instant::now() > deadline {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn import_docker_save_both_names_and_idempotent() {
+    let env = Env::new("import-docker");
+    rt_block(async {
+        let tar = support::stand_in_tarball(support::AGENT_IMAGE);
+        let loaded = env.rt.load_image(&tar).await.expect("load");
+        assert_eq!(loaded, vec![support::AGENT_IMAGE.to_string()]);
+        assert!(env.rt.image_present(support::AGENT_IMAGE).await.unwrap());
+        assert!(env
+            .rt
+            .image_present("docker.io/amazon/amazon-ecs-agent:latest")
+            .await
+            .unwrap());
+        assert!(!env.rt.image_present("amazon/other:latest").await.unwrap());
+        let images = env.images();
+        assert_eq!(
+            images,
+            vec![
+                "amazon/amazon-ecs-agent:latest".to_string(),
+                "docker.io/amazon/amazon-ecs-agent:latest".to_string()
+            ]
+        );
+        let before = ctr(&env.ns, &["images", "ls"]);
+        let snaps_before = ctr(&env.ns, &["snapshots", "ls"]);
+        env.rt.load_image(&tar).await.expect("second load");
+        assert_eq!(
+            ctr(&env.ns, &["images", "ls"]),
+            before,
+            "re-import changed images"
+        );
+        assert_eq!(ctr(&env.ns, &["snapshots", "ls"]), snaps_before);
+    });
+}
+
+#[test]
+fn import_oci_layout() {
+    let env = Env::new("import-oci");
+    rt_block(async {
+        let tar = support::stand_in_oci_tarball(support::AGENT_IMAGE);
+        let loaded = env.rt.load_image(&tar).await.expect("load");
+        assert_eq!(loaded, vec![support::AGENT_IMAGE.to_string()]);
+        assert!(env.rt.image_present(support::AGENT_IMAGE).await.unwrap());
+        assert!(env
+            .rt
+            .image_present("docker.io/amazon/amazon-ecs-agent:latest")
+            .await
+            .unwrap());
+        // The record points at the layout's real manifest.
+        let ls = ctr(&env.ns, &["images", "ls"]);
+        assert!(
+            ls.contains("application/vnd.oci.image.manifest.v1+json"),
+            "{ls}"
+        );
+        env.rt.load_image(&tar).await.expect("re-import");
+        assert_eq!(ctr(&env.ns, &["images", "ls"]), ls);
+    });
+}
+
+#[test]
+fn corrupt_tarballs_fail_and_keep_the_good_image() {
+    let env = Env::new("corrupt");
+    let _lock = support::agent_lock();
+    rt_block(async {
+        let good = support::stand_in_tarball(support::AGENT_IMAGE);
+        env.rt.load_image(&good).await.expect("load good");
+        let images = ctr(&env.ns, &["images", "ls"]);
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = support::stand_in_tarball_with(
+            &support::ImageSpec::new(support::AGENT_IMAGE)
+                .marker(&format!("corrupt-{}", std::process::id())),
+            support::TarballFormat::DockerSave,
+        );
+        for (how, src) in [
+            (support::Corruption::FlippedLayerBytes, &fresh),
+            (support::Corruption::FlippedLayerBytes, &good),
+            (support::Corruption::Truncated, &fresh),
+            (support::Corruption::NotATar, &fresh),
+        ] {
+            let bad = dir.path().join("bad.tar");
+            support::corrupt_copy(src, &bad, how).unwrap();
+            let err = env.rt.load_image(&bad).await.unwrap_err();
+            assert!(
+                matches!(err, RuntimeError::BadTarball { .. }),
+                "{how:?}: {err:?}"
+            );
+            assert_eq!(
+                ctr(&env.ns, &["images", "ls"]),
+                images,
+                "{how:?} changed images"
+            );
+        }
+        let missing = env
+            .rt
+            .load_image(Path::new("/nonexistent.tar"))
+            .await
+            .unwrap_err();
+        assert!(matches!(missing, RuntimeError::BadTarball { .. }));
+        // The earlier image still runs.
+        env.rt.remove_container(NAME).await.unwrap();
+        env.rt.run(&spec(&[])).await.expect("run");
+        let meta = support::wait_for_http(
+            support::INTROSPECTION_ADDR,
+            "/v1/metadata",
+            Duration::from_secs(20),
+        );
+        assert!(meta.is_some(), "agent did not answer");
+        env.rt.stop(NAME, Duration::from_secs(10)).await.unwrap();
+        env.rt.remove_container(NAME).await.unwrap();
+    });
+}
+
+fn readlink(p: &str) -> String {
+    std::fs::read_link(p)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn run_report_stop_wait_inspect_remove() {
+    let env = Env::new("run");
+    let _lock = support::agent_lock();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(data.path().join("rw")).unwrap();
+    std::fs::create_dir_all(data.path().join("ro")).unwrap();
+    rt_block(async {
+        env.rt
+            .load_image(&support::stand_in_tarball(support::AGENT_IMAGE))
+            .await
+            .unwrap();
+        env.rt.remove_container(NAME).await.unwrap();
+        assert_eq!(env.rt.inspect(NAME).await.unwrap(), None);
+        let mut s = spec(&[
+            ("ECS_CLUSTER", "conformance"),
+            ("ECS_LOGFILE", "/data-rw/agent.log"),
+        ]);
+        s.mounts = vec![
+            Mount::rw(data.path().join("rw"), "/data-rw"),
+            Mount::ro(data.path().join("ro"), "/data-ro"),
+        ];
+        env.rt.run(&s).await.expect("run");
+        let meta = support::wait_for_http(
+            support::INTROSPECTION_ADDR,
+            "/v1/metadata",
+            Duration::from_secs(20),
+        )
+        .expect("agent answers /v1/metadata");
+        assert!(meta.contains("\"Cluster\":\"conformance\""), "{meta}");
+        let report: Value = serde_json::from_str(
+            &support::wait_for_http(
+                support::INTROSPECTION_ADDR,
+                "/v1/report",
+                Duration::from_secs(5),
+            )
+            .expect("report"),
+        )
+        .unwrap();
+
+        // Host network and user namespace; own PID namespace.
+        let ns = &report["namespaces"]["self"];
+        assert_eq!(ns["net"], readlink("/proc/self/ns/net"), "{report}");
+        assert_eq!(ns["user"], readlink("/proc/self/ns/user"));
+        assert_ne!(ns["pid"], readlink("/proc/self/ns/pid"));
+        assert_ne!(ns["mnt"], readlink("/proc/self/ns/mnt"));
+        // Our init is PID 1 and the agent is its child.
+        assert_eq!(report["pid1_comm"], "ecs-agent-init", "{report}");
+        assert_eq!(report["pid1_is_self"], false);
+        assert_eq!(report["ppid"], 1);
+        // Capabilities: Docker's defaults plus the added ones, nothing else.
+        let caps: Vec<String> =
+            serde_json::from_value(report["capabilities"]["effective"].clone()).unwrap();
+        for c in [
+            "CAP_NET_ADMIN",
+            "CAP_SYS_ADMIN",
+            "CAP_CHOWN",
+            "CAP_KILL",
+            "CAP_NET_RAW",
+        ] {
+            assert!(caps.contains(&c.to_string()), "{c} missing from {caps:?}");
+        }
+        assert!(!caps.contains(&"CAP_SYS_MODULE".to_string()), "{caps:?}");
+        assert_eq!(caps.len(), 16, "{caps:?}");
+        // Env: ours plus the image's.
+        assert_eq!(report["env"]["ECS_CLUSTER"], "conformance");
+        assert!(report["env"]["PATH"].is_string());
+        // Binds, read-only where asked.
+        let mounts = report["mounts"].as_array().unwrap();
+        let find = |p: &str| {
+            mounts
+                .iter()
+                .find(|m| m["mount_point"] == p)
+                .unwrap_or_else(|| panic!("{p} not mounted: {mounts:?}"))
+                .clone()
+        };
+        assert_eq!(find("/data-rw")["read_only"], false);
+        assert_eq!(find("/data-ro")["read_only"], true);
+        assert_eq!(find("/run/containerd")["read_only"], false);
+        assert!(
+            data.path().join("rw/agent.log").exists(),
+            "agent wrote through the rw bind"
+        );
+
+        let state = env.rt.inspect(NAME).await.unwrap().expect("state");
+        assert!(state.running, "{state:?}");
+        assert_eq!(state.status, "running");
+        assert!(
+            state.pid.is_some() && state.started_at.is_some(),
+            "{state:?}"
+        );
+
+        let t = Instant::now();
+        env.rt.stop(NAME, Duration::from_secs(10)).await.unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "stop took {:?}",
+            t.elapsed()
+        );
+        assert_eq!(env.rt.wait(NAME).await.unwrap(), 0);
+        let state = env.rt.inspect(NAME).await.unwrap().expect("state");
+        assert_eq!(
+            (state.status.as_str(), state.exit_code),
+            ("exited", Some(0))
+        );
+        assert!(state.finished_at.is_some());
+        // Stopping a stopped container is fine.
+        env.rt.stop(NAME, Duration::from_secs(1)).await.unwrap();
+
+        env.rt.remove_container(NAME).await.unwrap();
+        assert_eq!(env.rt.inspect(NAME).await.unwrap(), None);
+        env.rt.remove_container(NAME).await.unwrap();
+        env.rt.stop(NAME, Duration::from_secs(1)).await.unwrap();
+        assert!(matches!(
+            env.rt.wait(NAME).await.unwrap_err(),
+            RuntimeError::NoSuchContainer(_)
+        ));
+    });
+}
+
+#[test]
+fn exit_code_and_logs_tail() {
+    let env = Env::new("exit");
+    let _lock = support::agent_lock();
+    rt_block(async {
+        env.rt
+            .load_image(&support::stand_in_tarball(support::AGENT_IMAGE))
+            .await
+            .unwrap();
+        env.rt.remove_container(NAME).await.unwrap();
+        env.rt
+            .run(&spec(&[
+                ("STANDIN_EXIT_CODE", "3"),
+                ("STANDIN_EXIT_AFTER_MS", "300"),
+                ("STANDIN_PRINT_LINES", "300"),
+            ]))
+            .await
+            .unwrap();
+        assert_eq!(
+            env.rt.wait(NAME).await.unwrap(),
+            3,
+            "non-zero exit is a result"
+        );
+        let all = logs_until(&env.rt, 1000, |s| s.contains("exiting with code 3")).await;
+        assert!(
+            all.contains("line 1\n") && all.contains("line 300\n"),
+            "{all}"
+        );
+        assert!(
+            all.contains("stand-in agent starting pid=") && all.contains("(stderr)"),
+            "{all}"
+        );
+        for l in all.lines() {
+            let (ts, _) = l.split_once(' ').unwrap();
+            assert!(
+                ts.len() >= 20 && ts.ends_with('Z') && ts.contains('T'),
+                "{l}"
+            );
+        }
+        let total = all.lines().count();
+        let tail = env.rt.logs_tail(NAME, 5).await.unwrap();
+        assert_eq!(tail.lines().count(), 5);
+        let expected: Vec<&str> = all.lines().skip(total - 5).collect();
+        assert_eq!(tail.lines().collect::<Vec<_>>(), expected);
+        let state = env.rt.inspect(NAME).await.unwrap().unwrap();
+        assert_eq!(state.exit_code, Some(3));
+        env.rt.remove_container(NAME).await.unwrap();
+        assert!(matches!(
+            env.rt.logs_tail(NAME, 5).await.unwrap_err(),
+            RuntimeError::NoSuchContainer(_)
+        ));
+    });
+}
+
+#[test]
+fn log_rotates_at_max_size() {
+    let env = Env::new("rotate");
+    let _lock = support::agent_lock();
+    rt_block(async {
+        env.rt
+            .load_image(&support::stand_in_tarball(support::AGENT_IMAGE))
+            .await
+            .unwrap();
+        env.rt.remove_container(NAME).await.unwrap();
+        let mut s = spec(&[("STANDIN_EXIT_CODE", "0"), ("STANDIN_PRINT_LINES", "3000")]);
+        s.log.options = BTreeMap::from([
+            ("max-size".to_string(), "8k".to_string()),
+            ("max-file".to_string(), "3".to_string()),
+        ]);
+        env.rt.run(&s).await.unwrap();
+        assert_eq!(env.rt.wait(NAME).await.unwrap(), 0);
+        let tail = logs_until(&env.rt, 3, |t| t.contains("exiting with code 0")).await;
+        assert!(tail.contains("exiting with code 0"), "{tail}");
+        let dir = env.logs.path();
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            ["ecs-agent.log", "ecs-agent.log.1", "ecs-agent.log.2"]
+        );
+        for f in &files {
+            let len = std::fs::metadata(dir.join(f)).unwrap().len();
+            assert!(len <= 8 * 1024, "{f} is {len} bytes");
+        }
+        // Old lines were rotated away; the newest are still there.
+        let all = env.rt.logs_tail(NAME, 100_000).await.unwrap();
+        assert!(!all.contains("line 1\n"), "oldest lines should be gone");
+        env.rt.remove_container(NAME).await.unwrap();
+        assert!(
+            std::fs::read_dir(dir).unwrap().next().is_none(),
+            "logs removed with the container"
+        );
+    });
+}
+
+#[test]
+fn leftover_container_is_removed_by_a_new_instance() {
+    let env = Env::new("leftover");
+    let _lock = support::agent_lock();
+    rt_block(async {
+        env.rt
+            .load_image(&support::stand_in_tarball(support::AGENT_IMAGE))
+            .await
+            .unwrap();
+        env.rt.remove_container(NAME).await.unwrap();
+        env.rt.run(&spec(&[])).await.unwrap();
+        support::wait_for_http(
+            support::INTROSPECTION_ADDR,
+            "/v1/metadata",
+            Duration::from_secs(20),
+        )
+        .expect("first agent answers");
+        // A second run with the name taken is refused, not silently replaced.
+        assert!(env.rt.run(&spec(&[])).await.is_err());
+        // A fresh launcher (new instance) removes the running leftover and starts again.
+        let fresh = ContainerdRuntime::with_options(env.rt.options().clone()).unwrap();
+        fresh.remove_container(NAME).await.unwrap();
+        assert_eq!(fresh.inspect(NAME).await.unwrap(), None);
+        assert!(!ctr(&env.ns, &["snapshots", "ls"]).contains(NAME));
+        fresh.run(&spec(&[])).await.unwrap();
+        support::wait_for_http(
+            support::INTROSPECTION_ADDR,
+            "/v1/metadata",
+            Duration::from_secs(20),
+        )
+        .expect("second agent answers");
+        fresh.stop(NAME, Duration::from_secs(10)).await.unwrap();
+        fresh.remove_container(NAME).await.unwrap();
+    });
+}
+
+#[test]
+fn ping_reports_version() {
+    let env = Env::new("ping");
+    rt_block(async {
+        let info = env.rt.ping().await.unwrap();
+        assert_eq!(info.runtime, "containerd");
+        assert!(
+            info.version.starts_with('1') || info.version.starts_with('2'),
+            "{info:?}"
+        );
+        assert_eq!(info.endpoint, "unix:///run/containerd/containerd.sock");
+    });
+}
