@@ -85,7 +85,10 @@ struct Log {
 
 impl Log {
     fn path(&self, n: u32) -> PathBuf {
-        let base = self.settings.dir.join(format!("{}.log", self.settings.name));
+        let base = self
+            .settings
+            .dir
+            .join(format!("{}.log", self.settings.name));
         if n == 0 {
             base
         } else {
@@ -195,7 +198,9 @@ fn pump(fd: i32, stream: &'static str, log: Arc<Mutex<Log>>) {
             Ok(0) => return,
             Ok(_) => {
                 let e = entry(&line, stream);
-                log.lock().unwrap_or_else(|p| p.into_inner()).write_entry(&e);
+                log.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .write_entry(&e);
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return,
@@ -228,7 +233,10 @@ pub fn run(args: &[OsString]) -> i32 {
     let file = match Log::open(&path) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("ecs-agent-init log-shim: cannot open {}: {e}", path.display());
+            eprintln!(
+                "ecs-agent-init log-shim: cannot open {}: {e}",
+                path.display()
+            );
             return 1;
         }
     };
