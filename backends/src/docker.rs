@@ -235,10 +235,12 @@ impl DockerRuntime {
                 path: tarball.to_path_buf(),
                 reason: error,
             }),
+            // dockerd answers a tarball it cannot unpack or make sense of with an HTTP error
+            // rather than a stream message; its message says what was wrong.
             Some(BollardError::DockerResponseServerError {
                 status_code,
                 message,
-            }) if status_code < 500 || !message.is_empty() => Err(RuntimeError::BadTarball {
+            }) => Err(RuntimeError::BadTarball {
                 path: tarball.to_path_buf(),
                 reason: format!("dockerd rejected it (HTTP {status_code}): {message}"),
             }),
