@@ -1,8 +1,8 @@
 //! The runtime-neutral rule description (UPSTREAM-BEHAVIOUR.md §6).
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddrV4;
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     V4,
@@ -10,7 +10,7 @@ pub enum Family {
 }
 
 /// Which inbound interfaces an introspection block applies to.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Every interface but loopback (the default; see "Deviations we choose").
@@ -20,7 +20,7 @@ pub enum Scope {
 }
 
 /// One rule of ours.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Rule {
     /// nat PREROUTING: TCP to `endpoint` is DNATed to `target` (task credentials endpoint).
@@ -51,7 +51,7 @@ pub enum Rule {
 }
 
 /// The rules in the order the existing ecs-init adds them.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default, Deserialize)]
 pub struct RuleSet {
     pub rules: Vec<Rule>,
 }
