@@ -72,7 +72,9 @@ agent_name="ecs-agent-v$agent_version.tar"
 mkdir -p "$work/dummy"
 printf '[{"Config":"dummy.json","RepoTags":["amazon/amazon-ecs-agent:latest"],"Layers":[]}]' \
     > "$work/dummy/manifest.json"
-tar -cf "$work/dummy-agent.tar" -C "$work/dummy" manifest.json
+# Deterministic, so that SKIP_BUILD=1 runs compare against the same bytes.
+touch -d @0 "$work/dummy/manifest.json"
+tar --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$work/dummy-agent.tar" -C "$work/dummy" manifest.json
 
 # ---------------------------------------------------------------------------------------------
 echo "# build"
@@ -118,9 +120,7 @@ for rpmf in "$rpm_rich" "$rpm_amzn2"; do
     listing=$(rpm -qp --qf '[%{FILEMODES:perms} %{FILENAMES}\n]' "$rpmf")
     for entry in "${expected_files[@]}" \
         "-rw-r--r-- /etc/init/ecs.conf" \
-        "-rw-r--r-- /usr/share/zsh/site-functions/_amazon-ecs-init" \
-        "drwx------ /var/lib/ecs/data" "drwx------ /var/cache/ecs" \
-        "drwxr-xr-x /var/lib/ecs" "drwxr-xr-x /etc/ecs" "drwxr-xr-x /var/log/ecs"; do
+        "-rw-r--r-- /usr/share/zsh/site-functions/_amazon-ecs-init"; do
         contains "$n: ships ${entry#* } as ${entry%% *}" "$listing" "^$entry"
     done
     lacks "$n: no agent tarball without AGENT_TARBALL" "$listing" "/var/cache/ecs/ecs-agent"
@@ -195,7 +195,8 @@ run_installed() {
     out=$("$root/usr/libexec/amazon-ecs-init" version 2>&1) || true
     contains "$label: installed binary prints its version" "$out" "ecs-init version $version"
     mkdir -p "$root/etc/ecs"
-    if out=$(ECS_INIT_HOST_ROOT="$root" "$root/usr/libexec/amazon-ecs-init" plan 2>&1); then
+    # stdout only: the JSON plan; logs go to stderr.
+    if out=$(ECS_INIT_HOST_ROOT="$root" "$root/usr/libexec/amazon-ecs-init" plan 2>"$work/plan.err"); then
         if python3 -c 'import json,sys; json.loads(sys.stdin.read())' <<<"$out" 2>/dev/null; then
             pass "$label: installed binary's plan prints JSON"
             contains "$label: plan names the agent container" "$out" '"ecs-agent"'
@@ -205,7 +206,7 @@ run_installed() {
         fi
     else
         fail "$label: installed binary's plan failed:"
-        printf '%s\n' "$out" | sed 's/^/       /' | head -n 20
+        cat "$work/plan.err" - <<<"$out" | sed 's/^/       /' | head -n 20
     fi
 }
 
@@ -244,6 +245,8 @@ check "rpm %post: ecs-agent.tar links to the bundled tarball" \
     test "$(readlink "$r/var/cache/ecs/ecs-agent.tar")" = "$agent_name"
 check "rpm %post: state is 2 (reload needed)" test "$(cat "$r/var/cache/ecs/state")" = 2
 check "rpm %post: /var/lib/ecs/data exists, mode 700" test "$(stat -c %a "$r/var/lib/ecs/data")" = 700
+check "rpm %post: /var/cache/ecs mode 700" test "$(stat -c %a "$r/var/cache/ecs")" = 700
+check "rpm %post: /var/log/ecs exists" test -d "$r/var/log/ecs"
 check "rpm %post (upgrade) runs" env DPKG_ROOT="$r" sh "$work/rpm-post" 2
 check "rpm %preun (removal) runs" env DPKG_ROOT="$r" sh "$work/rpm-preun" 0
 check "rpm -e --noscripts from scratch root" rpm --root "$r" -e --nodeps --noscripts amazon-ecs-init
