@@ -45,7 +45,9 @@ fn parse_unit(text: &str) -> Unit {
             section = line.to_string();
             continue;
         }
-        let Some((key, value)) = line.split_once('=') else { continue };
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
         if section != "[Service]" {
             continue;
         }
@@ -72,7 +74,10 @@ fn argv(line: &str, binary: &Path) -> Vec<String> {
         "unexpected Exec prefix in {line:?}"
     );
     let mut words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
-    assert_eq!(words[0], UNIT_BINARY, "Exec line must call {UNIT_BINARY}: {line:?}");
+    assert_eq!(
+        words[0], UNIT_BINARY,
+        "Exec line must call {UNIT_BINARY}: {line:?}"
+    );
     words[0] = binary.display().to_string();
     words
 }
@@ -194,7 +199,10 @@ fn unit_exec_lines_start_agent_and_signal_readiness() {
     assert!(unit.notify_access.is_some(), "NotifyAccess= set");
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_amazon-ecs-init"));
     let one = |key: &str| -> Vec<String> {
-        let lines = unit.exec.get(key).unwrap_or_else(|| panic!("{key}= missing"));
+        let lines = unit
+            .exec
+            .get(key)
+            .unwrap_or_else(|| panic!("{key}= missing"));
         assert_eq!(lines.len(), 1, "exactly one {key}=");
         argv(&lines[0], &binary)
     };
@@ -219,7 +227,10 @@ fn unit_exec_lines_start_agent_and_signal_readiness() {
         .unwrap();
 
     let mut env = environment(&unit, &root);
-    env.push(("ECS_INIT_HOST_ROOT".into(), root.path().display().to_string()));
+    env.push((
+        "ECS_INIT_HOST_ROOT".into(),
+        root.path().display().to_string(),
+    ));
     env.push(("NOTIFY_SOCKET".into(), sock_path.display().to_string()));
 
     let netns = Netns::new();
@@ -241,7 +252,10 @@ fn unit_exec_lines_start_agent_and_signal_readiness() {
         let _ = child.kill();
         panic!("pre-start did not finish within 300 s")
     });
-    assert!(status.success(), "ExecStartPre (pre-start) failed: {status}");
+    assert!(
+        status.success(),
+        "ExecStartPre (pre-start) failed: {status}"
+    );
     assert_eq!(
         root.read("var/cache/ecs/state").as_deref().map(str::trim),
         Some("1"),
@@ -270,9 +284,18 @@ fn unit_exec_lines_start_agent_and_signal_readiness() {
             messages.push(msg);
         }
     }
-    assert!(ready, "no READY=1 within 120 s; notifications: {messages:?}");
     assert!(
-        cleanup.start.as_mut().unwrap().try_wait().unwrap().is_none(),
+        ready,
+        "no READY=1 within 120 s; notifications: {messages:?}"
+    );
+    assert!(
+        cleanup
+            .start
+            .as_mut()
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_none(),
         "start must keep running (supervising) after READY=1"
     );
     let answer = wait_for_http(INTROSPECTION_ADDR, "/v1/metadata", Duration::from_secs(30));
@@ -300,7 +323,10 @@ fn unit_exec_lines_start_agent_and_signal_readiness() {
         .envs(env.iter().cloned())
         .status()
         .expect("run post-stop");
-    assert!(status.success(), "ExecStopPost (post-stop) failed: {status}");
+    assert!(
+        status.success(),
+        "ExecStopPost (post-stop) failed: {status}"
+    );
     cleanup.armed = false;
 
     // A stop must not look like a failure, or Restart=on-failure would start it again.
