@@ -318,9 +318,7 @@ for line in "start on stopped rc RUNLEVEL=[345]" "respawn" "normal exit 0 5" \
 done
 
 echo "# scripts"
-for s in "$here"/test.sh "$here"/test-exec-lines.sh; do
-    [ -e "$s" ] && check "bash -n $(basename "$s")" bash -n "$s"
-done
+check "bash -n test.sh" bash -n "$here/test.sh"
 for s in "$top"/target/packaging/scripts/*/*; do
     check "sh -n $(basename "$(dirname "$s")")/$(basename "$s")" sh -n "$s"
 done
