@@ -11,10 +11,18 @@ use crate::paths::Paths;
 pub const AGENT_IMAGE: &str = "amazon/amazon-ecs-agent:latest";
 pub const AGENT_NAME: &str = "ecs-agent";
 /// Default credentials-fetcher socket (gMSA).
-pub const CREDENTIALS_FETCHER_SOCKET: &str = "/var/credentials-fetcher/socket/credentials_fetcher.sock";
+pub const CREDENTIALS_FETCHER_SOCKET: &str =
+    "/var/credentials-fetcher/socket/credentials_fetcher.sock";
 pub const DEFAULT_APPARMOR_PROFILE: &str = "ecs-agent-default";
 const LOG_DRIVERS: &[&str] = &[
-    "awslogs", "fluentd", "gelf", "json-file", "journald", "logentries", "syslog", "splunk",
+    "awslogs",
+    "fluentd",
+    "gelf",
+    "json-file",
+    "journald",
+    "logentries",
+    "syslog",
+    "splunk",
 ];
 
 /// Environment in insertion order where a later `set` replaces the value in place.
@@ -78,7 +86,10 @@ pub fn build(paths: &Paths, cfg: &Config, facts: &HostFacts) -> (AgentSpec, Vec<
         env.set("SSL_CERT_DIR", dir.display().to_string());
     }
     let fetcher = credentials_fetcher_socket(cfg);
-    env.set("CREDENTIALS_FETCHER_HOST_DIR", fetcher.display().to_string());
+    env.set(
+        "CREDENTIALS_FETCHER_HOST_DIR",
+        fetcher.display().to_string(),
+    );
     env.set("ECS_ENABLE_TASK_ENI", "true");
     env.set("ECS_ENABLE_AWSLOGS_EXECUTIONROLE_OVERRIDE", "true");
     let gmsa = cfg
@@ -116,7 +127,11 @@ pub fn build(paths: &Paths, cfg: &Config, facts: &HostFacts) -> (AgentSpec, Vec<
 
     // --- binds, in the existing tool's order ---
     let mut mounts = Vec::new();
-    match cfg.process_env.get("DOCKER_HOST").and_then(|h| h.strip_prefix("unix://")) {
+    match cfg
+        .process_env
+        .get("DOCKER_HOST")
+        .and_then(|h| h.strip_prefix("unix://"))
+    {
         Some(sock) if !sock.is_empty() => {
             let target = cfg
                 .file_entry("DOCKER_HOST")
@@ -146,7 +161,11 @@ pub fn build(paths: &Paths, cfg: &Config, facts: &HostFacts) -> (AgentSpec, Vec<
     if gmsa && facts.exists(&fetcher) {
         mounts.push(Mount::rw(&fetcher, &fetcher));
     }
-    for plugins in ["/run/docker/plugins", "/etc/docker/plugins", "/usr/lib/docker/plugins"] {
+    for plugins in [
+        "/run/docker/plugins",
+        "/etc/docker/plugins",
+        "/usr/lib/docker/plugins",
+    ] {
         mounts.push(Mount::ro(plugins, plugins));
     }
     let deps = paths.var_lib_ecs.join("deps");
@@ -154,7 +173,10 @@ pub fn build(paths: &Paths, cfg: &Config, facts: &HostFacts) -> (AgentSpec, Vec<
         mounts.push(Mount::ro(&deps, "/managed-agents"));
         let exec_cfg = deps.join("execute-command/config");
         if facts.exists(&exec_cfg) {
-            mounts.push(Mount::rw(&exec_cfg, "/managed-agents/execute-command/config"));
+            mounts.push(Mount::rw(
+                &exec_cfg,
+                "/managed-agents/execute-command/config",
+            ));
         }
     }
     for (src, dst) in [
@@ -220,7 +242,10 @@ fn knob_warning(key: &str, message: String) -> Warning {
 
 fn log_config(cfg: &Config, warnings: &mut Vec<Warning>) -> LogConfig {
     let mut log = LogConfig::default();
-    if let Some(size) = cfg.knob("ECS_INIT_DOCKER_LOG_FILE_SIZE").filter(|v| !v.is_empty()) {
+    if let Some(size) = cfg
+        .knob("ECS_INIT_DOCKER_LOG_FILE_SIZE")
+        .filter(|v| !v.is_empty())
+    {
         let size = if size.bytes().all(|b| b.is_ascii_digit()) {
             format!("{size}m")
         } else {
@@ -228,7 +253,10 @@ fn log_config(cfg: &Config, warnings: &mut Vec<Warning>) -> LogConfig {
         };
         log.options.insert("max-size".into(), size);
     }
-    if let Some(num) = cfg.knob("ECS_INIT_DOCKER_LOG_FILE_NUM").filter(|v| !v.is_empty()) {
+    if let Some(num) = cfg
+        .knob("ECS_INIT_DOCKER_LOG_FILE_NUM")
+        .filter(|v| !v.is_empty())
+    {
         log.options.insert("max-file".into(), num.to_string());
     }
     if let Some(driver) = cfg.knob("ECS_LOG_DRIVER").filter(|v| !v.is_empty()) {
@@ -240,7 +268,10 @@ fn log_config(cfg: &Config, warnings: &mut Vec<Warning>) -> LogConfig {
         } else {
             warnings.push(knob_warning(
                 "ECS_LOG_DRIVER",
-                format!("unknown log driver {driver:?} (want one of {}); using json-file", LOG_DRIVERS.join(", ")),
+                format!(
+                    "unknown log driver {driver:?} (want one of {}); using json-file",
+                    LOG_DRIVERS.join(", ")
+                ),
             ));
         }
     }
@@ -282,7 +313,10 @@ mod tests {
     fn cfg(file: &str, process: &[(&str, &str)]) -> Config {
         Config::from_parts(
             &[(PathBuf::from("/etc/ecs/ecs.config"), file.to_string())],
-            process.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            process
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         )
     }
 
@@ -306,7 +340,11 @@ mod tests {
 
     #[test]
     fn default_spec_matches_upstream() {
-        let (spec, warnings) = build(&Paths::under("/"), &cfg("ECS_CLUSTER=prod\n", &[]), &facts());
+        let (spec, warnings) = build(
+            &Paths::under("/"),
+            &cfg("ECS_CLUSTER=prod\n", &[]),
+            &facts(),
+        );
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(spec.image, "amazon/amazon-ecs-agent:latest");
         assert_eq!(spec.name, "ecs-agent");
@@ -362,7 +400,14 @@ mod tests {
             ]
         );
         assert_eq!(spec.cap_add, ["NET_ADMIN", "SYS_ADMIN"]);
-        assert_eq!((spec.network, spec.userns, spec.pid), (NamespaceMode::Host, NamespaceMode::Host, NamespaceMode::Private));
+        assert_eq!(
+            (spec.network, spec.userns, spec.pid),
+            (
+                NamespaceMode::Host,
+                NamespaceMode::Host,
+                NamespaceMode::Private
+            )
+        );
         assert!(spec.init && !spec.privileged && spec.apparmor_profile.is_none());
         assert!(spec.labels.is_empty());
         assert_eq!(spec.log, LogConfig::default());
@@ -372,8 +417,14 @@ mod tests {
     fn file_env_overrides_defaults_and_forced_values_win() {
         let (spec, _) = build(
             &Paths::under("/"),
-            &cfg("ECS_ENABLE_TASK_ENI=true\nECS_LOGFILE=/log/x.log\nECS_EXTERNAL=true\n", &[]),
-            &HostFacts { ebs_dir: false, ..facts() },
+            &cfg(
+                "ECS_ENABLE_TASK_ENI=true\nECS_LOGFILE=/log/x.log\nECS_EXTERNAL=true\n",
+                &[],
+            ),
+            &HostFacts {
+                ebs_dir: false,
+                ..facts()
+            },
         );
         assert_eq!(spec.env_value("ECS_LOGFILE"), Some("/log/x.log"));
         assert_eq!(spec.env_value("ECS_ENABLE_TASK_ENI"), Some("false"));
@@ -422,14 +473,20 @@ mod tests {
     fn host_config_knobs() {
         let (spec, w) = build(
             &Paths::under("/"),
-            &cfg("", &[
-                ("ECS_AGENT_RUN_PRIVILEGED", "true"),
-                ("ECS_AGENT_PID_NAMESPACE_HOST", "true"),
-                ("ECS_AGENT_APPARMOR_PROFILE", "custom"),
-                ("ECS_INIT_DOCKER_LOG_FILE_SIZE", "32"),
-                ("ECS_INIT_DOCKER_LOG_FILE_NUM", "7"),
-            ]),
-            &HostFacts { apparmor: true, ..facts() },
+            &cfg(
+                "",
+                &[
+                    ("ECS_AGENT_RUN_PRIVILEGED", "true"),
+                    ("ECS_AGENT_PID_NAMESPACE_HOST", "true"),
+                    ("ECS_AGENT_APPARMOR_PROFILE", "custom"),
+                    ("ECS_INIT_DOCKER_LOG_FILE_SIZE", "32"),
+                    ("ECS_INIT_DOCKER_LOG_FILE_NUM", "7"),
+                ],
+            ),
+            &HostFacts {
+                apparmor: true,
+                ..facts()
+            },
         );
         assert!(w.is_empty());
         assert!(spec.privileged);
@@ -443,12 +500,21 @@ mod tests {
     fn log_driver_and_opts() {
         let (spec, w) = build(
             &Paths::under("/"),
-            &cfg("", &[("ECS_LOG_DRIVER", "syslog"), ("ECS_LOG_OPTS", r#"{"tag":"ecs"}"#)]),
+            &cfg(
+                "",
+                &[
+                    ("ECS_LOG_DRIVER", "syslog"),
+                    ("ECS_LOG_OPTS", r#"{"tag":"ecs"}"#),
+                ],
+            ),
             &facts(),
         );
         assert!(w.is_empty());
         assert_eq!(spec.log.driver, "syslog");
-        assert_eq!(spec.log.options, BTreeMap::from([("tag".into(), "ecs".into())]));
+        assert_eq!(
+            spec.log.options,
+            BTreeMap::from([("tag".into(), "ecs".into())])
+        );
         let (spec, w) = build(
             &Paths::under("/"),
             &cfg("", &[("ECS_LOG_DRIVER", "bogus"), ("ECS_LOG_OPTS", "[1]")]),
@@ -456,7 +522,9 @@ mod tests {
         );
         assert_eq!(spec.log, LogConfig::default());
         assert_eq!(w.len(), 2);
-        assert!(w[0].to_string().starts_with("ECS_LOG_DRIVER: unknown log driver \"bogus\""));
+        assert!(w[0]
+            .to_string()
+            .starts_with("ECS_LOG_DRIVER: unknown log driver \"bogus\""));
     }
 
     #[test]
@@ -464,17 +532,30 @@ mod tests {
         let sock = PathBuf::from("/run/cf.sock");
         let (spec, _) = build(
             &Paths::under("/"),
-            &cfg("DOCKER_HOST=unix:///var/run/agent-docker.sock\n", &[
-                ("DOCKER_HOST", "unix:///run/custom/docker.sock"),
-                ("ECS_GMSA_SUPPORTED", "true"),
-                ("CREDENTIALS_FETCHER_HOST", "unix:///run/cf.sock"),
-            ]),
-            &HostFacts { realm_joined: true, existing: vec![sock.clone()], ..facts() },
+            &cfg(
+                "DOCKER_HOST=unix:///var/run/agent-docker.sock\n",
+                &[
+                    ("DOCKER_HOST", "unix:///run/custom/docker.sock"),
+                    ("ECS_GMSA_SUPPORTED", "true"),
+                    ("CREDENTIALS_FETCHER_HOST", "unix:///run/cf.sock"),
+                ],
+            ),
+            &HostFacts {
+                realm_joined: true,
+                existing: vec![sock.clone()],
+                ..facts()
+            },
         );
         let b = binds(&spec);
         assert_eq!(b[0], "/run/custom/docker.sock:/var/run/agent-docker.sock");
         assert!(b.contains(&"/run/cf.sock:/run/cf.sock".to_string()));
-        assert_eq!(spec.env_value("ECS_DOMAIN_JOINED_LINUX_INSTANCE"), Some("true"));
-        assert_eq!(spec.env_value("CREDENTIALS_FETCHER_HOST_DIR"), Some("/run/cf.sock"));
+        assert_eq!(
+            spec.env_value("ECS_DOMAIN_JOINED_LINUX_INSTANCE"),
+            Some("true")
+        );
+        assert_eq!(
+            spec.env_value("CREDENTIALS_FETCHER_HOST_DIR"),
+            Some("/run/cf.sock")
+        );
     }
 }

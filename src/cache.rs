@@ -63,7 +63,9 @@ pub enum CacheError {
 }
 
 fn non_empty(path: &Path) -> bool {
-    std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false)
+    std::fs::metadata(path)
+        .map(|m| m.len() > 0)
+        .unwrap_or(false)
 }
 
 /// The cache state as the files say.
@@ -201,7 +203,10 @@ mod tests {
         assert_eq!(state(&p).unwrap(), CacheState::Cached);
         std::fs::write(p.cache_state(), "7").unwrap();
         let err = state(&p).unwrap_err().to_string();
-        assert!(err.contains("var/cache/ecs/state") && err.contains("\"7\""), "{err}");
+        assert!(
+            err.contains("var/cache/ecs/state") && err.contains("\"7\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -211,7 +216,42 @@ mod tests {
         std::fs::write(p.desired_image(), "/somewhere/else/ecs-agent-v2.tar").unwrap();
         let err = desired_tarball(&p).unwrap_err().to_string();
         assert!(err.contains("newline"), "{err}");
-        std::fs::write(p.desired_image(), "/somewhere/else/ecs-agent-v2.tar\nignored\n").unwrap();
-        assert_eq!(desired_tarball(&p).unwrap(), p.var_cache_ecs.join("ecs-agent-v2.tar"));
+        std::fs::write(
+            p.desired_image(),
+            "/somewhere/else/ecs-agent-v2.tar\nignored\n",
+        )
+        .unwrap();
+        assert_eq!(
+            desired_tarball(&p).unwrap(),
+            p.var_cache_ecs.join("ecs-agent-v2.tar")
+        );
+    }
+
+    #[tokio::test]
+    async fn ensure_image_follows_the_state_table() {
+        use crate::testing::FakeRuntime;
+        let (_d, p) = root();
+        // Uncached, image absent: a clear error naming the missing tarball; nothing loaded.
+        let rt = FakeRuntime::default();
+        let err = ensure_image(&p, &rt).await.unwrap_err().to_string();
+        assert!(err.contains("var/cache/ecs/ecs-agent.tar"), "{err}");
+        assert!(rt.loaded().is_empty());
+        // Uncached but the image is already there: fine, nothing loaded.
+        rt.set_image_present(true);
+        ensure_image(&p, &rt).await.unwrap();
+        assert!(rt.loaded().is_empty());
+        // Reload needed: loaded even though present, then state 1.
+        std::fs::write(p.agent_tarball(), "tar").unwrap();
+        std::fs::write(p.cache_state(), "2").unwrap();
+        ensure_image(&p, &rt).await.unwrap();
+        assert_eq!(rt.loaded(), [p.agent_tarball()]);
+        assert_eq!(std::fs::read_to_string(p.cache_state()).unwrap(), "1");
+        // Cached and present: no load.
+        ensure_image(&p, &rt).await.unwrap();
+        assert_eq!(rt.loaded().len(), 1);
+        // Cached but missing from the runtime: loaded again.
+        rt.set_image_present(false);
+        ensure_image(&p, &rt).await.unwrap();
+        assert_eq!(rt.loaded().len(), 2);
     }
 }

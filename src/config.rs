@@ -110,16 +110,22 @@ pub fn parse_env_file(path: &Path, text: &str) -> (Vec<Entry>, Vec<Warning>) {
             );
         }
         if key.chars().any(char::is_whitespace) {
-            warn(&mut warnings, Some(key), "variable name contains white space".into());
+            warn(
+                &mut warnings,
+                Some(key),
+                "variable name contains white space".into(),
+            );
         }
         let v = value;
         if v.len() >= 2
-            && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
+            && ((v.starts_with('"') && v.ends_with('"'))
+                || (v.starts_with('\'') && v.ends_with('\'')))
         {
             warn(
                 &mut warnings,
                 Some(key),
-                "value is quoted: the quotes are part of the value (env files do not strip quotes)".into(),
+                "value is quoted: the quotes are part of the value (env files do not strip quotes)"
+                    .into(),
             );
         }
         entries.push(Entry {
@@ -169,7 +175,10 @@ impl Config {
     }
 
     /// Build from file texts (in precedence order, lowest first) and a process environment.
-    pub fn from_parts(files: &[(PathBuf, String)], process_env: BTreeMap<String, String>) -> Config {
+    pub fn from_parts(
+        files: &[(PathBuf, String)],
+        process_env: BTreeMap<String, String>,
+    ) -> Config {
         let mut cfg = Config {
             process_env,
             ..Config::default()
@@ -241,7 +250,11 @@ impl Config {
         self.file_env
             .iter()
             .map(|e| {
-                let v = if is_secret_key(&e.key) { REDACTED } else { &e.value };
+                let v = if is_secret_key(&e.key) {
+                    REDACTED
+                } else {
+                    &e.value
+                };
                 format!("{}={}", e.key, v)
             })
             .collect()
@@ -284,10 +297,26 @@ mod tests {
             ]
         );
         let msgs: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
-        assert!(msgs.iter().any(|m| m.starts_with("/etc/ecs/ecs.config:4: line has no '='")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.starts_with("/etc/ecs/ecs.config:5: #ECS_X: commented-out")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.starts_with("/etc/ecs/ecs.config:7: Q: value is quoted")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.starts_with("/etc/ecs/ecs.config:8: empty variable name")), "{msgs:?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("/etc/ecs/ecs.config:4: line has no '='")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("/etc/ecs/ecs.config:5: #ECS_X: commented-out")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("/etc/ecs/ecs.config:7: Q: value is quoted")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("/etc/ecs/ecs.config:8: empty variable name")),
+            "{msgs:?}"
+        );
     }
 
     #[test]
@@ -299,15 +328,25 @@ mod tests {
             ],
             BTreeMap::new(),
         );
-        let kv: Vec<String> = cfg.file_env.iter().map(|e| format!("{}={}", e.key, e.value)).collect();
+        let kv: Vec<String> = cfg
+            .file_env
+            .iter()
+            .map(|e| format!("{}={}", e.key, e.value))
+            .collect();
         assert_eq!(kv, ["A=9", "B=2", "C=3"]);
-        assert_eq!(cfg.file_entry("A").unwrap().origin.file, p("/etc/ecs/ecs.config"));
+        assert_eq!(
+            cfg.file_entry("A").unwrap().origin.file,
+            p("/etc/ecs/ecs.config")
+        );
     }
 
     #[test]
     fn knobs_prefer_process_env_and_parse_bools_like_go() {
         let cfg = Config::from_parts(
-            &[(p("/etc/ecs/ecs.config"), "ECS_SKIP_LOCALHOST_TRAFFIC_FILTER=true\nECS_EXTERNAL=yes\n".into())],
+            &[(
+                p("/etc/ecs/ecs.config"),
+                "ECS_SKIP_LOCALHOST_TRAFFIC_FILTER=true\nECS_EXTERNAL=yes\n".into(),
+            )],
             BTreeMap::from([("ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS".into(), "1".into())]),
         );
         assert!(cfg.knob_bool("ECS_SKIP_LOCALHOST_TRAFFIC_FILTER"));
@@ -318,19 +357,44 @@ mod tests {
 
     #[test]
     fn choices() {
-        let cfg = Config::from_parts(&[], BTreeMap::from([("ECS_INIT_RUNTIME".into(), "Podman".into())]));
-        let err = cfg.choice("ECS_INIT_RUNTIME", &["auto", "docker", "containerd"], "auto").unwrap_err();
-        assert_eq!(err.to_string(), "ECS_INIT_RUNTIME=\"Podman\" is not one of auto|docker|containerd");
-        assert_eq!(cfg.choice("ECS_INIT_FIREWALL", &["auto", "none"], "auto").unwrap(), "auto");
+        let cfg = Config::from_parts(
+            &[],
+            BTreeMap::from([("ECS_INIT_RUNTIME".into(), "Podman".into())]),
+        );
+        let err = cfg
+            .choice(
+                "ECS_INIT_RUNTIME",
+                &["auto", "docker", "containerd"],
+                "auto",
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "ECS_INIT_RUNTIME=\"Podman\" is not one of auto|docker|containerd"
+        );
+        assert_eq!(
+            cfg.choice("ECS_INIT_FIREWALL", &["auto", "none"], "auto")
+                .unwrap(),
+            "auto"
+        );
     }
 
     #[test]
     fn redaction() {
         let cfg = Config::from_parts(
-            &[(p("/etc/ecs/ecs.config"), "ECS_ENGINE_AUTH_DATA={\"x\":1}\nECS_CLUSTER=c\n".into())],
+            &[(
+                p("/etc/ecs/ecs.config"),
+                "ECS_ENGINE_AUTH_DATA={\"x\":1}\nECS_CLUSTER=c\n".into(),
+            )],
             BTreeMap::new(),
         );
-        assert_eq!(cfg.redacted_file_env(), [format!("ECS_ENGINE_AUTH_DATA={REDACTED}"), "ECS_CLUSTER=c".into()]);
+        assert_eq!(
+            cfg.redacted_file_env(),
+            [
+                format!("ECS_ENGINE_AUTH_DATA={REDACTED}"),
+                "ECS_CLUSTER=c".into()
+            ]
+        );
     }
 
     #[test]

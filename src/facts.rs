@@ -111,12 +111,19 @@ pub fn parse_os_release(text: &str) -> (Distro, String) {
     let version = field("VERSION_ID");
     let id_like = field("ID_LIKE").unwrap_or_default();
     let distro = match (id.as_deref(), version.as_deref()) {
-        (Some("amzn"), Some(v)) if v.starts_with("2018") || v.starts_with("2017") || v.starts_with("2016") => {
+        (Some("amzn"), Some(v))
+            if v.starts_with("2018") || v.starts_with("2017") || v.starts_with("2016") =>
+        {
             Distro::AmazonLinux1
         }
         (Some("amzn"), _) => Distro::AmazonLinux,
         (Some("rhel" | "centos" | "fedora" | "rocky" | "almalinux"), _) => Distro::RedHat,
-        _ if id_like.split_whitespace().any(|l| l == "rhel" || l == "fedora") => Distro::RedHat,
+        _ if id_like
+            .split_whitespace()
+            .any(|l| l == "rhel" || l == "fedora") =>
+        {
+            Distro::RedHat
+        }
         _ => Distro::Other,
     };
     let detailed = match (id, version) {

@@ -73,6 +73,30 @@ impl Context {
         (spec, all)
     }
 
+    /// What the host network setup needs from the configuration.
+    pub fn net_config(&self) -> ecs_firewall::NetConfig {
+        ecs_firewall::NetConfig {
+            firewall: self
+                .config
+                .knob("ECS_INIT_FIREWALL")
+                .map(|v| v.trim().to_ascii_lowercase())
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "auto".into()),
+            skip_localhost_filter: self.config.knob_bool("ECS_SKIP_LOCALHOST_TRAFFIC_FILTER"),
+            allow_offhost_introspection: self
+                .config
+                .knob_bool("ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS"),
+            introspection_interface: self
+                .config
+                .knob("ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME")
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string),
+            state_dir: self.paths.var_lib_ecs.clone(),
+            proc_sys: "/proc/sys".into(),
+        }
+    }
+
     fn runtime_wait(&self) -> Duration {
         self.config
             .knob(RUNTIME_WAIT_KEY)
@@ -85,7 +109,7 @@ impl Context {
     async fn choose_runtime(&self) -> anyhow::Result<(RuntimeChoice, Box<dyn Runtime>)> {
         let choice = select::choose(&self.config, &self.endpoints).await?;
         tracing::info!(runtime = choice.name, reason = %choice.reason, "container runtime selected");
-        let rt = select::connect(choice.name, &self.endpoints)?;
+        let rt = select::connect(choice.name, &self.endpoints, &self.paths)?;
         Ok((choice, rt))
     }
 
@@ -93,7 +117,7 @@ impl Context {
     async fn recorded_runtime(&self) -> anyhow::Result<(RuntimeChoice, Box<dyn Runtime>)> {
         match select::recorded(&self.paths) {
             Some(choice) => {
-                let rt = select::connect(choice.name, &self.endpoints)?;
+                let rt = select::connect(choice.name, &self.endpoints, &self.paths)?;
                 Ok((choice, rt))
             }
             None => self.choose_runtime().await,
@@ -105,8 +129,12 @@ impl Context {
         let (choice, rt) = self.choose_runtime().await?;
         let info = ecs_backends::wait_ready(rt.as_ref(), self.runtime_wait()).await?;
         tracing::info!(runtime = %info.runtime, version = %info.version, endpoint = %info.endpoint, "runtime answers");
-        select::record(&self.paths, &choice)
-            .with_context(|| format!("recording the runtime in {}", self.paths.runtime_record().display()))?;
+        select::record(&self.paths, &choice).with_context(|| {
+            format!(
+                "recording the runtime in {}",
+                self.paths.runtime_record().display()
+            )
+        })?;
         Ok(rt)
     }
 }
@@ -120,7 +148,11 @@ fn log_warnings(warnings: &[Warning]) {
 /// Run one action and return the process exit code.
 pub fn run(action: Action) -> i32 {
     if action == Action::Version {
-        println!("ecs-init version {} ({})", env!("CARGO_PKG_VERSION"), option_env!("ECS_INIT_GIT_HASH").unwrap_or("unknown"));
+        println!(
+            "ecs-init version {} ({})",
+            env!("CARGO_PKG_VERSION"),
+            option_env!("ECS_INIT_GIT_HASH").unwrap_or("unknown")
+        );
         return 0;
     }
     let ctx = match Context::load() {
@@ -136,8 +168,14 @@ pub fn run(action: Action) -> i32 {
     } else {
         Some(ctx.paths.init_log())
     };
-    logging::init(log_file.as_deref(), logging::level_from(ctx.config.knob("ECS_LOGLEVEL")));
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    logging::init(
+        log_file.as_deref(),
+        logging::level_from(ctx.config.knob("ECS_LOGLEVEL")),
+    );
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             tracing::error!(error = %err, "cannot start the async runtime");
@@ -189,19 +227,33 @@ fn make_dirs(paths: &Paths) -> anyhow::Result<()> {
             .with_context(|| format!("creating {}", dir.display()))?;
     }
     let ebs = paths.rooted("/mnt/ecs/ebs".as_ref());
-    if let Err(err) = std::fs::DirBuilder::new().recursive(true).mode(0o755).create(&ebs) {
+    if let Err(err) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&ebs)
+    {
         tracing::warn!(dir = %ebs.display(), error = %err, "could not create the EBS mount directory");
     }
     Ok(())
 }
 
 async fn pre_start(ctx: &Context) -> anyhow::Result<()> {
-    // Validate every setting before anything on the host changes.
+    // Validate every setting before anything on the host changes: the runtime and firewall
+    // choices (an unknown value is an error here) and the agent spec (warnings only).
+    let net = ctx.net_config();
+    let plan = ecs_firewall::plan_network(&net)?;
+    tracing::info!(firewall = %plan.firewall, reason = %plan.reason, "firewall backend selected");
     let (_, warnings) = ctx.spec();
     log_warnings(&warnings);
+    select::choose(&ctx.config, &ctx.endpoints).await?;
     make_dirs(&ctx.paths)?;
+    // The image first: it is the step most likely to fail, and it changes nothing on the host
+    // outside the runtime, so a failure here leaves the host network as it was.
     let rt = ctx.ready_runtime().await?;
     cache::ensure_image(&ctx.paths, rt.as_ref()).await?;
+    // All-or-nothing and idempotent (the firewall crate's contract).
+    let applied = ecs_firewall::setup_network(&net).await?;
+    tracing::info!(firewall = %applied.firewall, rules = applied.rules.rules.len(), "host network prepared");
     Ok(())
 }
 
@@ -236,11 +288,17 @@ async fn stop(ctx: &Context) -> anyhow::Result<()> {
     match rt.stop(agent::AGENT_NAME, STOP_GRACE).await {
         Ok(()) => tracing::info!(runtime = choice.name, "agent container stopped"),
         // The runtime being down means there is no agent to stop: that is not an error.
-        Err(err) => tracing::warn!(runtime = choice.name, error = %err, "could not reach the runtime to stop the agent"),
+        Err(err) => {
+            tracing::warn!(runtime = choice.name, error = %err, "could not reach the runtime to stop the agent")
+        }
     }
     Ok(())
 }
 
-async fn post_stop(_ctx: &Context) -> anyhow::Result<()> {
+/// Undo pre-start's host network changes with the firewall backend that applied them. Needs no
+/// container runtime.
+async fn post_stop(ctx: &Context) -> anyhow::Result<()> {
+    ecs_firewall::teardown_network(&ctx.net_config()).await?;
+    tracing::info!("host network changes removed");
     Ok(())
 }

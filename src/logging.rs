@@ -1,12 +1,12 @@
 //! Logging: `tracing` to the console and to `/var/log/ecs/ecs-init.log`, rotated hourly with 24
 //! files kept, in the existing tool's line format `level=<lvl> time=<RFC3339 UTC> msg="…"`.
 //! Level from `ECS_LOGLEVEL` (debug, info, warn, error, crit, none).
+use crate::time::rfc3339;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use crate::time::rfc3339;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -14,7 +14,7 @@ use tracing_subscriber::fmt::{format::Writer, FmtContext, FormatEvent, FormatFie
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{filter::LevelFilter, Layer};
+use tracing_subscriber::{filter::LevelFilter, filter::Targets, Layer};
 
 /// How many rotated files are kept.
 pub const KEEP: usize = 24;
@@ -33,17 +33,25 @@ pub fn level_from(value: Option<&str>) -> LevelFilter {
 /// Install the console and file loggers. The file logger is skipped (with a console warning)
 /// when its directory cannot be created, so read-only actions still work as a normal user.
 pub fn init(log_file: Option<&Path>, level: LevelFilter) {
+    // Our own crates log at the chosen level; dependencies only warnings. Besides noise, this
+    // keeps secrets out of the log: HTTP/gRPC clients log request bodies (which carry the
+    // agent's environment) at debug level.
+    let level = Targets::new()
+        .with_default(level.min(LevelFilter::WARN))
+        .with_targets(["amazon_ecs_init", "ecs_backends", "ecs_firewall"].map(|t| (t, level)));
     let console = tracing_subscriber::fmt::layer()
         .event_format(LogFmt)
         .with_writer(io::stderr)
-        .with_filter(level);
-    let file = log_file.map(HourlyFile::open).transpose().map(|f| f.map(|f| {
-        let shared = Arc::new(Mutex::new(f));
-        tracing_subscriber::fmt::layer()
-            .event_format(LogFmt)
-            .with_writer(move || FileWriter(shared.clone()))
-            .with_filter(level)
-    }));
+        .with_filter(level.clone());
+    let file = log_file.map(HourlyFile::open).transpose().map(|f| {
+        f.map(|f| {
+            let shared = Arc::new(Mutex::new(f));
+            tracing_subscriber::fmt::layer()
+                .event_format(LogFmt)
+                .with_writer(move || FileWriter(shared.clone()))
+                .with_filter(level)
+        })
+    });
     let file_error = file.as_ref().err().map(|e| e.to_string());
     let _ = tracing_subscriber::registry()
         .with(console)
@@ -89,7 +97,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, _: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+    fn format_event(
+        &self,
+        _: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
         let level = match *event.metadata().level() {
             Level::ERROR => "error",
             Level::WARN => "warn",
@@ -121,7 +134,9 @@ pub struct HourlyFile {
 }
 
 fn hour_of(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() / 3600).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() / 3600)
+        .unwrap_or(0)
 }
 
 impl HourlyFile {
@@ -155,7 +170,10 @@ impl HourlyFile {
         if self.file.metadata()?.len() > 0 {
             std::fs::rename(&self.path, &rotated)?;
         }
-        self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         self.hour = hour;
         self.prune()
     }
@@ -226,13 +244,10 @@ mod tests {
         let rotated = std::fs::read_dir(dir.path()).unwrap().count() - 1;
         assert_eq!(rotated, KEEP);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "line 29\nagain\n");
-        let newest = dir.path().join(format!(
-            "ecs-init.log.{}",
-            {
-                let s = rfc3339(base + Duration::from_secs(28 * 3600));
-                format!("{}-{}", &s[..10], &s[11..13])
-            }
-        ));
+        let newest = dir.path().join(format!("ecs-init.log.{}", {
+            let s = rfc3339(base + Duration::from_secs(28 * 3600));
+            format!("{}-{}", &s[..10], &s[11..13])
+        }));
         assert_eq!(std::fs::read_to_string(newest).unwrap(), "line 28\nagain\n");
     }
 }

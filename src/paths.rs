@@ -108,8 +108,14 @@ mod tests {
     fn rerooted() {
         let p = Paths::under("/tmp/x");
         assert_eq!(p.etc_config(), PathBuf::from("/tmp/x/etc/ecs/ecs.config"));
-        assert_eq!(p.agent_tarball(), PathBuf::from("/tmp/x/var/cache/ecs/ecs-agent.tar"));
-        assert_eq!(p.rooted(Path::new("/var/lib/ecs/gpu")), PathBuf::from("/tmp/x/var/lib/ecs/gpu"));
+        assert_eq!(
+            p.agent_tarball(),
+            PathBuf::from("/tmp/x/var/cache/ecs/ecs-agent.tar")
+        );
+        assert_eq!(
+            p.rooted(Path::new("/var/lib/ecs/gpu")),
+            PathBuf::from("/tmp/x/var/lib/ecs/gpu")
+        );
         let real = Paths::under("/");
         assert_eq!(real.init_log(), PathBuf::from("/var/log/ecs/ecs-init.log"));
     }

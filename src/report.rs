@@ -16,6 +16,11 @@ pub async fn plan(ctx: &Context) -> anyhow::Result<()> {
         Err(select::SelectError::Config(e)) => return Err(e.into()),
         Err(e) => json!({"name": null, "reason": e.to_string()}),
     };
+    let network = match ecs_firewall::plan_network(&ctx.net_config()) {
+        Ok(plan) => json!(plan),
+        Err(e @ ecs_firewall::NetError::UnknownFirewall(_)) => return Err(e.into()),
+        Err(e) => json!({"error": e.to_string()}),
+    };
     let cache_state = match cache::state(&ctx.paths) {
         Ok(s) => json!(s),
         Err(e) => json!({"error": e.to_string()}),
@@ -26,6 +31,7 @@ pub async fn plan(ctx: &Context) -> anyhow::Result<()> {
         "config_files": [ctx.paths.var_lib_config(), ctx.paths.etc_config()],
         "runtime": runtime,
         "endpoints": ctx.endpoints,
+        "network": network,
         "cache": {
             "tarball": ctx.paths.agent_tarball(),
             "state_file": ctx.paths.cache_state(),
@@ -44,11 +50,14 @@ pub async fn plan(ctx: &Context) -> anyhow::Result<()> {
 pub fn introspection(timeout: Duration) -> Result<String, String> {
     let addr: SocketAddr = ([127, 0, 0, 1], 51678).into();
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     s.write_all(b"GET /v1/metadata HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
         .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
-    s.take(4096).read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    s.take(4096)
+        .read_to_end(&mut buf)
+        .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&buf);
     let status = text.lines().next().unwrap_or("").trim().to_string();
     if status.starts_with("HTTP/") {
@@ -65,22 +74,31 @@ pub async fn status(ctx: &Context) -> anyhow::Result<i32> {
     let mut running = false;
     match ctx.recorded_runtime().await {
         Err(e) => out += &format!("runtime:        unknown ({e:#})\n"),
-        Ok((choice, rt)) => {
-            match rt.ping().await {
-                Ok(info) => {
-                    out += &format!(
-                        "runtime:        {} {} at {} ({})\n",
-                        info.runtime, info.version, info.endpoint, choice.reason
-                    );
-                    running = describe_agent(rt.as_ref(), &mut out).await;
-                }
-                Err(e) => out += &format!("runtime:        {} not answering: {e} ({})\n", choice.name, choice.reason),
+        Ok((choice, rt)) => match rt.ping().await {
+            Ok(info) => {
+                out += &format!(
+                    "runtime:        {} {} at {} ({})\n",
+                    info.runtime, info.version, info.endpoint, choice.reason
+                );
+                running = describe_agent(rt.as_ref(), &mut out).await;
             }
-        }
+            Err(e) => {
+                out += &format!(
+                    "runtime:        {} not answering: {e} ({})\n",
+                    choice.name, choice.reason
+                )
+            }
+        },
     }
     match introspection(Duration::from_secs(2)) {
-        Ok(line) => out += &format!("introspection:  http://127.0.0.1:51678/v1/metadata answers ({line})\n"),
-        Err(e) => out += &format!("introspection:  http://127.0.0.1:51678/v1/metadata does not answer ({e})\n"),
+        Ok(line) => {
+            out += &format!("introspection:  http://127.0.0.1:51678/v1/metadata answers ({line})\n")
+        }
+        Err(e) => {
+            out += &format!(
+                "introspection:  http://127.0.0.1:51678/v1/metadata does not answer ({e})\n"
+            )
+        }
     }
     print!("{out}");
     Ok(if running { 0 } else { 3 })
@@ -89,7 +107,10 @@ pub async fn status(ctx: &Context) -> anyhow::Result<i32> {
 async fn describe_agent(rt: &dyn Runtime, out: &mut String) -> bool {
     match rt.inspect(agent::AGENT_NAME).await {
         Err(e) => {
-            *out += &format!("agent:          cannot inspect {}: {e}\n", agent::AGENT_NAME);
+            *out += &format!(
+                "agent:          cannot inspect {}: {e}\n",
+                agent::AGENT_NAME
+            );
             false
         }
         Ok(None) => {
@@ -114,7 +135,9 @@ async fn describe_agent(rt: &dyn Runtime, out: &mut String) -> bool {
                     "agent:          {} {} (exit code {}), finished {}\n",
                     agent::AGENT_NAME,
                     st.status,
-                    st.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
+                    st.exit_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "?".into()),
                     st.finished_at.as_deref().unwrap_or("?")
                 );
             }

@@ -3,6 +3,7 @@
 //! The decision ([`decide`]) is a pure function of a few probed facts so that it is
 //! unit-tested; the choice and its reason are logged, shown by `plan`, and recorded under
 //! `/var/lib/ecs` so that `stop` talks to the runtime that `start` used.
+use ecs_backends::containerd::{ContainerdOptions, ContainerdRuntime};
 use ecs_backends::docker::DockerRuntime;
 use ecs_backends::Runtime;
 use serde::Serialize;
@@ -52,19 +53,32 @@ pub enum SelectError {
 /// Pick the runtime. Explicit settings win; `auto` prefers Docker when it answers, or when it is
 /// installed (a dockerd that is restarting must not make us move the agent to containerd), and
 /// uses containerd otherwise.
-pub fn decide(requested: &'static str, probe: &RuntimeProbe, sockets: (&str, &str)) -> Result<RuntimeChoice, SelectError> {
-    let choice = |name, reason: &str| Ok(RuntimeChoice { name, reason: reason.to_string() });
+pub fn decide(
+    requested: &'static str,
+    probe: &RuntimeProbe,
+    sockets: (&str, &str),
+) -> Result<RuntimeChoice, SelectError> {
+    let choice = |name, reason: &str| {
+        Ok(RuntimeChoice {
+            name,
+            reason: reason.to_string(),
+        })
+    };
     match requested {
         "docker" => choice("docker", "ECS_INIT_RUNTIME=docker"),
         "containerd" => choice("containerd", "ECS_INIT_RUNTIME=containerd"),
         _ if probe.docker_answers => choice("docker", "auto: the Docker socket answers"),
-        _ if probe.docker_socket_exists && probe.dockerd_installed => {
-            choice("docker", "auto: dockerd is installed and its socket exists (not answering yet)")
+        _ if probe.docker_socket_exists && probe.dockerd_installed => choice(
+            "docker",
+            "auto: dockerd is installed and its socket exists (not answering yet)",
+        ),
+        _ if probe.containerd_socket_exists => choice(
+            "containerd",
+            "auto: Docker does not answer and the containerd socket exists",
+        ),
+        _ if probe.dockerd_installed => {
+            choice("docker", "auto: dockerd is installed (not running yet)")
         }
-        _ if probe.containerd_socket_exists => {
-            choice("containerd", "auto: Docker does not answer and the containerd socket exists")
-        }
-        _ if probe.dockerd_installed => choice("docker", "auto: dockerd is installed (not running yet)"),
         _ => Err(SelectError::NoRuntime {
             docker: sockets.0.to_string(),
             containerd: sockets.1.to_string(),
@@ -102,15 +116,28 @@ impl Endpoints {
     }
 
     pub fn containerd_socket(&self) -> String {
-        let a = self.containerd_address.as_deref().unwrap_or(DEFAULT_CONTAINERD_SOCKET);
+        let a = self
+            .containerd_address
+            .as_deref()
+            .unwrap_or(DEFAULT_CONTAINERD_SOCKET);
         a.strip_prefix("unix://").unwrap_or(a).to_string()
     }
 }
 
 /// A runtime client for `name`. Connecting never needs the daemon to be up.
-pub fn connect(name: &str, ep: &Endpoints) -> Result<Box<dyn Runtime>, SelectError> {
+///
+/// The containerd backend keeps the agent's stdout/stderr itself; its log directory follows the
+/// ecs log directory (`/var/log/ecs/containerd`, re-rooted with `ECS_INIT_HOST_ROOT`) unless
+/// `ECS_INIT_CONTAINERD_LOG_DIR` says otherwise.
+pub fn connect(name: &str, ep: &Endpoints, paths: &Paths) -> Result<Box<dyn Runtime>, SelectError> {
     Ok(match name {
-        "containerd" => return Err(SelectError::NoRuntime{docker:"TEMP-UNTIL-CONTAINERD-LANDS".into(), containerd: ep.containerd_socket()}),
+        "containerd" => {
+            let mut opts = ContainerdOptions::from_env();
+            if std::env::var_os("ECS_INIT_CONTAINERD_LOG_DIR").is_none_or(|v| v.is_empty()) {
+                opts.log_dir = paths.var_log_ecs.join("containerd");
+            }
+            Box::new(ContainerdRuntime::with_options(opts)?)
+        }
         _ => Box::new(DockerRuntime::connect(ep.docker_host.as_deref())?),
     })
 }
@@ -119,14 +146,19 @@ fn in_path(binary: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(binary).is_file()))
         .unwrap_or(false)
-        || ["/usr/bin", "/usr/sbin", "/usr/local/bin"].iter().any(|d| Path::new(d).join(binary).is_file())
+        || ["/usr/bin", "/usr/sbin", "/usr/local/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(binary).is_file())
 }
 
 /// Probe the host (a ping of at most `ping_timeout` to Docker).
 pub async fn probe(ep: &Endpoints, ping_timeout: Duration) -> RuntimeProbe {
     let docker_socket = PathBuf::from(ep.docker_socket());
     let docker_answers = match DockerRuntime::connect(ep.docker_host.as_deref()) {
-        Ok(d) => matches!(tokio::time::timeout(ping_timeout, d.ping()).await, Ok(Ok(_))),
+        Ok(d) => matches!(
+            tokio::time::timeout(ping_timeout, d.ping()).await,
+            Ok(Ok(_))
+        ),
         Err(_) => false,
     };
     RuntimeProbe {
@@ -145,12 +177,19 @@ pub async fn choose(cfg: &Config, ep: &Endpoints) -> Result<RuntimeChoice, Selec
     } else {
         RuntimeProbe::default()
     };
-    decide(requested, &probe, (&ep.docker_socket(), &ep.containerd_socket()))
+    decide(
+        requested,
+        &probe,
+        (&ep.docker_socket(), &ep.containerd_socket()),
+    )
 }
 
 /// Record the runtime `start` uses, for `stop` and `status`.
 pub fn record(paths: &Paths, choice: &RuntimeChoice) -> std::io::Result<()> {
-    write_atomic(&paths.runtime_record(), format!("{}\n", choice.name).as_bytes())
+    write_atomic(
+        &paths.runtime_record(),
+        format!("{}\n", choice.name).as_bytes(),
+    )
 }
 
 /// The recorded runtime, if any.
@@ -175,21 +214,55 @@ mod tests {
 
     #[test]
     fn auto_prefers_docker_then_containerd() {
-        let p = |docker_answers, docker_socket_exists, dockerd_installed, containerd_socket_exists| RuntimeProbe {
+        let p = |docker_answers,
+                 docker_socket_exists,
+                 dockerd_installed,
+                 containerd_socket_exists| RuntimeProbe {
             docker_answers,
             docker_socket_exists,
             dockerd_installed,
             containerd_socket_exists,
         };
-        assert_eq!(decide("auto", &p(true, true, true, true), S).unwrap().name, "docker");
-        assert_eq!(decide("auto", &p(false, true, true, true), S).unwrap().name, "docker");
-        assert_eq!(decide("auto", &p(false, false, false, true), S).unwrap().name, "containerd");
+        assert_eq!(
+            decide("auto", &p(true, true, true, true), S).unwrap().name,
+            "docker"
+        );
+        assert_eq!(
+            decide("auto", &p(false, true, true, true), S).unwrap().name,
+            "docker"
+        );
+        assert_eq!(
+            decide("auto", &p(false, false, false, true), S)
+                .unwrap()
+                .name,
+            "containerd"
+        );
         // A stale Docker socket without dockerd installed is not a Docker host.
-        assert_eq!(decide("auto", &p(false, true, false, true), S).unwrap().name, "containerd");
-        assert_eq!(decide("auto", &p(false, false, true, false), S).unwrap().name, "docker");
-        let err = decide("auto", &p(false, false, false, false), S).unwrap_err().to_string();
-        assert!(err.contains("/var/run/docker.sock") && err.contains("containerd.sock"), "{err}");
-        assert_eq!(decide("containerd", &p(true, true, true, true), S).unwrap().reason, "ECS_INIT_RUNTIME=containerd");
+        assert_eq!(
+            decide("auto", &p(false, true, false, true), S)
+                .unwrap()
+                .name,
+            "containerd"
+        );
+        assert_eq!(
+            decide("auto", &p(false, false, true, false), S)
+                .unwrap()
+                .name,
+            "docker"
+        );
+        let err = decide("auto", &p(false, false, false, false), S)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/var/run/docker.sock") && err.contains("containerd.sock"),
+            "{err}"
+        );
+        assert_eq!(
+            decide("containerd", &p(true, true, true, true), S)
+                .unwrap()
+                .reason,
+            "ECS_INIT_RUNTIME=containerd"
+        );
     }
 
     #[test]
@@ -197,13 +270,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::under(dir.path());
         assert!(recorded(&paths).is_none());
-        record(&paths, &RuntimeChoice { name: "containerd", reason: "x".into() }).unwrap();
+        record(
+            &paths,
+            &RuntimeChoice {
+                name: "containerd",
+                reason: "x".into(),
+            },
+        )
+        .unwrap();
         assert_eq!(recorded(&paths).unwrap().name, "containerd");
     }
 
     #[test]
     fn endpoints() {
-        let cfg = Config::from_parts(&[], [("DOCKER_HOST".to_string(), "unix:///tmp/d.sock".to_string())].into());
+        let cfg = Config::from_parts(
+            &[],
+            [("DOCKER_HOST".to_string(), "unix:///tmp/d.sock".to_string())].into(),
+        );
         let ep = Endpoints::from_config(&cfg);
         assert_eq!(ep.docker_socket(), "/tmp/d.sock");
         assert_eq!(ep.containerd_socket(), DEFAULT_CONTAINERD_SOCKET);

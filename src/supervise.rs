@@ -97,7 +97,10 @@ impl Supervisor<'_> {
                 .remove_container(&name)
                 .await
                 .map_err(SuperviseError::Start)?;
-            self.runtime.run(&spec).await.map_err(SuperviseError::Start)?;
+            self.runtime
+                .run(&spec)
+                .await
+                .map_err(SuperviseError::Start)?;
             tracing::info!(container = %name, runtime = self.runtime.name(), "agent container started");
             if !announced {
                 notify::ready();
@@ -139,14 +142,21 @@ impl Supervisor<'_> {
                             }
                             tracing::error!("--- end ecs-agent container logs ---");
                         }
-                        Err(err) => tracing::error!(error = %err, "could not read the agent's logs"),
+                        Err(err) => {
+                            tracing::error!(error = %err, "could not read the agent's logs")
+                        }
                     }
                 }
                 Ok(other) => tracing::warn!(exit_code = other, "agent exited; restarting it"),
-                Err(err) => tracing::warn!(error = %err, "lost track of the agent container; restarting it"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "lost track of the agent container; restarting it")
+                }
             }
             let delay = self.backoff.next_delay();
-            tracing::info!(delay_ms = delay.as_millis() as u64, "waiting before restarting the agent");
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "waiting before restarting the agent"
+            );
             notify::status(&format!("agent restarting in {} ms", delay.as_millis()));
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -157,7 +167,10 @@ impl Supervisor<'_> {
 
     async fn shut_down(&self, name: &str) -> i32 {
         notify::stopping();
-        tracing::info!(grace_s = self.stop_grace.as_secs(), "stopping the agent container");
+        tracing::info!(
+            grace_s = self.stop_grace.as_secs(),
+            "stopping the agent container"
+        );
         if let Err(err) = self.runtime.stop(name, self.stop_grace).await {
             tracing::warn!(error = %err, "could not stop the agent container");
         }
@@ -168,7 +181,10 @@ impl Supervisor<'_> {
 /// Resolves on SIGTERM or SIGINT.
 pub async fn termination_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handling we can only run until the agent exits.
         return std::future::pending().await;
     };
@@ -219,7 +235,10 @@ mod tests {
         let paths = Paths::under(dir.path());
         // crash, crash, 2, then terminal 5.
         let rt = FakeRuntime::with_exits(&[(3, 1), (139, 1), (2, 1), (5, 1)]);
-        let code = supervisor(&rt, &paths).run(std::future::pending()).await.unwrap();
+        let code = supervisor(&rt, &paths)
+            .run(std::future::pending())
+            .await
+            .unwrap();
         assert_eq!(code, 5);
         assert_eq!(rt.runs(), 4);
         assert_eq!(rt.calls_of("logs_tail"), 1);
@@ -227,7 +246,10 @@ mod tests {
         assert_eq!(rt.calls_of("remove_container"), 4);
         // Backoff between restarts: 0.5 s, 1 s, 2 s (±10 %).
         let gaps = rt.gaps_between_runs();
-        assert!(gaps[0] >= Duration::from_millis(450) && gaps[0] <= Duration::from_millis(1600), "{gaps:?}");
+        assert!(
+            gaps[0] >= Duration::from_millis(450) && gaps[0] <= Duration::from_millis(1600),
+            "{gaps:?}"
+        );
         assert!(gaps[2] >= Duration::from_millis(2800), "{gaps:?}");
     }
 
@@ -237,7 +259,10 @@ mod tests {
         let paths = Paths::under(dir.path());
         // Fail fast 4 times (backoff grows to 4 s), run 2 minutes then fail: next delay is back to 0.5 s.
         let rt = FakeRuntime::with_exits(&[(1, 1), (1, 1), (1, 1), (1, 1), (1, 120), (0, 1)]);
-        let code = supervisor(&rt, &paths).run(std::future::pending()).await.unwrap();
+        let code = supervisor(&rt, &paths)
+            .run(std::future::pending())
+            .await
+            .unwrap();
         assert_eq!(code, 0);
         let gaps = rt.gaps_between_runs();
         // gap = previous run's length + delay; the last delay is after the 120 s run.
@@ -268,12 +293,19 @@ mod tests {
         std::fs::write(paths.var_cache_ecs.join("ecs-agent-v2.tar"), "tar").unwrap();
         std::fs::write(paths.desired_image(), "ecs-agent-v2.tar\n").unwrap();
         let rt = FakeRuntime::with_exits(&[(42, 1), (0, 1)]);
-        let code = supervisor(&rt, &paths).run(std::future::pending()).await.unwrap();
+        let code = supervisor(&rt, &paths)
+            .run(std::future::pending())
+            .await
+            .unwrap();
         assert_eq!(code, 0);
         assert_eq!(rt.loaded(), [paths.var_cache_ecs.join("ecs-agent-v2.tar")]);
         assert_eq!(std::fs::read_to_string(paths.cache_state()).unwrap(), "1");
         let gaps = rt.gaps_between_runs();
-        assert_eq!(gaps[0], Duration::from_secs(1), "no backoff after an update: {gaps:?}");
+        assert_eq!(
+            gaps[0],
+            Duration::from_secs(1),
+            "no backoff after an update: {gaps:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -285,6 +317,10 @@ mod tests {
             .run(std::future::pending())
             .await
             .unwrap_err();
-        assert!(err.to_string().starts_with("could not start the agent container"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("could not start the agent container"),
+            "{err}"
+        );
     }
 }

@@ -37,7 +37,13 @@ impl FakeRuntime {
         self.0.lock().unwrap().calls.push((what, Instant::now()));
     }
     pub fn calls_of(&self, what: &str) -> usize {
-        self.0.lock().unwrap().calls.iter().filter(|(c, _)| *c == what).count()
+        self.0
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .filter(|(c, _)| *c == what)
+            .count()
     }
     pub fn runs(&self) -> usize {
         self.calls_of("run")
@@ -48,7 +54,12 @@ impl FakeRuntime {
     /// Time between consecutive `run` calls.
     pub fn gaps_between_runs(&self) -> Vec<Duration> {
         let s = self.0.lock().unwrap();
-        let runs: Vec<Instant> = s.calls.iter().filter(|(c, _)| *c == "run").map(|(_, t)| *t).collect();
+        let runs: Vec<Instant> = s
+            .calls
+            .iter()
+            .filter(|(c, _)| *c == "run")
+            .map(|(_, t)| *t)
+            .collect();
         runs.windows(2).map(|w| w[1] - w[0]).collect()
     }
 }
@@ -84,7 +95,11 @@ impl Runtime for FakeRuntime {
     async fn run(&self, _spec: &AgentSpec) -> Result<()> {
         self.record("run");
         if self.0.lock().unwrap().fail_run {
-            return Err(RuntimeError::daemon("fake", "create container", "no such image"));
+            return Err(RuntimeError::daemon(
+                "fake",
+                "create container",
+                "no such image",
+            ));
         }
         Ok(())
     }

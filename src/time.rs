@@ -4,7 +4,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// RFC 3339 UTC with second precision, without a time-zone database.
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
     format!(
@@ -43,7 +46,13 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 /// runtimes report for "never").
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
@@ -92,8 +101,14 @@ mod tests {
     #[test]
     fn rfc3339_known_dates() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_801_796)), "2026-11-27T17:49:56Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_801_796)),
+            "2026-11-27T17:49:56Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
     }
 
     #[test]
@@ -103,8 +118,14 @@ mod tests {
             assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t));
         }
         let t = parse_rfc3339("2026-11-27T17:50:26.580621956Z").unwrap();
-        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap(), Duration::new(1_795_801_826, 580_621_956));
-        assert_eq!(parse_rfc3339("2026-11-27T18:50:26+01:00"), parse_rfc3339("2026-11-27T17:50:26Z"));
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap(),
+            Duration::new(1_795_801_826, 580_621_956)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-27T18:50:26+01:00"),
+            parse_rfc3339("2026-11-27T17:50:26Z")
+        );
         assert_eq!(parse_rfc3339("0001-01-01T00:00:00Z"), None);
         assert_eq!(parse_rfc3339("yesterday"), None);
         assert_eq!(human_duration(Duration::from_secs(3723)), "1h2m3s");

@@ -44,7 +44,11 @@ pub enum RuntimeError {
 
 impl RuntimeError {
     /// Shorthand for [`RuntimeError::Daemon`].
-    pub fn daemon(runtime: &'static str, action: impl Into<String>, message: impl ToString) -> Self {
+    pub fn daemon(
+        runtime: &'static str,
+        action: impl Into<String>,
+        message: impl ToString,
+    ) -> Self {
         RuntimeError::Daemon {
             runtime,
             action: action.into(),

@@ -133,10 +133,7 @@ impl fmt::Debug for AgentSpec {
         f.debug_struct("AgentSpec")
             .field("image", &self.image)
             .field("name", &self.name)
-            .field(
-                "env",
-                &redact_pairs(self.env.iter().map(|(k, v)| (k, v))),
-            )
+            .field("env", &redact_pairs(self.env.iter().map(|(k, v)| (k, v))))
             .field("mounts", &self.mounts)
             .field("labels", &self.labels)
             .field("cap_add", &self.cap_add)
@@ -165,10 +162,16 @@ fn redacted_env<S: Serializer>(env: &[(String, String)], s: S) -> Result<S::Ok, 
 }
 
 fn redacted_map<S: Serializer>(map: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_map(
-        map.iter()
-            .map(|(k, v)| (k, if is_secret_key(k) { REDACTED } else { v.as_str() })),
-    )
+    s.collect_map(map.iter().map(|(k, v)| {
+        (
+            k,
+            if is_secret_key(k) {
+                REDACTED
+            } else {
+                v.as_str()
+            },
+        )
+    }))
 }
 
 #[cfg(test)]
@@ -179,7 +182,10 @@ mod tests {
         AgentSpec {
             image: "i".into(),
             name: "n".into(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             mounts: vec![],
             labels: BTreeMap::new(),
             cap_add: vec![],
@@ -204,7 +210,12 @@ mod tests {
         ] {
             assert!(is_secret_key(k), "{k}");
         }
-        for k in ["ECS_CLUSTER", "ECS_LOGFILE", "AWS_ACCESS_KEY_ID", "max-size"] {
+        for k in [
+            "ECS_CLUSTER",
+            "ECS_LOGFILE",
+            "AWS_ACCESS_KEY_ID",
+            "max-size",
+        ] {
             assert!(!is_secret_key(k), "{k}");
         }
     }
@@ -212,7 +223,9 @@ mod tests {
     #[test]
     fn debug_and_json_redact_secrets() {
         let mut spec = spec_with(&[("ECS_CLUSTER", "prod"), ("ECS_ENGINE_AUTH_DATA", "hunter2")]);
-        spec.log.options.insert("splunk-token".into(), "tok-123".into());
+        spec.log
+            .options
+            .insert("splunk-token".into(), "tok-123".into());
         let debug = format!("{spec:?}");
         let json = serde_json::to_string(&spec).unwrap();
         for out in [&debug, &json] {

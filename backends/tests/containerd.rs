@@ -11,37 +11,13 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const NAME: &str = "ecs-agent";
 
-/// Builds `ecs-agent-init` statically (once per process; cargo's own lock serialises
-/// concurrent test binaries) in a separate target dir so the shared fingerprints are untouched.
+/// The static `ecs-agent-init`, built once by the test support crate.
 fn agent_init() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = support::workspace_root();
-        let target = root.join("target").join("agent-init-static");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(&root)
-            .args(["rustc", "-p", "ecs-agent-init", "--release", "--target-dir"])
-            .arg(&target)
-            .args(["--", "-C", "target-feature=+crt-static"])
-            .status()
-            .expect("run cargo to build ecs-agent-init");
-        assert!(
-            status.success(),
-            "building the static ecs-agent-init failed"
-        );
-        let bin = target.join("release").join("ecs-agent-init");
-        assert!(
-            support::is_static_elf(&bin).expect("inspect ecs-agent-init"),
-            "ecs-agent-init must be static"
-        );
-        bin
-    })
-    .clone()
+    support::agent_init_binary()
 }
 
 /// A runtime in a private namespace, cleaned before and after.

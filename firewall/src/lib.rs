@@ -1,6 +1,3 @@
-// NOTE TO WHOEVER WORKS ON THIS CRATE IN THIS SESSION: read /work/main/.helper-rules.md (shared
-// rules: commit only your own paths, shared target dir, never touch the host firewall). The
-// integrator removes this note.
 //! The firewall seam of ecs-init.
 //!
 //! The launcher describes the rules runtime-neutrally ([`RuleSet`], built by

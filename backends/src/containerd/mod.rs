@@ -337,7 +337,7 @@ impl ContainerdRuntime {
                 containerd_dir,
             },
         );
-        tracing::debug!(name, spec = %oci_spec, "OCI runtime spec");
+        tracing::debug!(name, spec = %redacted(&oci_spec), "OCI runtime spec");
 
         let lease = import::Lease::create(self, Duration::from_secs(600)).await?;
         let result = async {
@@ -685,6 +685,25 @@ impl Runtime for ContainerdRuntime {
     }
 }
 
+/// The OCI spec with secret env values replaced, for logging (the spec carries the agent's
+/// environment, which may hold `ECS_ENGINE_AUTH_DATA` or AWS credentials).
+fn redacted(oci_spec: &serde_json::Value) -> serde_json::Value {
+    let mut shown = oci_spec.clone();
+    if let Some(env) = shown
+        .pointer_mut("/process/env")
+        .and_then(|e| e.as_array_mut())
+    {
+        for var in env.iter_mut() {
+            if let Some((key, _)) = var.as_str().and_then(|s| s.split_once('=')) {
+                if crate::is_secret_key(key) {
+                    *var = serde_json::Value::String(format!("{key}={}", crate::REDACTED));
+                }
+            }
+        }
+    }
+    shown
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -716,5 +735,16 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, RuntimeError::Connect { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn logged_spec_redacts_secret_env() {
+        let spec = serde_json::json!({"process": {"env": ["ECS_CLUSTER=c", "AWS_SECRET_ACCESS_KEY=abc", "NOEQ"]}});
+        let shown = super::redacted(&spec).to_string();
+        assert!(
+            shown.contains("ECS_CLUSTER=c") && shown.contains("NOEQ"),
+            "{shown}"
+        );
+        assert!(!shown.contains("abc"), "{shown}");
     }
 }

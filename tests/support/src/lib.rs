@@ -148,49 +148,60 @@ pub fn is_static_elf(path: &Path) -> io::Result<bool> {
 }
 
 fn build_stand_in() -> PathBuf {
+    build_static("ecs-stand-in-agent", &stand_in_target_dir())
+}
+
+/// Builds the static `ecs-agent-init` (the containerd backend's PID 1 and log shim, once per
+/// process) and returns its path.
+pub fn agent_init_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        build_static(
+            "ecs-agent-init",
+            &workspace_root().join("target/agent-init-static"),
+        )
+    })
+    .clone()
+}
+
+/// Build `package`'s binary of the same name statically into its own target dir (so the static
+/// flag never invalidates the shared `target/` cache), under a file lock against concurrent
+/// test binaries, and return a content-addressed copy that never changes under a reader.
+fn build_static(package: &str, target: &Path) -> PathBuf {
     let root = workspace_root();
-    let target = stand_in_target_dir();
-    fs::create_dir_all(&target).expect("create stand-in target dir");
-    let _lock = FileLock::exclusive(&target.join(".build.lock")).expect("lock stand-in build");
+    fs::create_dir_all(target).expect("create static target dir");
+    let _lock = FileLock::exclusive(&target.join(".build.lock")).expect("lock static build");
     let status = Command::new(cargo_command())
         .current_dir(&root)
         .args([
             "rustc",
             "-p",
-            "ecs-stand-in-agent",
+            package,
             "--release",
             "--bin",
-            "ecs-stand-in-agent",
+            package,
             "--target-dir",
         ])
-        .arg(&target)
+        .arg(target)
         .args(["--", "-C", "target-feature=+crt-static"])
         .env_remove("CARGO_TARGET_DIR")
         .status()
-        .unwrap_or_else(|e| panic!("cannot run cargo to build the stand-in agent: {e}"));
-    assert!(
-        status.success(),
-        "building the stand-in agent failed: {status}"
-    );
-    let built = target.join("release").join("ecs-stand-in-agent");
+        .unwrap_or_else(|e| panic!("cannot run cargo to build {package}: {e}"));
+    assert!(status.success(), "building {package} failed: {status}");
+    let built = target.join("release").join(package);
     assert!(
         is_static_elf(&built).unwrap_or(false),
         "{} is not a static executable",
         built.display()
     );
-    // Copy to a content-addressed path: it never changes under a reader even if another test
-    // binary rebuilds the stand-in later.
-    let data = fs::read(&built).expect("read stand-in binary");
+    let data = fs::read(&built).unwrap_or_else(|e| panic!("read {}: {e}", built.display()));
     let bin_dir = target.join("bin");
-    fs::create_dir_all(&bin_dir).expect("create stand-in bin dir");
-    let dest = bin_dir.join(format!(
-        "ecs-stand-in-agent-{}",
-        &image::sha256_hex(&data)[..16]
-    ));
+    fs::create_dir_all(&bin_dir).expect("create bin dir");
+    let dest = bin_dir.join(format!("{package}-{}", &image::sha256_hex(&data)[..16]));
     if !dest.exists() {
         let tmp = dest.with_extension(format!("tmp.{}", std::process::id()));
-        fs::copy(&built, &tmp).expect("copy stand-in binary");
-        fs::rename(&tmp, &dest).expect("rename stand-in binary");
+        fs::copy(&built, &tmp).expect("copy static binary");
+        fs::rename(&tmp, &dest).expect("rename static binary");
     }
     dest
 }

@@ -1,0 +1,266 @@
+//! Drives the real `amazon-ecs-init` binary against a real runtime, with its ecs directories
+//! re-rooted into a [`TestRoot`] so tests never touch the host's own `/etc/ecs` & co.
+#![allow(dead_code)]
+
+use ecs_test_support::{agent_lock, http_get, AgentLock, TestRoot};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const INTROSPECTION: &str = "127.0.0.1:51678";
+
+/// One launcher under test: a test root, a runtime, and the agent lock held for its lifetime.
+pub struct Launcher {
+    pub root: TestRoot,
+    pub runtime: &'static str,
+    pub env: Vec<(String, String)>,
+    _lock: AgentLock,
+}
+
+impl Launcher {
+    pub fn new(runtime: &'static str) -> Launcher {
+        ecs_test_support::require_root();
+        match runtime {
+            "docker" => ecs_test_support::require_docker(),
+            _ => ecs_test_support::require_containerd(),
+        }
+        let lock = agent_lock();
+        let l = Launcher {
+            root: TestRoot::new(),
+            runtime,
+            env: vec![],
+            _lock: lock,
+        };
+        // A container left by an earlier (failed) test must not confuse this one.
+        l.force_remove_agent();
+        l
+    }
+
+    pub fn bin() -> PathBuf {
+        PathBuf::from(env!("CARGO_BIN_EXE_amazon-ecs-init"))
+    }
+
+    /// The launcher with `action`. `pre-start` and `post-stop` change the network namespace they
+    /// run in (sysctls, routes, firewall), so they run in a fresh one made by `unshare -n`: the
+    /// host's own stays untouched, while the runtime sockets (filesystem paths) still work.
+    pub fn cmd(&self, action: &str) -> Command {
+        let mut c = if matches!(action, "pre-start" | "post-stop") {
+            // A new namespace has only `lo`, and it is down; a real host's is up.
+            let mut u = Command::new("unshare");
+            u.args([
+                "-n",
+                "--",
+                "sh",
+                "-c",
+                "ip link set lo up && exec \"$0\" \"$@\"",
+            ])
+            .arg(Self::bin());
+            u
+        } else {
+            Command::new(Self::bin())
+        };
+        c.arg(action)
+            .env("ECS_INIT_HOST_ROOT", self.root.path())
+            .env("ECS_INIT_RUNTIME", self.runtime)
+            .env("ECS_INIT_FIREWALL", "auto")
+            .env("ECS_LOGLEVEL", "debug")
+            .env_remove("NOTIFY_SOCKET");
+        if self.runtime == "containerd" {
+            c.env("ECS_INIT_AGENT_INIT", ecs_test_support::agent_init_binary());
+        }
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Run an action to completion, with a deadline.
+    pub fn run(&self, action: &str) -> Output {
+        let child = self
+            .cmd(action)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn amazon-ecs-init");
+        wait_output(child, Duration::from_secs(180), action)
+    }
+
+    pub fn spawn_start(&self) -> Child {
+        self.cmd("start")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn amazon-ecs-init start")
+    }
+
+    /// `pre-start` with the stand-in image cached (state 2 = load it).
+    pub fn pre_start_with(&self, tarball: &std::path::Path) {
+        self.root.place_agent_tarball(tarball, 2);
+        let out = self.run("pre-start");
+        assert_ok(&out, "pre-start");
+    }
+
+    pub fn init_log(&self) -> String {
+        self.root
+            .read("var/log/ecs/ecs-init.log")
+            .unwrap_or_default()
+    }
+
+    /// The stand-in's own report of what it sees, once introspection answers.
+    pub fn report(&self) -> serde_json::Value {
+        let (code, body) =
+            http_get(INTROSPECTION, "/v1/report", Duration::from_secs(5)).expect("GET /v1/report");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("report is JSON")
+    }
+
+    /// Remove any `ecs-agent` container with the runtime's own tool (not through the code
+    /// under test).
+    pub fn force_remove_agent(&self) {
+        match self.runtime {
+            "docker" => {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f", "ecs-agent"])
+                    .output();
+            }
+            _ => {
+                let ns = self.containerd_namespace();
+                let _ = Command::new("ctr")
+                    .args(["-n", &ns, "task", "kill", "-s", "SIGKILL", "ecs-agent"])
+                    .output();
+                std::thread::sleep(Duration::from_millis(300));
+                let _ = Command::new("ctr")
+                    .args(["-n", &ns, "task", "delete", "-f", "ecs-agent"])
+                    .output();
+                let _ = Command::new("ctr")
+                    .args(["-n", &ns, "container", "delete", "ecs-agent"])
+                    .output();
+            }
+        }
+        wait_until(Duration::from_secs(15), || {
+            http_get(INTROSPECTION, "/v1/metadata", Duration::from_millis(300)).is_err()
+        });
+    }
+
+    pub fn containerd_namespace(&self) -> String {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "ECS_INIT_CONTAINERD_NAMESPACE")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| "ecs".into())
+    }
+
+    /// How many containers named exactly `ecs-agent` the runtime has.
+    pub fn agent_containers(&self) -> usize {
+        let out = match self.runtime {
+            "docker" => Command::new("docker")
+                .args([
+                    "ps",
+                    "-a",
+                    "--filter",
+                    "name=^/ecs-agent$",
+                    "--format",
+                    "{{.Names}}",
+                ])
+                .output(),
+            _ => Command::new("ctr")
+                .args([
+                    "-n",
+                    &self.containerd_namespace(),
+                    "containers",
+                    "list",
+                    "-q",
+                ])
+                .output(),
+        }
+        .expect("list containers");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.trim() == "ecs-agent")
+            .count()
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        self.force_remove_agent();
+    }
+}
+
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} exited {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn wait_output(mut child: Child, timeout: Duration, what: &str) -> Output {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("collect output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect output");
+            panic!(
+                "{what} did not finish within {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Wait for a child to exit by itself within `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+pub fn introspection_answers(timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        matches!(
+            http_get(INTROSPECTION, "/v1/metadata", Duration::from_millis(500)),
+            Ok((200, _))
+        )
+    })
+}
+
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on a pid we spawned and have not reaped.
+    let rc = unsafe { libc::kill(child.id() as i32, sig) };
+    assert_eq!(rc, 0, "kill({}, {sig})", child.id());
+}
+
+/// Kill a still-running child (test clean-up on failure paths).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

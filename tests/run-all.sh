@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The one test command: prepares a fresh Debian/Ubuntu machine (packages, containerd, dockerd)
+# and runs every test: lint, unit tests, the real-daemon integration and conformance suites,
+# the firewall's real-packet namespace matrix, and the packaging tests. Run as root.
+#
+# Integration tests never skip: a missing daemon or missing root fails them loudly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "run-all.sh: must run as root (the tests start containers and create network namespaces)" >&2
+    exit 1
+fi
+
+step() { printf '\n==== %s ====\n' "$*"; }
+passed=0
+failed=0
+failures=()
+run() {
+    local name=$1
+    shift
+    step "$name"
+    local t0=$SECONDS
+    if "$@"; then
+        passed=$((passed + 1))
+        echo "---- $name: ok ($((SECONDS - t0)) s)"
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+        echo "---- $name: FAILED ($((SECONDS - t0)) s)"
+    fi
+}
+
+step "machine setup"
+bash tests/setup.sh
+
+export CARGO_TERM_COLOR=never
+run "cargo fmt --check" cargo fmt --all -- --check
+run "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+# One cargo invocation for every crate's unit and integration tests; the tests that run the
+# agent container serialise themselves on a cross-process lock.
+run "cargo test (unit, real dockerd/containerd, netns firewall matrix, conformance)" \
+    cargo test --workspace --no-fail-fast
+run "packaging (RPM, DEB, unit file, scratch-root installs)" bash packaging/test.sh
+
+step "summary"
+for f in "${failures[@]}"; do echo "FAILED: $f"; done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
