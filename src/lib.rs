@@ -151,7 +151,7 @@ pub fn run(action: Action) -> i32 {
         println!(
             "ecs-init version {} ({})",
             env!("CARGO_PKG_VERSION"),
-            option_env!("ECS_INIT_GIT_HASH").unwrap_or("unknown")
+            env!("ECS_INIT_GIT_HASH")
         );
         return 0;
     }

@@ -119,10 +119,12 @@ impl Supervisor<'_> {
             match code {
                 Ok(0) => {
                     tracing::info!("agent exited 0; ecs-init exits 0");
+                    notify::stopping();
                     return Ok(0);
                 }
                 Ok(5) => {
                     tracing::error!("agent exited 5 (terminal); not restarting it");
+                    notify::stopping();
                     return Ok(5);
                 }
                 Ok(42) => match cache::load_desired(&self.paths, self.runtime).await {

@@ -1,0 +1,221 @@
+//! The command line without a running runtime: usage and exit codes, `plan`/`stop`/`post-stop`
+//! while the runtime is down, and bad input that must fail clearly before anything changes.
+use ecs_test_support::TestRoot;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_amazon-ecs-init"));
+    c.env_remove("NOTIFY_SOCKET")
+        .env_remove("ECS_INIT_RUNTIME")
+        .env_remove("ECS_INIT_FIREWALL");
+    c
+}
+
+/// The launcher with its runtimes pointed at sockets that do not exist.
+fn no_runtime(root: &Path, action: &str) -> Output {
+    let mut c = if matches!(action, "pre-start" | "post-stop") {
+        // These change the network namespace they run in: give them a scratch one.
+        ecs_test_support::require_root();
+        let mut u = Command::new("unshare");
+        u.args([
+            "-n",
+            "--",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$0\" \"$@\"",
+        ])
+        .arg(env!("CARGO_BIN_EXE_amazon-ecs-init"));
+        u
+    } else {
+        bin()
+    };
+    c.arg(action)
+        .env_remove("NOTIFY_SOCKET")
+        .env("ECS_INIT_HOST_ROOT", root)
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .env("CONTAINERD_ADDRESS", "/nonexistent/containerd.sock")
+        .env("ECS_INIT_RUNTIME_WAIT_SECONDS", "1")
+        .output()
+        .expect("run amazon-ecs-init")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Every file under `root`, for "nothing changed" checks.
+fn tree(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(root).unwrap().display().to_string());
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn usage_errors_exit_1() {
+    let o = bin().output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("Usage: amazon-ecs-init <COMMAND>"),
+        "{}",
+        stderr(&o)
+    );
+    let o = bin().arg("bogus").output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(bin().arg("--help").output().unwrap().status.code(), Some(0));
+}
+
+#[test]
+fn version_line() {
+    let o = bin().arg("version").output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let line = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        line.starts_with(&format!("ecs-init version {} (", env!("CARGO_PKG_VERSION"))),
+        "{line}"
+    );
+}
+
+#[test]
+fn plan_works_without_a_runtime_and_redacts_secrets() {
+    let root = TestRoot::new();
+    root.write_ecs_config(
+        "ECS_CLUSTER=c1\nAWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI\nECS_AGENT_LABELS={\"a\":\"b\"}\n",
+    );
+    let mut c = bin();
+    let o = c
+        .arg("plan")
+        .env("ECS_INIT_HOST_ROOT", root.path())
+        .env("ECS_INIT_RUNTIME", "containerd")
+        .env("ECS_INIT_FIREWALL", "none")
+        .env("CONTAINERD_ADDRESS", "/nonexistent/containerd.sock")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(!all.contains("wJalrXUtnFEMI"), "secret printed");
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).expect("plan is JSON");
+    assert_eq!(plan["agent"]["image"], "amazon/amazon-ecs-agent:latest");
+    assert_eq!(plan["agent"]["labels"]["a"], "b");
+    assert_eq!(plan["runtime"]["name"], "containerd");
+    assert_eq!(plan["network"]["firewall"], "none");
+    let env = plan["agent"]["env"].to_string();
+    assert!(
+        env.contains("AWS_SECRET_ACCESS_KEY=<redacted>") && env.contains("ECS_CLUSTER=c1"),
+        "{env}"
+    );
+    assert_eq!(
+        tree(root.path())
+            .iter()
+            .filter(|p| p.contains("runtime-backend") || p.contains("firewall-backend"))
+            .count(),
+        0,
+        "plan records nothing"
+    );
+}
+
+#[test]
+fn stop_and_post_stop_work_while_the_runtime_is_down() {
+    let root = TestRoot::new();
+    for rt in ["docker", "containerd"] {
+        std::fs::write(root.join("var/lib/ecs/runtime-backend"), format!("{rt}\n")).unwrap();
+        let o = no_runtime(root.path(), "stop");
+        assert_eq!(o.status.code(), Some(0), "{rt}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("could not reach the runtime"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let o = no_runtime(root.path(), "post-stop");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn missing_socket_is_a_clear_error() {
+    let root = TestRoot::new();
+    let mut c = bin();
+    let o = c
+        .arg("start")
+        .env("ECS_INIT_HOST_ROOT", root.path())
+        .env("ECS_INIT_RUNTIME", "docker")
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .env("ECS_INIT_RUNTIME_WAIT_SECONDS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(255));
+    assert!(
+        stderr(&o).contains("/nonexistent/docker.sock"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn unknown_backend_names_fail_before_anything_changes() {
+    for (key, value) in [("ECS_INIT_RUNTIME", "podman"), ("ECS_INIT_FIREWALL", "pf")] {
+        let root = TestRoot::new();
+        root.write_ecs_config(&format!("{key}={value}\n"));
+        let before = tree(root.path());
+        let o = no_runtime(root.path(), "pre-start");
+        assert_eq!(o.status.code(), Some(255), "{key}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(value),
+            "{key}: the error names the value: {}",
+            stderr(&o)
+        );
+        // Only the log file may have appeared.
+        let after: Vec<String> = tree(root.path())
+            .into_iter()
+            .filter(|p| !p.starts_with("var/log/ecs/ecs-init.log"))
+            .collect();
+        assert_eq!(after, before, "{key}={value} changed the host root");
+    }
+}
+
+#[test]
+fn bad_cache_state_names_the_file() {
+    let root = TestRoot::new();
+    std::fs::write(root.join("var/cache/ecs/ecs-agent.tar"), "x").unwrap();
+    root.write_cache_state(9);
+    let o = bin()
+        .arg("plan")
+        .env("ECS_INIT_HOST_ROOT", root.path())
+        .env("ECS_INIT_FIREWALL", "none")
+        .output()
+        .unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).expect("plan is JSON");
+    let err = plan["cache"]["state"]["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("var/cache/ecs/state") && err.contains("\"9\""),
+        "{plan}"
+    );
+}
+
+#[test]
+fn reload_cache_without_a_tarball_names_it() {
+    ecs_test_support::require_docker();
+    let root = TestRoot::new();
+    let o = bin()
+        .arg("reload-cache")
+        .env("ECS_INIT_HOST_ROOT", root.path())
+        .env("ECS_INIT_RUNTIME", "docker")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(255));
+    assert!(
+        stderr(&o).contains("var/cache/ecs/ecs-agent.tar"),
+        "{}",
+        stderr(&o)
+    );
+}
