@@ -6,6 +6,7 @@
 //! error (and `status`: 3 when the agent is not running).
 
 pub mod agent;
+pub mod apparmor;
 pub mod cache;
 pub mod cli;
 pub mod config;
@@ -243,7 +244,7 @@ async fn pre_start(ctx: &Context) -> anyhow::Result<()> {
     let net = ctx.net_config();
     let plan = ecs_firewall::plan_network(&net)?;
     tracing::info!(firewall = %plan.firewall, reason = %plan.reason, "firewall backend selected");
-    let (_, warnings) = ctx.spec();
+    let (spec, warnings) = ctx.spec();
     log_warnings(&warnings);
     select::choose(&ctx.config, &ctx.endpoints).await?;
     make_dirs(&ctx.paths)?;
@@ -251,6 +252,16 @@ async fn pre_start(ctx: &Context) -> anyhow::Result<()> {
     // outside the runtime, so a failure here leaves the host network as it was.
     let rt = ctx.ready_runtime().await?;
     cache::ensure_image(&ctx.paths, rt.as_ref()).await?;
+    // The agent's default AppArmor profile must be loaded before the container starts with it.
+    // An operator-chosen profile (ECS_AGENT_APPARMOR_PROFILE) is the operator's to load.
+    if spec.apparmor_profile.as_deref() == Some(agent::DEFAULT_APPARMOR_PROFILE) {
+        apparmor::install(
+            &ctx.paths.rooted("/etc/apparmor.d".as_ref()),
+            agent::DEFAULT_APPARMOR_PROFILE,
+            apparmor::PARSER.as_ref(),
+            true,
+        )?;
+    }
     // All-or-nothing and idempotent (the firewall crate's contract).
     let applied = ecs_firewall::setup_network(&net).await?;
     tracing::info!(firewall = %applied.firewall, rules = applied.rules.rules.len(), "host network prepared");

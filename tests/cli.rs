@@ -219,3 +219,21 @@ fn reload_cache_without_a_tarball_names_it() {
         stderr(&o)
     );
 }
+
+/// The agent's AppArmor profile compiles with the real parser (`-Q`: without loading it, so the
+/// test also runs on kernels without AppArmor).
+#[test]
+fn apparmor_profile_compiles() {
+    let parser = std::path::Path::new(amazon_ecs_init::apparmor::PARSER);
+    assert!(
+        parser.exists(),
+        "{} is missing: tests/setup.sh installs the apparmor package",
+        parser.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = amazon_ecs_init::apparmor::install(dir.path(), "ecs-agent-default", parser, false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(std::fs::read_to_string(path)
+        .unwrap()
+        .contains("profile ecs-agent-default"));
+}

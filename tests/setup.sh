@@ -70,6 +70,9 @@ PACKAGES=(
     file:file
     curl:curl
     procps:ps
+    util-linux:unshare
+    apparmor:apparmor_parser
+    systemd:systemd-analyze
 )
 
 pkg_installed() {
