@@ -168,6 +168,54 @@ fn spec_seen_from_inside(rt: &'static str) {
     assert_eq!(r["ppid"], 1, "the agent is the init's child");
     // Secrets never reach the log.
     assert!(!l.init_log().contains("topsecret"));
+    // What the runtime's own tool shows: labels, init, host network, caps, log config.
+    let info = l.runtime_inspect();
+    match rt {
+        "docker" => {
+            assert_eq!(info["Config"]["Labels"]["team"], "infra", "{info}");
+            assert_eq!(info["Config"]["Labels"]["tier"], "gold");
+            let hc = &info["HostConfig"];
+            assert_eq!(hc["NetworkMode"], "host");
+            assert_eq!(hc["UsernsMode"], "host");
+            assert_eq!(hc["Init"], true);
+            assert_eq!(hc["CapAdd"], serde_json::json!(["NET_ADMIN", "SYS_ADMIN"]));
+            assert_eq!(hc["LogConfig"]["Type"], "json-file");
+            assert_eq!(hc["LogConfig"]["Config"]["max-size"], "16m");
+            assert_eq!(hc["LogConfig"]["Config"]["max-file"], "4");
+            assert!(
+                hc["RestartPolicy"]["Name"].as_str().unwrap_or("") == ""
+                    || hc["RestartPolicy"]["Name"] == "no"
+            );
+            let binds = hc["Binds"].to_string();
+            assert!(
+                binds.contains(&format!("{}/var/log/ecs:/log", l.root.path().display())),
+                "{binds}"
+            );
+            assert!(binds.contains("/proc:/host/proc:ro"), "{binds}");
+        }
+        _ => {
+            assert_eq!(info["Labels"]["team"], "infra", "{info}");
+            assert_eq!(info["Labels"]["tier"], "gold");
+            assert_eq!(info["Runtime"]["Name"], "io.containerd.runc.v2");
+            let spec = &info["Spec"];
+            let namespaces = spec["linux"]["namespaces"].to_string();
+            assert!(
+                !namespaces.contains("\"network\""),
+                "host network: {namespaces}"
+            );
+            assert!(
+                !namespaces.contains("\"user\""),
+                "host user namespace: {namespaces}"
+            );
+            assert_eq!(
+                spec["process"]["args"][0], "/sbin/ecs-agent-init",
+                "init first"
+            );
+            assert!(spec["process"]["capabilities"]["bounding"]
+                .to_string()
+                .contains("CAP_NET_ADMIN"));
+        }
+    }
 }
 
 fn crash_restarts_with_backoff(rt: &'static str) {

@@ -150,6 +150,36 @@ impl Launcher {
             .unwrap_or_else(|| "ecs".into())
     }
 
+    /// The runtime's own description of the agent container (`docker inspect`, `ctr containers
+    /// info`), as JSON.
+    pub fn runtime_inspect(&self) -> serde_json::Value {
+        let out = match self.runtime {
+            "docker" => Command::new("docker")
+                .args(["inspect", "ecs-agent"])
+                .output(),
+            _ => Command::new("ctr")
+                .args([
+                    "-n",
+                    &self.containerd_namespace(),
+                    "containers",
+                    "info",
+                    "ecs-agent",
+                ])
+                .output(),
+        }
+        .expect("inspect with the runtime's tool");
+        assert!(
+            out.status.success(),
+            "inspect: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect JSON");
+        match v {
+            serde_json::Value::Array(mut a) if !a.is_empty() => a.remove(0),
+            other => other,
+        }
+    }
+
     /// How many containers named exactly `ecs-agent` the runtime has.
     pub fn agent_containers(&self) -> usize {
         let out = match self.runtime {
