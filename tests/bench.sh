@@ -137,9 +137,9 @@ if ! flock -n 9; then
 fi
 
 # ---------------------------------------------------------------- helpers
-# A sleep without a fork: read with a timeout on a pipe nobody writes.
-exec {SLEEP_FD}<> <(:)
-nap() { read -r -t "$1" -u "$SLEEP_FD" _ || true; }
+# An external sleep on purpose: a `read -t` sleep interrupted by the TERM/INT trap below makes
+# bash 5.2 longjmp into a dead frame later (stack smashing) instead of cleaning up.
+nap() { sleep "$1"; }
 
 now_us() { echo "${EPOCHREALTIME/./}"; }
 
