@@ -263,8 +263,7 @@ async fn pre_start(ctx: &Context) -> anyhow::Result<()> {
         )?;
     }
     // All-or-nothing and idempotent (the firewall crate's contract).
-    let applied = ecs_firewall::setup_network(&net).await?;
-    tracing::info!(firewall = %applied.firewall, rules = applied.rules.rules.len(), "host network prepared");
+    ecs_firewall::setup_network(&net).await?;
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use bollard::query_parameters::{
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
     WaitContainerOptionsBuilder,
 };
-use bollard::{Docker, API_DEFAULT_VERSION};
+use bollard::{ClientVersion, Docker, API_DEFAULT_VERSION};
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
 use std::collections::HashMap;
@@ -48,8 +48,9 @@ pub struct DockerRuntime {
     endpoint: String,
     /// The socket path inside `endpoint`.
     socket: PathBuf,
-    /// The connected, version-negotiated client; set by the first successful call.
-    client: OnceCell<Docker>,
+    /// The connected, version-negotiated client and the daemon's version; set by the first
+    /// successful call.
+    client: OnceCell<(Docker, String)>,
 }
 
 impl DockerRuntime {
@@ -93,6 +94,15 @@ impl DockerRuntime {
     /// Public so that tests and diagnostics can ask dockerd things the [`Runtime`] trait does
     /// not cover (e.g. the full `docker inspect` document).
     pub async fn client(&self) -> Result<Docker> {
+        Ok(self.connected().await?.0.clone())
+    }
+
+    /// Connect once: one `GET /version` both negotiates the API version (the lower of the
+    /// daemon's and bollard's) and tells the daemon's version, which `ping` then reports
+    /// without asking again. (`/version` costs dockerd several milliseconds; bollard's own
+    /// negotiation plus a version call per ping made up most of the launcher's start-up
+    /// overhead over a raw `docker run`.)
+    async fn connected(&self) -> Result<&(Docker, String)> {
         self.client
             .get_or_try_init(|| async {
                 if !self.socket.exists() {
@@ -101,23 +111,37 @@ impl DockerRuntime {
                         self.socket.display()
                     )));
                 }
-                let docker = Docker::connect_with_unix(
-                    &self.endpoint,
-                    REQUEST_TIMEOUT.as_secs(),
-                    API_DEFAULT_VERSION,
-                )
-                .map_err(|e| self.connect_error(e.to_string()))?;
-                let docker = docker
-                    .negotiate_version()
-                    .await
-                    .map_err(|e| self.connect_error(format!("API version negotiation: {e}")))?;
-                let v = docker.client_version();
-                tracing::info!(endpoint = %self.endpoint, api_version = %format!("{}.{}", v.major_version, v.minor_version),
+                let connect = |version: &ClientVersion| {
+                    Docker::connect_with_unix(&self.endpoint, REQUEST_TIMEOUT.as_secs(), version)
+                        .map_err(|e| self.connect_error(e.to_string()))
+                };
+                let probe = connect(API_DEFAULT_VERSION)?;
+                let info = probe.version().await.map_err(|e| {
+                    self.connect_error(format!("asking dockerd for its version: {e}"))
+                })?;
+                let api = info
+                    .api_version
+                    .as_deref()
+                    .and_then(parse_api_version)
+                    .filter(|v| {
+                        (v.major_version, v.minor_version)
+                            < (
+                                API_DEFAULT_VERSION.major_version,
+                                API_DEFAULT_VERSION.minor_version,
+                            )
+                    })
+                    .unwrap_or(ClientVersion {
+                        major_version: API_DEFAULT_VERSION.major_version,
+                        minor_version: API_DEFAULT_VERSION.minor_version,
+                    });
+                let docker = connect(&api)?;
+                let version = info.version.unwrap_or_default();
+                tracing::info!(endpoint = %self.endpoint, %version,
+                    api_version = %format!("{}.{}", api.major_version, api.minor_version),
                     "connected to dockerd");
-                Ok(docker)
+                Ok((docker, version))
             })
             .await
-            .cloned()
     }
 
     fn connect_error(&self, reason: String) -> RuntimeError {
@@ -347,14 +371,15 @@ impl Runtime for DockerRuntime {
     }
 
     async fn ping(&self) -> Result<RuntimeInfo> {
-        let docker = self.client().await?;
-        let version = docker
-            .version()
+        let (docker, version) = self.connected().await?;
+        // `/_ping` answers in well under a millisecond; the version was read on connect.
+        docker
+            .ping()
             .await
-            .map_err(|e| self.error("ask dockerd for its version", e))?;
+            .map_err(|e| self.error("ping dockerd", e))?;
         Ok(RuntimeInfo {
             runtime: RUNTIME.to_string(),
-            version: version.version.unwrap_or_default(),
+            version: version.clone(),
             endpoint: self.endpoint.clone(),
         })
     }
@@ -577,6 +602,15 @@ impl Runtime for DockerRuntime {
     }
 }
 
+/// `"1.41"` → 1.41.
+fn parse_api_version(v: &str) -> Option<ClientVersion> {
+    let (major, minor) = v.trim().split_once('.')?;
+    Some(ClientVersion {
+        major_version: major.parse().ok()?,
+        minor_version: minor.parse().ok()?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -661,5 +695,13 @@ mod tests {
         let mut colon = spec.clone();
         colon.mounts.push(Mount::rw("/x:y", "/z"));
         assert!(create_body(&colon).is_err());
+    }
+
+    #[test]
+    fn api_versions_parse() {
+        let v = parse_api_version("1.41").unwrap();
+        assert_eq!((v.major_version, v.minor_version), (1, 41));
+        assert!(parse_api_version("141").is_none());
+        assert!(parse_api_version("1.x").is_none());
     }
 }
