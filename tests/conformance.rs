@@ -182,9 +182,10 @@ fn spec_seen_from_inside(rt: &'static str) {
             assert_eq!(hc["LogConfig"]["Type"], "json-file");
             assert_eq!(hc["LogConfig"]["Config"]["max-size"], "16m");
             assert_eq!(hc["LogConfig"]["Config"]["max-file"], "4");
+            let restart = hc["RestartPolicy"]["Name"].as_str().unwrap_or("");
             assert!(
-                hc["RestartPolicy"]["Name"].as_str().unwrap_or("") == ""
-                    || hc["RestartPolicy"]["Name"] == "no"
+                restart.is_empty() || restart == "no",
+                "no restart policy: {restart}"
             );
             let binds = hc["Binds"].to_string();
             assert!(
