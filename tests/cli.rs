@@ -1,5 +1,7 @@
 //! The command line without a running runtime: usage and exit codes, `plan`/`stop`/`post-stop`
 //! while the runtime is down, and bad input that must fail clearly before anything changes.
+mod common;
+
 use ecs_test_support::TestRoot;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -14,24 +16,7 @@ fn bin() -> Command {
 
 /// The launcher with its runtimes pointed at sockets that do not exist.
 fn no_runtime(root: &Path, action: &str) -> Output {
-    let mut c = if matches!(action, "pre-start" | "post-stop") {
-        // These change the network namespace they run in: give them a scratch one.
-        ecs_test_support::require_root();
-        let mut u = Command::new("unshare");
-        u.args([
-            "-n",
-            "--",
-            "sh",
-            "-c",
-            "ip link set lo up && exec \"$0\" \"$@\"",
-        ])
-        .arg(env!("CARGO_BIN_EXE_amazon-ecs-init"));
-        u
-    } else {
-        bin()
-    };
-    c.arg(action)
-        .env_remove("NOTIFY_SOCKET")
+    common::launcher(action)
         .env("ECS_INIT_HOST_ROOT", root)
         .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
         .env("CONTAINERD_ADDRESS", "/nonexistent/containerd.sock")

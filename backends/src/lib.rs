@@ -4,6 +4,7 @@
 //! [`Runtime`] backend turns that description into a running container. Backends never read
 //! `ecs.config`; everything they need is in the spec or in their own connection settings.
 
+pub mod caps;
 pub mod containerd;
 pub mod docker;
 pub mod error;

@@ -119,6 +119,35 @@ pub struct AgentSpec {
 }
 
 impl AgentSpec {
+    /// A spec with the agent's usual host configuration (host network and user namespace, own
+    /// PID namespace, an init, json-file logs at their default limits) and nothing else: no
+    /// mounts, labels or added capabilities. The launcher fills in every field itself; this is
+    /// the starting point for anything smaller (backend tests, tools).
+    pub fn new(
+        image: impl Into<String>,
+        name: impl Into<String>,
+        env: &[(&str, &str)],
+    ) -> AgentSpec {
+        AgentSpec {
+            image: image.into(),
+            name: name.into(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            mounts: vec![],
+            labels: BTreeMap::new(),
+            cap_add: vec![],
+            network: NamespaceMode::Host,
+            pid: NamespaceMode::Private,
+            userns: NamespaceMode::Host,
+            privileged: false,
+            init: true,
+            apparmor_profile: None,
+            log: LogConfig::default(),
+        }
+    }
+
     /// The value of an env var, if set.
     pub fn env_value(&self, key: &str) -> Option<&str> {
         self.env
@@ -179,24 +208,7 @@ mod tests {
     use super::*;
 
     fn spec_with(env: &[(&str, &str)]) -> AgentSpec {
-        AgentSpec {
-            image: "i".into(),
-            name: "n".into(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            mounts: vec![],
-            labels: BTreeMap::new(),
-            cap_add: vec![],
-            network: NamespaceMode::Host,
-            pid: NamespaceMode::Private,
-            userns: NamespaceMode::Host,
-            privileged: false,
-            init: true,
-            apparmor_profile: None,
-            log: LogConfig::default(),
-        }
+        AgentSpec::new("i", "n", env)
     }
 
     #[test]

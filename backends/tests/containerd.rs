@@ -5,7 +5,7 @@
 //! ports). The static `ecs-agent-init` is built once into `target/agent-init-static`.
 
 use ecs_backends::containerd::{ContainerdOptions, ContainerdRuntime};
-use ecs_backends::{AgentSpec, LogConfig, Mount, NamespaceMode, Runtime, RuntimeError};
+use ecs_backends::{AgentSpec, Mount, Runtime, RuntimeError};
 use ecs_test_support as support;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -85,22 +85,9 @@ impl Drop for Env {
 
 fn spec(env: &[(&str, &str)]) -> AgentSpec {
     AgentSpec {
-        image: support::AGENT_IMAGE.into(),
-        name: NAME.into(),
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        mounts: vec![],
         labels: BTreeMap::from([("com.example.test".to_string(), "yes".to_string())]),
         cap_add: vec!["NET_ADMIN".into(), "SYS_ADMIN".into()],
-        network: NamespaceMode::Host,
-        pid: NamespaceMode::Private,
-        userns: NamespaceMode::Host,
-        privileged: false,
-        init: true,
-        apparmor_profile: None,
-        log: LogConfig::default(),
+        ..AgentSpec::new(support::AGENT_IMAGE, NAME, env)
     }
 }
 

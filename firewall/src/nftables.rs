@@ -603,13 +603,7 @@ mod tests {
     use crate::RuleOptions;
 
     fn all_rules() -> RuleSet {
-        RuleSet::build(&RuleOptions {
-            skip_localhost_filter: false,
-            allow_offhost_introspection: false,
-            introspection_interface: None,
-            bridge: Some("docker0".into()),
-            ipv6: true,
-        })
+        RuleSet::build(&RuleOptions::every_rule())
     }
 
     #[test]

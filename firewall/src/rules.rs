@@ -72,6 +72,21 @@ pub struct RuleOptions {
     pub ipv6: bool,
 }
 
+#[cfg(test)]
+impl RuleOptions {
+    /// Options under which every kind of rule is present (bridge, IPv6, all filters): the
+    /// fixture of the backends' rendering tests.
+    pub(crate) fn every_rule() -> RuleOptions {
+        RuleOptions {
+            skip_localhost_filter: false,
+            allow_offhost_introspection: false,
+            introspection_interface: None,
+            bridge: Some("docker0".into()),
+            ipv6: true,
+        }
+    }
+}
+
 /// Task credentials endpoint (169.254.170.2:80).
 pub const CREDENTIALS_ENDPOINT: SocketAddrV4 =
     SocketAddrV4::new(std::net::Ipv4Addr::new(169, 254, 170, 2), 80);
@@ -228,13 +243,7 @@ mod tests {
     use super::*;
 
     fn opts() -> RuleOptions {
-        RuleOptions {
-            skip_localhost_filter: false,
-            allow_offhost_introspection: false,
-            introspection_interface: None,
-            bridge: Some("docker0".into()),
-            ipv6: true,
-        }
+        RuleOptions::every_rule()
     }
 
     #[test]

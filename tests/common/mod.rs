@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use ecs_test_support::{agent_lock, http_get, AgentLock, TestRoot};
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,35 +35,12 @@ impl Launcher {
         l
     }
 
-    pub fn bin() -> PathBuf {
-        PathBuf::from(env!("CARGO_BIN_EXE_amazon-ecs-init"))
-    }
-
-    /// The launcher with `action`. `pre-start` and `post-stop` change the network namespace they
-    /// run in (sysctls, routes, firewall), so they run in a fresh one made by `unshare -n`: the
-    /// host's own stays untouched, while the runtime sockets (filesystem paths) still work.
     pub fn cmd(&self, action: &str) -> Command {
-        let mut c = if matches!(action, "pre-start" | "post-stop") {
-            // A new namespace has only `lo`, and it is down; a real host's is up.
-            let mut u = Command::new("unshare");
-            u.args([
-                "-n",
-                "--",
-                "sh",
-                "-c",
-                "ip link set lo up && exec \"$0\" \"$@\"",
-            ])
-            .arg(Self::bin());
-            u
-        } else {
-            Command::new(Self::bin())
-        };
-        c.arg(action)
-            .env("ECS_INIT_HOST_ROOT", self.root.path())
+        let mut c = launcher(action);
+        c.env("ECS_INIT_HOST_ROOT", self.root.path())
             .env("ECS_INIT_RUNTIME", self.runtime)
             .env("ECS_INIT_FIREWALL", "auto")
-            .env("ECS_LOGLEVEL", "debug")
-            .env_remove("NOTIFY_SOCKET");
+            .env("ECS_LOGLEVEL", "debug");
         if self.runtime == "containerd" {
             c.env("ECS_INIT_AGENT_INIT", ecs_test_support::agent_init_binary());
         }
@@ -209,6 +185,31 @@ impl Launcher {
             .filter(|l| l.trim() == "ecs-agent")
             .count()
     }
+}
+
+/// The launcher binary with `action`. `pre-start` and `post-stop` change the network namespace
+/// they run in (sysctls, routes, firewall), so they run in a fresh one made by `unshare -n`: the
+/// host's own stays untouched, while the runtime sockets (filesystem paths) still work.
+pub fn launcher(action: &str) -> Command {
+    let bin = env!("CARGO_BIN_EXE_amazon-ecs-init");
+    let mut c = if matches!(action, "pre-start" | "post-stop") {
+        ecs_test_support::require_root();
+        // A new namespace has only `lo`, and it is down; a real host's is up.
+        let mut u = Command::new("unshare");
+        u.args([
+            "-n",
+            "--",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$0\" \"$@\"",
+            bin,
+        ]);
+        u
+    } else {
+        Command::new(bin)
+    };
+    c.arg(action).env_remove("NOTIFY_SOCKET");
+    c
 }
 
 impl Drop for Launcher {

@@ -33,51 +33,6 @@ pub const DOCKER_DEFAULT_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// Every capability name by number, for privileged containers (all caps the kernel knows).
-const ALL_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
-
 /// Docker's masked paths for unprivileged containers.
 const MASKED_PATHS: &[&str] = &[
     "/proc/asound",
@@ -210,7 +165,7 @@ pub fn process_env(spec: &AgentSpec, image: &ImageConfig, hostname: &str) -> Vec
 /// capability of the running kernel when privileged.
 pub fn capabilities(spec: &AgentSpec, cap_last_cap: usize) -> Vec<String> {
     if spec.privileged {
-        return ALL_CAPS
+        return crate::caps::CAPABILITIES
             .iter()
             .take(cap_last_cap + 1)
             .map(|c| c.to_string())
@@ -469,31 +424,23 @@ pub fn build(spec: &AgentSpec, inputs: &Inputs<'_>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{LogConfig, Mount};
+    use crate::spec::Mount;
 
     fn spec() -> AgentSpec {
         AgentSpec {
-            image: "amazon/amazon-ecs-agent:latest".into(),
-            name: "ecs-agent".into(),
-            env: vec![
-                ("ECS_LOGFILE".into(), "/log/ecs-agent.log".into()),
-                ("PATH".into(), "/x".into()),
-            ],
             mounts: vec![
                 Mount::rw("/var/log/ecs/exec", "/log/exec"),
                 Mount::rw("/var/log/ecs", "/log"),
                 Mount::ro("/etc/ssl", "/etc/ssl"),
                 Mount::rw("/sys/fs/cgroup", "/sys/fs/cgroup"),
             ],
-            labels: BTreeMap::new(),
             cap_add: vec!["NET_ADMIN".into(), "SYS_ADMIN".into()],
-            network: NamespaceMode::Host,
-            pid: NamespaceMode::Private,
-            userns: NamespaceMode::Host,
-            privileged: false,
-            init: true,
             apparmor_profile: Some("ecs-agent-default".into()),
-            log: LogConfig::default(),
+            ..AgentSpec::new(
+                "amazon/amazon-ecs-agent:latest",
+                "ecs-agent",
+                &[("ECS_LOGFILE", "/log/ecs-agent.log"), ("PATH", "/x")],
+            )
         }
     }
 
