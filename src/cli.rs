@@ -57,14 +57,6 @@ impl Action {
             })
             .collect()
     }
-
-    /// Actions that must work while the container runtime is down.
-    pub fn works_without_runtime(self) -> bool {
-        matches!(
-            self,
-            Action::Stop | Action::PreStop | Action::PostStop | Action::Plan | Action::Version
-        )
-    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,18 @@ pub async fn plan(ctx: &Context) -> anyhow::Result<()> {
         Err(e) => json!({"name": null, "reason": e.to_string()}),
     };
     let network = match ecs_firewall::plan_network(&ctx.net_config()) {
-        Ok(plan) => json!(plan),
+        Ok(plan) => {
+            // The exact commands of each real backend for these rules, not only the chosen one,
+            // so an operator can compare before forcing ECS_INIT_FIREWALL.
+            use ecs_firewall::Firewall as _;
+            let by_backend = json!({
+                "iptables": ecs_firewall::Iptables::new().render(&plan.rules),
+                "nftables": ecs_firewall::Nftables::new().render(&plan.rules),
+            });
+            let mut v = json!(plan);
+            v["rendered_by_backend"] = by_backend;
+            v
+        }
         Err(e @ ecs_firewall::NetError::UnknownFirewall(_)) => return Err(e.into()),
         Err(e) => json!({"error": e.to_string()}),
     };

@@ -94,6 +94,19 @@ fn plan_works_without_a_runtime_and_redacts_secrets() {
     assert_eq!(plan["agent"]["labels"]["a"], "b");
     assert_eq!(plan["runtime"]["name"], "containerd");
     assert_eq!(plan["network"]["firewall"], "none");
+    let by_backend = &plan["network"]["rendered_by_backend"];
+    assert!(
+        by_backend["iptables"]
+            .to_string()
+            .contains("-j DNAT --to-destination 127.0.0.1:51679"),
+        "{by_backend}"
+    );
+    assert!(
+        by_backend["nftables"]
+            .to_string()
+            .contains("table ip ecs-init"),
+        "{by_backend}"
+    );
     let env = plan["agent"]["env"].to_string();
     assert!(
         env.contains("AWS_SECRET_ACCESS_KEY=<redacted>") && env.contains("ECS_CLUSTER=c1"),

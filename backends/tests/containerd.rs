@@ -496,3 +496,38 @@ fn ping_reports_version() {
         assert_eq!(info.endpoint, "unix:///run/containerd/containerd.sock");
     });
 }
+
+/// An agent that ignores SIGTERM is killed once the grace period is over: stop returns after
+/// about the grace, and the task's exit is SIGKILL's (137).
+#[test]
+fn stop_kills_an_agent_that_ignores_sigterm_after_the_grace() {
+    let _lock = support::agent_lock();
+    let env = Env::new("hang");
+    rt_block(async {
+        let tar = support::stand_in_tarball(support::AGENT_IMAGE);
+        env.rt.load_image(&tar).await.expect("load");
+        env.rt
+            .run(&spec(&[("STANDIN_IGNORE_SIGTERM", "1")]))
+            .await
+            .expect("run");
+        // It prints its start line after installing its signal handling.
+        let out = logs_until(&env.rt, 20, |l| l.contains("stand-in agent starting")).await;
+        assert!(out.contains("stand-in agent starting"), "{out}");
+        let grace = Duration::from_secs(2);
+        let t = Instant::now();
+        env.rt.stop(NAME, grace).await.expect("stop");
+        let took = t.elapsed();
+        assert!(
+            took >= grace - Duration::from_millis(100),
+            "SIGKILL came early: {took:?}"
+        );
+        assert!(took < grace + Duration::from_secs(5), "stop took {took:?}");
+        assert_eq!(env.rt.wait(NAME).await.unwrap(), 137);
+        let out = logs_until(&env.rt, 20, |l| l.contains("ignoring it")).await;
+        assert!(
+            out.contains("received SIGTERM, ignoring it"),
+            "SIGTERM was delivered first: {out}"
+        );
+        env.rt.remove_container(NAME).await.unwrap();
+    });
+}

@@ -25,13 +25,13 @@ async fn client(rt: &DockerRuntime) -> Docker {
     rt.client().await.expect("bollard client")
 }
 
-/// Load the stand-in image under `reference` unless it is already there.
+/// Load the stand-in image under `reference`. Always loaded, never reused by tag: an image
+/// left by an earlier build of the stand-in would lack its newer knobs (reloading an identical
+/// image is cheap, dockerd skips the layers it has).
 async fn ensure_image(rt: &DockerRuntime, reference: &str) {
-    if !rt.image_present(reference).await.unwrap() {
-        let tarball = support::stand_in_tarball(reference);
-        let loaded = rt.load_image(&tarball).await.expect("load stand-in image");
-        assert!(loaded.iter().any(|r| r == reference), "{loaded:?}");
-    }
+    let tarball = support::stand_in_tarball(reference);
+    let loaded = rt.load_image(&tarball).await.expect("load stand-in image");
+    assert!(loaded.iter().any(|r| r == reference), "{loaded:?}");
 }
 
 /// A minimal spec for the stand-in: private network (so it never fights over ports), no mounts.
@@ -393,6 +393,51 @@ async fn wait_returns_zero_and_nonzero_exit_codes_as_results() {
     .unwrap();
     assert_eq!(rt.wait(name).await.unwrap(), 0);
     rt.remove_container(name).await.unwrap();
+}
+
+/// An agent that ignores SIGTERM is killed once the grace period is over: stop returns after
+/// about the grace, and the exit is SIGKILL's (137).
+#[tokio::test]
+async fn stop_kills_an_agent_that_ignores_sigterm_after_the_grace() {
+    let _lock = support::agent_lock();
+    let rt = runtime();
+    ensure_image(&rt, IMAGE).await;
+    let name = "ecs-dkt-hang";
+    let _cleanup = Cleanup::new(&[name]);
+    rt.run(&spec(name, &[("STANDIN_IGNORE_SIGTERM", "1")]))
+        .await
+        .unwrap();
+    // It prints its start line after installing its signal handling.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rt
+        .logs_tail(name, 20)
+        .await
+        .unwrap()
+        .contains("stand-in agent starting")
+    {
+        assert!(Instant::now() < deadline, "the stand-in never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let grace = Duration::from_secs(2);
+    let t = Instant::now();
+    rt.stop(name, grace).await.expect("stop");
+    let took = t.elapsed();
+    assert!(
+        took >= grace - Duration::from_millis(100),
+        "SIGKILL came early: {took:?}"
+    );
+    assert!(took < grace + Duration::from_secs(5), "stop took {took:?}");
+    let state = rt.inspect(name).await.unwrap().expect("state");
+    assert_eq!(
+        (state.running, state.exit_code),
+        (false, Some(137)),
+        "{state:?}"
+    );
+    assert!(rt
+        .logs_tail(name, 20)
+        .await
+        .unwrap()
+        .contains("received SIGTERM, ignoring it"));
 }
 
 #[tokio::test]

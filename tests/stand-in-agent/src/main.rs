@@ -44,6 +44,8 @@
 //!   Lines: `exit <code> [after <ms>]`, `update <basename> [after <ms>]`, `serve` (run until
 //!   signalled). An empty or exhausted script means `serve`. Every start also appends
 //!   `<pid> <line>` to `<path>.log` so tests can count the starts.
+//! * `STANDIN_IGNORE_SIGTERM=1`: ignore `SIGTERM` (log it and keep serving), like an agent that
+//!   hangs on shutdown; only `SIGINT` or `SIGKILL` end it.
 //! * `STANDIN_LISTEN_ADDR=<ip>`: address to listen on (default `127.0.0.1`).
 //! * `STANDIN_DESIRED_IMAGE=<path>`: where the update hand-off is written (default
 //!   `/var/cache/ecs/desired-image`).
@@ -212,13 +214,21 @@ fn block_signals() -> libc::sigset_t {
 }
 
 fn wait_for_signal(set: libc::sigset_t) -> ! {
+    // STANDIN_IGNORE_SIGTERM=1: play an agent that hangs on shutdown, so tests can prove the
+    // runtime's SIGKILL after the stop grace period. SIGINT still ends it.
+    let ignore_term = std::env::var("STANDIN_IGNORE_SIGTERM").is_ok_and(|v| v == "1");
     let mut sig: libc::c_int = 0;
     loop {
         // SAFETY: `set` is a valid initialised sigset; `sig` is a valid out pointer.
         let rc = unsafe { libc::sigwait(&set, &mut sig) };
-        if rc == 0 {
-            break;
+        if rc != 0 {
+            continue;
         }
+        if ignore_term && sig == libc::SIGTERM {
+            log("received SIGTERM, ignoring it (STANDIN_IGNORE_SIGTERM=1)");
+            continue;
+        }
+        break;
     }
     let name = if sig == libc::SIGTERM {
         "SIGTERM"
