@@ -130,6 +130,7 @@ for rpmf in "$rpm_rich" "$rpm_amzn2"; do
     contains "$n: rpm -qcp lists ecs.config" "$(rpm -qcp "$rpmf")" "^/etc/ecs/ecs.config"
     contains "$n: man page is %doc" "$flags" "^d /usr/share/man/man1/amazon-ecs-init.1.gz"
     contains "$n: requires procps" "$reqs" "^procps"
+    lacks "$n: static launcher, no glibc version requirement (runs on Amazon Linux 2)" "$reqs" "GLIBC"
     contains "$n: conflicts with the Go ecs-init" "$(rpm -qp --conflicts "$rpmf")" "^ecs-init"
     scripts=$(rpm -qp --scripts "$rpmf")
     contains "$n: has a postinstall scriptlet" "$scripts" "postinstall scriptlet"
