@@ -51,10 +51,13 @@ pub async fn plan(ctx: &Context) -> anyhow::Result<()> {
         "agent": spec,
         "warnings": warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
     });
-    let mut stdout = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut stdout, &out)?;
-    writeln!(stdout)?;
-    Ok(())
+    let mut text = serde_json::to_string_pretty(&out)?;
+    text.push('\n');
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        // `plan | head` closing the pipe early is the reader's choice, not a failure.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 /// Ask the agent's introspection endpoint; `Ok(status line)` when it answers HTTP.

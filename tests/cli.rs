@@ -235,3 +235,22 @@ fn apparmor_profile_compiles() {
         .unwrap()
         .contains("profile ecs-agent-default"));
 }
+
+/// `plan | head` closes the pipe early: plan must not report that as a failure. The read end
+/// is closed before plan writes (it first probes the runtimes), so its write meets EPIPE.
+#[test]
+fn plan_into_a_closed_pipe_is_not_an_error() {
+    let root = TestRoot::new();
+    let mut child = bin()
+        .arg("plan")
+        .env("ECS_INIT_HOST_ROOT", root.path())
+        .env("ECS_INIT_FIREWALL", "none")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("Broken pipe"), "{}", stderr(&out));
+}

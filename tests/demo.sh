@@ -33,9 +33,9 @@ netwrap() {
     if [ "${HOST_NETWORK:-0}" = 1 ]; then "$@"; else unshare -n -- sh -c 'ip link set lo up && exec "$0" "$@"' "$@"; fi
 }
 
-echo "== plan (the agent container, backends and rules; secrets redacted)"
-"$bin" plan | head -n 40
-echo "   ..."
+echo "== plan (the agent container, backends and rules; secrets redacted): $ECS_INIT_HOST_ROOT/plan.json"
+"$bin" plan >"$ECS_INIT_HOST_ROOT/plan.json"
+python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); print("   runtime:", p["runtime"]["name"], "-", p["runtime"]["reason"]); print("   firewall:", p["network"]["firewall"], "-", p["network"]["reason"]); print("   agent:", p["agent"]["image"], "as", p["agent"]["name"], "with", len(p["agent"]["env"]), "env vars and", len(p["agent"]["mounts"]), "binds")' "$ECS_INIT_HOST_ROOT/plan.json"
 echo "== pre-start"
 netwrap "$bin" pre-start
 echo "== start (supervising in the background; log: $ECS_INIT_HOST_ROOT/var/log/ecs/ecs-init.log)"

@@ -136,7 +136,7 @@ impl DockerRuntime {
                     });
                 let docker = connect(&api)?;
                 let version = info.version.unwrap_or_default();
-                tracing::info!(endpoint = %self.endpoint, %version,
+                tracing::debug!(endpoint = %self.endpoint, %version,
                     api_version = %format!("{}.{}", api.major_version, api.minor_version),
                     "connected to dockerd");
                 Ok((docker, version))
