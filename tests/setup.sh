@@ -135,10 +135,18 @@ flag_value() {
     echo "$default"
 }
 
+# Is this pid a live process (not a zombie)? A daemon killed by the end of an earlier session
+# can stay a zombie for good where PID 1 does not reap orphans, and must not count as running.
+alive() {
+    local state
+    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) && [ -n "$state" ] && [ "$state" != Z ]
+}
+
 # True when a containerd process serving our socket exists (it may still be starting).
 containerd_running() {
     local pid addr
     for pid in $(pgrep -x containerd || true); do
+        alive "$pid" || continue
         addr=$(flag_value "/proc/$pid/cmdline" "$DEFAULT_CONTAINERD_SOCK" --address -a 2>/dev/null) || continue
         [ "$(realpath -m "$addr")" = "$(realpath -m "$CONTAINERD_SOCK")" ] && return 0
     done
@@ -155,7 +163,7 @@ pidfile_live() {
     local file=$1 name=$2 pid
     [ -s "$file" ] || return 1
     pid=$(tr -dc '0-9' <"$file")
-    [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm")" = "$name" ]
+    [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm")" = "$name" ] && alive "$pid"
 }
 
 remove_stale() {

@@ -193,7 +193,7 @@ impl ContainerdRuntime {
 
     /// Maps a gRPC status: "unavailable" means the socket is unreachable.
     pub(crate) fn err(&self, action: impl Into<String>, status: Status) -> RuntimeError {
-        if status.code() == Code::Unavailable {
+        if lost_connection(&status) {
             RuntimeError::Connect {
                 runtime: RT,
                 endpoint: self.endpoint(),
@@ -704,6 +704,28 @@ fn redacted(oci_spec: &serde_json::Value) -> serde_json::Value {
     shown
 }
 
+/// Did this call fail because the connection to containerd went away (containerd stopped,
+/// crashed or is restarting), rather than because containerd refused it? tonic reports a
+/// connection it cannot make as `Unavailable`, but one that breaks under a call in flight (a
+/// `Wait` when containerd is killed) as `Unknown: transport error`.
+fn lost_connection(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown => {
+            let m = status.message().to_ascii_lowercase();
+            [
+                "transport error",
+                "broken pipe",
+                "connection reset",
+                "connection refused",
+            ]
+            .iter()
+            .any(|needle| m.contains(needle))
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -746,5 +768,17 @@ mod tests {
             "{shown}"
         );
         assert!(!shown.contains("abc"), "{shown}");
+    }
+
+    #[test]
+    fn a_broken_transport_is_a_lost_connection() {
+        assert!(super::lost_connection(&Status::unavailable(
+            "connect refused"
+        )));
+        assert!(super::lost_connection(&Status::unknown("transport error")));
+        assert!(!super::lost_connection(&Status::unknown(
+            "oci runtime error"
+        )));
+        assert!(!super::lost_connection(&Status::not_found("no such task")));
     }
 }
