@@ -221,22 +221,10 @@ fn spec_seen_from_inside(rt: &'static str) {
 
 fn crash_restarts_with_backoff(rt: &'static str) {
     let l = Launcher::new(rt);
-    l.root
-        .write_ecs_config("STANDIN_SCRIPT=/var/lib/ecs/script\n");
-    std::fs::write(
-        l.root.join("var/lib/ecs/script"),
-        "exit 3 after 100\nexit 139 after 100\nserve\n",
-    )
-    .unwrap();
+    l.script("", "exit 3 after 100\nexit 139 after 100\nserve\n");
     l.pre_start_with(&agent_tarball("v1"));
     let mut start = KillOnDrop(l.spawn_start());
-    let starts = || {
-        l.root
-            .read("var/lib/ecs/script.log")
-            .unwrap_or_default()
-            .lines()
-            .count()
-    };
+    let starts = || l.agent_starts();
     // The stand-in serves until its scripted exit, so wait for the third start first.
     assert!(
         wait_until(Duration::from_secs(60), || starts() == 3),
@@ -266,23 +254,12 @@ fn crash_restarts_with_backoff(rt: &'static str) {
 
 fn terminal_exit_5_is_not_restarted(rt: &'static str) {
     let l = Launcher::new(rt);
-    l.root
-        .write_ecs_config("STANDIN_SCRIPT=/var/lib/ecs/script\n");
-    std::fs::write(
-        l.root.join("var/lib/ecs/script"),
-        "exit 5 after 200\nserve\n",
-    )
-    .unwrap();
+    l.script("", "exit 5 after 200\nserve\n");
     l.pre_start_with(&agent_tarball("v1"));
     let mut start = KillOnDrop(l.spawn_start());
     let status = wait_exit(&mut start.0, Duration::from_secs(60)).expect("ecs-init exits");
     assert_eq!(status.code(), Some(5));
-    let starts = l.root.read("var/lib/ecs/script.log").unwrap_or_default();
-    assert_eq!(
-        starts.lines().count(),
-        1,
-        "no restart after exit 5: {starts}"
-    );
+    assert_eq!(l.agent_starts(), 1, "no restart after exit 5");
 }
 
 fn clean_exit_0_ends_ecs_init(rt: &'static str) {
@@ -297,13 +274,7 @@ fn clean_exit_0_ends_ecs_init(rt: &'static str) {
 
 fn update_via_exit_42(rt: &'static str) {
     let l = Launcher::new(rt);
-    l.root
-        .write_ecs_config("STANDIN_SCRIPT=/var/lib/ecs/script\n");
-    std::fs::write(
-        l.root.join("var/lib/ecs/script"),
-        "update ecs-agent-v2.tar after 300\nserve\n",
-    )
-    .unwrap();
+    l.script("", "update ecs-agent-v2.tar after 300\nserve\n");
     l.pre_start_with(&agent_tarball("v1"));
     l.root
         .place_cache_file(&agent_tarball("v2"), "ecs-agent-v2.tar");
@@ -332,7 +303,7 @@ fn update_via_exit_42(rt: &'static str) {
     );
     let reload = l.run("reload-cache");
     assert_ok(&reload, "reload-cache");
-    std::fs::write(l.root.join("var/lib/ecs/script"), "serve\n").unwrap();
+    l.script("", "serve\n");
     let _start = KillOnDrop(l.spawn_start());
     assert!(introspection_answers(Duration::from_secs(60)));
     assert_eq!(
@@ -344,13 +315,10 @@ fn update_via_exit_42(rt: &'static str) {
 
 fn exit_2_logs_are_captured(rt: &'static str) {
     let l = Launcher::new(rt);
-    l.root
-        .write_ecs_config("STANDIN_SCRIPT=/var/lib/ecs/script\nSTANDIN_PRINT_LINES=250\n");
-    std::fs::write(
-        l.root.join("var/lib/ecs/script"),
+    l.script(
+        "STANDIN_PRINT_LINES=250\n",
         "exit 2 after 500\nexit 5 after 100\n",
-    )
-    .unwrap();
+    );
     l.pre_start_with(&agent_tarball("v1"));
     let mut start = KillOnDrop(l.spawn_start());
     assert_eq!(
@@ -379,16 +347,8 @@ fn exit_2_logs_are_captured(rt: &'static str) {
 
 fn leftover_container_is_replaced(rt: &'static str) {
     let l = Launcher::new(rt);
-    l.root
-        .write_ecs_config("STANDIN_SCRIPT=/var/lib/ecs/script\n");
-    std::fs::write(l.root.join("var/lib/ecs/script"), "serve\nserve\n").unwrap();
-    let starts = || {
-        l.root
-            .read("var/lib/ecs/script.log")
-            .unwrap_or_default()
-            .lines()
-            .count()
-    };
+    l.script("", "serve\nserve\n");
+    let starts = || l.agent_starts();
     l.pre_start_with(&agent_tarball("v1"));
     let mut first = l.spawn_start();
     assert!(introspection_answers(Duration::from_secs(60)));

@@ -44,19 +44,9 @@ fn restart_daemon(process: &str) {
     );
 }
 
-fn starts(l: &Launcher) -> usize {
-    l.root
-        .read("var/lib/ecs/script.log")
-        .unwrap_or_default()
-        .lines()
-        .count()
-}
-
 fn survive(rt: &'static str, daemon: &str, agent_starts_after: usize) {
     let l = Launcher::new(rt);
-    l.root
-        .write_ecs_config("STANDIN_SCRIPT=/var/lib/ecs/script\n");
-    std::fs::write(l.root.join("var/lib/ecs/script"), "serve\nserve\nserve\n").unwrap();
+    l.script("", "serve\nserve\nserve\n");
     l.pre_start_with(&ecs_test_support::stand_in_tarball(
         "amazon/amazon-ecs-agent:latest",
     ));
@@ -65,13 +55,14 @@ fn survive(rt: &'static str, daemon: &str, agent_starts_after: usize) {
         introspection_answers(Duration::from_secs(60)),
         "agent never answered"
     );
-    assert_eq!(starts(&l), 1);
+    assert_eq!(l.agent_starts(), 1);
 
     let t0 = Instant::now();
     restart_daemon(daemon);
     eprintln!("{rt}: {daemon} back after {:?}", t0.elapsed());
     assert!(
-        wait_until(Duration::from_secs(90), || starts(&l) >= agent_starts_after
+        wait_until(Duration::from_secs(90), || l.agent_starts()
+            >= agent_starts_after
             && introspection_answers(Duration::from_millis(300))
             && start.0.try_wait().unwrap().is_none()),
         "agent not served again after the {daemon} restart; ecs-init log:\n{}",
@@ -83,7 +74,7 @@ fn survive(rt: &'static str, daemon: &str, agent_starts_after: usize) {
         start.0.try_wait()
     );
     assert_eq!(
-        starts(&l),
+        l.agent_starts(),
         agent_starts_after,
         "agent starts; ecs-init log:\n{}",
         l.init_log()

@@ -126,6 +126,24 @@ impl Launcher {
             .unwrap_or_else(|| "ecs".into())
     }
 
+    /// Script the stand-in's successive runs (`lines`: one per start, see the stand-in's
+    /// `STANDIN_SCRIPT`), plus `extra_config` lines in `ecs.config`.
+    pub fn script(&self, extra_config: &str, lines: &str) {
+        self.root.write_ecs_config(&format!(
+            "STANDIN_SCRIPT=/var/lib/ecs/script\n{extra_config}"
+        ));
+        std::fs::write(self.root.join("var/lib/ecs/script"), lines).expect("write the script");
+    }
+
+    /// How many times the scripted stand-in has started (it logs every start).
+    pub fn agent_starts(&self) -> usize {
+        self.root
+            .read("var/lib/ecs/script.log")
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+
     /// The runtime's own description of the agent container (`docker inspect`, `ctr containers
     /// info`), as JSON.
     pub fn runtime_inspect(&self) -> serde_json::Value {

@@ -161,24 +161,10 @@ pub fn rfc3339_now() -> String {
     )
 }
 
-fn json_escape(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-}
-
 fn entry(line: &[u8], stream: &str) -> Vec<u8> {
     let mut out = String::with_capacity(line.len() + 80);
     out.push_str("{\"log\":\"");
-    json_escape(&mut out, &String::from_utf8_lossy(line));
+    crate::json::escape_into(&mut out, &String::from_utf8_lossy(line));
     out.push_str("\",\"stream\":\"");
     out.push_str(stream);
     out.push_str("\",\"time\":\"");

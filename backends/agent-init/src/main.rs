@@ -18,6 +18,7 @@
 //! inside an arbitrary image (the agent image has no libc of its own to speak of).
 
 mod init;
+mod json;
 mod logshim;
 
 use std::ffi::OsString;

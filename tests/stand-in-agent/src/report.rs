@@ -6,6 +6,9 @@ use std::fs;
 /// Capability names by bit number, shared with the containerd backend.
 #[path = "../../../backends/src/caps.rs"]
 mod caps;
+/// The JSON string escaper, shared with ecs-agent-init's log shim.
+#[path = "../../../backends/agent-init/src/json.rs"]
+mod json;
 use caps::CAPABILITIES as CAP_NAMES;
 /// Namespaces reported for this process and for PID 1.
 const NAMESPACES: [&str; 7] = ["net", "pid", "user", "mnt", "ipc", "uts", "cgroup"];
@@ -14,17 +17,7 @@ const NAMESPACES: [&str; 7] = ["net", "pid", "user", "mnt", "ipc", "uts", "cgrou
 pub fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
+    json::escape_into(&mut out, s);
     out.push('"');
     out
 }
