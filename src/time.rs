@@ -1,21 +1,33 @@
 //! Time formatting and parsing in UTC without a time-zone database (RFC 3339 is all we need:
-//! our log lines, and the start times runtimes report).
+//! our log lines, and the start times runtimes report). Std only: the static ecs-agent-init
+//! includes this file by path for its container log timestamps.
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// RFC 3339 UTC with second precision, without a time-zone database.
+/// RFC 3339 UTC with second precision, e.g. `2026-11-27T17:49:56Z`.
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let (date_time, _) = split(t);
+    format!("{date_time}Z")
+}
+
+/// RFC 3339 UTC with nanoseconds, e.g. `2026-11-27T17:49:56.123456789Z` (container log lines).
+pub fn rfc3339_nanos(t: SystemTime) -> String {
+    let (date_time, nanos) = split(t);
+    format!("{date_time}.{nanos:09}Z")
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` and the nanoseconds of `t` (times before 1970 count as 1970).
+fn split(t: SystemTime) -> (String, u32) {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+    let date_time = format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
-    )
+    );
+    (date_time, since.subsec_nanos())
 }
 
 /// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
@@ -129,5 +141,9 @@ mod tests {
         assert_eq!(parse_rfc3339("0001-01-01T00:00:00Z"), None);
         assert_eq!(parse_rfc3339("yesterday"), None);
         assert_eq!(human_duration(Duration::from_secs(3723)), "1h2m3s");
+        assert_eq!(
+            rfc3339_nanos(UNIX_EPOCH + Duration::new(1_795_801_796, 5)),
+            "2026-11-27T17:49:56.000000005Z"
+        );
     }
 }

@@ -20,6 +20,10 @@
 mod init;
 mod json;
 mod logshim;
+/// The launcher's std-only time formatting (one civil-date algorithm for the whole project).
+#[allow(dead_code)]
+#[path = "../../../src/time.rs"]
+mod time;
 
 use std::ffi::OsString;
 
