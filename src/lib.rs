@@ -106,11 +106,10 @@ impl Context {
             .unwrap_or(DEFAULT_RUNTIME_WAIT)
     }
 
-    /// The runtime chosen now (explicit setting or probe).
+    /// The runtime chosen now (explicit setting or probe), with a client for it.
     async fn choose_runtime(&self) -> anyhow::Result<(RuntimeChoice, Box<dyn Runtime>)> {
-        let choice = select::choose(&self.config, &self.endpoints).await?;
+        let (choice, rt) = select::choose(&self.config, &self.endpoints, &self.paths).await?;
         tracing::info!(runtime = choice.name, reason = %choice.reason, "container runtime selected");
-        let rt = select::connect(choice.name, &self.endpoints, &self.paths)?;
         Ok((choice, rt))
     }
 
@@ -125,17 +124,22 @@ impl Context {
         }
     }
 
-    /// Choose, wait for it to answer, record it.
-    async fn ready_runtime(&self) -> anyhow::Result<Box<dyn Runtime>> {
-        let (choice, rt) = self.choose_runtime().await?;
-        let info = ecs_backends::wait_ready(rt.as_ref(), self.runtime_wait()).await?;
+    /// Wait for the chosen runtime to answer, then record it for `stop` and `status`.
+    async fn make_ready(&self, choice: &RuntimeChoice, rt: &dyn Runtime) -> anyhow::Result<()> {
+        let info = ecs_backends::wait_ready(rt, self.runtime_wait()).await?;
         tracing::info!(runtime = %info.runtime, version = %info.version, endpoint = %info.endpoint, "runtime answers");
-        select::record(&self.paths, &choice).with_context(|| {
+        select::record(&self.paths, choice).with_context(|| {
             format!(
                 "recording the runtime in {}",
                 self.paths.runtime_record().display()
             )
-        })?;
+        })
+    }
+
+    /// Choose, wait for it to answer, record it.
+    async fn ready_runtime(&self) -> anyhow::Result<Box<dyn Runtime>> {
+        let (choice, rt) = self.choose_runtime().await?;
+        self.make_ready(&choice, rt.as_ref()).await?;
         Ok(rt)
     }
 }
@@ -239,18 +243,18 @@ fn make_dirs(paths: &Paths) -> anyhow::Result<()> {
 }
 
 async fn pre_start(ctx: &Context) -> anyhow::Result<()> {
-    // Validate every setting before anything on the host changes: the runtime and firewall
-    // choices (an unknown value is an error here) and the agent spec (warnings only).
+    // Validate every setting before anything on the host changes: the firewall and runtime
+    // choices (an unknown value is an error here) and the agent spec (warnings only). The
+    // firewall backend itself is probed and chosen once, by setup_network below.
     let net = ctx.net_config();
-    let plan = ecs_firewall::plan_network(&net)?;
-    tracing::info!(firewall = %plan.firewall, reason = %plan.reason, "firewall backend selected");
+    net.firewall.parse::<ecs_firewall::Choice>()?;
     let (spec, warnings) = ctx.spec();
     log_warnings(&warnings);
-    select::choose(&ctx.config, &ctx.endpoints).await?;
+    let (choice, rt) = ctx.choose_runtime().await?;
     make_dirs(&ctx.paths)?;
     // The image first: it is the step most likely to fail, and it changes nothing on the host
     // outside the runtime, so a failure here leaves the host network as it was.
-    let rt = ctx.ready_runtime().await?;
+    ctx.make_ready(&choice, rt.as_ref()).await?;
     cache::ensure_image(&ctx.paths, rt.as_ref()).await?;
     // The agent's default AppArmor profile must be loaded before the container starts with it.
     // An operator-chosen profile (ECS_AGENT_APPARMOR_PROFILE) is the operator's to load.

@@ -11,8 +11,8 @@ use crate::{agent, cache, select, time, Context};
 /// Print the resolved plan as JSON on stdout (secret values redacted).
 pub async fn plan(ctx: &Context) -> anyhow::Result<()> {
     let (spec, warnings) = ctx.spec();
-    let runtime = match select::choose(&ctx.config, &ctx.endpoints).await {
-        Ok(choice) => json!({"name": choice.name, "reason": choice.reason}),
+    let runtime = match select::choose(&ctx.config, &ctx.endpoints, &ctx.paths).await {
+        Ok((choice, _)) => json!({"name": choice.name, "reason": choice.reason}),
         Err(select::SelectError::Config(e)) => return Err(e.into()),
         Err(e) => json!({"name": null, "reason": e.to_string()}),
     };

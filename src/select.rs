@@ -151,37 +151,53 @@ fn in_path(binary: &str) -> bool {
             .any(|d| Path::new(d).join(binary).is_file())
 }
 
-/// Probe the host (a ping of at most `ping_timeout` to Docker).
-pub async fn probe(ep: &Endpoints, ping_timeout: Duration) -> RuntimeProbe {
+/// Probe the host (a ping of at most `ping_timeout` to Docker). When Docker answered, its
+/// connected client comes back too, so choosing Docker does not connect a second time.
+pub async fn probe(
+    ep: &Endpoints,
+    ping_timeout: Duration,
+) -> (RuntimeProbe, Option<DockerRuntime>) {
     let docker_socket = PathBuf::from(ep.docker_socket());
-    let docker_answers = match DockerRuntime::connect(ep.docker_host.as_deref()) {
-        Ok(d) => matches!(
+    let mut answered = None;
+    if let Ok(d) = DockerRuntime::connect(ep.docker_host.as_deref()) {
+        if matches!(
             tokio::time::timeout(ping_timeout, d.ping()).await,
             Ok(Ok(_))
-        ),
-        Err(_) => false,
-    };
-    RuntimeProbe {
-        docker_answers,
+        ) {
+            answered = Some(d);
+        }
+    }
+    let probe = RuntimeProbe {
+        docker_answers: answered.is_some(),
         docker_socket_exists: docker_socket.exists(),
         dockerd_installed: in_path("dockerd"),
         containerd_socket_exists: Path::new(&ep.containerd_socket()).exists(),
-    }
+    };
+    (probe, answered)
 }
 
-/// Choose from config and the host; returns the choice (not yet recorded).
-pub async fn choose(cfg: &Config, ep: &Endpoints) -> Result<RuntimeChoice, SelectError> {
+/// Choose from config and the host (the choice is not yet recorded), with a client for it.
+pub async fn choose(
+    cfg: &Config,
+    ep: &Endpoints,
+    paths: &Paths,
+) -> Result<(RuntimeChoice, Box<dyn Runtime>), SelectError> {
     let requested = cfg.choice(RUNTIME_KEY, RUNTIME_CHOICES, "auto")?;
-    let probe = if requested == "auto" {
+    let (probe, probed_docker) = if requested == "auto" {
         probe(ep, Duration::from_secs(2)).await
     } else {
-        RuntimeProbe::default()
+        (RuntimeProbe::default(), None)
     };
-    decide(
+    let choice = decide(
         requested,
         &probe,
         (&ep.docker_socket(), &ep.containerd_socket()),
-    )
+    )?;
+    let runtime: Box<dyn Runtime> = match (choice.name, probed_docker) {
+        ("docker", Some(docker)) => Box::new(docker),
+        (name, _) => connect(name, ep, paths)?,
+    };
+    Ok((choice, runtime))
 }
 
 /// Record the runtime `start` uses, for `stop` and `status`.

@@ -89,10 +89,13 @@ impl Supervisor<'_> {
         loop {
             let spec = (self.spec)().map_err(SuperviseError::Spec)?;
             let name = spec.name.clone();
-            // A daemon restart between two agent runs must not end ecs-init.
-            ecs_backends::wait_ready(self.runtime, self.runtime_deadline)
-                .await
-                .map_err(SuperviseError::Start)?;
+            // A daemon restart between two agent runs must not end ecs-init. (The first run
+            // needs no check: the caller has just waited for the runtime to answer.)
+            if announced {
+                ecs_backends::wait_ready(self.runtime, self.runtime_deadline)
+                    .await
+                    .map_err(SuperviseError::Start)?;
+            }
             self.runtime
                 .remove_container(&name)
                 .await
