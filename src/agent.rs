@@ -4,9 +4,9 @@ use ecs_backends::{AgentSpec, LogConfig, Mount, NamespaceMode};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::config::{parse_string_map, Config, Warning};
+use crate::config::{parse_string_map, Warning};
 use crate::facts::HostFacts;
-use crate::paths::Paths;
+use crate::settings::Settings;
 
 pub const AGENT_IMAGE: &str = "amazon/amazon-ecs-agent:latest";
 pub const AGENT_NAME: &str = "ecs-agent";
@@ -40,26 +40,21 @@ impl EnvList {
 }
 
 /// The paths whose existence [`build`] needs beyond [`HostFacts::probe`]'s own.
-pub fn paths_to_probe(paths: &Paths, cfg: &Config) -> Vec<PathBuf> {
+pub fn paths_to_probe(settings: &Settings) -> Vec<PathBuf> {
+    let paths = &settings.paths;
     vec![
-        credentials_fetcher_socket(cfg),
+        settings.agent.credentials_fetcher.clone(),
         paths.var_lib_ecs.join("deps"),
         paths.var_lib_ecs.join("deps/execute-command/config"),
     ]
 }
 
-fn credentials_fetcher_socket(cfg: &Config) -> PathBuf {
-    match cfg.process_env.get("CREDENTIALS_FETCHER_HOST") {
-        Some(v) if !v.is_empty() => PathBuf::from(v.strip_prefix("unix://").unwrap_or(v)),
-        _ => PathBuf::from(CREDENTIALS_FETCHER_SOCKET),
-    }
-}
-
 /// Build the agent container spec. Problems that do not stop the agent (bad labels JSON, an
 /// unknown log driver) are returned as warnings naming the file, line and key.
-pub fn build(paths: &Paths, cfg: &Config, facts: &HostFacts) -> (AgentSpec, Vec<Warning>) {
+pub fn build(settings: &Settings, facts: &HostFacts) -> (AgentSpec, Vec<Warning>) {
     let mut warnings = Vec::new();
-    let external = cfg.knob_bool("ECS_EXTERNAL");
+    let (paths, cfg, knobs) = (&settings.paths, &settings.files, &settings.agent);
+    let external = knobs.external;
 
     // --- environment, lowest precedence first ---
     let mut env = EnvList::default();
@@ -85,18 +80,14 @@ pub fn build(paths: &Paths, cfg: &Config, facts: &HostFacts) -> (AgentSpec, Vec<
     if let Some(dir) = &facts.cert_dir {
         env.set("SSL_CERT_DIR", dir.display().to_string());
     }
-    let fetcher = credentials_fetcher_socket(cfg);
+    let fetcher = knobs.credentials_fetcher.clone();
     env.set(
         "CREDENTIALS_FETCHER_HOST_DIR",
         fetcher.display().to_string(),
     );
     env.set("ECS_ENABLE_TASK_ENI", "true");
     env.set("ECS_ENABLE_AWSLOGS_EXECUTIONROLE_OVERRIDE", "true");
-    let gmsa = cfg
-        .process_env
-        .get("ECS_GMSA_SUPPORTED")
-        .and_then(|v| crate::config::parse_bool(v))
-        .unwrap_or(false);
+    let gmsa = knobs.gmsa;
     if gmsa && facts.realm_joined {
         env.set("ECS_DOMAIN_JOINED_LINUX_INSTANCE", "true");
     }
@@ -127,15 +118,16 @@ pub fn build(paths: &Paths, cfg: &Config, facts: &HostFacts) -> (AgentSpec, Vec<
 
     // --- binds, in the existing tool's order ---
     let mut mounts = Vec::new();
-    match cfg
-        .process_env
-        .get("DOCKER_HOST")
+    match knobs
+        .docker_host
+        .as_deref()
         .and_then(|h| h.strip_prefix("unix://"))
     {
         Some(sock) if !sock.is_empty() => {
-            let target = cfg
-                .file_entry("DOCKER_HOST")
-                .and_then(|e| e.value.strip_prefix("unix://"))
+            let target = knobs
+                .docker_host_in_files
+                .as_deref()
+                .and_then(|v| v.strip_prefix("unix://"))
                 .filter(|p| !p.is_empty())
                 .unwrap_or("/var/run/docker.sock");
             mounts.push(Mount::rw(sock, target));
@@ -155,7 +147,7 @@ pub fn build(paths: &Paths, cfg: &Config, facts: &HostFacts) -> (AgentSpec, Vec<
     if external {
         mounts.push(Mount::ro("/root/.aws", "/rotatingcreds"));
     }
-    if cfg.knob_bool("ECS_ENABLE_GPU_SUPPORT") && facts.nvidia_devices {
+    if knobs.gpu_support && facts.nvidia_devices {
         mounts.push(Mount::rw(paths.var_lib_ecs.join("gpu"), "/var/lib/ecs/gpu"));
     }
     if gmsa && facts.exists(&fetcher) {
@@ -200,7 +192,7 @@ pub fn build(paths: &Paths, cfg: &Config, facts: &HostFacts) -> (AgentSpec, Vec<
     }
 
     // --- host config ---
-    let log = log_config(cfg, &mut warnings);
+    let log = log_config(settings, &mut warnings);
     let spec = AgentSpec {
         image: AGENT_IMAGE.into(),
         name: AGENT_NAME.into(),
@@ -213,20 +205,15 @@ pub fn build(paths: &Paths, cfg: &Config, facts: &HostFacts) -> (AgentSpec, Vec<
             vec!["NET_ADMIN".into(), "SYS_ADMIN".into()]
         },
         network: NamespaceMode::Host,
-        pid: if cfg.knob_bool("ECS_AGENT_PID_NAMESPACE_HOST") {
+        pid: if knobs.pid_host {
             NamespaceMode::Host
         } else {
             NamespaceMode::Private
         },
         userns: NamespaceMode::Host,
-        privileged: cfg.knob_bool("ECS_AGENT_RUN_PRIVILEGED"),
+        privileged: knobs.privileged,
         init: true,
-        apparmor_profile: facts.apparmor.then(|| {
-            cfg.knob("ECS_AGENT_APPARMOR_PROFILE")
-                .filter(|p| !p.is_empty())
-                .unwrap_or(DEFAULT_APPARMOR_PROFILE)
-                .to_string()
-        }),
+        apparmor_profile: facts.apparmor.then(|| knobs.apparmor_profile.clone()),
         log,
     };
     (spec, warnings)
@@ -240,12 +227,10 @@ fn knob_warning(key: &str, message: String) -> Warning {
     }
 }
 
-fn log_config(cfg: &Config, warnings: &mut Vec<Warning>) -> LogConfig {
+fn log_config(settings: &Settings, warnings: &mut Vec<Warning>) -> LogConfig {
+    let knobs = &settings.agent;
     let mut log = LogConfig::default();
-    if let Some(size) = cfg
-        .knob("ECS_INIT_DOCKER_LOG_FILE_SIZE")
-        .filter(|v| !v.is_empty())
-    {
+    if let Some(size) = knobs.log_file_size.as_deref() {
         let size = if size.bytes().all(|b| b.is_ascii_digit()) {
             format!("{size}m")
         } else {
@@ -253,13 +238,10 @@ fn log_config(cfg: &Config, warnings: &mut Vec<Warning>) -> LogConfig {
         };
         log.options.insert("max-size".into(), size);
     }
-    if let Some(num) = cfg
-        .knob("ECS_INIT_DOCKER_LOG_FILE_NUM")
-        .filter(|v| !v.is_empty())
-    {
+    if let Some(num) = knobs.log_file_num.as_deref() {
         log.options.insert("max-file".into(), num.to_string());
     }
-    if let Some(driver) = cfg.knob("ECS_LOG_DRIVER").filter(|v| !v.is_empty()) {
+    if let Some(driver) = knobs.log_driver.as_deref() {
         if LOG_DRIVERS.contains(&driver) {
             if driver != log.driver {
                 log.options.clear();
@@ -275,14 +257,8 @@ fn log_config(cfg: &Config, warnings: &mut Vec<Warning>) -> LogConfig {
             ));
         }
     }
-    if let Some(opts) = cfg.knob("ECS_LOG_OPTS").filter(|v| !v.is_empty()) {
-        match parse_string_map(opts) {
-            Ok(map) => log.options = map,
-            Err(err) => warnings.push(knob_warning(
-                "ECS_LOG_OPTS",
-                format!("not a JSON object of strings ({err}); using the default log options"),
-            )),
-        }
+    if let Some(map) = &knobs.log_opts {
+        log.options = map.clone();
     }
     log
 }
@@ -290,7 +266,9 @@ fn log_config(cfg: &Config, warnings: &mut Vec<Warning>) -> LogConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use crate::facts::Distro;
+    use crate::paths::Paths;
 
     fn facts() -> HostFacts {
         HostFacts {
@@ -310,14 +288,26 @@ mod tests {
         }
     }
 
-    fn cfg(file: &str, process: &[(&str, &str)]) -> Config {
-        Config::from_parts(
-            &[(PathBuf::from("/etc/ecs/ecs.config"), file.to_string())],
+    fn cfg(file: &str, process: &[(&str, &str)]) -> (Config, BTreeMap<String, String>) {
+        (
+            Config::from_parts(&[(PathBuf::from("/etc/ecs/ecs.config"), file.to_string())]),
             process
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         )
+    }
+
+    /// The spec and every warning (settings and spec), as the launcher logs them.
+    fn build(
+        paths: &Paths,
+        (files, env): &(Config, BTreeMap<String, String>),
+        facts: &HostFacts,
+    ) -> (AgentSpec, Vec<Warning>) {
+        let settings = Settings::resolve(env.clone(), paths.clone(), files.clone());
+        let (spec, mut warnings) = super::build(&settings, facts);
+        warnings.extend(settings.warnings.clone());
+        (spec, warnings)
     }
 
     fn env(spec: &AgentSpec) -> Vec<String> {

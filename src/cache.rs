@@ -9,7 +9,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 use crate::agent::AGENT_IMAGE;
-use crate::paths::{write_atomic, Paths};
+use crate::paths::Paths;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -91,7 +91,7 @@ pub fn state(paths: &Paths) -> Result<CacheState, CacheError> {
 
 fn set_state(paths: &Paths, state: CacheState) -> Result<(), CacheError> {
     let path = paths.cache_state();
-    write_atomic(&path, (state as u8).to_string().as_bytes())
+    ecs_host::files::write_atomic(&path, (state as u8).to_string().as_bytes(), 0o644)
         .map_err(|source| CacheError::Write { path, source })
 }
 

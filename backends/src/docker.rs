@@ -6,6 +6,7 @@
 //! (dockerd 20.10 speaks 1.41, bollard defaults to a newer one); a failed attempt is not cached,
 //! so a later call retries once the daemon is back.
 
+use crate::reference::familiar_reference;
 use crate::{AgentSpec, ContainerState, NamespaceMode, Result, Runtime, RuntimeError, RuntimeInfo};
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
@@ -270,25 +271,6 @@ impl DockerRuntime {
             }),
             Some(err) => Err(self.error(format!("load image {}", tarball.display()), err)),
         }
-    }
-}
-
-/// `docker` shows Docker Hub references in their familiar form (`busybox:latest`,
-/// `amazon/amazon-ecs-agent:latest`), and an untagged reference means `:latest`.
-fn familiar_reference(reference: &str) -> String {
-    let mut r = reference.trim();
-    for prefix in ["docker.io/", "index.docker.io/", "registry-1.docker.io/"] {
-        if let Some(rest) = r.strip_prefix(prefix) {
-            r = rest;
-            break;
-        }
-    }
-    let r = r.strip_prefix("library/").unwrap_or(r);
-    let name_part = r.rsplit('/').next().unwrap_or(r);
-    if r.contains('@') || name_part.contains(':') {
-        r.to_string()
-    } else {
-        format!("{r}:latest")
     }
 }
 
@@ -638,28 +620,6 @@ mod tests {
                 "{bad}: {err}"
             );
         }
-    }
-
-    #[test]
-    fn familiar_references() {
-        assert_eq!(familiar_reference("busybox"), "busybox:latest");
-        assert_eq!(
-            familiar_reference("docker.io/library/busybox"),
-            "busybox:latest"
-        );
-        assert_eq!(
-            familiar_reference("amazon/amazon-ecs-agent:latest"),
-            "amazon/amazon-ecs-agent:latest"
-        );
-        assert_eq!(
-            familiar_reference("localhost:5000/agent"),
-            "localhost:5000/agent:latest"
-        );
-        assert_eq!(
-            familiar_reference("localhost:5000/agent:v1"),
-            "localhost:5000/agent:v1"
-        );
-        assert_eq!(familiar_reference("a@sha256:00"), "a@sha256:00");
     }
 
     #[test]

@@ -24,6 +24,28 @@ pub fn is_secret_key(key: &str) -> bool {
         .any(|needle| upper.contains(needle))
 }
 
+/// `value`, or [`REDACTED`] when `key` names a secret.
+pub fn shown<'a>(key: &str, value: &'a str) -> &'a str {
+    if is_secret_key(key) {
+        REDACTED
+    } else {
+        value
+    }
+}
+
+/// `KEY=VALUE`, the value redacted when the key names a secret.
+pub fn redacted_pair(key: &str, value: &str) -> String {
+    format!("{key}={}", shown(key, value))
+}
+
+/// An environment entry `KEY=VALUE` (as in an OCI spec), redacted like [`redacted_pair`].
+pub fn redacted_entry(entry: &str) -> String {
+    match entry.split_once('=') {
+        Some((k, v)) => redacted_pair(k, v),
+        None => entry.to_string(),
+    }
+}
+
 /// A bind mount from the host into the container.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Mount {
@@ -178,12 +200,7 @@ impl fmt::Debug for AgentSpec {
 }
 
 fn redact_pairs<'a>(pairs: impl Iterator<Item = (&'a String, &'a String)>) -> Vec<String> {
-    pairs
-        .map(|(k, v)| {
-            let shown = if is_secret_key(k) { REDACTED } else { v };
-            format!("{k}={shown}")
-        })
-        .collect()
+    pairs.map(|(k, v)| redacted_pair(k, v)).collect()
 }
 
 fn redacted_env<S: Serializer>(env: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
@@ -191,16 +208,7 @@ fn redacted_env<S: Serializer>(env: &[(String, String)], s: S) -> Result<S::Ok, 
 }
 
 fn redacted_map<S: Serializer>(map: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_map(map.iter().map(|(k, v)| {
-        (
-            k,
-            if is_secret_key(k) {
-                REDACTED
-            } else {
-                v.as_str()
-            },
-        )
-    }))
+    s.collect_map(map.iter().map(|(k, v)| (k, shown(k, v))))
 }
 
 #[cfg(test)]

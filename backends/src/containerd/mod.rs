@@ -11,9 +11,13 @@
 //!   started by containerd's shim as the `binary://` log shim.
 //! * the log files `<log_dir>/<name>.log*` (json-file format, rotated).
 
+mod content;
+mod images;
 pub mod import;
+mod lease;
 pub mod logs;
 pub mod oci;
+mod unpack;
 
 use crate::spec::AgentSpec;
 use crate::{ContainerState, Result, Runtime, RuntimeError, RuntimeInfo};
@@ -64,28 +68,20 @@ pub struct ContainerdOptions {
     pub snapshotter: String,
 }
 
-impl ContainerdOptions {
-    /// Defaults, overridden by the process environment (empty values count as unset).
-    pub fn from_env() -> Self {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+impl Default for ContainerdOptions {
+    fn default() -> Self {
         ContainerdOptions {
-            address: strip_unix(
-                &env("CONTAINERD_ADDRESS").unwrap_or_else(|| DEFAULT_ADDRESS.into()),
-            ),
-            namespace: env("ECS_INIT_CONTAINERD_NAMESPACE")
-                .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
-            agent_init: env("ECS_INIT_AGENT_INIT")
-                .unwrap_or_else(|| DEFAULT_AGENT_INIT.into())
-                .into(),
-            log_dir: env("ECS_INIT_CONTAINERD_LOG_DIR")
-                .unwrap_or_else(|| DEFAULT_LOG_DIR.into())
-                .into(),
+            address: DEFAULT_ADDRESS.into(),
+            namespace: DEFAULT_NAMESPACE.into(),
+            agent_init: DEFAULT_AGENT_INIT.into(),
+            log_dir: DEFAULT_LOG_DIR.into(),
             snapshotter: DEFAULT_SNAPSHOTTER.into(),
         }
     }
 }
 
-fn strip_unix(address: &str) -> PathBuf {
+/// A containerd address as a socket path (`unix://` prefix allowed).
+pub fn socket_path(address: &str) -> PathBuf {
     PathBuf::from(address.strip_prefix("unix://").unwrap_or(address))
 }
 
@@ -116,12 +112,12 @@ impl std::fmt::Debug for ContainerdRuntime {
 }
 
 impl ContainerdRuntime {
-    /// Settings from the environment ([`ContainerdOptions::from_env`]) with `address` and
-    /// `namespace` overriding when given. Does not connect; fails only on an invalid namespace.
+    /// The default settings with `address` and `namespace` overriding when given. Does not
+    /// connect; fails only on an invalid namespace.
     pub fn connect(address: Option<&str>, namespace: Option<&str>) -> Result<Self> {
-        let mut opts = ContainerdOptions::from_env();
+        let mut opts = ContainerdOptions::default();
         if let Some(a) = address {
-            opts.address = strip_unix(a);
+            opts.address = socket_path(a);
         }
         if let Some(ns) = namespace {
             opts.namespace = ns.to_string();
@@ -200,11 +196,11 @@ impl ContainerdRuntime {
                 reason: status.message().to_string(),
             }
         } else {
-            RuntimeError::daemon(
-                RT,
-                action,
-                format!("{:?}: {}", status.code(), status.message()),
-            )
+            RuntimeError::Containerd {
+                action: action.into(),
+                code: status.code(),
+                message: status.message().to_string(),
+            }
         }
     }
 
@@ -323,8 +319,8 @@ impl ContainerdRuntime {
             tracing::warn!(driver = %spec.log.driver,
                 "log drivers other than json-file do not exist on containerd; keeping a rotated json-file log");
         }
-        let image = import::resolve_image(self, &spec.image).await?;
-        let top_chain = import::ensure_unpacked(self, &image).await?;
+        let image = images::resolve_image(self, &spec.image).await?;
+        let top_chain = unpack::ensure_unpacked(self, &image).await?;
 
         let host = oci::HostFacts::detect();
         let containerd_dir = self.opts.address.parent().filter(|d| d.is_dir());
@@ -339,7 +335,7 @@ impl ContainerdRuntime {
         );
         tracing::debug!(name, spec = %redacted(&oci_spec), "OCI runtime spec");
 
-        let lease = import::Lease::create(self, Duration::from_secs(600)).await?;
+        let lease = lease::Lease::create(self, Duration::from_secs(600)).await?;
         let result = async {
             // A snapshot of this name without a container is debris of an interrupted run.
             let mounts = match self.prepare_root(name, &top_chain, &lease).await {
@@ -410,7 +406,7 @@ impl ContainerdRuntime {
         &self,
         name: &str,
         parent: &str,
-        lease: &import::Lease,
+        lease: &lease::Lease,
     ) -> std::result::Result<Vec<containerd_client::types::Mount>, Status> {
         let mut client = self
             .snapshots()
@@ -524,7 +520,7 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn image_present(&self, reference: &str) -> Result<bool> {
-        import::image_exists(self, reference).await
+        images::image_exists(self, reference).await
     }
 
     async fn load_image(&self, tarball: &Path) -> Result<Vec<String>> {
@@ -572,7 +568,7 @@ impl Runtime for ContainerdRuntime {
 
     async fn wait(&self, name: &str) -> Result<i64> {
         // The shim keeps the task alive across a containerd restart; keep waiting through one.
-        let mut retry = Duration::from_millis(500);
+        let mut retry = ecs_host::Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
         loop {
             match self.wait_task(name).await {
@@ -590,8 +586,7 @@ impl Runtime for ContainerdRuntime {
                 }
                 Err(e @ RuntimeError::Connect { .. }) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(name, error = %e, "lost containerd while waiting; retrying");
-                    tokio::time::sleep(retry).await;
-                    retry = (retry * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(retry.next_delay()).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -694,10 +689,8 @@ fn redacted(oci_spec: &serde_json::Value) -> serde_json::Value {
         .and_then(|e| e.as_array_mut())
     {
         for var in env.iter_mut() {
-            if let Some((key, _)) = var.as_str().and_then(|s| s.split_once('=')) {
-                if crate::is_secret_key(key) {
-                    *var = serde_json::Value::String(format!("{key}={}", crate::REDACTED));
-                }
+            if let Some(entry) = var.as_str() {
+                *var = serde_json::Value::String(crate::redacted_entry(entry));
             }
         }
     }
