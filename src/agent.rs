@@ -53,10 +53,38 @@ pub fn paths_to_probe(settings: &Settings) -> Vec<PathBuf> {
 /// unknown log driver) are returned as warnings naming the file, line and key.
 pub fn build(settings: &Settings, facts: &HostFacts) -> (AgentSpec, Vec<Warning>) {
     let mut warnings = Vec::new();
-    let (paths, cfg, knobs) = (&settings.paths, &settings.files, &settings.agent);
-    let external = knobs.external;
+    let knobs = &settings.agent;
+    let labels = labels(settings, &mut warnings);
+    let log = log_config(settings, &mut warnings);
+    let spec = AgentSpec {
+        image: AGENT_IMAGE.into(),
+        name: AGENT_NAME.into(),
+        env: environment(settings, facts),
+        mounts: binds(settings, facts),
+        labels,
+        cap_add: if knobs.external {
+            vec![]
+        } else {
+            vec!["NET_ADMIN".into(), "SYS_ADMIN".into()]
+        },
+        network: NamespaceMode::Host,
+        pid: if knobs.pid_host {
+            NamespaceMode::Host
+        } else {
+            NamespaceMode::Private
+        },
+        userns: NamespaceMode::Host,
+        privileged: knobs.privileged,
+        init: true,
+        apparmor_profile: facts.apparmor.then(|| knobs.apparmor_profile.clone()),
+        log,
+    };
+    (spec, warnings)
+}
 
-    // --- environment, lowest precedence first ---
+/// The agent's environment, lowest precedence first (UPSTREAM-BEHAVIOUR.md §4).
+fn environment(settings: &Settings, facts: &HostFacts) -> Vec<(String, String)> {
+    let knobs = &settings.agent;
     let mut env = EnvList::default();
     for (k, v) in [
         ("ECS_LOGFILE", "/log/ecs-agent.log"),
@@ -80,60 +108,48 @@ pub fn build(settings: &Settings, facts: &HostFacts) -> (AgentSpec, Vec<Warning>
     if let Some(dir) = &facts.cert_dir {
         env.set("SSL_CERT_DIR", dir.display().to_string());
     }
-    let fetcher = knobs.credentials_fetcher.clone();
     env.set(
         "CREDENTIALS_FETCHER_HOST_DIR",
-        fetcher.display().to_string(),
+        knobs.credentials_fetcher.display().to_string(),
     );
     env.set("ECS_ENABLE_TASK_ENI", "true");
     env.set("ECS_ENABLE_AWSLOGS_EXECUTIONROLE_OVERRIDE", "true");
-    let gmsa = knobs.gmsa;
-    if gmsa && facts.realm_joined {
+    if knobs.gmsa && facts.realm_joined {
         env.set("ECS_DOMAIN_JOINED_LINUX_INSTANCE", "true");
     }
-    for e in &cfg.file_env {
+    for e in &settings.files.file_env {
         env.set(&e.key, e.value.clone());
     }
-    if external {
+    if knobs.external {
         env.set("ECS_ENABLE_TASK_ENI", "false");
     }
     if !facts.ebs_dir {
         env.set("ECS_EBSTA_SUPPORTED", "false");
     }
+    env.0
+}
 
-    // --- labels ---
-    let labels = match cfg.file_entry("ECS_AGENT_LABELS") {
-        None => BTreeMap::new(),
-        Some(entry) => parse_string_map(&entry.value).unwrap_or_else(|err| {
-            warnings.push(Warning {
-                origin: Some(entry.origin.clone()),
-                key: Some("ECS_AGENT_LABELS".into()),
-                message: format!(
-                    "Failed to decode the container labels, skipping labels ({err}; expected a JSON object of strings)"
-                ),
-            });
-            BTreeMap::new()
-        }),
+/// `ECS_AGENT_LABELS` from the env files; invalid JSON is a warning and no labels.
+fn labels(settings: &Settings, warnings: &mut Vec<Warning>) -> BTreeMap<String, String> {
+    let Some(entry) = settings.files.file_entry("ECS_AGENT_LABELS") else {
+        return BTreeMap::new();
     };
+    parse_string_map(&entry.value).unwrap_or_else(|err| {
+        warnings.push(Warning {
+            origin: Some(entry.origin.clone()),
+            key: Some("ECS_AGENT_LABELS".into()),
+            message: format!(
+                "Failed to decode the container labels, skipping labels ({err}; expected a JSON object of strings)"
+            ),
+        });
+        BTreeMap::new()
+    })
+}
 
-    // --- binds, in the existing tool's order ---
-    let mut mounts = Vec::new();
-    match knobs
-        .docker_host
-        .as_deref()
-        .and_then(|h| h.strip_prefix("unix://"))
-    {
-        Some(sock) if !sock.is_empty() => {
-            let target = knobs
-                .docker_host_in_files
-                .as_deref()
-                .and_then(|v| v.strip_prefix("unix://"))
-                .filter(|p| !p.is_empty())
-                .unwrap_or("/var/run/docker.sock");
-            mounts.push(Mount::rw(sock, target));
-        }
-        _ => mounts.push(Mount::rw("/var/run", "/var/run")),
-    }
+/// The binds, in the existing tool's order.
+fn binds(settings: &Settings, facts: &HostFacts) -> Vec<Mount> {
+    let (paths, knobs) = (&settings.paths, &settings.agent);
+    let mut mounts = vec![runtime_socket_bind(settings)];
     mounts.push(Mount::rw(&paths.var_log_ecs, "/log"));
     mounts.push(Mount::rw(paths.data_dir(), "/data"));
     mounts.push(Mount::rw(&paths.etc_ecs, "/etc/ecs"));
@@ -144,14 +160,19 @@ pub fn build(settings: &Settings, facts: &HostFacts) -> (AgentSpec, Vec<Warning>
     if let Some(pki) = &facts.pki_dir {
         mounts.push(Mount::ro(pki, pki));
     }
-    if external {
-        mounts.push(Mount::ro("/root/.aws", "/rotatingcreds"));
+    if knobs.external {
+        // The rotating credentials of ECS Anywhere (re-rooted like the ecs directories).
+        mounts.push(Mount::ro(
+            paths.rooted("/root/.aws".as_ref()),
+            "/rotatingcreds",
+        ));
     }
     if knobs.gpu_support && facts.nvidia_devices {
         mounts.push(Mount::rw(paths.var_lib_ecs.join("gpu"), "/var/lib/ecs/gpu"));
     }
-    if gmsa && facts.exists(&fetcher) {
-        mounts.push(Mount::rw(&fetcher, &fetcher));
+    let fetcher = &knobs.credentials_fetcher;
+    if knobs.gmsa && facts.exists(fetcher) {
+        mounts.push(Mount::rw(fetcher, fetcher));
     }
     for plugins in [
         "/run/docker/plugins",
@@ -171,7 +192,35 @@ pub fn build(settings: &Settings, facts: &HostFacts) -> (AgentSpec, Vec<Warning>
             ));
         }
     }
-    for (src, dst) in [
+    mounts.extend(host_binds(knobs.external, facts));
+    mounts
+}
+
+/// `/var/run`, or only the Docker socket when `DOCKER_HOST` names one: bound where the agent's
+/// own `DOCKER_HOST` (from the env files) says, else at the default socket.
+fn runtime_socket_bind(settings: &Settings) -> Mount {
+    let knobs = &settings.agent;
+    match knobs
+        .docker_host
+        .as_deref()
+        .and_then(|h| h.strip_prefix("unix://"))
+    {
+        Some(sock) if !sock.is_empty() => {
+            let target = knobs
+                .docker_host_in_files
+                .as_deref()
+                .and_then(|v| v.strip_prefix("unix://"))
+                .filter(|p| !p.is_empty())
+                .unwrap_or(ecs_backends::docker::DEFAULT_SOCKET);
+            Mount::rw(sock, target)
+        }
+        _ => Mount::rw("/var/run", "/var/run"),
+    }
+}
+
+/// The host's system directories and tools the agent uses, read-only where it only reads.
+fn host_binds(external: bool, facts: &HostFacts) -> Vec<Mount> {
+    let mut mounts: Vec<Mount> = [
         ("/proc", "/host/proc"),
         ("/usr/lib", "/usr/lib"),
         ("/lib", "/lib"),
@@ -180,9 +229,10 @@ pub fn build(settings: &Settings, facts: &HostFacts) -> (AgentSpec, Vec<Warning>
         ("/sbin", "/host/sbin"),
         ("/etc/alternatives", "/etc/alternatives"),
         ("/usr/sbin", "/usr/sbin"),
-    ] {
-        mounts.push(Mount::ro(src, dst));
-    }
+    ]
+    .into_iter()
+    .map(|(src, dst)| Mount::ro(src, dst))
+    .collect();
     mounts.push(Mount::rw("/usr/bin/lsblk", "/usr/bin/lsblk"));
     for file in [&facts.nsenter, &facts.modinfo].into_iter().flatten() {
         mounts.push(Mount::rw(file, file));
@@ -190,33 +240,7 @@ pub fn build(settings: &Settings, facts: &HostFacts) -> (AgentSpec, Vec<Warning>
     if let (Some(result), false) = (&facts.cloud_init_result, external) {
         mounts.push(Mount::ro(result, result));
     }
-
-    // --- host config ---
-    let log = log_config(settings, &mut warnings);
-    let spec = AgentSpec {
-        image: AGENT_IMAGE.into(),
-        name: AGENT_NAME.into(),
-        env: env.0,
-        mounts,
-        labels,
-        cap_add: if external {
-            vec![]
-        } else {
-            vec!["NET_ADMIN".into(), "SYS_ADMIN".into()]
-        },
-        network: NamespaceMode::Host,
-        pid: if knobs.pid_host {
-            NamespaceMode::Host
-        } else {
-            NamespaceMode::Private
-        },
-        userns: NamespaceMode::Host,
-        privileged: knobs.privileged,
-        init: true,
-        apparmor_profile: facts.apparmor.then(|| knobs.apparmor_profile.clone()),
-        log,
-    };
-    (spec, warnings)
+    mounts
 }
 
 fn knob_warning(key: &str, message: String) -> Warning {
@@ -434,6 +458,14 @@ mod tests {
         assert!(b.contains(&"/tmp/r/var/log/ecs:/log".to_string()));
         assert!(b.contains(&"/tmp/r/var/lib/ecs/data:/data".to_string()));
         assert!(b.contains(&"/proc:/host/proc:ro".to_string()));
+        // ECS Anywhere's credentials directory follows the root too (a demo must not create
+        // /root/.aws on the real host).
+        let (spec, _) = build(&root, &cfg("ECS_EXTERNAL=true\n", &[]), &facts());
+        let b = binds(&spec);
+        assert!(
+            b.contains(&"/tmp/r/root/.aws:/rotatingcreds:ro".to_string()),
+            "{b:?}"
+        );
     }
 
     #[test]

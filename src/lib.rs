@@ -55,6 +55,7 @@ pub fn run(action: Action) -> i32 {
     logging::init(
         log_file.as_deref(),
         logging::level_from(Some(settings.log_level)),
+        settings.secret_values(),
     );
     notify::init(settings.notify_socket.clone());
     let host = Host::new(settings);

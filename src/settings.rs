@@ -100,7 +100,7 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         name: "DOCKER_HOST",
         kind: Kind::Text,
-        default: "unix:///var/run/docker.sock",
+        default: ecs_backends::docker::DEFAULT_ENDPOINT,
         scope: Scope::Process,
         doc: "Docker endpoint (unix sockets only); bind-mounted into the agent",
     },
@@ -509,6 +509,54 @@ impl Resolver<'_> {
         }
     }
 
+    /// `DOCKER_HOST` and the containerd knobs.
+    fn runtime_options(&mut self, paths: &Paths) -> RuntimeOptions {
+        let docker_host = self.text("DOCKER_HOST");
+        let mut containerd = ContainerdOptions::default();
+        if let Some(a) = self.trimmed("CONTAINERD_ADDRESS") {
+            containerd.address = strip_unix(&a);
+        }
+        if let Some(ns) = self.trimmed("ECS_INIT_CONTAINERD_NAMESPACE") {
+            containerd.namespace = ns;
+        }
+        if let Some(init) = self.trimmed("ECS_INIT_AGENT_INIT") {
+            containerd.agent_init = init.into();
+        }
+        // The agent's stdout/stderr follow the (re-rooted) ecs log directory unless set.
+        containerd.log_dir = self
+            .trimmed("ECS_INIT_CONTAINERD_LOG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| paths.var_log_ecs.join("containerd"));
+        RuntimeOptions {
+            docker_host,
+            containerd,
+        }
+    }
+
+    /// The knobs of the agent container.
+    fn agent(&mut self, files: &Config, docker_host: Option<String>) -> AgentSettings {
+        AgentSettings {
+            log_driver: self.text("ECS_LOG_DRIVER"),
+            log_opts: self.log_opts(),
+            log_file_size: self.text("ECS_INIT_DOCKER_LOG_FILE_SIZE"),
+            log_file_num: self.text("ECS_INIT_DOCKER_LOG_FILE_NUM"),
+            privileged: self.bool("ECS_AGENT_RUN_PRIVILEGED"),
+            pid_host: self.bool("ECS_AGENT_PID_NAMESPACE_HOST"),
+            apparmor_profile: self
+                .text("ECS_AGENT_APPARMOR_PROFILE")
+                .unwrap_or_else(|| crate::agent::DEFAULT_APPARMOR_PROFILE.into()),
+            external: self.bool("ECS_EXTERNAL"),
+            gmsa: self.bool("ECS_GMSA_SUPPORTED"),
+            credentials_fetcher: self
+                .text("CREDENTIALS_FETCHER_HOST")
+                .map(|v| strip_unix(&v))
+                .unwrap_or_else(|| crate::agent::CREDENTIALS_FETCHER_SOCKET.into()),
+            gpu_support: self.bool("ECS_ENABLE_GPU_SUPPORT"),
+            docker_host,
+            docker_host_in_files: files.file_entry("DOCKER_HOST").map(|e| e.value.clone()),
+        }
+    }
+
     fn log_opts(&mut self) -> Option<BTreeMap<String, String>> {
         let k = knob("ECS_LOG_OPTS");
         let (v, source) = self.get(k.name)?;
@@ -569,22 +617,7 @@ impl Settings {
         };
         let runtime: RuntimeRequest = r.choice("ECS_INIT_RUNTIME");
         let firewall: FirewallChoice = r.choice("ECS_INIT_FIREWALL");
-        let docker_host = r.text("DOCKER_HOST");
-        let mut containerd = ContainerdOptions::default();
-        if let Some(a) = r.trimmed("CONTAINERD_ADDRESS") {
-            containerd.address = strip_unix(&a);
-        }
-        if let Some(ns) = r.trimmed("ECS_INIT_CONTAINERD_NAMESPACE") {
-            containerd.namespace = ns;
-        }
-        if let Some(init) = r.trimmed("ECS_INIT_AGENT_INIT") {
-            containerd.agent_init = init.into();
-        }
-        // The agent's stdout/stderr follow the (re-rooted) ecs log directory unless set.
-        containerd.log_dir = r
-            .trimmed("ECS_INIT_CONTAINERD_LOG_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| paths.var_log_ecs.join("containerd"));
+        let runtime_options = r.runtime_options(&paths);
         let runtime_wait = r.seconds("ECS_INIT_RUNTIME_WAIT_SECONDS");
         r.get("ECS_INIT_HOST_ROOT");
         let net = NetSettings {
@@ -593,43 +626,14 @@ impl Settings {
             introspection_interface: r.trimmed("ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME"),
         };
         let log_level = r.log_level();
-        let log_driver = r.text("ECS_LOG_DRIVER");
-        let log_opts = r.log_opts();
-        let log_file_size = r.text("ECS_INIT_DOCKER_LOG_FILE_SIZE");
-        let log_file_num = r.text("ECS_INIT_DOCKER_LOG_FILE_NUM");
-        let privileged = r.bool("ECS_AGENT_RUN_PRIVILEGED");
-        let pid_host = r.bool("ECS_AGENT_PID_NAMESPACE_HOST");
-        let apparmor_profile = r
-            .text("ECS_AGENT_APPARMOR_PROFILE")
-            .unwrap_or_else(|| crate::agent::DEFAULT_APPARMOR_PROFILE.into());
-        let external = r.bool("ECS_EXTERNAL");
-        let gmsa = r.bool("ECS_GMSA_SUPPORTED");
-        let credentials_fetcher = r
-            .text("CREDENTIALS_FETCHER_HOST")
-            .map(|v| strip_unix(&v))
-            .unwrap_or_else(|| crate::agent::CREDENTIALS_FETCHER_SOCKET.into());
-        let gpu_support = r.bool("ECS_ENABLE_GPU_SUPPORT");
-        let agent = AgentSettings {
-            external,
-            gmsa,
-            credentials_fetcher,
-            gpu_support,
-            privileged,
-            pid_host,
-            apparmor_profile,
-            log_driver,
-            log_opts,
-            log_file_size,
-            log_file_num,
-            docker_host: docker_host.clone(),
-            docker_host_in_files: files.file_entry("DOCKER_HOST").map(|e| e.value.clone()),
-        };
+        let agent = r.agent(&files, runtime_options.docker_host.clone());
         let Resolver {
-            shown,
+            mut shown,
             mut warnings,
             mut errors,
             ..
         } = r;
+        shown.sort_by_key(|v| KNOBS.iter().position(|k| k.name == v.name));
         let mut all_warnings = files.warnings.clone();
         all_warnings.append(&mut warnings);
         let mut all_errors = files.errors.clone();
@@ -639,10 +643,7 @@ impl Settings {
             search_path: env.get("PATH").map(OsString::from),
             runtime,
             firewall,
-            runtime_options: RuntimeOptions {
-                docker_host,
-                containerd,
-            },
+            runtime_options,
             runtime_wait,
             net,
             log_level,
@@ -654,6 +655,30 @@ impl Settings {
             errors: all_errors,
             env,
         }
+    }
+
+    /// Every secret value the launcher knows of: values of secret-looking keys in the env files
+    /// and the process environment, and secret-looking `ECS_LOG_OPTS` options. The logger scrubs
+    /// them from every line.
+    pub fn secret_values(&self) -> Vec<String> {
+        let files = self
+            .files
+            .file_env
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str()));
+        let process = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let opts = self
+            .agent
+            .log_opts
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        files
+            .chain(process)
+            .chain(opts)
+            .filter(|(k, v)| ecs_backends::is_secret_key(k) && !v.is_empty())
+            .map(|(_, v)| v.to_string())
+            .collect()
     }
 
     /// `Ok` when nothing stops the actions that change the host.
@@ -727,7 +752,12 @@ mod tests {
         );
         assert_eq!(shown("ECS_INIT_FIREWALL").source, "default");
         assert_eq!(shown("ECS_INIT_FIREWALL").value, "auto");
-        assert_eq!(s.shown.len(), KNOBS.len(), "every knob is shown once");
+        let names: Vec<&str> = s.shown.iter().map(|v| v.name).collect();
+        let knobs: Vec<&str> = KNOBS.iter().map(|k| k.name).collect();
+        assert_eq!(
+            names, knobs,
+            "every knob is shown once, in the table's order"
+        );
     }
 
     #[test]

@@ -269,7 +269,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::under(dir.path());
         std::fs::create_dir_all(&paths.var_cache_ecs).unwrap();
-        std::fs::write(paths.var_cache_ecs.join("ecs-agent-v2.tar"), "tar").unwrap();
+        std::fs::write(
+            paths.var_cache_ecs.join("ecs-agent-v2.tar"),
+            crate::cache::tests::agent_tar("v2"),
+        )
+        .unwrap();
         std::fs::write(paths.desired_image(), "ecs-agent-v2.tar\n").unwrap();
         let rt = FakeRuntime::with_exits(&[(42, 1), (0, 1)]);
         let code = supervisor(&rt, &paths)

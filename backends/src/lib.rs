@@ -140,10 +140,16 @@ pub trait Runtime: Send + Sync {
     fn name(&self) -> &'static str;
     /// One connection attempt; see [`wait_ready`] for retrying while the daemon starts.
     async fn ping(&self) -> Result<RuntimeInfo>;
+    /// The ID of the image with exactly this reference (its config digest, `sha256:…`, on
+    /// both runtimes), or `None` when there is none.
+    async fn image_id(&self, reference: &str) -> Result<Option<String>>;
     /// Is an image with exactly this reference present?
-    async fn image_present(&self, reference: &str) -> Result<bool>;
+    async fn image_present(&self, reference: &str) -> Result<bool> {
+        Ok(self.image_id(reference).await?.is_some())
+    }
     /// Load a `docker save` (or OCI layout) tarball, streamed from disk. Returns the image
-    /// references it contained. On error nothing that was present before is removed.
+    /// references it contained. The whole archive is verified before any name moves: on error
+    /// nothing that was present before is removed or retagged.
     async fn load_image(&self, tarball: &Path) -> Result<Vec<String>>;
     /// Force-remove the container with exactly this name; absent is success.
     async fn remove_container(&self, name: &str) -> Result<()>;

@@ -33,9 +33,30 @@ pub fn shown<'a>(key: &str, value: &'a str) -> &'a str {
     }
 }
 
-/// `KEY=VALUE`, the value redacted when the key names a secret.
+/// `KEY=VALUE`, the value redacted when the key names a secret, and secret-looking members
+/// redacted when the value is a JSON object (`ECS_LOG_OPTS={"splunk-token":"…"}`).
 pub fn redacted_pair(key: &str, value: &str) -> String {
-    format!("{key}={}", shown(key, value))
+    let shown = shown(key, value);
+    if shown.trim_start().starts_with('{') {
+        if let Ok(map) = serde_json::from_str::<BTreeMap<String, serde_json::Value>>(shown) {
+            if map.keys().any(|k| is_secret_key(k)) {
+                let redacted: BTreeMap<&String, serde_json::Value> = map
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = if is_secret_key(k) {
+                            serde_json::Value::String(REDACTED.into())
+                        } else {
+                            v.clone()
+                        };
+                        (k, v)
+                    })
+                    .collect();
+                let text = serde_json::to_string(&redacted).unwrap_or_else(|_| REDACTED.into());
+                return format!("{key}={text}");
+            }
+        }
+    }
+    format!("{key}={shown}")
 }
 
 /// An environment entry `KEY=VALUE` (as in an OCI spec), redacted like [`redacted_pair`].
@@ -238,6 +259,21 @@ mod tests {
         ] {
             assert!(!is_secret_key(k), "{k}");
         }
+    }
+
+    #[test]
+    fn secret_members_of_json_values_are_redacted() {
+        let shown = redacted_pair(
+            "ECS_LOG_OPTS",
+            r#"{"splunk-token":"tok-123","splunk-url":"https://s:8088"}"#,
+        );
+        assert!(!shown.contains("tok-123"), "{shown}");
+        assert!(
+            shown.contains("https://s:8088") && shown.contains(REDACTED),
+            "{shown}"
+        );
+        assert_eq!(redacted_pair("A", "{not json"), "A={not json");
+        assert_eq!(redacted_pair("A", r#"{"x":"1"}"#), r#"A={"x":"1"}"#);
     }
 
     #[test]

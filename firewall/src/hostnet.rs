@@ -342,14 +342,33 @@ pub async fn setup_network(
     }
     let all = sysctl_path(cfg, ROUTE_LOCALNET_ALL);
     let found = read_sysctl(&all)?;
+    let earlier = write_setup_record(cfg, plan, &found)?;
+    let mut route_added = false;
+    let result = apply(cfg, plan, firewall, &all, &mut route_added).await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "host network setup failed; undoing the sysctl and route changes");
+        undo(cfg, &all, &found, route_added, earlier).await;
+        return Err(e);
+    }
+    tracing::info!(firewall = %plan.firewall, rules = plan.rules.rules.len(), "host network prepared");
+    Ok(())
+}
+
+/// Record the backend before anything is applied (so a crash mid-apply still tears down with
+/// the right one), with the `route_localnet` value to restore: the one an earlier record already
+/// holds, else the one `found` now. Returns the record that was there before.
+fn write_setup_record(
+    cfg: &NetConfig,
+    plan: &NetPlan,
+    found: &str,
+) -> Result<Option<Record>, NetError> {
     let earlier = read_record(&cfg.state_dir);
     let mut record = Record::new(&plan.firewall, &plan.reason);
     let original = earlier
         .as_ref()
         .and_then(|r| r.extras.get(FOUND_ROUTE_LOCALNET).cloned())
-        .unwrap_or_else(|| found.clone());
+        .unwrap_or_else(|| found.to_string());
     record.extras.insert(FOUND_ROUTE_LOCALNET.into(), original);
-    // Recorded before applying, so a crash mid-apply still tears down with the right backend.
     let path = record_path(&cfg.state_dir);
     let state_err = |source| NetError::State {
         path: path.clone(),
@@ -357,53 +376,64 @@ pub async fn setup_network(
     };
     ecs_host::files::ensure_dir(&cfg.state_dir, 0o755).map_err(state_err)?;
     record.write(&path).map_err(state_err)?;
+    Ok(earlier)
+}
 
-    let mut route_added = false;
-    let result = async {
-        write_sysctl(&all, "1")?;
-        if let Some(bridge) = &plan.facts.bridge {
-            let path = cfg
-                .proc_sys
-                .join(format!("net/ipv6/conf/{bridge}/accept_ra"));
-            if let Err(e) = write_sysctl(&path, "0") {
-                // IPv6 disabled on the bridge: nothing to ignore router advertisements on.
-                tracing::debug!(error = %e, "accept_ra not set");
-            }
+/// The changes themselves: sysctls, the lo route when needed, the rules.
+async fn apply(
+    cfg: &NetConfig,
+    plan: &NetPlan,
+    firewall: &dyn Firewall,
+    route_localnet: &Path,
+    route_added: &mut bool,
+) -> Result<(), NetError> {
+    write_sysctl(route_localnet, "1")?;
+    if let Some(bridge) = &plan.facts.bridge {
+        let path = cfg
+            .proc_sys
+            .join(format!("net/ipv6/conf/{bridge}/accept_ra"));
+        if let Err(e) = write_sysctl(&path, "0") {
+            // IPv6 disabled on the bridge: nothing to ignore router advertisements on.
+            tracing::debug!(error = %e, "accept_ra not set");
         }
-        if !plan.routes.is_empty() {
-            tracing::info!(route = %lo_route_text(), "no IPv4 default route: adding");
-            route_added = lo_route(true).await?;
-        }
-        firewall
-            .apply(&plan.rules)
-            .await
-            .map_err(|source| NetError::Firewall {
-                backend: plan.firewall.clone(),
-                source,
-            })
     }
-    .await;
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "host network setup failed; undoing the sysctl and route changes");
-        if let Err(undo) = write_sysctl(&all, &found) {
-            tracing::error!(error = %undo, "could not restore route_localnet");
-        }
-        if route_added {
-            if let Err(undo) = lo_route(false).await {
-                tracing::error!(error = %undo, "could not remove the lo route");
-            }
-        }
-        let restored = match &earlier {
-            Some(r) => r.write(&path),
-            None => ecs_host::files::remove(&path),
-        };
-        if let Err(undo) = restored {
-            tracing::error!(error = %undo, "could not restore the firewall record");
-        }
-        return Err(e);
+    if !plan.routes.is_empty() {
+        tracing::info!(route = %lo_route_text(), "no IPv4 default route: adding");
+        *route_added = lo_route(true).await?;
     }
-    tracing::info!(firewall = %plan.firewall, rules = plan.rules.rules.len(), "host network prepared");
-    Ok(())
+    firewall
+        .apply(&plan.rules)
+        .await
+        .map_err(|source| NetError::Firewall {
+            backend: plan.firewall.clone(),
+            source,
+        })
+}
+
+/// Put back what a failed [`apply`] changed: `route_localnet`, a route it added, the record.
+async fn undo(
+    cfg: &NetConfig,
+    route_localnet: &Path,
+    found: &str,
+    route_added: bool,
+    earlier: Option<Record>,
+) {
+    if let Err(e) = write_sysctl(route_localnet, found) {
+        tracing::error!(error = %e, "could not restore route_localnet");
+    }
+    if route_added {
+        if let Err(e) = lo_route(false).await {
+            tracing::error!(error = %e, "could not remove the lo route");
+        }
+    }
+    let path = record_path(&cfg.state_dir);
+    let restored = match &earlier {
+        Some(r) => r.write(&path),
+        None => ecs_host::files::remove(&path),
+    };
+    if let Err(e) = restored {
+        tracing::error!(error = %e, "could not restore the firewall record");
+    }
 }
 
 /// post-stop: remove our rules with each of `firewalls` (see [`teardown_backends`]), restore

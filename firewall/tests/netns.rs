@@ -516,10 +516,16 @@ fn snapshot(ns: &Netns, fw: Fw) -> String {
         for tool in ["iptables-save", "ip6tables-save"] {
             out.push_str(&format!("== {tool}\n"));
             for line in ns.exec_ok(fw, tool, &[]).lines() {
-                if !line.starts_with('#') {
-                    out.push_str(line);
-                    out.push('\n');
+                if line.starts_with('#') {
+                    continue;
                 }
+                // Chain policies carry packet counters (`:OUTPUT ACCEPT [1:72]`), which the
+                // namespace's own traffic (IPv6 router solicitations) moves: not a rule change.
+                match line.strip_prefix(':').and_then(|l| l.rsplit_once(" [")) {
+                    Some((chain, _)) => out.push_str(&format!(":{chain} [-]")),
+                    None => out.push_str(line),
+                }
+                out.push('\n');
             }
         }
     }

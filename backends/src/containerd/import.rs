@@ -18,11 +18,7 @@ use super::images::{put_image, to_proto};
 use super::lease::{unique, Lease};
 use super::unpack::unpack;
 use super::ContainerdRuntime;
-use crate::archive::{
-    digest_from_path, host_arch, is_index, layer_media_type, pick_platform, read_tar, Archive,
-    ConfigFile, DockerManifestEntry, Event, JsonDescriptor, JsonIndex, JsonManifest, MT_LAYER_TAR,
-    MT_OCI_CONFIG, MT_OCI_MANIFEST,
-};
+use crate::archive::{self, Archive, Event, Image, Source, MT_OCI_CONFIG, MT_OCI_MANIFEST};
 use crate::reference::{familiar, normalize};
 use crate::{Result, RuntimeError};
 use containerd_client::tonic::{Code, Status};
@@ -35,284 +31,165 @@ use tokio::sync::mpsc;
 
 const RT: &str = "containerd";
 
-/// Streams the tarball into the content store under `lease`.
+type WriteTask = tokio::task::JoinHandle<std::result::Result<(), Status>>;
+
+/// Streams the tarball into the content store under `lease` while [`archive::read`] verifies
+/// it; returns what the archive holds.
 async fn stream_tarball(rt: &ContainerdRuntime, tarball: &Path, lease: &Lease) -> Result<Archive> {
     let bad = |reason: String| RuntimeError::BadTarball {
         path: tarball.to_path_buf(),
         reason,
     };
     let (tx, mut rx) = mpsc::channel::<Event>(4);
-    let path = tarball.to_path_buf();
-    let reader = tokio::task::spawn_blocking(move || read_tar(&path, tx));
+    let file = std::fs::File::open(tarball).map_err(|e| bad(format!("cannot open: {e}")))?;
+    let reader = tokio::task::spawn_blocking(move || {
+        archive::read(
+            std::io::BufReader::with_capacity(1024 * 1024, file),
+            Some(&tx),
+        )
+    });
     let client = content(rt).await?;
     let meta_template = rt.leased((), &lease.id).into_parts().0;
-    let mut archive = Archive {
-        meta: HashMap::new(),
-        blobs: HashMap::new(),
-        links: HashMap::new(),
-    };
-    let mut pending: Option<tokio::task::JoinHandle<std::result::Result<(), Status>>> = None;
+    let mut pending: Option<WriteTask> = None;
     let mut failure: Option<RuntimeError> = None;
     let mut n = 0usize;
     while let Some(event) = rx.recv().await {
         match event {
-            Event::Meta { path, data } => {
-                archive.meta.insert(path, data);
-            }
-            Event::Link { path, target } => {
-                archive.links.insert(path, target);
-            }
             Event::Blob { path, size, parts } => {
-                let known = digest_from_path(&path);
-                let stored = match &known {
-                    Some(d) if failure.is_none() => content_exists(rt, d).await?,
+                let stored = match archive::digest_from_path(&path) {
+                    Some(d) if failure.is_none() => content_exists(rt, &d).await?,
                     _ => false,
                 };
-                if stored || failure.is_some() {
-                    drop(parts);
-                    pending = None;
+                pending = if stored || failure.is_some() {
+                    None
                 } else {
                     n += 1;
                     let reference = format!("ecs-init-import-{}-{n}", unique());
-                    pending = Some(tokio::spawn(write_stream(
+                    Some(tokio::spawn(write_stream(
                         client.clone(),
                         meta_template.clone(),
                         reference,
                         size as i64,
                         parts,
-                    )));
-                }
+                    )))
+                };
             }
-            Event::BlobDone { path, info } => {
-                if let Some(task) = pending.take() {
-                    match task.await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(s)) if s.code() == Code::AlreadyExists => {}
-                        Ok(Err(s)) => {
-                            failure = failure.or(Some(rt.err(format!("store {path}"), s)))
-                        }
-                        Err(e) => {
-                            failure = failure.or(Some(RuntimeError::daemon(
-                                RT,
-                                format!("store {path}"),
-                                e,
-                            )))
-                        }
-                    }
+            Event::BlobDone { path } => {
+                if let Some(e) = finish_write(rt, pending.take(), &path).await {
+                    failure = failure.or(Some(e));
                 }
-                if let Some(expected) = digest_from_path(&path) {
-                    if expected != info.digest {
-                        failure = failure.or(Some(bad(format!(
-                            "{path} has digest {}, its name says {expected}",
-                            info.digest
-                        ))));
-                    }
-                }
-                archive.blobs.insert(path, info);
             }
         }
     }
     let read = reader
         .await
         .map_err(|e| RuntimeError::io("read tarball", std::io::Error::other(e)))?;
-    read.map_err(bad)?;
-    if let Some(e) = failure {
-        return Err(e);
+    let archive = read.map_err(bad)?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(archive),
     }
-    Ok(archive)
 }
 
-/// One image of the tarball, verified and stored, ready for unpacking and naming.
+/// Wait for one blob's write; the error, if it failed (an existing blob is fine).
+async fn finish_write(
+    rt: &ContainerdRuntime,
+    task: Option<WriteTask>,
+    path: &str,
+) -> Option<RuntimeError> {
+    match task?.await {
+        Ok(Ok(())) => None,
+        Ok(Err(s)) if s.code() == Code::AlreadyExists => None,
+        Ok(Err(s)) => Some(rt.err(format!("store {path}"), s)),
+        Err(e) => Some(RuntimeError::daemon(RT, format!("store {path}"), e)),
+    }
+}
+
+/// One image of the tarball, stored and labelled, ready for unpacking and naming.
 struct Prepared {
     names: Vec<String>,
     target: Descriptor,
-    config_digest: String,
-    diff_ids: Vec<String>,
-    layers: Vec<Descriptor>,
+    image: Image,
 }
 
-async fn prepare_docker(
-    rt: &ContainerdRuntime,
-    lease: &Lease,
-    archive: &Archive,
-    bad: &(dyn Fn(String) -> RuntimeError + Sync),
-) -> Result<Vec<Prepared>> {
-    let entries: Vec<DockerManifestEntry> = serde_json::from_slice(&archive.meta["manifest.json"])
-        .map_err(|e| bad(format!("manifest.json: {e}")))?;
-    let mut out = Vec::new();
-    for entry in entries {
-        let config = archive
-            .blob(&entry.config)
-            .ok_or_else(|| bad(format!("config {} missing", entry.config)))?;
-        let config_bytes = config
-            .small
-            .as_ref()
-            .ok_or_else(|| bad(format!("config {} too large", entry.config)))?;
-        let parsed: ConfigFile = serde_json::from_slice(config_bytes)
-            .map_err(|e| bad(format!("config {}: {e}", entry.config)))?;
-        if parsed.rootfs.diff_ids.len() != entry.layers.len() {
-            return Err(bad(format!(
-                "{} lists {} layers, its config {}",
-                entry.config,
-                entry.layers.len(),
-                parsed.rootfs.diff_ids.len()
-            )));
-        }
-        let mut layers = Vec::new();
-        for (path, diff_id) in entry.layers.iter().zip(&parsed.rootfs.diff_ids) {
-            let layer = archive
-                .blob(path)
-                .ok_or_else(|| bad(format!("layer {path} missing")))?;
-            let media_type = layer_media_type(&layer.head);
-            // Uncompressed layers must hash to their diff_id; compressed ones are checked
-            // when unpacked.
-            if media_type == MT_LAYER_TAR && &layer.digest != diff_id {
-                return Err(bad(format!(
-                    "layer {path} has digest {}, the config says {diff_id}",
-                    layer.digest
-                )));
-            }
-            layers.push(Descriptor {
-                media_type,
-                digest: layer.digest.clone(),
-                size: layer.size as i64,
-                annotations: HashMap::new(),
-            });
-        }
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": MT_OCI_MANIFEST,
-            "config": {"mediaType": MT_OCI_CONFIG, "digest": config.digest, "size": config.size},
-            "layers": layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
-        });
-        let manifest_bytes = serde_json::to_vec(&manifest).expect("JSON value serialises");
-        let mut labels = HashMap::from([(
-            "containerd.io/gc.ref.content.config".to_string(),
-            config.digest.clone(),
-        )]);
-        for (i, l) in layers.iter().enumerate() {
-            labels.insert(
-                format!("containerd.io/gc.ref.content.l.{i}"),
-                l.digest.clone(),
-            );
-        }
-        let size = manifest_bytes.len() as i64;
-        let digest = write_small(rt, lease, manifest_bytes, labels).await?;
-        let mut names = Vec::new();
-        for tag in entry.repo_tags.unwrap_or_default() {
-            for n in [tag.clone(), normalize(&tag)] {
-                if !names.contains(&n) {
-                    names.push(n);
-                }
-            }
-        }
-        out.push(Prepared {
-            names,
-            target: Descriptor {
-                media_type: MT_OCI_MANIFEST.into(),
-                digest,
-                size,
-                annotations: HashMap::new(),
-            },
-            config_digest: config.digest.clone(),
-            diff_ids: parsed.rootfs.diff_ids,
-            layers,
-        });
+fn descriptor(media_type: &str, digest: &str, size: u64) -> Descriptor {
+    Descriptor {
+        media_type: media_type.into(),
+        digest: digest.into(),
+        size: size as i64,
+        annotations: HashMap::new(),
     }
-    Ok(out)
 }
 
-async fn prepare_oci(
-    rt: &ContainerdRuntime,
-    archive: &Archive,
-    bad: &(dyn Fn(String) -> RuntimeError + Sync),
-) -> Result<Vec<Prepared>> {
-    let index: JsonIndex = serde_json::from_slice(&archive.meta["index.json"])
-        .map_err(|e| bad(format!("index.json: {e}")))?;
-    let small = |d: &JsonDescriptor| -> Result<&Vec<u8>> {
-        let b = archive
-            .by_digest(&d.digest)
-            .ok_or_else(|| bad(format!("blob {} missing", d.digest)))?;
-        if b.size as i64 != d.size {
-            return Err(bad(format!(
-                "blob {} has size {}, expected {}",
-                d.digest, b.size, d.size
-            )));
+/// GC references from a manifest to its config and layers.
+fn manifest_labels(image: &Image) -> HashMap<String, String> {
+    let mut labels = HashMap::from([(
+        "containerd.io/gc.ref.content.config".to_string(),
+        image.config_digest.clone(),
+    )]);
+    for (i, l) in image.layers.iter().enumerate() {
+        labels.insert(
+            format!("containerd.io/gc.ref.content.l.{i}"),
+            l.digest.clone(),
+        );
+    }
+    labels
+}
+
+/// A `docker save` image: synthesise its OCI manifest (deterministic, so re-importing the same
+/// tarball changes nothing) with GC labels; names are the tags in both forms.
+async fn prepare_docker(rt: &ContainerdRuntime, lease: &Lease, image: Image) -> Result<Prepared> {
+    let config_size = image.config_size();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": MT_OCI_MANIFEST,
+        "config": {"mediaType": MT_OCI_CONFIG, "digest": image.config_digest, "size": config_size},
+        "layers": image.layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
+    });
+    let manifest_bytes = serde_json::to_vec(&manifest).expect("JSON value serialises");
+    let size = manifest_bytes.len() as u64;
+    let digest = write_small(rt, lease, manifest_bytes, manifest_labels(&image)).await?;
+    let mut names = Vec::new();
+    for tag in &image.names {
+        for n in [tag.clone(), normalize(tag)] {
+            if !names.contains(&n) {
+                names.push(n);
+            }
         }
-        b.small
-            .as_ref()
-            .ok_or_else(|| bad(format!("blob {} too large", d.digest)))
+    }
+    Ok(Prepared {
+        names,
+        target: descriptor(MT_OCI_MANIFEST, &digest, size),
+        image,
+    })
+}
+
+/// An OCI layout image: label its indexes and manifest for GC; names are the familiar and the
+/// full form.
+async fn prepare_oci(rt: &ContainerdRuntime, image: Image) -> Result<Prepared> {
+    let Source::Oci(oci) = &image.source else {
+        unreachable!("prepare_oci is called for OCI images")
     };
-    let mut out = Vec::new();
-    for top in &index.manifests {
-        let annotations = top.annotations.clone().unwrap_or_default();
-        let name = annotations
-            .get("io.containerd.image.name")
-            .or_else(|| annotations.get("org.opencontainers.image.ref.name"))
-            .cloned();
-        let Some(name) = name.filter(|n| n.contains(':') || n.contains('/')) else {
-            tracing::warn!(digest = %top.digest, "OCI index entry without a full image name; skipped");
-            continue;
-        };
-        let mut manifest_desc = top.clone();
-        for _ in 0..4 {
-            if !is_index(&manifest_desc.media_type) {
-                break;
-            }
-            let child: JsonIndex = serde_json::from_slice(small(&manifest_desc)?)
-                .map_err(|e| bad(format!("index {}: {e}", manifest_desc.digest)))?;
-            let labels: HashMap<String, String> = child
-                .manifests
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| archive.by_digest(&m.digest).is_some())
-                .map(|(i, m)| {
-                    (
-                        format!("containerd.io/gc.ref.content.m.{i}"),
-                        m.digest.clone(),
-                    )
-                })
-                .collect();
-            set_labels(rt, &manifest_desc.digest, labels).await?;
-            manifest_desc = pick_platform(&child)
-                .ok_or_else(|| bad(format!("no manifest for linux/{}", host_arch())))?
-                .clone();
-        }
-        let manifest: JsonManifest = serde_json::from_slice(small(&manifest_desc)?)
-            .map_err(|e| bad(format!("manifest {}: {e}", manifest_desc.digest)))?;
-        let config: ConfigFile = serde_json::from_slice(small(&manifest.config)?)
-            .map_err(|e| bad(format!("config {}: {e}", manifest.config.digest)))?;
-        let mut labels = HashMap::from([(
-            "containerd.io/gc.ref.content.config".to_string(),
-            manifest.config.digest.clone(),
-        )]);
-        for (i, l) in manifest.layers.iter().enumerate() {
-            let blob = archive
-                .by_digest(&l.digest)
-                .ok_or_else(|| bad(format!("layer {} missing", l.digest)))?;
-            if blob.size as i64 != l.size {
-                return Err(bad(format!("layer {} has the wrong size", l.digest)));
-            }
-            labels.insert(
-                format!("containerd.io/gc.ref.content.l.{i}"),
-                l.digest.clone(),
-            );
-        }
-        set_labels(rt, &manifest_desc.digest, labels).await?;
-        let full = normalize(&name);
-        let mut names = vec![familiar(&full)];
-        if full != names[0] {
-            names.push(full);
-        }
-        out.push(Prepared {
-            names,
-            target: to_proto(top),
-            config_digest: manifest.config.digest.clone(),
-            diff_ids: config.rootfs.diff_ids,
-            layers: manifest.layers.iter().map(to_proto).collect(),
-        });
+    let (top, manifest, indexes) = (&oci.top, &oci.manifest, &oci.indexes);
+    for (index, children) in indexes {
+        let labels = children
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("containerd.io/gc.ref.content.m.{i}"), d.clone()))
+            .collect();
+        set_labels(rt, index, labels).await?;
     }
-    Ok(out)
+    set_labels(rt, &manifest.digest, manifest_labels(&image)).await?;
+    let full = normalize(&image.names[0]);
+    let mut names = vec![familiar(&full)];
+    if full != names[0] {
+        names.push(full);
+    }
+    Ok(Prepared {
+        names,
+        target: to_proto(top),
+        image,
+    })
 }
 
 /// [`Runtime::load_image`](crate::Runtime::load_image) for containerd.
@@ -328,29 +205,24 @@ pub async fn load(rt: &ContainerdRuntime, tarball: &Path) -> Result<Vec<String>>
     let lease = Lease::create(rt, Duration::from_secs(3600)).await?;
     let result = async {
         let archive = stream_tarball(rt, tarball, &lease).await?;
-        // OCI layouts (also written by Docker 25+ `docker save`, next to manifest.json) carry
-        // real manifests; prefer them when they name images.
-        let oci = if archive.meta.contains_key("index.json") {
-            prepare_oci(rt, &archive, &bad).await?
-        } else {
-            Vec::new()
-        };
-        let prepared = if !oci.is_empty() {
-            oci
-        } else if archive.meta.contains_key("manifest.json") {
-            prepare_docker(rt, &lease, &archive, &bad).await?
-        } else {
-            return Err(bad("neither manifest.json nor index.json found".into()));
-        };
-        if prepared.iter().all(|p| p.names.is_empty()) {
-            return Err(bad("the archive names no image".into()));
+        let mut prepared = Vec::new();
+        for image in archive::images(&archive).map_err(bad)? {
+            prepared.push(match image.source {
+                Source::Docker => prepare_docker(rt, &lease, image).await?,
+                Source::Oci(_) => prepare_oci(rt, image).await?,
+            });
         }
         let mut unpacked: BTreeMap<String, String> = BTreeMap::new();
         for p in &prepared {
-            if !unpacked.contains_key(&p.config_digest) {
-                let top =
-                    unpack(rt, &lease, &p.layers, &p.diff_ids, &p.config_digest, &bad).await?;
-                unpacked.insert(p.config_digest.clone(), top);
+            let i = &p.image;
+            if !unpacked.contains_key(&i.config_digest) {
+                let layers: Vec<Descriptor> = i
+                    .layers
+                    .iter()
+                    .map(|l| descriptor(&l.media_type, &l.digest, l.size))
+                    .collect();
+                let top = unpack(rt, &lease, &layers, i.diff_ids(), &i.config_digest, &bad).await?;
+                unpacked.insert(i.config_digest.clone(), top);
             }
         }
         // Everything is stored and verified: only now do names move.

@@ -519,8 +519,13 @@ impl Runtime for ContainerdRuntime {
         })
     }
 
-    async fn image_present(&self, reference: &str) -> Result<bool> {
-        images::image_exists(self, reference).await
+    async fn image_id(&self, reference: &str) -> Result<Option<String>> {
+        if !images::image_exists(self, reference).await? {
+            return Ok(None);
+        }
+        Ok(Some(
+            images::resolve_image(self, reference).await?.config_digest,
+        ))
     }
 
     async fn load_image(&self, tarball: &Path) -> Result<Vec<String>> {

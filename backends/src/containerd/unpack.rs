@@ -61,6 +61,98 @@ pub(crate) async fn remove_snapshot_quietly(rt: &ContainerdRuntime, key: &str) {
     }
 }
 
+/// One layer to unpack on top of `parent` into the snapshot `chain`.
+struct Layer<'a> {
+    index: usize,
+    desc: &'a Descriptor,
+    diff_id: &'a str,
+    parent: String,
+    chain: &'a str,
+}
+
+/// Apply one layer into a fresh snapshot, check what it unpacked to, commit it as its chain
+/// ID. The snapshot being prepared is removed on any failure.
+async fn unpack_layer(
+    rt: &ContainerdRuntime,
+    lease: &Lease,
+    layer: Layer<'_>,
+    bad: &(dyn Fn(String) -> RuntimeError + Sync),
+) -> Result<()> {
+    let snapshotter = rt.options().snapshotter.clone();
+    let key = format!("ecs-init-extract-{}-{}", unique(), layer.index);
+    let mounts = snapshots(rt)
+        .await?
+        .prepare(rt.leased(
+            PrepareSnapshotRequest {
+                snapshotter: snapshotter.clone(),
+                key: key.clone(),
+                parent: layer.parent,
+                labels: HashMap::new(),
+            },
+            &lease.id,
+        ))
+        .await
+        .map_err(|s| rt.err(format!("prepare snapshot for layer {}", layer.index), s))?
+        .into_inner()
+        .mounts;
+    let applied = DiffClient::new(rt.channel().await?)
+        .apply(rt.leased(
+            ApplyRequest {
+                diff: Some(layer.desc.clone()),
+                mounts,
+                payloads: HashMap::new(),
+                sync_fs: false,
+            },
+            &lease.id,
+        ))
+        .await;
+    let failure = match applied {
+        Err(s) if s.code() == Code::Unavailable => Some(rt.err("apply layer", s)),
+        Err(s) => Some(bad(format!(
+            "layer {} cannot be applied: {}",
+            layer.desc.digest,
+            s.message()
+        ))),
+        Ok(r) => {
+            let digest = r.into_inner().applied.map(|d| d.digest).unwrap_or_default();
+            (digest != layer.diff_id).then(|| {
+                bad(format!(
+                    "layer {} unpacks to {digest}, but the config says {}",
+                    layer.desc.digest, layer.diff_id
+                ))
+            })
+        }
+    };
+    if let Some(e) = failure {
+        remove_snapshot_quietly(rt, &key).await;
+        return Err(e);
+    }
+    let committed = snapshots(rt)
+        .await?
+        .commit(rt.leased(
+            CommitSnapshotRequest {
+                snapshotter,
+                name: layer.chain.to_string(),
+                key: key.clone(),
+                labels: HashMap::new(),
+            },
+            &lease.id,
+        ))
+        .await;
+    match committed {
+        Ok(_) => Ok(()),
+        // Someone else committed the same layer meanwhile: theirs is identical.
+        Err(s) if s.code() == Code::AlreadyExists => {
+            remove_snapshot_quietly(rt, &key).await;
+            Ok(())
+        }
+        Err(s) => {
+            remove_snapshot_quietly(rt, &key).await;
+            Err(rt.err(format!("commit snapshot {}", layer.chain), s))
+        }
+    }
+}
+
 /// Unpacks the layers into committed snapshots named by chain ID (skipping existing ones) and
 /// labels the config so GC keeps the top snapshot while the image exists. Returns the top
 /// chain ID. `bad` turns a content problem (bad layer) into the caller's error.
@@ -80,91 +172,28 @@ pub(crate) async fn unpack(
         )));
     }
     let chains = chain_ids(diff_ids);
-    let snapshotter = rt.options().snapshotter.clone();
-    for (i, layer) in layers.iter().enumerate() {
+    for (i, desc) in layers.iter().enumerate() {
         if snapshot_exists(rt, &chains[i]).await? {
             continue;
         }
-        let key = format!("ecs-init-extract-{}-{i}", unique());
         let parent = if i == 0 {
             String::new()
         } else {
             chains[i - 1].clone()
         };
-        let mounts = snapshots(rt)
-            .await?
-            .prepare(rt.leased(
-                PrepareSnapshotRequest {
-                    snapshotter: snapshotter.clone(),
-                    key: key.clone(),
-                    parent,
-                    labels: HashMap::new(),
-                },
-                &lease.id,
-            ))
-            .await
-            .map_err(|s| rt.err(format!("prepare snapshot for layer {i}"), s))?
-            .into_inner()
-            .mounts;
-        let applied = DiffClient::new(rt.channel().await?)
-            .apply(rt.leased(
-                ApplyRequest {
-                    diff: Some(layer.clone()),
-                    mounts,
-                    payloads: HashMap::new(),
-                    sync_fs: false,
-                },
-                &lease.id,
-            ))
-            .await;
-        let applied = match applied {
-            Ok(r) => r.into_inner().applied,
-            Err(s) => {
-                remove_snapshot_quietly(rt, &key).await;
-                return Err(if s.code() == Code::Unavailable {
-                    rt.err("apply layer", s)
-                } else {
-                    bad(format!(
-                        "layer {} cannot be applied: {}",
-                        layer.digest,
-                        s.message()
-                    ))
-                });
-            }
+        let layer = Layer {
+            index: i,
+            desc,
+            diff_id: &diff_ids[i],
+            parent,
+            chain: &chains[i],
         };
-        let applied_digest = applied.map(|d| d.digest).unwrap_or_default();
-        if applied_digest != diff_ids[i] {
-            remove_snapshot_quietly(rt, &key).await;
-            return Err(bad(format!(
-                "layer {} unpacks to {applied_digest}, but the config says {}",
-                layer.digest, diff_ids[i]
-            )));
-        }
-        match snapshots(rt)
-            .await?
-            .commit(rt.leased(
-                CommitSnapshotRequest {
-                    snapshotter: snapshotter.clone(),
-                    name: chains[i].clone(),
-                    key: key.clone(),
-                    labels: HashMap::new(),
-                },
-                &lease.id,
-            ))
-            .await
-        {
-            Ok(_) => {}
-            // Someone else committed the same layer meanwhile: theirs is identical.
-            Err(s) if s.code() == Code::AlreadyExists => remove_snapshot_quietly(rt, &key).await,
-            Err(s) => {
-                remove_snapshot_quietly(rt, &key).await;
-                return Err(rt.err(format!("commit snapshot {}", chains[i]), s));
-            }
-        }
-        tracing::debug!(layer = %layer.digest, chain = %chains[i], "layer unpacked");
+        unpack_layer(rt, lease, layer, bad).await?;
+        tracing::debug!(layer = %desc.digest, chain = %chains[i], "layer unpacked");
     }
     let top = chains.last().cloned().unwrap_or_default();
     if !top.is_empty() {
+        let snapshotter = &rt.options().snapshotter;
         set_labels(
             rt,
             config_digest,
