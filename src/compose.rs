@@ -53,14 +53,28 @@ impl Host {
         Ok((selection, rt))
     }
 
-    /// The runtime `start` recorded, else the one chosen now (for `stop` and `status`).
+    /// The runtime `start` recorded, else the one chosen now (for `stop` and `status`). The
+    /// agent runs where it was recorded, so that wins over an explicit `ECS_INIT_RUNTIME` that
+    /// names another runtime (with a warning naming both).
     pub async fn recorded_runtime(&self) -> anyhow::Result<(Selection, Box<dyn Runtime>)> {
         match records::recorded_runtime(&self.settings.paths) {
             Some(selection) => {
+                if let Some(configured) = self.configured_other_runtime(&selection) {
+                    tracing::warn!(recorded = %selection.kind, configured = %configured,
+                        "ECS_INIT_RUNTIME names another runtime than the one the agent was started on; using the recorded one");
+                }
                 let rt = self.runtime(selection.kind)?;
                 Ok((selection, rt))
             }
             None => self.choose_runtime().await,
+        }
+    }
+
+    /// `ECS_INIT_RUNTIME`, when it explicitly names a runtime other than `recorded`'s.
+    pub fn configured_other_runtime(&self, recorded: &Selection) -> Option<RuntimeKind> {
+        match self.settings.runtime {
+            ecs_backends::select::Request::Named(k) if k != recorded.kind => Some(k),
+            _ => None,
         }
     }
 

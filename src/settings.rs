@@ -165,7 +165,7 @@ pub const KNOBS: &[Knob] = &[
         kind: Kind::Text,
         default: "(all non-loopback)",
         scope: Scope::Anywhere,
-        doc: "block 51678 only on this interface",
+        doc: "block 51678 only on this interface; a trailing `+` (or `*`) matches every interface starting with the name, on iptables and nftables alike",
     },
     Knob {
         name: "ECS_LOGLEVEL",
@@ -509,6 +509,25 @@ impl Resolver<'_> {
         }
     }
 
+    /// `ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME`, checked against the kernel's rules (an
+    /// error: a rule on a name that cannot exist would fail half-way through pre-start).
+    fn interface(&mut self) -> Option<String> {
+        let k = knob("ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME");
+        let (v, source) = self.get(k.name)?;
+        let v = v.trim();
+        match ecs_firewall::interface_pattern(v) {
+            Ok(canonical) => Some(canonical),
+            Err(why) => {
+                self.errors.push(Self::problem(
+                    k,
+                    &source,
+                    format!("{v:?} is not an interface name: {why}"),
+                ));
+                None
+            }
+        }
+    }
+
     /// `DOCKER_HOST` and the containerd knobs.
     fn runtime_options(&mut self, paths: &Paths) -> RuntimeOptions {
         let docker_host = self.text("DOCKER_HOST");
@@ -623,7 +642,7 @@ impl Settings {
         let net = NetSettings {
             skip_localhost_filter: r.bool("ECS_SKIP_LOCALHOST_TRAFFIC_FILTER"),
             allow_offhost_introspection: r.bool("ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS"),
-            introspection_interface: r.trimmed("ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME"),
+            introspection_interface: r.interface(),
         };
         let log_level = r.log_level();
         let agent = r.agent(&files, runtime_options.docker_host.clone());

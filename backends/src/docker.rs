@@ -169,6 +169,14 @@ impl DockerRuntime {
                 status_code,
                 message,
             } => RuntimeError::daemon(RUNTIME, action, format!("HTTP {status_code}: {message}")),
+            // The connection broke under a request (dockerd died or restarted).
+            err @ (BollardError::HyperLegacyError { .. } | BollardError::IOError { .. }) => {
+                RuntimeError::Lost {
+                    runtime: RUNTIME,
+                    action,
+                    reason: err.to_string(),
+                }
+            }
             other => RuntimeError::daemon(RUNTIME, action, other),
         }
     }
@@ -483,7 +491,11 @@ impl Runtime for DockerRuntime {
             }
             // bollard turns every non-zero exit into an error; for us it is the result.
             Err(BollardError::DockerContainerWaitError { code, error }) => {
-                tracing::info!(name, exit_code = code, error, "container exited");
+                if error.is_empty() {
+                    tracing::info!(name, exit_code = code, "container exited");
+                } else {
+                    tracing::info!(name, exit_code = code, error, "container exited");
+                }
                 return Ok(code);
             }
             Err(err) if is_status(&err, &[404]) => {
@@ -577,6 +589,14 @@ impl Runtime for DockerRuntime {
         Ok(Some(ContainerState {
             id,
             name: found_name,
+            created_at: info.created.clone(),
+            labels: info
+                .config
+                .as_ref()
+                .and_then(|c| c.labels.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             // The reference it was created from (`Config.Image`), not the image ID.
             image: info
                 .config

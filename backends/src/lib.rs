@@ -128,6 +128,18 @@ pub struct ContainerState {
     pub finished_at: Option<String>,
     /// Host PID of the container's first process while running.
     pub pid: Option<u32>,
+    /// The container's labels (who created it, for what).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// When the container was created (RFC 3339): with the ID, which container this is even
+    /// where IDs are names (containerd).
+    pub created_at: Option<String>,
+}
+
+impl ContainerState {
+    /// What identifies this container among all that ever had its name.
+    pub fn identity(&self) -> String {
+        format!("{} {}", self.id, self.created_at.as_deref().unwrap_or("-"))
+    }
 }
 
 /// One container runtime (Docker Engine or containerd).

@@ -432,7 +432,7 @@ impl ContainerdRuntime {
         rootfs: Vec<containerd_client::types::Mount>,
     ) -> Result<()> {
         let name = spec.name.as_str();
-        std::fs::create_dir_all(&self.opts.log_dir)
+        ecs_host::files::ensure_dir(&self.opts.log_dir, 0o750)
             .map_err(|e| RuntimeError::io(format!("create {}", self.opts.log_dir.display()), e))?;
         let log = logs::uri(&self.opts.agent_init, &self.opts.log_dir, name, &spec.log);
         let mut tasks = self.tasks().await?;
@@ -658,6 +658,8 @@ impl Runtime for ContainerdRuntime {
             name: container.id.clone(),
             image: container.image.clone(),
             status: "created".into(),
+            labels: container.labels.clone().into_iter().collect(),
+            created_at: container.created_at.map(|t| t.to_string()),
             ..Default::default()
         };
         if let Some(task) = self.task(name).await? {
