@@ -11,6 +11,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod facts;
+pub mod gpu;
 pub mod logging;
 pub mod notify;
 pub mod paths;
@@ -72,6 +73,11 @@ impl Context {
         let mut all = self.config.warnings.clone();
         all.append(&mut warnings);
         (spec, all)
+    }
+
+    /// The GPU step's inputs (`ECS_ENABLE_GPU_SUPPORT`, `ECS_INIT_NVML_LIBRARY`).
+    pub fn gpu_options(&self) -> gpu::GpuOptions {
+        gpu::GpuOptions::from_config(&self.config, &self.paths)
     }
 
     /// What the host network setup needs from the configuration.
@@ -207,6 +213,9 @@ async fn dispatch(action: Action, ctx: &Context) -> anyhow::Result<i32> {
             cache::reload(&ctx.paths, rt.as_ref()).await?;
             Ok(0)
         }
+        Action::GpuInfo => gpu::setup(&ctx.gpu_options())
+            .map(|_| 0)
+            .map_err(Into::into),
         Action::Plan => report::plan(ctx).await.map(|_| 0),
         Action::Status => report::status(ctx).await,
         Action::Version => Ok(0),
@@ -252,6 +261,9 @@ async fn pre_start(ctx: &Context) -> anyhow::Result<()> {
     log_warnings(&warnings);
     let (choice, rt) = ctx.choose_runtime().await?;
     make_dirs(&ctx.paths)?;
+    // GPU info first, as the Go tool does: it needs no runtime, and a GPU host whose NVML
+    // fails must not start an agent that would register without its GPUs.
+    gpu::setup(&ctx.gpu_options())?;
     // The image first: it is the step most likely to fail, and it changes nothing on the host
     // outside the runtime, so a failure here leaves the host network as it was.
     ctx.make_ready(&choice, rt.as_ref()).await?;

@@ -49,6 +49,7 @@ pub async fn plan(ctx: &Context) -> anyhow::Result<()> {
             "state": cache_state,
         },
         "agent": spec,
+        "gpu": crate::gpu::plan(&ctx.gpu_options()),
         "warnings": warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
     });
     let mut text = serde_json::to_string_pretty(&out)?;
