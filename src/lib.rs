@@ -264,8 +264,9 @@ async fn pre_start(ctx: &Context) -> anyhow::Result<()> {
     // GPU info first, as the Go tool does: it needs no runtime, and a GPU host whose NVML
     // fails must not start an agent that would register without its GPUs.
     gpu::setup(&ctx.gpu_options())?;
-    // The image first: it is the step most likely to fail, and it changes nothing on the host
-    // outside the runtime, so a failure here leaves the host network as it was.
+    // Then the image, before any network change: it is the step most likely to fail, and it
+    // changes nothing on the host outside the runtime, so a failure here leaves the host
+    // network as it was.
     ctx.make_ready(&choice, rt.as_ref()).await?;
     cache::ensure_image(&ctx.paths, rt.as_ref()).await?;
     // The agent's default AppArmor profile must be loaded before the container starts with it.
