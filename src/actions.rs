@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::compose::{spec_of, Host};
 use crate::config::Warning;
 use crate::paths::Paths;
-use crate::{agent, apparmor, cache, locks, records, supervise, STOP_GRACE};
+use crate::{agent, apparmor, cache, gpu, locks, records, supervise, STOP_GRACE};
 
 pub fn log_warnings(warnings: &[Warning]) {
     for w in warnings {
@@ -67,8 +67,12 @@ pub async fn pre_start(host: &Host) -> anyhow::Result<()> {
     log_warnings(&warnings);
     let (selection, rt) = host.choose_runtime().await?;
     make_dirs(&host.settings.paths)?;
-    // The image first: it is the step most likely to fail, and it changes nothing on the host
-    // outside the runtime, so a failure here leaves the host network as it was.
+    // GPU info first, as the Go tool does: it needs no runtime, and a GPU host whose NVML
+    // fails must not start an agent that would register without its GPUs.
+    gpu::setup(&host.gpu_options())?;
+    // Then the image, before any network change: it is the step most likely to fail, and it
+    // changes nothing on the host outside the runtime, so a failure here leaves the host
+    // network as it was.
     make_ready(host, &selection, rt.as_ref()).await?;
     cache::ensure_image(&host.settings.paths, rt.as_ref()).await?;
     // The agent's default AppArmor profile must be loaded before the container starts with it.
@@ -185,5 +189,11 @@ pub async fn reload_cache(host: &Host) -> anyhow::Result<()> {
     let _lock = locks::host_changes(&host.settings.paths).await?;
     let rt = ready_runtime(host).await?;
     cache::reload(&host.settings.paths, rt.as_ref()).await?;
+    Ok(())
+}
+
+/// Only pre-start's GPU step (diagnostics, and the real-GPU check tests/gpu/on-real-gpu.sh).
+pub fn gpu_info(host: &Host) -> anyhow::Result<()> {
+    gpu::setup(&host.gpu_options())?;
     Ok(())
 }

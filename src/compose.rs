@@ -88,6 +88,11 @@ impl Host {
         spec_of(&self.settings, self.exec.as_ref())
     }
 
+    /// The GPU step's inputs.
+    pub fn gpu_options(&self) -> crate::gpu::GpuOptions {
+        crate::gpu::GpuOptions::from_settings(&self.settings)
+    }
+
     /// What the host network setup needs from the configuration.
     pub fn net_config(&self) -> ecs_firewall::NetConfig {
         let net = &self.settings.net;

@@ -58,6 +58,7 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
             "state": cache_state,
         },
         "agent": spec,
+        "gpu": crate::gpu::plan(&host.gpu_options()),
         "settings": settings.shown,
         "warnings": warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
     });

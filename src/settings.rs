@@ -249,7 +249,14 @@ pub const KNOBS: &[Knob] = &[
         kind: Kind::Bool,
         default: BOOL_FALSE,
         scope: Scope::Anywhere,
-        doc: "GPU host: bind `/var/lib/ecs/gpu` into the agent when `/dev/nvidia*` exists",
+        doc: "GPU host: pre-start writes `/var/lib/ecs/gpu/nvidia-gpu-info.json` from NVML and the agent gets `/var/lib/ecs/gpu` when `/dev/nvidia*` exists",
+    },
+    Knob {
+        name: "ECS_INIT_NVML_LIBRARY",
+        kind: Kind::Path,
+        default: crate::gpu::DEFAULT_LIBRARY,
+        scope: Scope::Anywhere,
+        doc: "the NVML library pre-start loads on GPU hosts (a name searched by the dynamic loader, or a path)",
     },
 ];
 
@@ -343,6 +350,8 @@ pub struct Settings {
     pub net: NetSettings,
     pub log_level: &'static str,
     pub agent: AgentSettings,
+    /// `ECS_INIT_NVML_LIBRARY`, when set.
+    pub nvml_library: Option<PathBuf>,
     /// `NOTIFY_SOCKET` (systemd's readiness protocol).
     pub notify_socket: Option<String>,
     /// `PATH`, where external programs are looked up.
@@ -646,6 +655,7 @@ impl Settings {
         };
         let log_level = r.log_level();
         let agent = r.agent(&files, runtime_options.docker_host.clone());
+        let nvml_library = r.trimmed("ECS_INIT_NVML_LIBRARY").map(PathBuf::from);
         let Resolver {
             mut shown,
             mut warnings,
@@ -667,6 +677,7 @@ impl Settings {
             net,
             log_level,
             agent,
+            nvml_library,
             paths,
             files,
             shown,
