@@ -33,7 +33,19 @@ async fn make_ready(host: &Host, selection: &Selection, rt: &dyn Runtime) -> any
 async fn ready_runtime(host: &Host) -> anyhow::Result<Box<dyn Runtime>> {
     let (selection, rt) = host.choose_runtime().await?;
     make_ready(host, &selection, rt.as_ref()).await?;
+    warn_without_docker_api(host, &selection).await;
     Ok(rt)
+}
+
+/// On containerd the agent still needs a Docker-compatible API for tasks: say so plainly once
+/// when nothing answers where it will look.
+async fn warn_without_docker_api(host: &Host, selection: &Selection) {
+    if selection.kind != ecs_backends::RuntimeKind::Containerd {
+        return;
+    }
+    if let Some(w) = host.docker_api_for_agent().await.warning {
+        tracing::warn!("{w}");
+    }
 }
 
 /// Create the ecs directories the agent's binds need (Docker would create missing bind
@@ -66,6 +78,7 @@ pub async fn pre_start(host: &Host) -> anyhow::Result<()> {
     let (spec, warnings) = host.spec();
     log_warnings(&warnings);
     let (selection, rt) = host.choose_runtime().await?;
+    warn_without_docker_api(host, &selection).await;
     make_dirs(&host.settings.paths)?;
     // GPU info first, as the Go tool does: it needs no runtime, and a GPU host whose NVML
     // fails must not start an agent that would register without its GPUs.

@@ -106,6 +106,43 @@ impl Host {
     }
 }
 
+/// Whether the Docker API the agent will use answers (the agent manages tasks through a Docker
+/// API: on a containerd-only host, without one, it cannot run tasks).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DockerApi {
+    pub endpoint: String,
+    pub answers: bool,
+    /// Why it does not, and what that means.
+    pub warning: Option<String>,
+}
+
+impl Host {
+    /// Probe the Docker API endpoint the agent will see (`DOCKER_HOST` or the default).
+    pub async fn docker_api_for_agent(&self) -> DockerApi {
+        let endpoint = format!("unix://{}", self.settings.runtime_options.docker_socket());
+        let probe = async {
+            let docker = ecs_backends::docker::DockerRuntime::connect(Some(&endpoint))?;
+            docker.ping().await
+        };
+        let error = match tokio::time::timeout(std::time::Duration::from_secs(2), probe).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("no answer within 2 s".to_string()),
+        };
+        DockerApi {
+            warning: error.as_ref().map(|e| {
+                format!(
+                    "nothing answers the Docker API at {endpoint} ({e}): the agent runs on containerd, \
+                     but it manages tasks through a Docker-compatible API, so it will not be able to \
+                     run tasks on this host until one answers there (set DOCKER_HOST to one)"
+                )
+            }),
+            answers: error.is_none(),
+            endpoint,
+        }
+    }
+}
+
 /// The host facts for `settings`.
 pub fn facts_of(settings: &Settings, exec: &dyn Exec) -> HostFacts {
     let mut facts = HostFacts::probe(&crate::agent::paths_to_probe(settings), exec);

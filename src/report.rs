@@ -17,7 +17,13 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
     let paths = &settings.paths;
     let (spec, warnings) = host.spec();
     let runtime = match host.choose_runtime().await {
-        Ok((selection, _)) => json!({"name": selection.kind, "reason": selection.reason}),
+        Ok((selection, rt)) => json!({
+            "name": selection.kind,
+            "reason": selection.reason,
+            // What the backend itself submits for this spec (same code path as `start`).
+            "submits": rt.describe(&spec).await,
+            "docker_api_for_the_agent": host.docker_api_for_agent().await,
+        }),
         Err(e) => json!({"name": null, "reason": crate::describe(&e)}),
     };
     let network = match host.firewalls.select(settings.firewall).await {
@@ -112,6 +118,16 @@ pub async fn status(host: &Host) -> anyhow::Result<i32> {
                     );
                 }
                 running = describe_agent(rt.as_ref(), &mut out).await;
+                if selection.kind == ecs_backends::RuntimeKind::Containerd {
+                    let api = host.docker_api_for_agent().await;
+                    out += &match api.warning {
+                        None => format!(
+                            "docker api:     {} answers (the agent runs tasks through it)\n",
+                            api.endpoint
+                        ),
+                        Some(w) => format!("docker api:     {w}\n"),
+                    };
+                }
             }
             Err(e) => {
                 out += &format!(

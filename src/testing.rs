@@ -213,6 +213,9 @@ impl Runtime for FakeRuntime {
         self.record("logs_tail");
         Ok((0..lines).map(|i| format!("line {i}\n")).collect())
     }
+    async fn describe(&self, _spec: &AgentSpec) -> serde_json::Value {
+        serde_json::json!({})
+    }
     async fn inspect(&self, _name: &str) -> Result<Option<ContainerState>> {
         self.record("inspect");
         Ok(self.0.lock().unwrap().container.clone())

@@ -561,6 +561,27 @@ impl Runtime for DockerRuntime {
         Ok(out)
     }
 
+    async fn describe(&self, spec: &AgentSpec) -> serde_json::Value {
+        match create_body(spec) {
+            Ok(body) => {
+                let mut v = serde_json::to_value(&body).unwrap_or_default();
+                if let Some(env) = v.get_mut("Env").and_then(|e| e.as_array_mut()) {
+                    for e in env.iter_mut() {
+                        if let Some(text) = e.as_str() {
+                            *e = serde_json::Value::String(crate::redacted_entry(text));
+                        }
+                    }
+                }
+                serde_json::json!({
+                    "request": "POST /containers/create",
+                    "name": spec.name,
+                    "body": v,
+                })
+            }
+            Err(e) => serde_json::json!({"error": e.to_string()}),
+        }
+    }
+
     async fn inspect(&self, name: &str) -> Result<Option<ContainerState>> {
         let docker = self.client().await?;
         let info = match docker.inspect_container(name, None).await {
