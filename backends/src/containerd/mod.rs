@@ -581,13 +581,17 @@ impl ContainerdRuntime {
     }
 }
 
-/// An error with its sources, which tonic's transport errors need to be useful.
+/// An error with its sources, which tonic's transport errors need to be useful; a source whose
+/// text is already there (some errors print their source too) is not repeated.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
+        let text = src.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = src.source();
     }
     s
