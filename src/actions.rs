@@ -133,7 +133,11 @@ pub async fn start(host: &Host) -> anyhow::Result<i32> {
             log_spec(&spec, &mut last_spec.borrow_mut());
             Ok(spec)
         }),
-        backoff: supervise::restart_backoff(),
+        backoff: match host.settings.restart_delay {
+            // Testing only (the soak): restarts as fast as asked.
+            Some(d) => ecs_host::Backoff::new(d, d),
+            None => supervise::restart_backoff(),
+        },
         healthy_after: Duration::from_secs(60),
         stop_grace: STOP_GRACE,
         runtime_deadline: host.settings.runtime_wait,

@@ -252,6 +252,13 @@ pub const KNOBS: &[Knob] = &[
         doc: "GPU host: pre-start writes `/var/lib/ecs/gpu/nvidia-gpu-info.json` from NVML and the agent gets `/var/lib/ecs/gpu` when `/dev/nvidia*` exists",
     },
     Knob {
+        name: "ECS_INIT_RESTART_DELAY_MS",
+        kind: Kind::Count,
+        default: "(500 ms → 15 s backoff)",
+        scope: Scope::Process,
+        doc: "testing only (the soak in `tests/soak.sh`): a fixed delay in milliseconds between agent restarts instead of the backoff",
+    },
+    Knob {
         name: "ECS_INIT_NVML_LIBRARY",
         kind: Kind::Path,
         default: crate::gpu::DEFAULT_LIBRARY,
@@ -350,6 +357,8 @@ pub struct Settings {
     pub net: NetSettings,
     pub log_level: &'static str,
     pub agent: AgentSettings,
+    /// `ECS_INIT_RESTART_DELAY_MS` (testing only), when set.
+    pub restart_delay: Option<Duration>,
     /// `ECS_INIT_NVML_LIBRARY`, when set.
     pub nvml_library: Option<PathBuf>,
     /// `NOTIFY_SOCKET` (systemd's readiness protocol).
@@ -491,6 +500,18 @@ impl Resolver<'_> {
                     ),
                 );
                 default
+            }
+        }
+    }
+
+    /// A whole number of milliseconds, when set (anything else is a warning and unset).
+    fn millis(&mut self, name: &str) -> Option<Duration> {
+        let (v, source) = self.get(name)?;
+        match v.trim().parse::<u64>() {
+            Ok(ms) => Some(Duration::from_millis(ms)),
+            Err(_) => {
+                self.warn(knob(name), &source, format!("{v:?} is not a whole number of milliseconds; ignored"));
+                None
             }
         }
     }
@@ -656,6 +677,7 @@ impl Settings {
         let log_level = r.log_level();
         let agent = r.agent(&files, runtime_options.docker_host.clone());
         let nvml_library = r.trimmed("ECS_INIT_NVML_LIBRARY").map(PathBuf::from);
+        let restart_delay = r.millis("ECS_INIT_RESTART_DELAY_MS");
         let Resolver {
             mut shown,
             mut warnings,
@@ -678,6 +700,7 @@ impl Settings {
             log_level,
             agent,
             nvml_library,
+            restart_delay,
             paths,
             files,
             shown,

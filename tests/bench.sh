@@ -74,7 +74,7 @@ echo "rounds:     $ROUNDS"
 echo "== build (release)"
 cargo build -q --release -p amazon-ecs-init
 bin=$PWD/target/release/amazon-ecs-init
-echo "launcher:   $("$bin" version) ($(stat -c %s "$bin") bytes)"
+echo "launcher:   $("$bin" version | head -n 1) ($(stat -c %s "$bin") bytes)"
 
 ROOT=$(mktemp -d /tmp/ecs-init-bench.XXXXXX)
 sup=

@@ -395,8 +395,12 @@ pub(crate) fn read(
 /// [`read`] of a file on disk, then [`images`]: the whole archive verified.
 pub fn verify_file(path: &Path) -> Result<Vec<Image>, String> {
     let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let archive = read(std::io::BufReader::with_capacity(CHUNK, file), None)?;
-    images(&archive)
+    verify_reader(std::io::BufReader::with_capacity(CHUNK, file))
+}
+
+/// [`read`] then [`images`] of any reader (the fuzz targets feed it bytes).
+pub fn verify_reader(reader: impl Read) -> Result<Vec<Image>, String> {
+    images(&read(reader, None)?)
 }
 
 // ------------------------------------------------------------------------ the images
