@@ -160,10 +160,21 @@ pub fn run(action: Action) -> i32 {
         );
         return 0;
     }
+    // Console lines fit the journal when systemd connected stderr to it (JOURNAL_STREAM).
+    let console = logging::ConsoleFormat::detect(std::env::var_os("JOURNAL_STREAM").as_deref());
     let ctx = match Context::load() {
         Ok(ctx) => ctx,
         Err(err) => {
-            eprintln!("level=error msg={:?}", format!("{err:#}"));
+            eprint!(
+                "{}",
+                logging::format_line(
+                    console,
+                    tracing::Level::ERROR,
+                    std::time::SystemTime::now(),
+                    &format!("{err:#}"),
+                    ""
+                )
+            );
             return EXIT_ERROR;
         }
     };
@@ -176,6 +187,7 @@ pub fn run(action: Action) -> i32 {
     logging::init(
         log_file.as_deref(),
         logging::level_from(ctx.config.knob("ECS_LOGLEVEL")),
+        console,
     );
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
