@@ -392,7 +392,10 @@ mod tests {
         let stderr = Some((64769, 123456));
         let detect = |v: Option<&str>, s| ConsoleFormat::for_stream(v, s);
         assert_eq!(detect(Some("64769:123456"), stderr), ConsoleFormat::Journal);
-        assert_eq!(detect(Some(" 64769:123456\n"), stderr), ConsoleFormat::Journal);
+        assert_eq!(
+            detect(Some(" 64769:123456\n"), stderr),
+            ConsoleFormat::Journal
+        );
         // Inherited by a process whose stderr goes elsewhere: another inode or device.
         assert_eq!(detect(Some("64769:123457"), stderr), ConsoleFormat::Logfmt);
         assert_eq!(detect(Some("64770:123456"), stderr), ConsoleFormat::Logfmt);
