@@ -445,14 +445,16 @@ apt_mirror() {
             END { if (ok && uri != "") print uri }' "$f"
     done
     # one-line sources: deb [options] URI SUITE COMPONENTS…
-    cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-        sed -E 's/\[[^]]*\]//' |
-        awk -v suite="$SUITE" '$1 == "deb" && $3 == suite { print $2 }'
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [ -f "$f" ] || continue
+        sed -E 's/\[[^]]*\]//' "$f" |
+            awk -v suite="$SUITE" '$1 == "deb" && $3 == suite { print $2 }'
+    done
 }
 
 ensure_rootfs() {
     local mirror key cache_base=/var/tmp/ecs-init-systemd-rootfs
-    mirror=$(apt_mirror | grep -v security | head -n1)
+    mirror=$({ apt_mirror | grep -v security || true; } | sed -n 1p)
     [ -n "$mirror" ] || abort "no Debian mirror for $SUITE in /etc/apt/sources.list*"
     key=$(printf '%s\n' "$SUITE" "$mirror" "$(dpkg --print-architecture)" "recipe $RECIPE" \
         "${ROOTFS_PACKAGES[@]}" | sha256sum | cut -c1-16)
@@ -468,7 +470,7 @@ ensure_rootfs() {
     include=$(IFS=,; echo "${ROOTFS_PACKAGES[*]}")
     if ! debootstrap --variant=minbase --include="$include" "$SUITE" "$ROOTFS" "$mirror" \
         >"$cache_base/$key/debootstrap.log" 2>&1; then
-        tail -n 30 "$cache_base/$key/debootstrap.log" | indent
+        tail -n 30 "$cache_base/$key/debootstrap.log" | indent || true
         abort "debootstrap $SUITE from $mirror (log: $cache_base/$key/debootstrap.log)"
     fi
     # The runtime is provided from outside the booted system: mask its units there. No network
@@ -530,13 +532,15 @@ EOF
         sleep 0.2
     done
     if [ -z "$LEADER" ]; then
-        tail -n 20 "$BOOT_DIR/console.log" | indent
+        tail -n 20 "$BOOT_DIR/console.log" | indent || true
         abort "systemd-nspawn did not start systemd"
     fi
-    local state
-    state=$(m timeout 60 systemctl is-system-running --wait 2>&1 || true)
+    # systemctl answers once the manager's private socket is up; until then it cannot connect.
+    local state=
+    wait_until 90 system_settled || true
+    state=$(m systemctl is-system-running 2>&1 || true)
     if [ "$state" != running ]; then
-        m systemctl --failed --no-pager 2>&1 | indent
+        m systemctl --failed --no-pager 2>&1 | indent || true
         abort "booted system is '$state', not 'running'"
     fi
     pass "booted Debian $SUITE with systemd $(m systemctl --version | awk 'NR==1{print $2}') as PID 1 ($(secs_since "$t0") s to 'running')"
@@ -550,11 +554,11 @@ EOF
     RUNTIME_PID=$!
     t0=$(now)
     if ! wait_until 60 rt_ctr version; then
-        tail -n 20 "$BOOT_DIR/runtime-ns.log" "$BOOT_DIR/containerd.log" 2>/dev/null | indent
+        tail -n 20 "$BOOT_DIR/runtime-ns.log" "$BOOT_DIR/containerd.log" 2>/dev/null | indent || true
         abort "private containerd did not answer on $SOCK/containerd.sock"
     fi
     if [ "$1" = docker ] && ! wait_until 60 rt_docker version; then
-        tail -n 20 "$BOOT_DIR/runtime-ns.log" "$BOOT_DIR/dockerd.log" 2>/dev/null | indent
+        tail -n 20 "$BOOT_DIR/runtime-ns.log" "$BOOT_DIR/dockerd.log" 2>/dev/null | indent || true
         abort "private dockerd did not answer on $SOCK/docker.sock"
     fi
     pass "private $1 runtime answers in the machine's network namespace ($(secs_since "$t0") s)"
@@ -853,6 +857,14 @@ docker_boot() {
     end_boot
 }
 
+# The boot has finished, one way or the other.
+system_settled() {
+    case $(m systemctl is-system-running 2>&1) in
+        running | degraded | maintenance | stopping | offline) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
 restarted_after() {
     is_active && [ "$(prop NRestarts)" -gt "$1" ] && [ "$(prop MainPID)" != "$2" ]
 }
@@ -924,14 +936,14 @@ arch=$(dpkg --print-architecture)
 
 phase "build: make -C packaging deb (and revisions 2, 3 for the upgrade), stand-in agent image"
 if ! make -s -C packaging deb >"$work/make-deb.log" 2>&1; then
-    tail -n 30 "$work/make-deb.log" | indent
+    tail -n 30 "$work/make-deb.log" | indent || true
     abort "make -C packaging deb"
 fi
 deb1="$top/target/packaging/out/amazon-ecs-init_${version}-1_${arch}.deb"
 upgrade_out="$top/target/packaging/systemd-test"
 for rev in 2 3; do
     if ! make -s -C packaging deb OUT="$upgrade_out" DEB_REVISION=$rev >>"$work/make-deb.log" 2>&1; then
-        tail -n 30 "$work/make-deb.log" | indent
+        tail -n 30 "$work/make-deb.log" | indent || true
         abort "make -C packaging deb DEB_REVISION=$rev"
     fi
 done
@@ -943,7 +955,7 @@ done
 pass "built $(basename "$deb1"), $(basename "$deb2"), $(basename "$deb3")"
 agent_tar="$work/ecs-agent.tar"
 if ! cargo run -q -p ecs-test-support --bin pack-stand-in -- "$agent_tar" >"$work/pack.log" 2>&1; then
-    tail -n 30 "$work/pack.log" | indent
+    tail -n 30 "$work/pack.log" | indent || true
     abort "pack-stand-in (the stand-in agent image)"
 fi
 pass "stand-in agent image: docker save tarball, $(du -k "$agent_tar" | cut -f1) KiB"
