@@ -4,9 +4,9 @@ use ecs_backends::{AgentSpec, LogConfig, Mount, NamespaceMode};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::config::{parse_string_map, Config, Warning};
+use crate::config::{parse_string_map, Warning};
 use crate::facts::HostFacts;
-use crate::paths::Paths;
+use crate::settings::Settings;
 
 pub const AGENT_IMAGE: &str = "amazon/amazon-ecs-agent:latest";
 pub const AGENT_NAME: &str = "ecs-agent";
@@ -40,28 +40,51 @@ impl EnvList {
 }
 
 /// The paths whose existence [`build`] needs beyond [`HostFacts::probe`]'s own.
-pub fn paths_to_probe(paths: &Paths, cfg: &Config) -> Vec<PathBuf> {
+pub fn paths_to_probe(settings: &Settings) -> Vec<PathBuf> {
+    let paths = &settings.paths;
     vec![
-        credentials_fetcher_socket(cfg),
+        settings.agent.credentials_fetcher.clone(),
         paths.var_lib_ecs.join("deps"),
         paths.var_lib_ecs.join("deps/execute-command/config"),
     ]
 }
 
-fn credentials_fetcher_socket(cfg: &Config) -> PathBuf {
-    match cfg.process_env.get("CREDENTIALS_FETCHER_HOST") {
-        Some(v) if !v.is_empty() => PathBuf::from(v.strip_prefix("unix://").unwrap_or(v)),
-        _ => PathBuf::from(CREDENTIALS_FETCHER_SOCKET),
-    }
-}
-
 /// Build the agent container spec. Problems that do not stop the agent (bad labels JSON, an
 /// unknown log driver) are returned as warnings naming the file, line and key.
-pub fn build(paths: &Paths, cfg: &Config, facts: &HostFacts) -> (AgentSpec, Vec<Warning>) {
+pub fn build(settings: &Settings, facts: &HostFacts) -> (AgentSpec, Vec<Warning>) {
     let mut warnings = Vec::new();
-    let external = cfg.knob_bool("ECS_EXTERNAL");
+    let knobs = &settings.agent;
+    let labels = labels(settings, &mut warnings);
+    let log = log_config(settings, &mut warnings);
+    let spec = AgentSpec {
+        image: AGENT_IMAGE.into(),
+        name: AGENT_NAME.into(),
+        env: environment(settings, facts),
+        mounts: binds(settings, facts),
+        labels,
+        cap_add: if knobs.external {
+            vec![]
+        } else {
+            vec!["NET_ADMIN".into(), "SYS_ADMIN".into()]
+        },
+        network: NamespaceMode::Host,
+        pid: if knobs.pid_host {
+            NamespaceMode::Host
+        } else {
+            NamespaceMode::Private
+        },
+        userns: NamespaceMode::Host,
+        privileged: knobs.privileged,
+        init: true,
+        apparmor_profile: facts.apparmor.then(|| knobs.apparmor_profile.clone()),
+        log,
+    };
+    (spec, warnings)
+}
 
-    // --- environment, lowest precedence first ---
+/// The agent's environment, lowest precedence first (UPSTREAM-BEHAVIOUR.md §4).
+fn environment(settings: &Settings, facts: &HostFacts) -> Vec<(String, String)> {
+    let knobs = &settings.agent;
     let mut env = EnvList::default();
     for (k, v) in [
         ("ECS_LOGFILE", "/log/ecs-agent.log"),
@@ -85,63 +108,48 @@ pub fn build(paths: &Paths, cfg: &Config, facts: &HostFacts) -> (AgentSpec, Vec<
     if let Some(dir) = &facts.cert_dir {
         env.set("SSL_CERT_DIR", dir.display().to_string());
     }
-    let fetcher = credentials_fetcher_socket(cfg);
     env.set(
         "CREDENTIALS_FETCHER_HOST_DIR",
-        fetcher.display().to_string(),
+        knobs.credentials_fetcher.display().to_string(),
     );
     env.set("ECS_ENABLE_TASK_ENI", "true");
     env.set("ECS_ENABLE_AWSLOGS_EXECUTIONROLE_OVERRIDE", "true");
-    let gmsa = cfg
-        .process_env
-        .get("ECS_GMSA_SUPPORTED")
-        .and_then(|v| crate::config::parse_bool(v))
-        .unwrap_or(false);
-    if gmsa && facts.realm_joined {
+    if knobs.gmsa && facts.realm_joined {
         env.set("ECS_DOMAIN_JOINED_LINUX_INSTANCE", "true");
     }
-    for e in &cfg.file_env {
+    for e in &settings.files.file_env {
         env.set(&e.key, e.value.clone());
     }
-    if external {
+    if knobs.external {
         env.set("ECS_ENABLE_TASK_ENI", "false");
     }
     if !facts.ebs_dir {
         env.set("ECS_EBSTA_SUPPORTED", "false");
     }
+    env.0
+}
 
-    // --- labels ---
-    let labels = match cfg.file_entry("ECS_AGENT_LABELS") {
-        None => BTreeMap::new(),
-        Some(entry) => parse_string_map(&entry.value).unwrap_or_else(|err| {
-            warnings.push(Warning {
-                origin: Some(entry.origin.clone()),
-                key: Some("ECS_AGENT_LABELS".into()),
-                message: format!(
-                    "Failed to decode the container labels, skipping labels ({err}; expected a JSON object of strings)"
-                ),
-            });
-            BTreeMap::new()
-        }),
+/// `ECS_AGENT_LABELS` from the env files; invalid JSON is a warning and no labels.
+fn labels(settings: &Settings, warnings: &mut Vec<Warning>) -> BTreeMap<String, String> {
+    let Some(entry) = settings.files.file_entry("ECS_AGENT_LABELS") else {
+        return BTreeMap::new();
     };
+    parse_string_map(&entry.value).unwrap_or_else(|err| {
+        warnings.push(Warning {
+            origin: Some(entry.origin.clone()),
+            key: Some("ECS_AGENT_LABELS".into()),
+            message: format!(
+                "Failed to decode the container labels, skipping labels ({err}; expected a JSON object of strings)"
+            ),
+        });
+        BTreeMap::new()
+    })
+}
 
-    // --- binds, in the existing tool's order ---
-    let mut mounts = Vec::new();
-    match cfg
-        .process_env
-        .get("DOCKER_HOST")
-        .and_then(|h| h.strip_prefix("unix://"))
-    {
-        Some(sock) if !sock.is_empty() => {
-            let target = cfg
-                .file_entry("DOCKER_HOST")
-                .and_then(|e| e.value.strip_prefix("unix://"))
-                .filter(|p| !p.is_empty())
-                .unwrap_or("/var/run/docker.sock");
-            mounts.push(Mount::rw(sock, target));
-        }
-        _ => mounts.push(Mount::rw("/var/run", "/var/run")),
-    }
+/// The binds, in the existing tool's order.
+fn binds(settings: &Settings, facts: &HostFacts) -> Vec<Mount> {
+    let (paths, knobs) = (&settings.paths, &settings.agent);
+    let mut mounts = vec![runtime_socket_bind(settings)];
     mounts.push(Mount::rw(&paths.var_log_ecs, "/log"));
     mounts.push(Mount::rw(paths.data_dir(), "/data"));
     mounts.push(Mount::rw(&paths.etc_ecs, "/etc/ecs"));
@@ -152,14 +160,19 @@ pub fn build(paths: &Paths, cfg: &Config, facts: &HostFacts) -> (AgentSpec, Vec<
     if let Some(pki) = &facts.pki_dir {
         mounts.push(Mount::ro(pki, pki));
     }
-    if external {
-        mounts.push(Mount::ro("/root/.aws", "/rotatingcreds"));
+    if knobs.external {
+        // The rotating credentials of ECS Anywhere (re-rooted like the ecs directories).
+        mounts.push(Mount::ro(
+            paths.rooted("/root/.aws".as_ref()),
+            "/rotatingcreds",
+        ));
     }
-    if cfg.knob_bool("ECS_ENABLE_GPU_SUPPORT") && facts.nvidia_devices {
+    if knobs.gpu_support && facts.nvidia_devices {
         mounts.push(Mount::rw(paths.var_lib_ecs.join("gpu"), "/var/lib/ecs/gpu"));
     }
-    if gmsa && facts.exists(&fetcher) {
-        mounts.push(Mount::rw(&fetcher, &fetcher));
+    let fetcher = &knobs.credentials_fetcher;
+    if knobs.gmsa && facts.exists(fetcher) {
+        mounts.push(Mount::rw(fetcher, fetcher));
     }
     for plugins in [
         "/run/docker/plugins",
@@ -179,7 +192,35 @@ pub fn build(paths: &Paths, cfg: &Config, facts: &HostFacts) -> (AgentSpec, Vec<
             ));
         }
     }
-    for (src, dst) in [
+    mounts.extend(host_binds(knobs.external, facts));
+    mounts
+}
+
+/// `/var/run`, or only the Docker socket when `DOCKER_HOST` names one: bound where the agent's
+/// own `DOCKER_HOST` (from the env files) says, else at the default socket.
+fn runtime_socket_bind(settings: &Settings) -> Mount {
+    let knobs = &settings.agent;
+    match knobs
+        .docker_host
+        .as_deref()
+        .and_then(|h| h.strip_prefix("unix://"))
+    {
+        Some(sock) if !sock.is_empty() => {
+            let target = knobs
+                .docker_host_in_files
+                .as_deref()
+                .and_then(|v| v.strip_prefix("unix://"))
+                .filter(|p| !p.is_empty())
+                .unwrap_or(ecs_backends::docker::DEFAULT_SOCKET);
+            Mount::rw(sock, target)
+        }
+        _ => Mount::rw("/var/run", "/var/run"),
+    }
+}
+
+/// The host's system directories and tools the agent uses, read-only where it only reads.
+fn host_binds(external: bool, facts: &HostFacts) -> Vec<Mount> {
+    let mut mounts: Vec<Mount> = [
         ("/proc", "/host/proc"),
         ("/usr/lib", "/usr/lib"),
         ("/lib", "/lib"),
@@ -188,9 +229,10 @@ pub fn build(paths: &Paths, cfg: &Config, facts: &HostFacts) -> (AgentSpec, Vec<
         ("/sbin", "/host/sbin"),
         ("/etc/alternatives", "/etc/alternatives"),
         ("/usr/sbin", "/usr/sbin"),
-    ] {
-        mounts.push(Mount::ro(src, dst));
-    }
+    ]
+    .into_iter()
+    .map(|(src, dst)| Mount::ro(src, dst))
+    .collect();
     mounts.push(Mount::rw("/usr/bin/lsblk", "/usr/bin/lsblk"));
     for file in [&facts.nsenter, &facts.modinfo].into_iter().flatten() {
         mounts.push(Mount::rw(file, file));
@@ -198,38 +240,7 @@ pub fn build(paths: &Paths, cfg: &Config, facts: &HostFacts) -> (AgentSpec, Vec<
     if let (Some(result), false) = (&facts.cloud_init_result, external) {
         mounts.push(Mount::ro(result, result));
     }
-
-    // --- host config ---
-    let log = log_config(cfg, &mut warnings);
-    let spec = AgentSpec {
-        image: AGENT_IMAGE.into(),
-        name: AGENT_NAME.into(),
-        env: env.0,
-        mounts,
-        labels,
-        cap_add: if external {
-            vec![]
-        } else {
-            vec!["NET_ADMIN".into(), "SYS_ADMIN".into()]
-        },
-        network: NamespaceMode::Host,
-        pid: if cfg.knob_bool("ECS_AGENT_PID_NAMESPACE_HOST") {
-            NamespaceMode::Host
-        } else {
-            NamespaceMode::Private
-        },
-        userns: NamespaceMode::Host,
-        privileged: cfg.knob_bool("ECS_AGENT_RUN_PRIVILEGED"),
-        init: true,
-        apparmor_profile: facts.apparmor.then(|| {
-            cfg.knob("ECS_AGENT_APPARMOR_PROFILE")
-                .filter(|p| !p.is_empty())
-                .unwrap_or(DEFAULT_APPARMOR_PROFILE)
-                .to_string()
-        }),
-        log,
-    };
-    (spec, warnings)
+    mounts
 }
 
 fn knob_warning(key: &str, message: String) -> Warning {
@@ -240,12 +251,10 @@ fn knob_warning(key: &str, message: String) -> Warning {
     }
 }
 
-fn log_config(cfg: &Config, warnings: &mut Vec<Warning>) -> LogConfig {
+fn log_config(settings: &Settings, warnings: &mut Vec<Warning>) -> LogConfig {
+    let knobs = &settings.agent;
     let mut log = LogConfig::default();
-    if let Some(size) = cfg
-        .knob("ECS_INIT_DOCKER_LOG_FILE_SIZE")
-        .filter(|v| !v.is_empty())
-    {
+    if let Some(size) = knobs.log_file_size.as_deref() {
         let size = if size.bytes().all(|b| b.is_ascii_digit()) {
             format!("{size}m")
         } else {
@@ -253,13 +262,10 @@ fn log_config(cfg: &Config, warnings: &mut Vec<Warning>) -> LogConfig {
         };
         log.options.insert("max-size".into(), size);
     }
-    if let Some(num) = cfg
-        .knob("ECS_INIT_DOCKER_LOG_FILE_NUM")
-        .filter(|v| !v.is_empty())
-    {
+    if let Some(num) = knobs.log_file_num.as_deref() {
         log.options.insert("max-file".into(), num.to_string());
     }
-    if let Some(driver) = cfg.knob("ECS_LOG_DRIVER").filter(|v| !v.is_empty()) {
+    if let Some(driver) = knobs.log_driver.as_deref() {
         if LOG_DRIVERS.contains(&driver) {
             if driver != log.driver {
                 log.options.clear();
@@ -275,14 +281,8 @@ fn log_config(cfg: &Config, warnings: &mut Vec<Warning>) -> LogConfig {
             ));
         }
     }
-    if let Some(opts) = cfg.knob("ECS_LOG_OPTS").filter(|v| !v.is_empty()) {
-        match parse_string_map(opts) {
-            Ok(map) => log.options = map,
-            Err(err) => warnings.push(knob_warning(
-                "ECS_LOG_OPTS",
-                format!("not a JSON object of strings ({err}); using the default log options"),
-            )),
-        }
+    if let Some(map) = &knobs.log_opts {
+        log.options = map.clone();
     }
     log
 }
@@ -290,7 +290,9 @@ fn log_config(cfg: &Config, warnings: &mut Vec<Warning>) -> LogConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use crate::facts::Distro;
+    use crate::paths::Paths;
 
     fn facts() -> HostFacts {
         HostFacts {
@@ -310,14 +312,26 @@ mod tests {
         }
     }
 
-    fn cfg(file: &str, process: &[(&str, &str)]) -> Config {
-        Config::from_parts(
-            &[(PathBuf::from("/etc/ecs/ecs.config"), file.to_string())],
+    fn cfg(file: &str, process: &[(&str, &str)]) -> (Config, BTreeMap<String, String>) {
+        (
+            Config::from_parts(&[(PathBuf::from("/etc/ecs/ecs.config"), file.to_string())]),
             process
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         )
+    }
+
+    /// The spec and every warning (settings and spec), as the launcher logs them.
+    fn build(
+        paths: &Paths,
+        (files, env): &(Config, BTreeMap<String, String>),
+        facts: &HostFacts,
+    ) -> (AgentSpec, Vec<Warning>) {
+        let settings = Settings::resolve(env.clone(), paths.clone(), files.clone());
+        let (spec, mut warnings) = super::build(&settings, facts);
+        warnings.extend(settings.warnings.clone());
+        (spec, warnings)
     }
 
     fn env(spec: &AgentSpec) -> Vec<String> {
@@ -444,6 +458,14 @@ mod tests {
         assert!(b.contains(&"/tmp/r/var/log/ecs:/log".to_string()));
         assert!(b.contains(&"/tmp/r/var/lib/ecs/data:/data".to_string()));
         assert!(b.contains(&"/proc:/host/proc:ro".to_string()));
+        // ECS Anywhere's credentials directory follows the root too (a demo must not create
+        // /root/.aws on the real host).
+        let (spec, _) = build(&root, &cfg("ECS_EXTERNAL=true\n", &[]), &facts());
+        let b = binds(&spec);
+        assert!(
+            b.contains(&"/tmp/r/root/.aws:/rotatingcreds:ro".to_string()),
+            "{b:?}"
+        );
     }
 
     #[test]

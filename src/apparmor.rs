@@ -2,10 +2,8 @@
 //! agent container is started with `apparmor:ecs-agent-default`, so pre-start must write that
 //! profile to `/etc/apparmor.d/ecs-agent-default` and load it (`apparmor_parser -K -r`), or
 //! the runtime refuses to start the container.
+use ecs_host::Exec;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use crate::paths::write_atomic;
 
 /// Where Debian, Ubuntu and Amazon Linux install the parser (`/sbin` is `/usr/sbin` on
 /// merged-usr hosts).
@@ -77,34 +75,39 @@ pub enum AppArmorError {
 /// Write the profile into `dir` and load it with `parser`. `load = false` only compiles it
 /// (`-Q`, skip kernel load), which is how it is tested on hosts without AppArmor.
 pub fn install(
+    exec: &dyn Exec,
     dir: &Path,
     name: &str,
     parser: &Path,
     load: bool,
 ) -> Result<PathBuf, AppArmorError> {
     let path = dir.join(name);
-    write_atomic(&path, profile(name).as_bytes()).map_err(|source| AppArmorError::Write {
+    let write = || {
+        ecs_host::files::ensure_dir(dir, 0o755)?;
+        ecs_host::files::write_atomic(&path, profile(name).as_bytes(), 0o644)
+    };
+    write().map_err(|source| AppArmorError::Write {
         path: path.clone(),
         source,
     })?;
-    let mut cmd = Command::new(parser);
     // -K: do not write a cache; -r: replace a loaded profile of the same name.
-    cmd.args(["-K", "-r"]);
+    let mut args: Vec<String> = vec!["-K".into(), "-r".into()];
     if !load {
-        cmd.arg("-Q");
+        args.push("-Q".into());
     }
-    let out = cmd
-        .arg(&path)
-        .output()
+    args.push(path.display().to_string());
+    let parser_name = parser.display().to_string();
+    let out = exec
+        .run_blocking(&parser_name, &args)
         .map_err(|source| AppArmorError::Spawn {
-            parser: parser.display().to_string(),
+            parser: parser_name.clone(),
             source,
         })?;
-    if !out.status.success() {
+    if !out.success {
         return Err(AppArmorError::Rejected {
-            parser: parser.display().to_string(),
+            parser: parser_name,
             path,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            stderr: out.stderr,
         });
     }
     tracing::info!(profile = name, file = %path.display(), loaded = load, "AppArmor profile installed");
@@ -126,7 +129,9 @@ mod tests {
     #[test]
     fn a_failing_parser_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
+        let exec = ecs_host::SystemExec::new(None);
         let err = install(
+            &exec,
             dir.path(),
             "ecs-agent-default",
             Path::new("/bin/false"),
@@ -135,6 +140,7 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("ecs-agent-default"), "{err}");
         let err = install(
+            &exec,
             dir.path(),
             "x",
             Path::new("/nonexistent/apparmor_parser"),
@@ -146,5 +152,32 @@ mod tests {
                 .starts_with("running /nonexistent/apparmor_parser"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn loads_with_replace_and_no_cache_and_reports_the_parsers_complaint() {
+        use ecs_host::exec::FakeExec;
+        use ecs_host::Output;
+        let dir = tempfile::tempdir().unwrap();
+        let exec = FakeExec::new(&["apparmor_parser"], |_, args| {
+            Ok(if args.iter().any(|a| a.ends_with("/bad")) {
+                Output::failed(1, "AppArmor parser error at line 3: syntax error")
+            } else {
+                Output::ok("")
+            })
+        });
+        let parser = Path::new("/sbin/apparmor_parser");
+        let path = install(&exec, dir.path(), "ecs-agent-default", parser, true).unwrap();
+        assert_eq!(
+            exec.calls(),
+            [format!("/sbin/apparmor_parser -K -r {}", path.display())]
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            profile("ecs-agent-default")
+        );
+        let err = install(&exec, dir.path(), "bad", parser, false).unwrap_err();
+        assert!(err.to_string().contains("syntax error"), "{err}");
+        assert!(exec.calls()[1].contains(" -Q "), "{:?}", exec.calls());
     }
 }

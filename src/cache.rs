@@ -4,12 +4,14 @@
 //! State 0 = uncached, 1 = cached (loaded), 2 = reload needed (packages ship 2). Both files must
 //! exist and be non-empty to count as cached at all. A failed load changes neither the state
 //! file nor any image already in the runtime.
+use ecs_backends::archive;
+use ecs_backends::reference::familiar_reference;
 use ecs_backends::{Runtime, RuntimeError};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 use crate::agent::AGENT_IMAGE;
-use crate::paths::{write_atomic, Paths};
+use crate::paths::Paths;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -44,13 +46,23 @@ pub enum CacheError {
         source: RuntimeError,
     },
     #[error(
-        "loading {} succeeded but it did not contain {image} (it contained: {found:?})",
+        "{} does not contain {image} (it contains: {found:?})",
         tarball.display()
     )]
     WrongImage {
         tarball: PathBuf,
         image: &'static str,
         found: Vec<String>,
+    },
+    #[error(
+        "loading {} did not update {image}: the runtime still has image {now}, the tarball's is {expected}",
+        tarball.display()
+    )]
+    NotUpdated {
+        tarball: PathBuf,
+        image: &'static str,
+        now: String,
+        expected: String,
     },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -91,15 +103,48 @@ pub fn state(paths: &Paths) -> Result<CacheState, CacheError> {
 
 fn set_state(paths: &Paths, state: CacheState) -> Result<(), CacheError> {
     let path = paths.cache_state();
-    write_atomic(&path, (state as u8).to_string().as_bytes())
+    ecs_host::files::write_atomic(&path, (state as u8).to_string().as_bytes(), 0o644)
         .map_err(|source| CacheError::Write { path, source })
 }
 
-/// Load `tarball` and check it brought the agent image; the state file is written by the
-/// caller only after this succeeded.
+/// The config digest of the agent image in `tarball`: the whole archive is verified first,
+/// and a tarball without the agent image is refused before anything is loaded.
+async fn agent_image_in(tarball: &Path) -> Result<String, CacheError> {
+    let path = tarball.to_path_buf();
+    let images = tokio::task::spawn_blocking(move || archive::verify_file(&path))
+        .await
+        .map_err(|e| CacheError::Load {
+            tarball: tarball.to_path_buf(),
+            source: RuntimeError::io("verify image tarball", std::io::Error::other(e)),
+        })?
+        .map_err(|reason| CacheError::Load {
+            tarball: tarball.to_path_buf(),
+            source: RuntimeError::BadTarball {
+                path: tarball.to_path_buf(),
+                reason,
+            },
+        })?;
+    let wanted = familiar_reference(AGENT_IMAGE);
+    images
+        .iter()
+        .find(|i| i.names.iter().any(|n| familiar_reference(n) == wanted))
+        .map(|i| i.config_digest.clone())
+        .ok_or_else(|| CacheError::WrongImage {
+            tarball: tarball.to_path_buf(),
+            image: AGENT_IMAGE,
+            found: images.iter().flat_map(|i| i.names.clone()).collect(),
+        })
+}
+
+/// Load `tarball` and check that it brought the agent image: the tarball must contain it, and
+/// afterwards the runtime's agent image must be the tarball's (its ID is the tarball's config
+/// digest, or at least changed). The state file is written by the caller only after this
+/// succeeded.
 pub async fn load(runtime: &dyn Runtime, tarball: &Path) -> Result<(), CacheError> {
+    let expected = agent_image_in(tarball).await?;
     tracing::info!(tarball = %tarball.display(), runtime = runtime.name(), "loading agent image");
     crate::notify::extend_timeout(std::time::Duration::from_secs(300));
+    let before = runtime.image_id(AGENT_IMAGE).await?;
     let found = runtime
         .load_image(tarball)
         .await
@@ -107,15 +152,24 @@ pub async fn load(runtime: &dyn Runtime, tarball: &Path) -> Result<(), CacheErro
             tarball: tarball.to_path_buf(),
             source,
         })?;
-    if !runtime.image_present(AGENT_IMAGE).await? {
-        return Err(CacheError::WrongImage {
+    let now = runtime.image_id(AGENT_IMAGE).await?;
+    match now {
+        None => Err(CacheError::WrongImage {
             tarball: tarball.to_path_buf(),
             image: AGENT_IMAGE,
             found,
-        });
+        }),
+        Some(id) if id != expected && Some(&id) == before.as_ref() => Err(CacheError::NotUpdated {
+            tarball: tarball.to_path_buf(),
+            image: AGENT_IMAGE,
+            now: id,
+            expected,
+        }),
+        Some(id) => {
+            tracing::info!(references = ?found, image_id = %id, "agent image loaded");
+            Ok(())
+        }
     }
-    tracing::info!(references = ?found, "agent image loaded");
-    Ok(())
 }
 
 /// Pre-start: make sure the agent image is in the runtime, per the state file.
@@ -179,8 +233,13 @@ pub async fn load_desired(paths: &Paths, runtime: &dyn Runtime) -> Result<PathBu
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A small, valid `docker save` tarball of the agent image (`content` makes it unique).
+    pub(crate) fn agent_tar(content: &str) -> Vec<u8> {
+        archive::testing::docker_save(AGENT_IMAGE, content.as_bytes(), false)
+    }
 
     fn root() -> (tempfile::TempDir, Paths) {
         let dir = tempfile::tempdir().unwrap();
@@ -241,7 +300,7 @@ mod tests {
         ensure_image(&p, &rt).await.unwrap();
         assert!(rt.loaded().is_empty());
         // Reload needed: loaded even though present, then state 1.
-        std::fs::write(p.agent_tarball(), "tar").unwrap();
+        std::fs::write(p.agent_tarball(), agent_tar("v1")).unwrap();
         std::fs::write(p.cache_state(), "2").unwrap();
         ensure_image(&p, &rt).await.unwrap();
         assert_eq!(rt.loaded(), [p.agent_tarball()]);
@@ -253,5 +312,48 @@ mod tests {
         rt.set_image_present(false);
         ensure_image(&p, &rt).await.unwrap();
         assert_eq!(rt.loaded().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_tarball_without_the_agent_image_is_refused_and_the_state_kept() {
+        use crate::testing::FakeRuntime;
+        let (_d, p) = root();
+        let other = archive::testing::docker_save("busybox:latest", b"x", false);
+        std::fs::write(p.agent_tarball(), other).unwrap();
+        std::fs::write(p.cache_state(), "2").unwrap();
+        // An older agent image is present: that must not count as loaded.
+        let rt = FakeRuntime::default();
+        rt.set_image_present(true);
+        let err = ensure_image(&p, &rt).await.unwrap_err().to_string();
+        assert!(
+            err.contains("does not contain amazon/amazon-ecs-agent:latest"),
+            "{err}"
+        );
+        assert!(err.contains("busybox:latest"), "{err}");
+        assert!(rt.loaded().is_empty(), "nothing loaded");
+        assert_eq!(std::fs::read_to_string(p.cache_state()).unwrap(), "2");
+        // A corrupt tarball: refused before the runtime sees it.
+        std::fs::write(p.agent_tarball(), b"not a tarball at all").unwrap();
+        let err = ensure_image(&p, &rt).await.unwrap_err().to_string();
+        assert!(err.contains("ecs-agent.tar"), "{err}");
+        assert!(rt.loaded().is_empty());
+        assert_eq!(std::fs::read_to_string(p.cache_state()).unwrap(), "2");
+    }
+
+    #[tokio::test]
+    async fn a_load_that_leaves_the_old_agent_image_in_place_is_an_error() {
+        use crate::testing::FakeRuntime;
+        let (_d, p) = root();
+        std::fs::write(p.agent_tarball(), agent_tar("v2")).unwrap();
+        std::fs::write(p.cache_state(), "2").unwrap();
+        let rt = FakeRuntime::default();
+        rt.set_image_present(true);
+        rt.keep_image_on_load();
+        let err = ensure_image(&p, &rt).await.unwrap_err().to_string();
+        assert!(
+            err.contains("did not update amazon/amazon-ecs-agent:latest"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(p.cache_state()).unwrap(), "2");
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! [`HostFacts`] is plain data so that the spec builder's decisions are unit-tested without a
 //! host; [`HostFacts::probe`] reads the real one.
+use ecs_host::Exec;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -51,7 +52,7 @@ pub const CLOUD_INIT_RESULT: &str = "/var/lib/cloud/data/result.json";
 impl HostFacts {
     /// Read the facts of the running host. `extra` are further paths whose existence the
     /// caller needs (e.g. the credentials-fetcher socket, re-rooted ecs dirs).
-    pub fn probe(extra: &[PathBuf]) -> HostFacts {
+    pub fn probe(extra: &[PathBuf], exec: &dyn Exec) -> HostFacts {
         let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
         let (distro, detailed) = parse_os_release(&os_release);
         let (cert_dir, pki_dir) = match distro {
@@ -81,7 +82,7 @@ impl HostFacts {
             ebs_dir: is_dir("/mnt/ecs/ebs"),
             nvidia_devices,
             apparmor: apparmor_supported(),
-            realm_joined: realm_joined(),
+            realm_joined: realm_joined(exec),
             nsenter: exists("/usr/bin/nsenter").then(|| "/usr/bin/nsenter".into()),
             modinfo: ["/sbin/modinfo", "/usr/sbin/modinfo"]
                 .into_iter()
@@ -146,17 +147,15 @@ fn apparmor_supported() -> bool {
 }
 
 /// `realm list` prints the joined realms; empty output (or no `realm` tool) means not joined.
-fn realm_joined() -> bool {
+fn realm_joined(exec: &dyn Exec) -> bool {
     let Some(realm) = ["/usr/sbin/realm", "/usr/bin/realm"]
         .into_iter()
         .find(|p| Path::new(p).exists())
     else {
         return false;
     };
-    std::process::Command::new(realm)
-        .arg("list")
-        .output()
-        .map(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
+    exec.run_blocking(realm, &["list".to_string()])
+        .map(|o| o.success && !o.stdout.trim().is_empty())
         .unwrap_or(false)
 }
 

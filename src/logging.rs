@@ -7,13 +7,12 @@
 //! the sd-daemon priority prefix (`<3>` … `<7>`, see sd-daemon(3)) that journald turns into the
 //! entry's PRIORITY, so `journalctl -u ecs -p warning` works. The file log keeps its format.
 use crate::time::rfc3339;
-use std::ffi::OsStr;
 use std::fmt::Write as _;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -53,11 +52,8 @@ impl ConsoleFormat {
     /// (systemd.exec(5)) a program writes for the journal only when its stderr is still that
     /// stream, not when the variable was merely inherited (`amazon-ecs-init … 2>file` from a
     /// shell started by a service).
-    pub fn detect(journal_stream: Option<&OsStr>) -> ConsoleFormat {
-        ConsoleFormat::for_stream(
-            journal_stream.and_then(OsStr::to_str),
-            stream_id(io::stderr().as_fd()),
-        )
+    pub fn detect(journal_stream: Option<&str>) -> ConsoleFormat {
+        ConsoleFormat::for_stream(journal_stream, stream_id(io::stderr().as_fd()))
     }
 
     /// `journal_stream` (`JOURNAL_STREAM`'s value) against the (device, inode) of stderr.
@@ -128,19 +124,63 @@ pub fn format_line(
     }
 }
 
-/// Install the console and file loggers. The file logger is skipped (with a console warning)
-/// when its directory cannot be created, so read-only actions still work as a normal user.
-/// `console` is the console's line format; the file always gets [`ConsoleFormat::Logfmt`].
-pub fn init(log_file: Option<&Path>, level: LevelFilter, console: ConsoleFormat) {
+/// Values that must never appear in a log line (secret config values), set once by [`init`].
+static SECRETS: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Secret values shorter than this are not scrubbed (they would blank out ordinary words).
+const MIN_SECRET_LEN: usize = 4;
+
+/// `text` with every known secret value replaced by the redaction marker. Applied to every log
+/// line, console and file, whatever path produced it (an error quoting the environment, a
+/// runtime's message echoing a value).
+pub fn scrub(text: &str) -> std::borrow::Cow<'_, str> {
+    scrub_with(text, SECRETS.get().map(Vec::as_slice).unwrap_or_default())
+}
+
+fn scrub_with<'a>(text: &'a str, secrets: &[String]) -> std::borrow::Cow<'a, str> {
+    let mut out = std::borrow::Cow::Borrowed(text);
+    for secret in secrets {
+        if out.contains(secret.as_str()) {
+            out = std::borrow::Cow::Owned(out.replace(secret.as_str(), ecs_backends::REDACTED));
+        }
+    }
+    out
+}
+
+/// Install the console and file loggers, scrubbing `secrets` from every line. The file logger
+/// is skipped (with a console warning) when its directory cannot be created or the file is
+/// unsafe (a symlink), so read-only actions still work as a normal user. `console` is the
+/// console's line format; the file always gets [`ConsoleFormat::Logfmt`].
+pub fn init(
+    log_file: Option<&Path>,
+    level: LevelFilter,
+    secrets: Vec<String>,
+    console: ConsoleFormat,
+) {
+    let mut secrets: Vec<String> = secrets
+        .into_iter()
+        .filter(|s| s.len() >= MIN_SECRET_LEN)
+        .collect();
+    // Longest first, so a secret containing another is replaced whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let _ = SECRETS.set(secrets);
     // Our own crates log at the chosen level; dependencies only warnings. Besides noise, this
     // keeps secrets out of the log: HTTP/gRPC clients log request bodies (which carry the
     // agent's environment) at debug level.
     let level = Targets::new()
         .with_default(level.min(LevelFilter::WARN))
-        .with_targets(["amazon_ecs_init", "ecs_backends", "ecs_firewall"].map(|t| (t, level)));
+        .with_targets(
+            [
+                "amazon_ecs_init",
+                "ecs_backends",
+                "ecs_firewall",
+                "ecs_host",
+            ]
+            .map(|t| (t, level)),
+        );
     let console = tracing_subscriber::fmt::layer()
         .event_format(LineFormat(console))
-        .with_writer(io::stderr)
+        .with_writer(|| Console)
         .with_filter(level.clone());
     let file = log_file.map(HourlyFile::open).transpose().map(|f| {
         f.map(|f| {
@@ -217,12 +257,22 @@ where
     }
 }
 
-/// `ecs-init.log`, renamed to `ecs-init.log.YYYY-MM-DD-HH` when the hour changes; at most
-/// [`KEEP`] rotated files are kept.
+/// Mode of the launcher's log files (they may quote configuration).
+pub const LOG_MODE: u32 = 0o640;
+
+/// `ecs-init.log`, renamed to `ecs-init.log.YYYY-MM-DD-HH` (the hour of its lines) at the first
+/// write of a later hour; at most [`KEEP`] rotated files are kept.
+///
+/// Several launcher processes write the same log (the supervising `start`, `stop`, `post-stop`,
+/// `status`…), so rotation is decided from the file at the path, not from what this process
+/// remembers: every write takes an exclusive `flock` on `ecs-init.log.lock`, follows a rotation
+/// another process made (reopening the path), rotates when the file's last write (its mtime)
+/// was in an earlier hour, writes, and releases the lock. A rotated file is never overwritten.
+/// Files are opened without following symlinks (the directory is writable by the agent).
 pub struct HourlyFile {
     path: PathBuf,
     file: File,
-    hour: u64,
+    lock: File,
 }
 
 fn hour_of(t: SystemTime) -> u64 {
@@ -231,42 +281,71 @@ fn hour_of(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// `2026-11-27T17:00:00Z` → `2026-11-27-17`.
+fn hour_suffix(hour: u64) -> String {
+    let stamp = rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(hour * 3600));
+    format!("{}-{}", &stamp[..10], &stamp[11..13])
+}
+
+/// Holds an exclusive `flock` until dropped.
+struct Locked<'a>(&'a File);
+
+impl<'a> Locked<'a> {
+    fn take(f: &'a File) -> io::Result<Locked<'a>> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a valid, open descriptor.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Locked(f))
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as above.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
 impl HourlyFile {
     pub fn open(path: &Path) -> io::Result<HourlyFile> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            ecs_host::files::ensure_dir(dir, 0o755)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        // A file left from an earlier hour is rotated on the first write.
-        let hour = file
-            .metadata()
-            .and_then(|m| m.modified())
-            .map(hour_of)
-            .unwrap_or_else(|_| hour_of(SystemTime::now()));
+        let lock_path = PathBuf::from(format!("{}.lock", path.display()));
         Ok(HourlyFile {
             path: path.to_path_buf(),
-            file,
-            hour,
+            file: ecs_host::files::open_append(path, LOG_MODE)?,
+            lock: ecs_host::files::open_append(&lock_path, LOG_MODE)?,
         })
     }
 
-    fn rotate_if_needed(&mut self, now: SystemTime) -> io::Result<()> {
-        let hour = hour_of(now);
-        if hour == self.hour {
-            return Ok(());
+    /// Reopen the path when the file there is no longer ours (another process rotated it).
+    fn follow_rotation(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let ours = self.file.metadata()?;
+        let current = std::fs::symlink_metadata(&self.path);
+        let same = matches!(&current, Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev());
+        if !same {
+            self.file = ecs_host::files::open_append(&self.path, LOG_MODE)?;
         }
-        let stamp = rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(self.hour * 3600));
-        // "2026-11-27T17:00:00Z" → "2026-11-27-17"
-        let suffix = format!("{}-{}", &stamp[..10], &stamp[11..13]);
-        let rotated = PathBuf::from(format!("{}.{suffix}", self.path.display()));
-        if self.file.metadata()?.len() > 0 {
-            std::fs::rename(&self.path, &rotated)?;
+        Ok(())
+    }
+
+    /// Rename the current file after the hour of its lines (never over an existing file) and
+    /// start a new one.
+    fn rotate(&mut self, hour: u64) -> io::Result<()> {
+        let base = format!("{}.{}", self.path.display(), hour_suffix(hour));
+        let mut rotated = PathBuf::from(&base);
+        let mut n = 1;
+        while std::fs::symlink_metadata(&rotated).is_ok() {
+            rotated = PathBuf::from(format!("{base}.{n}"));
+            n += 1;
         }
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        self.hour = hour;
+        std::fs::rename(&self.path, &rotated)?;
+        self.file = ecs_host::files::open_append(&self.path, LOG_MODE)?;
         self.prune()
     }
 
@@ -277,7 +356,10 @@ impl HourlyFile {
         let prefix = format!("{}.", name.to_string_lossy());
         let mut rotated: Vec<PathBuf> = std::fs::read_dir(dir)?
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with(&prefix) && !n.ends_with(".lock")
+            })
             .map(|e| e.path())
             .collect();
         rotated.sort();
@@ -288,10 +370,33 @@ impl HourlyFile {
         Ok(())
     }
 
-    /// Write one record, rotating first when the hour has changed.
+    /// Write one record at `now`, rotating first when the file holds an earlier hour.
     pub fn write_at(&mut self, now: SystemTime, buf: &[u8]) -> io::Result<()> {
-        self.rotate_if_needed(now)?;
-        self.file.write_all(buf)
+        let lock = self.lock.try_clone()?;
+        let _locked = Locked::take(&lock)?;
+        self.follow_rotation()?;
+        let meta = self.file.metadata()?;
+        let last = meta.modified().map(hour_of).unwrap_or(0);
+        if meta.len() > 0 && last < hour_of(now) {
+            self.rotate(last)?;
+        }
+        self.file.write_all(buf)?;
+        // The file's mtime is the time of its last line (the clock this writer was given).
+        self.file.set_modified(now)
+    }
+}
+
+/// stderr, scrubbed.
+struct Console;
+
+impl Write for Console {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let line = String::from_utf8_lossy(buf);
+        io::stderr().write_all(scrub(&line).as_bytes())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
     }
 }
 
@@ -300,7 +405,8 @@ struct FileWriter(Arc<Mutex<HourlyFile>>);
 impl Write for FileWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        f.write_at(SystemTime::now(), buf)?;
+        let line = String::from_utf8_lossy(buf);
+        f.write_at(SystemTime::now(), scrub(&line).as_bytes())?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -312,6 +418,19 @@ impl Write for FileWriter {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn secrets_are_scrubbed_from_any_line() {
+        let secrets = vec!["wJalrXUtnFEMI/K7MDENG".to_string(), "tok-123".to_string()];
+        let line = "level=error msg=\"create failed: env AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG, token tok-123\"";
+        let out = scrub_with(line, &secrets);
+        assert!(!out.contains("wJalr") && !out.contains("tok-123"), "{out}");
+        assert_eq!(out.matches(ecs_backends::REDACTED).count(), 2, "{out}");
+        assert!(matches!(
+            scrub_with("nothing here", &secrets),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn levels() {
@@ -433,19 +552,67 @@ mod tests {
         let path = dir.path().join("ecs-init.log");
         let mut f = HourlyFile::open(&path).unwrap();
         let base = UNIX_EPOCH + Duration::from_secs(1_795_800_000);
-        f.hour = hour_of(base);
         for h in 0..30u64 {
             let t = base + Duration::from_secs(h * 3600);
             f.write_at(t, format!("line {h}\n").as_bytes()).unwrap();
             f.write_at(t, b"again\n").unwrap();
         }
-        let rotated = std::fs::read_dir(dir.path()).unwrap().count() - 1;
+        // The log, its lock file and the rotated files.
+        let rotated = std::fs::read_dir(dir.path()).unwrap().count() - 2;
         assert_eq!(rotated, KEEP);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "line 29\nagain\n");
-        let newest = dir.path().join(format!("ecs-init.log.{}", {
-            let s = rfc3339(base + Duration::from_secs(28 * 3600));
-            format!("{}-{}", &s[..10], &s[11..13])
-        }));
+        let newest = dir.path().join(format!(
+            "ecs-init.log.{}",
+            hour_suffix(hour_of(base + Duration::from_secs(28 * 3600)))
+        ));
         assert_eq!(std::fs::read_to_string(newest).unwrap(), "line 28\nagain\n");
+    }
+
+    /// Two writers with their own descriptors (as two launcher processes have): a quiet hour,
+    /// then the second one rotates; the first one must follow, and no line may be lost.
+    #[test]
+    fn two_writers_rotate_without_losing_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ecs-init.log");
+        let mut start = HourlyFile::open(&path).unwrap();
+        let mut stop = HourlyFile::open(&path).unwrap();
+        let h = |n: u64| UNIX_EPOCH + Duration::from_secs(1_795_800_000 + n * 3600);
+        start.write_at(h(0), b"start 1\n").unwrap();
+        start.write_at(h(0), b"start 2\n").unwrap();
+        stop.write_at(h(2), b"stop\n").unwrap();
+        start.write_at(h(2), b"start 3\n").unwrap();
+        start.write_at(h(3), b"start 4\n").unwrap();
+        stop.write_at(h(3), b"stop again\n").unwrap();
+        let read = |n: u64| {
+            std::fs::read_to_string(
+                dir.path()
+                    .join(format!("ecs-init.log.{}", hour_suffix(hour_of(h(n))))),
+            )
+            .unwrap()
+        };
+        assert_eq!(read(0), "start 1\nstart 2\n");
+        assert_eq!(read(2), "stop\nstart 3\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "start 4\nstop again\n"
+        );
+    }
+
+    #[test]
+    fn a_planted_symlink_is_refused_and_modes_are_explicit() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let path = dir.path().join("ecs-init.log");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let err = HourlyFile::open(&path).err().expect("refused");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        std::fs::remove_file(&path).unwrap();
+        let mut f = HourlyFile::open(&path).unwrap();
+        f.write_at(SystemTime::now(), b"x\n").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, LOG_MODE);
     }
 }

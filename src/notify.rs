@@ -1,15 +1,23 @@
 //! systemd readiness notification (`Type=notify`), written against the protocol directly: one
 //! datagram to `$NOTIFY_SOCKET`. Without `NOTIFY_SOCKET` (upstart, manual runs) every call is a
-//! no-op, so callers never need to know which init system they run under.
+//! no-op, so callers never need to know which init system they run under. The socket comes
+//! from the settings, once ([`init`]).
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::OnceLock;
 use std::time::Duration;
+
+static SOCKET: OnceLock<Option<String>> = OnceLock::new();
+
+/// Where notifications go (`NOTIFY_SOCKET`), set once by the composition root.
+pub fn init(socket: Option<String>) {
+    let _ = SOCKET.set(socket.filter(|s| !s.is_empty()));
+}
 
 /// Send `state` (e.g. `READY=1`) to systemd; returns whether a message was sent.
 pub fn notify(state: &str) -> bool {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+    let Some(path) = SOCKET.get().cloned().flatten() else {
         return false;
     };
-    let path = path.to_string_lossy().into_owned();
     let addr = if let Some(abstract_name) = path.strip_prefix('@') {
         use std::os::linux::net::SocketAddrExt;
         SocketAddr::from_abstract_name(abstract_name.as_bytes())

@@ -5,9 +5,6 @@
 //! or bind-mounted read-only (`/proc`, `/lib`, certificates, ...) are not re-rooted.
 use std::path::{Path, PathBuf};
 
-/// The environment variable that re-roots the ecs directories.
-pub const HOST_ROOT_ENV: &str = "ECS_INIT_HOST_ROOT";
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
     /// The re-rooting prefix (`/` on a real host).
@@ -33,14 +30,6 @@ impl Paths {
             var_cache_ecs: join("var/cache/ecs"),
             var_log_ecs: join("var/log/ecs"),
             root,
-        }
-    }
-
-    /// Paths from `ECS_INIT_HOST_ROOT` (empty or unset: `/`).
-    pub fn from_env() -> Paths {
-        match std::env::var_os(HOST_ROOT_ENV) {
-            Some(v) if !v.is_empty() => Paths::under(PathBuf::from(v)),
-            _ => Paths::under("/"),
         }
     }
 
@@ -83,23 +72,6 @@ impl Paths {
     }
 }
 
-/// Write `contents` to `path` atomically (temp file in the same directory, then rename), so a
-/// crash never leaves a half-written state file.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,15 +90,5 @@ mod tests {
         );
         let real = Paths::under("/");
         assert_eq!(real.init_log(), PathBuf::from("/var/log/ecs/ecs-init.log"));
-    }
-
-    #[test]
-    fn atomic_write_replaces() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("sub/state");
-        write_atomic(&f, b"2").unwrap();
-        write_atomic(&f, b"1").unwrap();
-        assert_eq!(std::fs::read_to_string(&f).unwrap(), "1");
-        assert_eq!(std::fs::read_dir(f.parent().unwrap()).unwrap().count(), 1);
     }
 }

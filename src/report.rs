@@ -6,49 +6,59 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, SystemTime};
 
-use crate::{agent, cache, select, time, Context};
+use crate::compose::Host;
+use crate::{agent, cache, time};
+use ecs_firewall::Backend;
 
 /// Print the resolved plan as JSON on stdout (secret values redacted).
-pub async fn plan(ctx: &Context) -> anyhow::Result<()> {
-    let (spec, warnings) = ctx.spec();
-    let runtime = match select::choose(&ctx.config, &ctx.endpoints, &ctx.paths).await {
-        Ok((choice, _)) => json!({"name": choice.name, "reason": choice.reason}),
-        Err(select::SelectError::Config(e)) => return Err(e.into()),
-        Err(e) => json!({"name": null, "reason": e.to_string()}),
+pub async fn plan(host: &Host) -> anyhow::Result<()> {
+    host.settings.check()?;
+    let settings = &host.settings;
+    let paths = &settings.paths;
+    let (spec, warnings) = host.spec();
+    let runtime = match host.choose_runtime().await {
+        Ok((selection, _)) => json!({"name": selection.kind, "reason": selection.reason}),
+        Err(e) => json!({"name": null, "reason": format!("{e:#}")}),
     };
-    let network = match ecs_firewall::plan_network(&ctx.net_config()) {
-        Ok(plan) => {
+    let network = match host.firewalls.select(settings.firewall).await {
+        Ok(selection) => {
+            let firewall = host.firewalls.build(selection.backend);
+            let plan = ecs_firewall::plan_network(&host.net_config(), selection, firewall.as_ref());
             // The exact commands of each real backend for these rules, not only the chosen one,
             // so an operator can compare before forcing ECS_INIT_FIREWALL.
-            use ecs_firewall::Firewall as _;
             let by_backend = json!({
-                "iptables": ecs_firewall::Iptables::new().render(&plan.rules),
-                "nftables": ecs_firewall::Nftables::new().render(&plan.rules),
+                "iptables": host.firewalls.build(Backend::Iptables).render(&plan.rules),
+                "nftables": host.firewalls.build(Backend::Nftables).render(&plan.rules),
             });
             let mut v = json!(plan);
             v["rendered_by_backend"] = by_backend;
             v
         }
-        Err(e @ ecs_firewall::NetError::UnknownFirewall(_)) => return Err(e.into()),
         Err(e) => json!({"error": e.to_string()}),
     };
-    let cache_state = match cache::state(&ctx.paths) {
+    let cache_state = match cache::state(paths) {
         Ok(s) => json!(s),
         Err(e) => json!({"error": e.to_string()}),
     };
+    let options = &settings.runtime_options;
     let out = json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "host_root": ctx.paths.root,
-        "config_files": [ctx.paths.var_lib_config(), ctx.paths.etc_config()],
+        "host_root": paths.root,
+        "config_files": [paths.var_lib_config(), paths.etc_config()],
         "runtime": runtime,
-        "endpoints": ctx.endpoints,
+        "endpoints": {
+            "docker_host": format!("unix://{}", options.docker_socket()),
+            "containerd_address": options.containerd.address,
+            "containerd_namespace": options.containerd.namespace,
+        },
         "network": network,
         "cache": {
-            "tarball": ctx.paths.agent_tarball(),
-            "state_file": ctx.paths.cache_state(),
+            "tarball": paths.agent_tarball(),
+            "state_file": paths.cache_state(),
             "state": cache_state,
         },
         "agent": spec,
+        "settings": settings.shown,
         "warnings": warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
     });
     let mut text = serde_json::to_string_pretty(&out)?;
@@ -83,23 +93,23 @@ pub fn introspection(timeout: Duration) -> Result<String, String> {
 
 /// Print the runtime, the agent container's state and whether introspection answers.
 /// Exit 0 when the agent is running, 3 when it is not.
-pub async fn status(ctx: &Context) -> anyhow::Result<i32> {
+pub async fn status(host: &Host) -> anyhow::Result<i32> {
     let mut out = String::new();
     let mut running = false;
-    match ctx.recorded_runtime().await {
+    match host.recorded_runtime().await {
         Err(e) => out += &format!("runtime:        unknown ({e:#})\n"),
-        Ok((choice, rt)) => match rt.ping().await {
+        Ok((selection, rt)) => match rt.ping().await {
             Ok(info) => {
                 out += &format!(
                     "runtime:        {} {} at {} ({})\n",
-                    info.runtime, info.version, info.endpoint, choice.reason
+                    info.runtime, info.version, info.endpoint, selection.reason
                 );
                 running = describe_agent(rt.as_ref(), &mut out).await;
             }
             Err(e) => {
                 out += &format!(
                     "runtime:        {} not answering: {e} ({})\n",
-                    choice.name, choice.reason
+                    selection.kind, selection.reason
                 )
             }
         },

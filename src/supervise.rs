@@ -11,6 +11,7 @@
 //! Unlike the Go tool, the backoff is reset once the agent has run healthily for a while, so a
 //! crash a week after the last one restarts in 500 ms, not 15 s.
 use ecs_backends::{AgentSpec, Runtime, RuntimeError};
+use ecs_host::Backoff;
 use std::future::Future;
 use std::time::Duration;
 
@@ -18,40 +19,9 @@ use crate::cache;
 use crate::notify;
 use crate::paths::Paths;
 
-/// Exponential backoff with jitter.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    pub min: Duration,
-    pub max: Duration,
-    pub multiplier: f64,
-    /// Fraction of the delay added or removed at random.
-    pub jitter: f64,
-    current: Duration,
-}
-
-impl Backoff {
-    /// 500 ms → 15 s, ×2, ±10 % jitter (the existing tool's numbers).
-    pub fn standard() -> Backoff {
-        Backoff {
-            min: Duration::from_millis(500),
-            max: Duration::from_secs(15),
-            multiplier: 2.0,
-            jitter: 0.1,
-            current: Duration::from_millis(500),
-        }
-    }
-
-    /// The next delay (the first is `min`).
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self.current;
-        self.current = base.mul_f64(self.multiplier).min(self.max);
-        let factor = 1.0 + self.jitter * (fastrand::f64() * 2.0 - 1.0);
-        base.mul_f64(factor)
-    }
-
-    pub fn reset(&mut self) {
-        self.current = self.min;
-    }
+/// The restart backoff: 500 ms → 15 s, ×2, ±10 % jitter (the existing tool's numbers).
+pub fn restart_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(15)).with_jitter(0.1)
 }
 
 /// Lines of agent log printed when the agent exits 2.
@@ -205,9 +175,13 @@ mod tests {
     use crate::testing::FakeRuntime;
 
     fn spec() -> AgentSpec {
-        let facts = crate::facts::HostFacts::probe(&[]);
-        let cfg = crate::config::Config::default();
-        crate::agent::build(&Paths::under("/"), &cfg, &facts).0
+        let settings = crate::settings::Settings::resolve(
+            Default::default(),
+            Paths::under("/"),
+            Default::default(),
+        );
+        let exec = ecs_host::exec::FakeExec::new(&[], |_, _| unreachable!());
+        crate::compose::spec_of(&settings, &exec).0
     }
 
     fn supervisor<'a>(rt: &'a FakeRuntime, paths: &Paths) -> Supervisor<'a> {
@@ -215,7 +189,7 @@ mod tests {
             runtime: rt,
             paths: paths.clone(),
             spec: Box::new(|| Ok(spec())),
-            backoff: Backoff::standard(),
+            backoff: restart_backoff(),
             healthy_after: Duration::from_secs(60),
             stop_grace: Duration::from_secs(10),
             runtime_deadline: Duration::from_secs(1),
@@ -224,7 +198,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_caps_and_resets() {
-        let mut b = Backoff::standard();
+        let mut b = restart_backoff();
         let delays: Vec<u128> = (0..8).map(|_| b.next_delay().as_millis()).collect();
         let expected = [500u128, 1000, 2000, 4000, 8000, 15000, 15000, 15000];
         for (d, e) in delays.iter().zip(expected) {
@@ -295,7 +269,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::under(dir.path());
         std::fs::create_dir_all(&paths.var_cache_ecs).unwrap();
-        std::fs::write(paths.var_cache_ecs.join("ecs-agent-v2.tar"), "tar").unwrap();
+        std::fs::write(
+            paths.var_cache_ecs.join("ecs-agent-v2.tar"),
+            crate::cache::tests::agent_tar("v2"),
+        )
+        .unwrap();
         std::fs::write(paths.desired_image(), "ecs-agent-v2.tar\n").unwrap();
         let rt = FakeRuntime::with_exits(&[(42, 1), (0, 1)]);
         let code = supervisor(&rt, &paths)

@@ -14,6 +14,8 @@ struct State {
     run_index: usize,
     fail_run: bool,
     image_present: bool,
+    image_id: String,
+    keep_image_on_load: bool,
     loaded: Vec<PathBuf>,
 }
 
@@ -29,6 +31,9 @@ impl FakeRuntime {
     }
     pub fn fail_run(&self) {
         self.0.lock().unwrap().fail_run = true;
+    }
+    pub fn keep_image_on_load(&self) {
+        self.0.lock().unwrap().keep_image_on_load = true;
     }
     pub fn set_image_present(&self, present: bool) {
         self.0.lock().unwrap().image_present = present;
@@ -77,16 +82,28 @@ impl Runtime for FakeRuntime {
             endpoint: "memory".into(),
         })
     }
-    async fn image_present(&self, _reference: &str) -> Result<bool> {
+    async fn image_id(&self, _reference: &str) -> Result<Option<String>> {
         self.record("image_present");
-        Ok(self.0.lock().unwrap().image_present)
+        let s = self.0.lock().unwrap();
+        Ok(s.image_present.then(|| s.image_id.clone()))
     }
+    /// Loads like a runtime would: a verified archive, whose first image becomes the agent
+    /// image (unless told to keep the old one, as a broken runtime might).
     async fn load_image(&self, tarball: &Path) -> Result<Vec<String>> {
         self.record("load_image");
+        let images = ecs_backends::archive::verify_file(tarball).map_err(|reason| {
+            RuntimeError::BadTarball {
+                path: tarball.to_path_buf(),
+                reason,
+            }
+        })?;
         let mut s = self.0.lock().unwrap();
         s.loaded.push(tarball.to_path_buf());
-        s.image_present = true;
-        Ok(vec![crate::agent::AGENT_IMAGE.into()])
+        if !s.keep_image_on_load {
+            s.image_present = true;
+            s.image_id = images[0].config_digest.clone();
+        }
+        Ok(images[0].names.clone())
     }
     async fn remove_container(&self, _name: &str) -> Result<()> {
         self.record("remove_container");

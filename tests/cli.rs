@@ -229,8 +229,10 @@ fn apparmor_profile_compiles() {
         parser.display()
     );
     let dir = tempfile::tempdir().unwrap();
-    let path = amazon_ecs_init::apparmor::install(dir.path(), "ecs-agent-default", parser, false)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let exec = ecs_host::SystemExec::new(std::env::var_os("PATH"));
+    let path =
+        amazon_ecs_init::apparmor::install(&exec, dir.path(), "ecs-agent-default", parser, false)
+            .unwrap_or_else(|e| panic!("{e}"));
     assert!(std::fs::read_to_string(path)
         .unwrap()
         .contains("profile ecs-agent-default"));

@@ -6,6 +6,7 @@
 //! (dockerd 20.10 speaks 1.41, bollard defaults to a newer one); a failed attempt is not cached,
 //! so a later call retries once the daemon is back.
 
+use crate::reference::familiar_reference;
 use crate::{AgentSpec, ContainerState, NamespaceMode, Result, Runtime, RuntimeError, RuntimeInfo};
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
@@ -27,7 +28,9 @@ use tokio::sync::OnceCell;
 
 const RUNTIME: &str = "docker";
 
-/// The endpoint used when `DOCKER_HOST` is unset (same as the Go ecs-init).
+/// The socket used when `DOCKER_HOST` is unset (same as the Go ecs-init).
+pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+/// [`DEFAULT_SOCKET`] as an endpoint.
 pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/docker.sock";
 
 /// Per-request timeout for ordinary calls (bollard's own default).
@@ -273,25 +276,6 @@ impl DockerRuntime {
     }
 }
 
-/// `docker` shows Docker Hub references in their familiar form (`busybox:latest`,
-/// `amazon/amazon-ecs-agent:latest`), and an untagged reference means `:latest`.
-fn familiar_reference(reference: &str) -> String {
-    let mut r = reference.trim();
-    for prefix in ["docker.io/", "index.docker.io/", "registry-1.docker.io/"] {
-        if let Some(rest) = r.strip_prefix(prefix) {
-            r = rest;
-            break;
-        }
-    }
-    let r = r.strip_prefix("library/").unwrap_or(r);
-    let name_part = r.rsplit('/').next().unwrap_or(r);
-    if r.contains('@') || name_part.contains(':') {
-        r.to_string()
-    } else {
-        format!("{r}:latest")
-    }
-}
-
 /// The Docker `Binds` entry of one mount: `src:dst` or `src:dst:ro`.
 fn bind(mount: &crate::Mount) -> Result<String> {
     let source = mount.source.to_string_lossy();
@@ -384,11 +368,11 @@ impl Runtime for DockerRuntime {
         })
     }
 
-    async fn image_present(&self, reference: &str) -> Result<bool> {
+    async fn image_id(&self, reference: &str) -> Result<Option<String>> {
         let docker = self.client().await?;
         let image = match docker.inspect_image(reference).await {
             Ok(image) => image,
-            Err(err) if is_status(&err, &[404]) => return Ok(false),
+            Err(err) if is_status(&err, &[404]) => return Ok(None),
             Err(err) => return Err(self.error(format!("inspect image {reference}"), err)),
         };
         // Inspect also resolves image IDs and digests; only an exact tag counts.
@@ -400,10 +384,20 @@ impl Runtime for DockerRuntime {
             .chain(image.repo_digests.iter().flatten())
             .any(|tag| familiar_reference(tag) == wanted);
         tracing::debug!(reference, present, "image presence checked");
-        Ok(present)
+        Ok(present.then(|| image.id.unwrap_or_default()))
     }
 
     async fn load_image(&self, tarball: &Path) -> Result<Vec<String>> {
+        // dockerd moves tags as it reads a multi-image archive and stops at the first bad part:
+        // verify the whole archive first, so a bad one never moves the agent's tag.
+        let path = tarball.to_path_buf();
+        tokio::task::spawn_blocking(move || crate::archive::verify_file(&path))
+            .await
+            .map_err(|e| RuntimeError::io("verify image tarball", std::io::Error::other(e)))?
+            .map_err(|reason| RuntimeError::BadTarball {
+                path: tarball.to_path_buf(),
+                reason,
+            })?;
         let file = tokio::fs::File::open(tarball)
             .await
             .map_err(|e| RuntimeError::BadTarball {
@@ -641,28 +635,6 @@ mod tests {
     }
 
     #[test]
-    fn familiar_references() {
-        assert_eq!(familiar_reference("busybox"), "busybox:latest");
-        assert_eq!(
-            familiar_reference("docker.io/library/busybox"),
-            "busybox:latest"
-        );
-        assert_eq!(
-            familiar_reference("amazon/amazon-ecs-agent:latest"),
-            "amazon/amazon-ecs-agent:latest"
-        );
-        assert_eq!(
-            familiar_reference("localhost:5000/agent"),
-            "localhost:5000/agent:latest"
-        );
-        assert_eq!(
-            familiar_reference("localhost:5000/agent:v1"),
-            "localhost:5000/agent:v1"
-        );
-        assert_eq!(familiar_reference("a@sha256:00"), "a@sha256:00");
-    }
-
-    #[test]
     fn create_body_maps_every_field() {
         let spec = AgentSpec {
             image: "img:1".into(),
@@ -703,5 +675,13 @@ mod tests {
         assert_eq!((v.major_version, v.minor_version), (1, 41));
         assert!(parse_api_version("141").is_none());
         assert!(parse_api_version("1.x").is_none());
+    }
+
+    #[test]
+    fn the_default_endpoint_is_the_default_socket() {
+        assert_eq!(
+            DEFAULT_ENDPOINT.strip_prefix("unix://"),
+            Some(DEFAULT_SOCKET)
+        );
     }
 }

@@ -1,4 +1,5 @@
 //! Errors of the runtime backends.
+use containerd_client::tonic::Code;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,6 +28,13 @@ pub enum RuntimeError {
     /// No container of that name exists.
     #[error("no container named {0}")]
     NoSuchContainer(String),
+    /// containerd refused a call; the gRPC status code stays typed so callers can match on it.
+    #[error("containerd: {action}: {code:?}: {message}")]
+    Containerd {
+        action: String,
+        code: Code,
+        message: String,
+    },
     /// Any other error the daemon reported, with what we were doing.
     #[error("{runtime}: {action}: {message}")]
     Daemon {
@@ -53,6 +61,14 @@ impl RuntimeError {
             runtime,
             action: action.into(),
             message: message.to_string(),
+        }
+    }
+
+    /// The gRPC status code of a containerd refusal.
+    pub fn grpc_code(&self) -> Option<Code> {
+        match self {
+            RuntimeError::Containerd { code, .. } => Some(*code),
+            _ => None,
         }
     }
 

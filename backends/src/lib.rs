@@ -4,19 +4,101 @@
 //! [`Runtime`] backend turns that description into a running container. Backends never read
 //! `ecs.config`; everything they need is in the spec or in their own connection settings.
 
+pub mod archive;
 pub mod caps;
 pub mod containerd;
 pub mod docker;
 pub mod error;
+pub mod reference;
+pub mod select;
 pub mod spec;
 
 pub use error::{Result, RuntimeError};
-pub use spec::{is_secret_key, AgentSpec, LogConfig, Mount, NamespaceMode, REDACTED};
+pub use spec::{
+    is_secret_key, redacted_entry, redacted_pair, AgentSpec, LogConfig, Mount, NamespaceMode,
+    REDACTED,
+};
 
 use async_trait::async_trait;
+use containerd::{ContainerdOptions, ContainerdRuntime};
+use docker::DockerRuntime;
+use ecs_host::Backoff;
 use serde::Serialize;
+use std::fmt;
 use std::path::Path;
+use std::str::FromStr;
 use std::time::Duration;
+
+/// The runtime backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    Docker,
+    Containerd,
+}
+
+impl RuntimeKind {
+    pub const ALL: [RuntimeKind; 2] = [RuntimeKind::Docker, RuntimeKind::Containerd];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Docker => "docker",
+            RuntimeKind::Containerd => "containerd",
+        }
+    }
+}
+
+impl fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RuntimeKind {
+    type Err = select::UnknownRuntime;
+    /// Exactly a backend's name (case-insensitive).
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        RuntimeKind::ALL
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| select::UnknownRuntime(s.to_string()))
+    }
+}
+
+/// Connection settings of every backend; the launcher builds them from its settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuntimeOptions {
+    /// `DOCKER_HOST` (`unix://…`); `None` means [`docker::DEFAULT_ENDPOINT`].
+    pub docker_host: Option<String>,
+    pub containerd: ContainerdOptions,
+}
+
+impl RuntimeOptions {
+    /// The Docker socket path `docker_host` names (the default socket when unset).
+    pub fn docker_socket(&self) -> String {
+        let endpoint = self
+            .docker_host
+            .as_deref()
+            .filter(|h| !h.is_empty())
+            .unwrap_or(docker::DEFAULT_ENDPOINT);
+        endpoint
+            .strip_prefix("unix://")
+            .unwrap_or(endpoint)
+            .to_string()
+    }
+}
+
+/// The factory: a client for `kind`. Never contacts the daemon (so `stop`, `post-stop` and
+/// `plan` work while it is down); fails only on settings that cannot work (a non-unix
+/// `DOCKER_HOST`, an invalid containerd namespace).
+pub fn build(kind: RuntimeKind, opts: &RuntimeOptions) -> Result<Box<dyn Runtime>> {
+    Ok(match kind {
+        RuntimeKind::Docker => Box::new(DockerRuntime::connect(opts.docker_host.as_deref())?),
+        RuntimeKind::Containerd => {
+            Box::new(ContainerdRuntime::with_options(opts.containerd.clone())?)
+        }
+    })
+}
 
 /// What a runtime says about itself when it answers a ping.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -58,10 +140,16 @@ pub trait Runtime: Send + Sync {
     fn name(&self) -> &'static str;
     /// One connection attempt; see [`wait_ready`] for retrying while the daemon starts.
     async fn ping(&self) -> Result<RuntimeInfo>;
+    /// The ID of the image with exactly this reference (its config digest, `sha256:…`, on
+    /// both runtimes), or `None` when there is none.
+    async fn image_id(&self, reference: &str) -> Result<Option<String>>;
     /// Is an image with exactly this reference present?
-    async fn image_present(&self, reference: &str) -> Result<bool>;
+    async fn image_present(&self, reference: &str) -> Result<bool> {
+        Ok(self.image_id(reference).await?.is_some())
+    }
     /// Load a `docker save` (or OCI layout) tarball, streamed from disk. Returns the image
-    /// references it contained. On error nothing that was present before is removed.
+    /// references it contained. The whole archive is verified before any name moves: on error
+    /// nothing that was present before is removed or retagged.
     async fn load_image(&self, tarball: &Path) -> Result<Vec<String>>;
     /// Force-remove the container with exactly this name; absent is success.
     async fn remove_container(&self, name: &str) -> Result<()>;
@@ -84,15 +172,15 @@ pub trait Runtime: Send + Sync {
 /// restart; here the deadline is the caller's (configurable) choice.
 pub async fn wait_ready(runtime: &dyn Runtime, deadline: Duration) -> Result<RuntimeInfo> {
     let start = tokio::time::Instant::now();
-    let mut delay = Duration::from_millis(250);
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(2));
     loop {
+        let delay = backoff.peek();
         match runtime.ping().await {
             Ok(info) => return Ok(info),
             Err(err) if start.elapsed() + delay < deadline => {
                 tracing::info!(runtime = runtime.name(), error = %err, retry_in_ms = delay.as_millis() as u64,
                     "runtime not answering yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(err) => {
                 return Err(RuntimeError::Unavailable {

@@ -24,6 +24,49 @@ pub fn is_secret_key(key: &str) -> bool {
         .any(|needle| upper.contains(needle))
 }
 
+/// `value`, or [`REDACTED`] when `key` names a secret.
+pub fn shown<'a>(key: &str, value: &'a str) -> &'a str {
+    if is_secret_key(key) {
+        REDACTED
+    } else {
+        value
+    }
+}
+
+/// `KEY=VALUE`, the value redacted when the key names a secret, and secret-looking members
+/// redacted when the value is a JSON object (`ECS_LOG_OPTS={"splunk-token":"…"}`).
+pub fn redacted_pair(key: &str, value: &str) -> String {
+    let shown = shown(key, value);
+    if shown.trim_start().starts_with('{') {
+        if let Ok(map) = serde_json::from_str::<BTreeMap<String, serde_json::Value>>(shown) {
+            if map.keys().any(|k| is_secret_key(k)) {
+                let redacted: BTreeMap<&String, serde_json::Value> = map
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = if is_secret_key(k) {
+                            serde_json::Value::String(REDACTED.into())
+                        } else {
+                            v.clone()
+                        };
+                        (k, v)
+                    })
+                    .collect();
+                let text = serde_json::to_string(&redacted).unwrap_or_else(|_| REDACTED.into());
+                return format!("{key}={text}");
+            }
+        }
+    }
+    format!("{key}={shown}")
+}
+
+/// An environment entry `KEY=VALUE` (as in an OCI spec), redacted like [`redacted_pair`].
+pub fn redacted_entry(entry: &str) -> String {
+    match entry.split_once('=') {
+        Some((k, v)) => redacted_pair(k, v),
+        None => entry.to_string(),
+    }
+}
+
 /// A bind mount from the host into the container.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Mount {
@@ -178,12 +221,7 @@ impl fmt::Debug for AgentSpec {
 }
 
 fn redact_pairs<'a>(pairs: impl Iterator<Item = (&'a String, &'a String)>) -> Vec<String> {
-    pairs
-        .map(|(k, v)| {
-            let shown = if is_secret_key(k) { REDACTED } else { v };
-            format!("{k}={shown}")
-        })
-        .collect()
+    pairs.map(|(k, v)| redacted_pair(k, v)).collect()
 }
 
 fn redacted_env<S: Serializer>(env: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
@@ -191,16 +229,7 @@ fn redacted_env<S: Serializer>(env: &[(String, String)], s: S) -> Result<S::Ok, 
 }
 
 fn redacted_map<S: Serializer>(map: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_map(map.iter().map(|(k, v)| {
-        (
-            k,
-            if is_secret_key(k) {
-                REDACTED
-            } else {
-                v.as_str()
-            },
-        )
-    }))
+    s.collect_map(map.iter().map(|(k, v)| (k, shown(k, v))))
 }
 
 #[cfg(test)]
@@ -230,6 +259,21 @@ mod tests {
         ] {
             assert!(!is_secret_key(k), "{k}");
         }
+    }
+
+    #[test]
+    fn secret_members_of_json_values_are_redacted() {
+        let shown = redacted_pair(
+            "ECS_LOG_OPTS",
+            r#"{"splunk-token":"tok-123","splunk-url":"https://s:8088"}"#,
+        );
+        assert!(!shown.contains("tok-123"), "{shown}");
+        assert!(
+            shown.contains("https://s:8088") && shown.contains(REDACTED),
+            "{shown}"
+        );
+        assert_eq!(redacted_pair("A", "{not json"), "A={not json");
+        assert_eq!(redacted_pair("A", r#"{"x":"1"}"#), r#"A={"x":"1"}"#);
     }
 
     #[test]

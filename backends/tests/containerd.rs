@@ -125,6 +125,13 @@ fn import_docker_save_both_names_and_idempotent() {
             .await
             .unwrap());
         assert!(!env.rt.image_present("amazon/other:latest").await.unwrap());
+        // The image ID is the archive's config digest, as on Docker.
+        let archive = ecs_backends::archive::verify_file(&tar).unwrap();
+        assert_eq!(
+            env.rt.image_id(support::AGENT_IMAGE).await.unwrap(),
+            Some(archive[0].config_digest.clone())
+        );
+        assert_eq!(env.rt.image_id("amazon/other:latest").await.unwrap(), None);
         let images = env.images();
         assert_eq!(
             images,

@@ -109,6 +109,59 @@ async fn missing_socket_is_a_connect_error_naming_it_and_connect_itself_succeeds
     assert!(err.to_string().contains("tcp://127.0.0.1:2375"), "{err}");
 }
 
+/// dockerd tags the images of an archive one by one and stops at the first broken one: without
+/// verifying the whole archive first, a tarball whose second image is broken would move the
+/// first image's tag and then fail.
+#[tokio::test]
+async fn a_partly_valid_multi_image_tarball_moves_no_tag() {
+    let rt = runtime();
+    let docker = client(&rt).await;
+    let reference = "ecs-dkt/multi:v1";
+    let pid = std::process::id();
+    let old = support::stand_in_tarball_with(
+        &support::ImageSpec::new(reference).marker(&format!("multi-old-{pid}")),
+        support::TarballFormat::DockerSave,
+    );
+    rt.load_image(&old).await.expect("load the first image");
+    let id_before = docker.inspect_image(reference).await.unwrap().id;
+    let new = support::stand_in_tarball_with(
+        &support::ImageSpec::new(reference).marker(&format!("multi-new-{pid}")),
+        support::TarballFormat::DockerSave,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("multi.tar");
+    support::corrupt_copy(&new, &bad, support::Corruption::BrokenSecondImage).unwrap();
+    let err = rt.load_image(&bad).await.unwrap_err();
+    assert!(
+        matches!(&err, RuntimeError::BadTarball { path, reason } if *path == bad && reason.contains("missing")),
+        "{err:?}"
+    );
+    assert_eq!(
+        docker.inspect_image(reference).await.unwrap().id,
+        id_before,
+        "the tag moved"
+    );
+    assert!(!rt.image_present("ecs-dkt/multi:v1-broken").await.unwrap());
+    // The same archive without the broken image loads and moves the tag.
+    rt.load_image(&new).await.expect("load the intact archive");
+    assert_ne!(docker.inspect_image(reference).await.unwrap().id, id_before);
+}
+
+/// Docker's image ID is the config digest the archive names.
+#[tokio::test]
+async fn image_id_is_the_config_digest() {
+    let rt = runtime();
+    let reference = "ecs-dkt/id:v1";
+    let tarball = support::stand_in_tarball(reference);
+    rt.load_image(&tarball).await.unwrap();
+    let images = ecs_backends::archive::verify_file(&tarball).unwrap();
+    assert_eq!(
+        rt.image_id(reference).await.unwrap(),
+        Some(images[0].config_digest.clone())
+    );
+    assert_eq!(rt.image_id("ecs-dkt/id:absent").await.unwrap(), None);
+}
+
 #[tokio::test]
 async fn load_good_then_corrupt_keeps_the_good_image() {
     let _lock = support::agent_lock();

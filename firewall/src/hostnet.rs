@@ -7,10 +7,9 @@
 //! (`proc` = the parent of `proc_sys`), the route through rtnetlink. Nothing shells out except
 //! the firewall tools themselves.
 use crate::rules::{RuleOptions, RuleSet, CREDENTIALS_ENDPOINT};
-use crate::select::{
-    choose, Backend, Choice, HostProbe, NoFirewallTool, Selection, UnknownFirewall,
-};
-use crate::FirewallError;
+use crate::select::{Backend, Choice, Firewalls, Selection};
+use crate::{Firewall, FirewallError};
+use ecs_host::Record;
 use rtnetlink::packet_route::route::RouteScope;
 use serde::Serialize;
 use std::net::Ipv4Addr;
@@ -26,8 +25,6 @@ const ROUTE_LOCALNET_DEFAULT: &str = "net/ipv4/conf/default/route_localnet";
 /// What the launcher knows from its configuration. No backend reads `ecs.config`.
 #[derive(Debug, Clone, Serialize)]
 pub struct NetConfig {
-    /// `ECS_INIT_FIREWALL`: auto (default), iptables, nftables or none.
-    pub firewall: String,
     /// `ECS_SKIP_LOCALHOST_TRAFFIC_FILTER`.
     pub skip_localhost_filter: bool,
     /// `ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS`.
@@ -43,7 +40,6 @@ pub struct NetConfig {
 impl Default for NetConfig {
     fn default() -> Self {
         NetConfig {
-            firewall: "auto".into(),
             skip_localhost_filter: false,
             allow_offhost_introspection: false,
             introspection_interface: None,
@@ -91,12 +87,6 @@ pub struct NetPlan {
 /// Errors of host network setup/teardown.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    /// `ECS_INIT_FIREWALL` is not one we know; nothing was changed.
-    #[error(transparent)]
-    UnknownFirewall(#[from] UnknownFirewall),
-    /// `auto` found no usable tool; nothing was changed.
-    #[error(transparent)]
-    NoFirewallTool(#[from] NoFirewallTool),
     #[error("firewall ({backend}): {source}")]
     Firewall {
         backend: String,
@@ -178,9 +168,12 @@ fn lo_route_text() -> String {
     format!("{}/32 dev lo scope link", CREDENTIALS_ENDPOINT.ip())
 }
 
-fn plan_with(cfg: &NetConfig, facts: HostFacts, selection: Selection) -> NetPlan {
+/// What pre-start would do with `firewall` (chosen as `selection` says). Read-only: reads the
+/// namespace's facts, changes nothing.
+pub fn plan_network(cfg: &NetConfig, selection: Selection, firewall: &dyn Firewall) -> NetPlan {
+    let facts = host_facts(cfg);
     let rules = RuleSet::build(&rule_options(cfg, &facts));
-    let rendered = selection.backend.firewall().render(&rules);
+    let rendered = firewall.render(&rules);
     let mut sysctls = vec![SysctlChange {
         key: "net.ipv4.conf.all.route_localnet".into(),
         value: "1".into(),
@@ -207,34 +200,49 @@ fn plan_with(cfg: &NetConfig, facts: HostFacts, selection: Selection) -> NetPlan
     }
 }
 
-/// What pre-start would do. Read-only: probes tools and kernel state, changes nothing.
-pub fn plan_network(cfg: &NetConfig) -> Result<NetPlan, NetError> {
-    let choice: Choice = cfg.firewall.parse()?;
-    let selection = choose(choice, HostProbe::probe)?;
-    Ok(plan_with(cfg, host_facts(cfg), selection))
+fn record_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(RECORD_FILE)
+}
+
+/// The record of the last pre-start, if any (an unreadable one counts as none, with a warning).
+fn read_record(state_dir: &Path) -> Option<Record> {
+    let path = record_path(state_dir);
+    match Record::read(&path) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(record = %path.display(), error = %e, "ignoring the firewall record");
+            None
+        }
+    }
 }
 
 /// The backend recorded by the last pre-start, if any.
 pub fn recorded_backend(state_dir: &Path) -> Option<Backend> {
-    let text = std::fs::read_to_string(state_dir.join(RECORD_FILE)).ok()?;
-    text.lines().next()?.trim().parse().ok()
+    read_record(state_dir)?.name.parse().ok()
 }
 
-/// Write the record atomically (temp file, fsync, rename): name on the first line, reason on
-/// the second.
-fn write_record(state_dir: &Path, selection: &Selection) -> Result<(), NetError> {
-    use std::io::Write;
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| NetError::State { path, source }
-    };
-    std::fs::create_dir_all(state_dir).map_err(err(state_dir))?;
-    let path = state_dir.join(RECORD_FILE);
-    let tmp = state_dir.join(format!(".{RECORD_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp).map_err(err(&tmp))?;
-    writeln!(f, "{}\n{}", selection.backend, selection.reason).map_err(err(&tmp))?;
-    f.sync_all().map_err(err(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(err(&path))
+/// Which backends post-stop removes rules with: the recorded one; without a record the
+/// configured one; for `auto` (or a configuration that could not be read) every usable one.
+pub async fn teardown_backends(
+    firewalls: &Firewalls,
+    state_dir: &Path,
+    choice: Option<Choice>,
+) -> Vec<Backend> {
+    match (recorded_backend(state_dir), choice) {
+        (Some(b), _) => vec![b],
+        (None, Some(Choice::Named(b))) => vec![b],
+        (None, _) => {
+            let p = firewalls.probe().await;
+            let mut v = Vec::new();
+            if p.iptables_usable {
+                v.push(Backend::Iptables);
+            }
+            if p.nft_usable {
+                v.push(Backend::Nftables);
+            }
+            v
+        }
+    }
 }
 
 fn sysctl_path(cfg: &NetConfig, rel: &str) -> PathBuf {
@@ -266,8 +274,9 @@ fn netlink_code(e: &rtnetlink::Error) -> Option<i32> {
 }
 
 /// Add (or remove) `169.254.170.2/32 dev lo scope link` through rtnetlink. Idempotent: an
-/// existing route on add, or a missing one on remove, is success.
-async fn lo_route(add: bool) -> Result<(), NetError> {
+/// existing route on add, or a missing one on remove, is success. Returns whether the call
+/// changed the table.
+async fn lo_route(add: bool) -> Result<bool, NetError> {
     let route_err = |message: String| NetError::Route {
         route: lo_route_text(),
         message,
@@ -290,41 +299,95 @@ async fn lo_route(add: bool) -> Result<(), NetError> {
         .build();
     let result = if add {
         match handle.route().add(msg).execute().await {
-            Err(e) if netlink_code(&e) == Some(libc::EEXIST) => Ok(()),
-            other => other,
+            Err(e) if netlink_code(&e) == Some(libc::EEXIST) => Ok(false),
+            other => other.map(|_| true),
         }
     } else {
         match handle.route().del(msg).execute().await {
-            Err(e) if netlink_code(&e) == Some(libc::ESRCH) => Ok(()),
-            other => other,
+            Err(e) if netlink_code(&e) == Some(libc::ESRCH) => Ok(false),
+            other => other.map(|_| true),
         }
     };
     task.abort();
     result.map_err(|e| route_err(e.to_string()))
 }
 
-/// pre-start: choose the backend (error before any change if the setting is unknown), record
-/// it, set the sysctls, add the lo route when needed, apply the rules.
-pub async fn setup_network(cfg: &NetConfig) -> Result<NetPlan, NetError> {
-    let choice: Choice = cfg.firewall.parse()?;
-    let selection = choose(choice, HostProbe::probe)?;
-    tracing::info!(firewall = %selection.backend, reason = %selection.reason, "firewall backend chosen");
-    let plan = plan_with(cfg, host_facts(cfg), selection.clone());
+/// The record key holding the `route_localnet` value pre-start found (post-stop restores it).
+const FOUND_ROUTE_LOCALNET: &str = "route_localnet";
 
+/// pre-start: remove the previous backend's rules when the backend changed, record the backend
+/// (and the `route_localnet` value found, unless an earlier record already holds the original),
+/// set the sysctls, add the lo route when needed and apply the rules.
+///
+/// All or nothing: when the route or the rules cannot be put in place, `route_localnet` is set
+/// back, a route this call added is removed and the record is restored, so a failed pre-start
+/// never leaves `route_localnet=1` without the localhost filter.
+pub async fn setup_network(
+    cfg: &NetConfig,
+    plan: &NetPlan,
+    firewall: &dyn Firewall,
+    previous: Option<&dyn Firewall>,
+) -> Result<(), NetError> {
     // A different backend applied last time (setting changed without a post-stop): take its
     // rules out so the host never has two copies.
-    if let Some(previous) = recorded_backend(&cfg.state_dir) {
-        if previous != selection.backend {
-            tracing::warn!(%previous, now = %selection.backend, "firewall backend changed; removing the previous backend's rules");
-            if let Err(e) = previous.firewall().remove(&plan.rules).await {
-                tracing::warn!(error = %e, "could not remove the previous backend's rules");
-            }
+    if let Some(prev) = previous.filter(|p| p.name() != firewall.name()) {
+        tracing::warn!(
+            previous = prev.name(),
+            now = firewall.name(),
+            "firewall backend changed; removing the previous backend's rules"
+        );
+        if let Err(e) = prev.remove(&plan.rules).await {
+            tracing::warn!(error = %e, "could not remove the previous backend's rules");
         }
     }
-    // Recorded before applying, so a crash mid-apply still tears down with the right backend.
-    write_record(&cfg.state_dir, &selection)?;
+    let all = sysctl_path(cfg, ROUTE_LOCALNET_ALL);
+    let found = read_sysctl(&all)?;
+    let earlier = write_setup_record(cfg, plan, &found)?;
+    let mut route_added = false;
+    let result = apply(cfg, plan, firewall, &all, &mut route_added).await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "host network setup failed; undoing the sysctl and route changes");
+        undo(cfg, &all, &found, route_added, earlier).await;
+        return Err(e);
+    }
+    tracing::info!(firewall = %plan.firewall, rules = plan.rules.rules.len(), "host network prepared");
+    Ok(())
+}
 
-    write_sysctl(&sysctl_path(cfg, ROUTE_LOCALNET_ALL), "1")?;
+/// Record the backend before anything is applied (so a crash mid-apply still tears down with
+/// the right one), with the `route_localnet` value to restore: the one an earlier record already
+/// holds, else the one `found` now. Returns the record that was there before.
+fn write_setup_record(
+    cfg: &NetConfig,
+    plan: &NetPlan,
+    found: &str,
+) -> Result<Option<Record>, NetError> {
+    let earlier = read_record(&cfg.state_dir);
+    let mut record = Record::new(&plan.firewall, &plan.reason);
+    let original = earlier
+        .as_ref()
+        .and_then(|r| r.extras.get(FOUND_ROUTE_LOCALNET).cloned())
+        .unwrap_or_else(|| found.to_string());
+    record.extras.insert(FOUND_ROUTE_LOCALNET.into(), original);
+    let path = record_path(&cfg.state_dir);
+    let state_err = |source| NetError::State {
+        path: path.clone(),
+        source,
+    };
+    ecs_host::files::ensure_dir(&cfg.state_dir, 0o755).map_err(state_err)?;
+    record.write(&path).map_err(state_err)?;
+    Ok(earlier)
+}
+
+/// The changes themselves: sysctls, the lo route when needed, the rules.
+async fn apply(
+    cfg: &NetConfig,
+    plan: &NetPlan,
+    firewall: &dyn Firewall,
+    route_localnet: &Path,
+    route_added: &mut bool,
+) -> Result<(), NetError> {
+    write_sysctl(route_localnet, "1")?;
     if let Some(bridge) = &plan.facts.bridge {
         let path = cfg
             .proc_sys
@@ -336,70 +399,77 @@ pub async fn setup_network(cfg: &NetConfig) -> Result<NetPlan, NetError> {
     }
     if !plan.routes.is_empty() {
         tracing::info!(route = %lo_route_text(), "no IPv4 default route: adding");
-        lo_route(true).await?;
+        *route_added = lo_route(true).await?;
     }
-    selection
-        .backend
-        .firewall()
+    firewall
         .apply(&plan.rules)
         .await
         .map_err(|source| NetError::Firewall {
-            backend: selection.backend.to_string(),
+            backend: plan.firewall.clone(),
             source,
-        })?;
-    tracing::info!(firewall = %selection.backend, rules = plan.rules.rules.len(), "host network prepared");
-    Ok(plan)
+        })
 }
 
-/// post-stop: remove our rules with the backend that applied them (every available one when
-/// nothing was recorded), restore route_localnet from the default, remove the lo route. Needs no
-/// container runtime. Carries on past failures and reports them all.
-pub async fn teardown_network(cfg: &NetConfig) -> Result<(), NetError> {
-    let choice: Choice = cfg.firewall.parse()?;
+/// Put back what a failed [`apply`] changed: `route_localnet`, a route it added, the record.
+async fn undo(
+    cfg: &NetConfig,
+    route_localnet: &Path,
+    found: &str,
+    route_added: bool,
+    earlier: Option<Record>,
+) {
+    if let Err(e) = write_sysctl(route_localnet, found) {
+        tracing::error!(error = %e, "could not restore route_localnet");
+    }
+    if route_added {
+        if let Err(e) = lo_route(false).await {
+            tracing::error!(error = %e, "could not remove the lo route");
+        }
+    }
+    let path = record_path(&cfg.state_dir);
+    let restored = match &earlier {
+        Some(r) => r.write(&path),
+        None => ecs_host::files::remove(&path),
+    };
+    if let Err(e) = restored {
+        tracing::error!(error = %e, "could not restore the firewall record");
+    }
+}
+
+/// post-stop: remove our rules with each of `firewalls` (see [`teardown_backends`]), restore
+/// route_localnet (to the value pre-start recorded, else to the `default` value), remove the lo
+/// route. Needs no container runtime. Carries on past failures and reports them all; the
+/// record is removed once everything succeeded.
+pub async fn teardown_network(
+    cfg: &NetConfig,
+    firewalls: &[Box<dyn Firewall>],
+) -> Result<(), NetError> {
     let facts = host_facts(cfg);
     let rules = RuleSet::build(&rule_options(cfg, &facts));
-    let backends: Vec<Backend> = match (recorded_backend(&cfg.state_dir), choice) {
-        (Some(b), _) => vec![b],
-        (None, Choice::Named(b)) => vec![b],
-        (None, Choice::Auto) => {
-            let p = HostProbe::probe();
-            let mut v = Vec::new();
-            if p.iptables_usable {
-                v.push(Backend::Iptables);
-            }
-            if p.nft_usable {
-                v.push(Backend::Nftables);
-            }
-            v
-        }
-    };
+    let record = read_record(&cfg.state_dir);
     let mut errors = Vec::new();
-    for backend in backends {
-        tracing::info!(firewall = %backend, "removing firewall rules");
-        if let Err(source) = backend.firewall().remove(&rules).await {
+    for fw in firewalls {
+        tracing::info!(firewall = fw.name(), "removing firewall rules");
+        if let Err(source) = fw.remove(&rules).await {
             errors.push(NetError::Firewall {
-                backend: backend.to_string(),
+                backend: fw.name().to_string(),
                 source,
             });
         }
     }
-    match read_sysctl(&sysctl_path(cfg, ROUTE_LOCALNET_DEFAULT))
-        .and_then(|v| write_sysctl(&sysctl_path(cfg, ROUTE_LOCALNET_ALL), &v))
-    {
-        Ok(()) => {}
-        Err(e) => errors.push(e),
+    let restore = match record.and_then(|r| r.extras.get(FOUND_ROUTE_LOCALNET).cloned()) {
+        Some(v) => Ok(v),
+        None => read_sysctl(&sysctl_path(cfg, ROUTE_LOCALNET_DEFAULT)),
+    };
+    if let Err(e) = restore.and_then(|v| write_sysctl(&sysctl_path(cfg, ROUTE_LOCALNET_ALL), &v)) {
+        errors.push(e);
     }
     if let Err(e) = lo_route(false).await {
         errors.push(e);
     }
     if errors.is_empty() {
-        let path = cfg.state_dir.join(RECORD_FILE);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(NetError::State { path, source }),
-        }
-        Ok(())
+        let path = record_path(&cfg.state_dir);
+        ecs_host::files::remove(&path).map_err(|source| NetError::State { path, source })
     } else if errors.len() == 1 {
         Err(errors.remove(0))
     } else {
@@ -410,6 +480,8 @@ pub async fn teardown_network(cfg: &NetConfig) -> Result<(), NetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::NoFirewall;
+    use async_trait::async_trait;
 
     fn fake_proc(bridge: bool, ipv6: bool, default_route: bool) -> (tempfile::TempDir, NetConfig) {
         let dir = tempfile::tempdir().unwrap();
@@ -435,12 +507,18 @@ mod tests {
         }
         std::fs::write(dir.path().join("net/route"), route).unwrap();
         let cfg = NetConfig {
-            firewall: "none".into(),
             state_dir: dir.path().join("state"),
             proc_sys: sys,
             ..NetConfig::default()
         };
         (dir, cfg)
+    }
+
+    fn none_selection() -> Selection {
+        Selection {
+            backend: Backend::None,
+            reason: "ECS_INIT_FIREWALL=none".into(),
+        }
     }
 
     #[test]
@@ -468,7 +546,7 @@ mod tests {
     #[test]
     fn plan_lists_rules_sysctls_and_route() {
         let (_d, cfg) = fake_proc(true, true, false);
-        let plan = plan_network(&cfg).unwrap();
+        let plan = plan_network(&cfg, none_selection(), &NoFirewall);
         assert_eq!(plan.firewall, "none");
         assert_eq!(plan.reason, "ECS_INIT_FIREWALL=none");
         assert_eq!(plan.rules.rules.len(), 7);
@@ -480,59 +558,74 @@ mod tests {
         assert_eq!(json["facts"]["bridge"], "docker0");
 
         let (_d, cfg) = fake_proc(false, false, true);
-        let plan = plan_network(&NetConfig {
-            firewall: "NONE".into(),
-            ..cfg
-        })
-        .unwrap();
+        let plan = plan_network(&cfg, none_selection(), &NoFirewall);
         assert!(plan.routes.is_empty());
         assert_eq!(plan.sysctls.len(), 1);
+        // Nothing is written by planning.
+        assert!(!cfg.state_dir.exists());
     }
 
-    #[test]
-    fn unknown_setting_is_its_own_error_and_changes_nothing() {
-        let (_d, cfg) = fake_proc(true, true, false);
-        let cfg = NetConfig {
-            firewall: "ufw".into(),
-            ..cfg
-        };
-        assert!(matches!(
-            plan_network(&cfg),
-            Err(NetError::UnknownFirewall(_))
-        ));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        assert!(matches!(
-            rt.block_on(setup_network(&cfg)),
-            Err(NetError::UnknownFirewall(_))
-        ));
-        assert!(matches!(
-            rt.block_on(teardown_network(&cfg)),
-            Err(NetError::UnknownFirewall(_))
-        ));
-        assert!(!cfg.state_dir.exists(), "nothing may be written");
-        assert_eq!(
-            std::fs::read_dir(cfg.proc_sys.join("net/ipv4/conf/all"))
-                .unwrap()
-                .count(),
-            0
-        );
+    /// A firewall whose apply fails (as a rejected rule does).
+    struct Refusing;
+
+    #[async_trait]
+    impl Firewall for Refusing {
+        fn name(&self) -> &'static str {
+            "iptables"
+        }
+        async fn apply(&self, _: &RuleSet) -> crate::Result<()> {
+            Err(FirewallError::Command {
+                command: "iptables -w -t filter -I INPUT …".into(),
+                stderr: "no such interface".into(),
+            })
+        }
+        async fn remove(&self, _: &RuleSet) -> crate::Result<()> {
+            Ok(())
+        }
+        async fn applied(&self) -> crate::Result<RuleSet> {
+            Ok(RuleSet::default())
+        }
+        fn render(&self, _: &RuleSet) -> Vec<String> {
+            Vec::new()
+        }
     }
 
-    #[test]
-    fn record_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("var/lib/ecs");
-        assert_eq!(recorded_backend(&state), None);
-        let sel = Selection {
-            backend: Backend::Nftables,
-            reason: "auto: test".into(),
-        };
-        write_record(&state, &sel).unwrap();
-        assert_eq!(recorded_backend(&state), Some(Backend::Nftables));
-        let text = std::fs::read_to_string(state.join(RECORD_FILE)).unwrap();
-        assert_eq!(text, "nftables\nauto: test\n");
+    fn route_localnet(cfg: &NetConfig) -> String {
+        read_sysctl(&sysctl_path(cfg, ROUTE_LOCALNET_ALL)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_apply_undoes_the_sysctl_and_the_record() {
+        // A default route exists, so no route is added (unit tests never touch the host's).
+        let (_d, cfg) = fake_proc(false, false, true);
+        std::fs::write(sysctl_path(&cfg, ROUTE_LOCALNET_ALL), "0\n").unwrap();
+        let plan = plan_network(&cfg, none_selection(), &Refusing);
+        let err = setup_network(&cfg, &plan, &Refusing, None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no such interface"), "{err}");
+        assert_eq!(route_localnet(&cfg), "0");
+        assert!(!record_path(&cfg.state_dir).exists());
+    }
+
+    #[tokio::test]
+    async fn the_record_keeps_the_route_localnet_value_first_found() {
+        let (_d, cfg) = fake_proc(false, false, true);
+        std::fs::write(sysctl_path(&cfg, ROUTE_LOCALNET_ALL), "0\n").unwrap();
+        let plan = plan_network(&cfg, none_selection(), &NoFirewall);
+        setup_network(&cfg, &plan, &NoFirewall, None).await.unwrap();
+        assert_eq!(route_localnet(&cfg), "1");
+        // pre-start again without post-stop: the original value is still 0, not our 1.
+        setup_network(&cfg, &plan, &NoFirewall, None).await.unwrap();
+        let record = Record::read(&record_path(&cfg.state_dir)).unwrap().unwrap();
+        assert_eq!(record.name, "none");
+        assert_eq!(record.extras[FOUND_ROUTE_LOCALNET], "0");
+        assert_eq!(recorded_backend(&cfg.state_dir), Some(Backend::None));
+        // A failure now restores the record as it was (still naming the original value).
+        let _ = setup_network(&cfg, &plan, &Refusing, None)
+            .await
+            .unwrap_err();
+        let again = Record::read(&record_path(&cfg.state_dir)).unwrap().unwrap();
+        assert_eq!(again, record);
     }
 }

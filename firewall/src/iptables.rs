@@ -6,11 +6,14 @@
 //! rule is checked (`-C`) before it is added, and an apply that fails part-way undoes what it did.
 //! Works the same with iptables-nft and iptables-legacy: only the `iptables`/`ip6tables` programs
 //! differ, and `-S` prints the same lines for both.
-use crate::exec::{self, command_line, is_not_found};
+use crate::exec::{self, is_not_found};
 use crate::rules::{Family, Hook, Position, CREDENTIALS_ENDPOINT, INTROSPECTION_PORT};
 use crate::{Firewall, FirewallError, Result, Rule, RuleSet, Scope};
 use async_trait::async_trait;
+use ecs_host::exec::command_line;
+use ecs_host::Exec;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 
 /// The interface name of loopback, as the existing tool uses it (`! -i lo`).
 const LOOPBACK: &str = "lo";
@@ -23,17 +26,12 @@ const GROUPS: [(Family, Hook); 4] = [
     (Family::V4, Hook::NatOutput),
 ];
 
-/// iptables / ip6tables, by program name (looked up on `PATH`).
+/// iptables / ip6tables, by program name (looked up on the search path of the [`Exec`]).
 #[derive(Debug, Clone)]
 pub struct Iptables {
+    exec: Arc<dyn Exec>,
     v4: String,
     v6: String,
-}
-
-impl Default for Iptables {
-    fn default() -> Self {
-        Iptables::new()
-    }
 }
 
 /// One undo step of an apply in progress.
@@ -191,13 +189,18 @@ fn parse_rule(family: Family, hook: Hook, line: &str) -> Option<Rule> {
 
 impl Iptables {
     /// The host's `iptables` / `ip6tables` (whichever variant the system links them to).
-    pub fn new() -> Iptables {
-        Iptables::with_programs("iptables", "ip6tables")
+    pub fn new(exec: Arc<dyn Exec>) -> Iptables {
+        Iptables::with_programs(exec, "iptables", "ip6tables")
     }
 
     /// Explicit programs, e.g. `iptables-legacy` / `ip6tables-legacy`.
-    pub fn with_programs(v4: impl Into<String>, v6: impl Into<String>) -> Iptables {
+    pub fn with_programs(
+        exec: Arc<dyn Exec>,
+        v4: impl Into<String>,
+        v6: impl Into<String>,
+    ) -> Iptables {
         Iptables {
+            exec,
             v4: v4.into(),
             v6: v6.into(),
         }
@@ -241,7 +244,7 @@ impl Iptables {
     async fn check(&self, rule: &Rule) -> Result<bool> {
         let program = self.program(rule.family());
         let args = Iptables::args(rule, "-C", None);
-        let out = exec::run(program, &args).await?;
+        let out = exec::run(self.exec.as_ref(), program, &args).await?;
         match (out.success, out.code) {
             (true, _) => Ok(true),
             (false, Some(1)) => Ok(false),
@@ -253,7 +256,7 @@ impl Iptables {
     }
 
     async fn run_rule(&self, rule: &Rule, args: Vec<String>) -> Result<()> {
-        exec::run_ok(self.program(rule.family()), &args)
+        exec::run_ok(self.exec.as_ref(), self.program(rule.family()), &args)
             .await
             .map(|_| ())
     }
@@ -272,11 +275,8 @@ impl Iptables {
     async fn list(&self, family: Family, hook: Hook) -> Result<Option<Vec<(usize, Rule)>>> {
         let (table, chain) = table_chain(hook);
         let program = self.program(family);
-        let args: Vec<String> = ["-w", "-t", table, "-S", chain]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let out = match exec::run_ok(program, &args).await {
+        let args = exec::args(&["-w", "-t", table, "-S", chain]);
+        let out = match exec::run_ok(self.exec.as_ref(), program, &args).await {
             Ok(out) => out,
             Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => return Err(e),
@@ -503,7 +503,7 @@ mod tests {
 
     #[test]
     fn renders_the_existing_tools_rules() {
-        let lines = Iptables::new().render(&all_rules());
+        let lines = Iptables::new(Arc::new(Xtables::default().exec())).render(&all_rules());
         assert_eq!(
             lines,
             [
@@ -560,5 +560,348 @@ mod tests {
         );
         assert_eq!(parse_rule(v4, Hook::NatPrerouting, "-A PREROUTING -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:51679"), None);
         assert_eq!(parse_rule(v4, Hook::FilterInput, "-P INPUT ACCEPT"), None);
+    }
+
+    // ---- a model of iptables' rule tables behind the Exec seam, for converge and rollback ----
+
+    use ecs_host::exec::FakeExec;
+    use ecs_host::Output;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// How `iptables -S` prints one of our rules (the inverse of [`parse_rule`]).
+    fn s_line(rule: &Rule) -> String {
+        let (_, chain) = table_chain(rule.hook());
+        let body = match rule {
+            Rule::CredentialsDnat { endpoint, target } => format!(
+                "-d {}/32 -p tcp -m tcp --dport {} -j DNAT --to-destination {target}",
+                endpoint.ip(),
+                endpoint.port()
+            ),
+            Rule::CredentialsRedirect {
+                endpoint,
+                target_port,
+            } => format!(
+                "-d {}/32 -p tcp -m tcp --dport {} -j REDIRECT --to-ports {target_port}",
+                endpoint.ip(),
+                endpoint.port()
+            ),
+            Rule::LocalhostFilter => "! -s 127.0.0.0/8 -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP".into(),
+            Rule::IntrospectionBlock { port, scope, .. } => match scope {
+                Scope::AllExceptLoopback => format!("! -i lo -p tcp -m tcp --dport {port} -j DROP"),
+                Scope::Interface(i) => format!("-i {i} -p tcp -m tcp --dport {port} -j DROP"),
+            },
+            Rule::IntrospectionBridgeAccept { port, bridge, .. } => {
+                format!("-i {bridge} -p tcp -m tcp --dport {port} -j ACCEPT")
+            }
+        };
+        format!("-A {chain} {body}")
+    }
+
+    /// Every rule the tests use, to map a command's rule specification back to a rule.
+    fn universe() -> Vec<Rule> {
+        let mut all = all_rules().rules;
+        for family in [Family::V4, Family::V6] {
+            all.push(Rule::IntrospectionBlock {
+                family,
+                port: INTROSPECTION_PORT,
+                scope: Scope::Interface("eth0".into()),
+            });
+        }
+        all
+    }
+
+    /// The kernel's tables as `-S` lines per (program, table, chain); an operator's rule is
+    /// kept in INPUT to check it is never touched.
+    #[derive(Default, Clone)]
+    struct Tables(HashMap<(String, String, String), Vec<String>>);
+
+    const OPERATOR_RULE: &str = "-A INPUT -s 10.0.0.0/8 -p tcp -m tcp --dport 22 -j ACCEPT";
+
+    #[derive(Default, Clone)]
+    struct Xtables {
+        state: Arc<Mutex<Tables>>,
+        /// A command line containing this fails (exit 2) when run.
+        fail_on: Arc<Mutex<Option<String>>>,
+    }
+
+    impl Xtables {
+        fn with_operator_rule() -> Xtables {
+            let x = Xtables::default();
+            x.set("iptables", "filter", "INPUT", vec![OPERATOR_RULE.into()]);
+            x
+        }
+
+        fn lines(&self, program: &str, table: &str, chain: &str) -> Vec<String> {
+            self.state
+                .lock()
+                .unwrap()
+                .0
+                .get(&(program.into(), table.into(), chain.into()))
+                .cloned()
+                .unwrap_or_default()
+        }
+
+        fn set(&self, program: &str, table: &str, chain: &str, lines: Vec<String>) {
+            self.state
+                .lock()
+                .unwrap()
+                .0
+                .insert((program.into(), table.into(), chain.into()), lines);
+        }
+
+        fn answer(&self, program: &str, args: &[String]) -> Output {
+            let line = ecs_host::exec::command_line(program, args);
+            if let Some(f) = self.fail_on.lock().unwrap().as_ref() {
+                if line.contains(f.as_str()) {
+                    return Output::failed(2, "iptables: injected failure");
+                }
+            }
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            let ["-w", "-t", table, op, chain, rest @ ..] = a.as_slice() else {
+                return Output::failed(2, format!("unexpected: {line}"));
+            };
+            let mut lines = self.lines(program, table, chain);
+            let (index, spec) = match rest {
+                [n, spec @ ..] if n.parse::<usize>().is_ok() => {
+                    (Some(n.parse::<usize>().unwrap()), spec)
+                }
+                spec => (None, spec),
+            };
+            let spec: Vec<String> = spec.iter().map(|s| s.to_string()).collect();
+            let rule = universe().into_iter().find(|r| rule_args(r) == spec);
+            let out = match (*op, rule) {
+                ("-S", _) => {
+                    let mut out = format!("-P {chain} ACCEPT\n");
+                    for l in &lines {
+                        out.push_str(l);
+                        out.push('\n');
+                    }
+                    return Output::ok(out);
+                }
+                ("-C", Some(r)) => {
+                    return if lines.contains(&s_line(&r)) {
+                        Output::ok("")
+                    } else {
+                        Output::failed(
+                            1,
+                            "iptables: Bad rule (does a matching rule exist in that chain?).",
+                        )
+                    }
+                }
+                ("-A", Some(r)) => {
+                    lines.push(s_line(&r));
+                    Output::ok("")
+                }
+                ("-I", Some(r)) => {
+                    let at = index.unwrap_or(1) - 1;
+                    if at > lines.len() {
+                        return Output::failed(1, "iptables: Index of insertion too big.");
+                    }
+                    lines.insert(at, s_line(&r));
+                    Output::ok("")
+                }
+                ("-D", Some(r)) => match lines.iter().position(|l| *l == s_line(&r)) {
+                    Some(i) => {
+                        lines.remove(i);
+                        Output::ok("")
+                    }
+                    None => return Output::failed(1, "iptables: Bad rule"),
+                },
+                _ => return Output::failed(2, format!("unexpected: {line}")),
+            };
+            self.set(program, table, chain, lines);
+            out
+        }
+
+        fn exec(&self) -> FakeExec {
+            let me = self.clone();
+            FakeExec::new(&["iptables", "ip6tables"], move |p, a| Ok(me.answer(p, a)))
+        }
+
+        fn iptables(&self) -> (Arc<FakeExec>, Iptables) {
+            let exec = Arc::new(self.exec());
+            (exec.clone(), Iptables::new(exec))
+        }
+
+        /// Our rules in one chain, top to bottom.
+        fn ours(&self, program: &str, table: &str, chain: &str) -> Vec<String> {
+            self.lines(program, table, chain)
+                .into_iter()
+                .filter(|l| l != OPERATOR_RULE)
+                .collect()
+        }
+
+        /// The whole state as it would be after a clean apply of `rules` on an empty host.
+        async fn expected(rules: &RuleSet) -> Tables {
+            let x = Xtables::with_operator_rule();
+            let (_, ipt) = x.iptables();
+            ipt.apply(rules).await.unwrap();
+            let t = x.state.lock().unwrap().clone();
+            t
+        }
+    }
+
+    fn snapshot(x: &Xtables) -> HashMap<(String, String, String), Vec<String>> {
+        x.state.lock().unwrap().0.clone()
+    }
+
+    fn adds(exec: &FakeExec) -> Vec<String> {
+        exec.calls()
+            .into_iter()
+            .filter(|c| c.contains(" -A ") || c.contains(" -I ") || c.contains(" -D "))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn apply_converges_once_and_is_idempotent() {
+        let x = Xtables::with_operator_rule();
+        let (exec, ipt) = x.iptables();
+        let rules = all_rules();
+        ipt.apply(&rules).await.unwrap();
+        // Chain order as the existing tool's -I/-A leave it, the operator's rule below ours.
+        assert_eq!(
+            x.lines("iptables", "filter", "INPUT"),
+            [
+                "-A INPUT -i docker0 -p tcp -m tcp --dport 51678 -j ACCEPT",
+                "-A INPUT ! -i lo -p tcp -m tcp --dport 51678 -j DROP",
+                "-A INPUT ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+                OPERATOR_RULE,
+            ]
+        );
+        assert_eq!(x.ours("iptables", "nat", "PREROUTING").len(), 1);
+        assert_eq!(x.ours("ip6tables", "filter", "INPUT").len(), 2);
+        assert_eq!(ipt.applied().await.unwrap(), rules);
+        // Every add was checked first.
+        let calls = exec.calls();
+        for (i, c) in calls.iter().enumerate() {
+            if c.contains(" -A ") || c.contains(" -I ") {
+                assert!(
+                    calls[i - 1].contains(" -C "),
+                    "{c} not checked first: {calls:?}"
+                );
+            }
+        }
+        // A second apply lists and changes nothing.
+        let before = adds(&exec).len();
+        ipt.apply(&rules).await.unwrap();
+        assert_eq!(adds(&exec).len(), before, "{:?}", exec.calls());
+    }
+
+    #[tokio::test]
+    async fn apply_removes_duplicates_stale_and_misordered_rules_of_ours_only() {
+        let rules = all_rules();
+        let x = Xtables::with_operator_rule();
+        let dnat = s_line(&rules.rules[0]);
+        let stale = s_line(&Rule::IntrospectionBlock {
+            family: Family::V4,
+            port: INTROSPECTION_PORT,
+            scope: Scope::Interface("eth0".into()),
+        });
+        x.set("iptables", "nat", "PREROUTING", vec![dnat.clone(), dnat]);
+        let mut input = x.lines("iptables", "filter", "INPUT");
+        input.insert(0, stale.clone());
+        input.push(s_line(&Rule::LocalhostFilter));
+        x.set("iptables", "filter", "INPUT", input);
+        let (_, ipt) = x.iptables();
+        ipt.apply(&rules).await.unwrap();
+        assert_eq!(snapshot(&x), Xtables::expected(&rules).await.0);
+    }
+
+    #[tokio::test]
+    async fn a_crash_between_inserts_is_completed_above_the_rules_present() {
+        let rules = all_rules();
+        let x = Xtables::with_operator_rule();
+        // The bottom part of the INPUT rules is there (the first -I ran), the rest is missing.
+        let mut input = x.lines("iptables", "filter", "INPUT");
+        input.insert(0, s_line(&Rule::LocalhostFilter));
+        x.set("iptables", "filter", "INPUT", input);
+        let (exec, ipt) = x.iptables();
+        ipt.apply(&rules).await.unwrap();
+        assert_eq!(snapshot(&x), Xtables::expected(&rules).await.0);
+        assert!(
+            !exec
+                .calls()
+                .iter()
+                .any(|c| c.starts_with("iptables -w -t filter -D")),
+            "the present rule was kept, not re-added: {:?}",
+            exec.calls()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_apply_rolls_back_to_exactly_the_state_before() {
+        let rules = all_rules();
+        let x = Xtables::with_operator_rule();
+        // A stale rule that converge deletes first, then an ip6tables insert that fails.
+        let stale = s_line(&Rule::IntrospectionBlock {
+            family: Family::V4,
+            port: INTROSPECTION_PORT,
+            scope: Scope::Interface("eth0".into()),
+        });
+        let mut input = x.lines("iptables", "filter", "INPUT");
+        input.insert(0, stale);
+        x.set("iptables", "filter", "INPUT", input);
+        let before = snapshot(&x);
+        *x.fail_on.lock().unwrap() = Some("ip6tables -w -t filter -I INPUT".into());
+        let (_, ipt) = x.iptables();
+        let err = ipt.apply(&rules).await.unwrap_err();
+        assert!(err.to_string().contains("injected failure"), "{err}");
+        assert!(
+            err.to_string().contains("ip6tables -w -t filter -I INPUT"),
+            "{err}"
+        );
+        let after: HashMap<_, _> = snapshot(&x)
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        assert_eq!(after, before);
+    }
+
+    #[tokio::test]
+    async fn remove_takes_out_every_copy_and_nothing_else() {
+        let rules = all_rules();
+        let x = Xtables::with_operator_rule();
+        let (_, ipt) = x.iptables();
+        ipt.apply(&rules).await.unwrap();
+        // A second copy of the DNAT rule, as the Go tool leaves after an unclean stop.
+        let mut nat = x.lines("iptables", "nat", "PREROUTING");
+        nat.push(nat[0].clone());
+        x.set("iptables", "nat", "PREROUTING", nat);
+        ipt.remove(&rules).await.unwrap();
+        for ((program, table, chain), _) in snapshot(&x) {
+            assert!(
+                x.ours(&program, &table, &chain).is_empty(),
+                "{program} {table} {chain}"
+            );
+        }
+        assert_eq!(x.lines("iptables", "filter", "INPUT"), [OPERATOR_RULE]);
+        // Removing again (nothing there) is fine.
+        ipt.remove(&rules).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn no_ip6tables_is_fine_when_no_ipv6_rule_is_wanted() {
+        let x = Xtables::default();
+        let exec = Arc::new(FakeExec::new(&["iptables"], {
+            let x = x.clone();
+            move |p, a| Ok(x.answer(p, a))
+        }));
+        let ipt = Iptables::new(exec);
+        let v4_only = RuleSet::build(&RuleOptions {
+            ipv6: false,
+            ..RuleOptions::every_rule()
+        });
+        ipt.apply(&v4_only).await.unwrap();
+        ipt.remove(&v4_only).await.unwrap();
+        let err = ipt.apply(&all_rules()).await.unwrap_err();
+        assert!(
+            err.to_string().contains("ip6tables is not installed"),
+            "{err}"
+        );
+        assert!(
+            x.ours("iptables", "filter", "INPUT").is_empty(),
+            "rolled back"
+        );
     }
 }

@@ -16,16 +16,17 @@ pub mod rules;
 pub mod select;
 
 pub use error::{FirewallError, Result};
-pub use exec::find_tool;
 pub use hostnet::{
-    plan_network, setup_network, teardown_network, HostFacts, NetConfig, NetError, NetPlan,
-    SysctlChange,
+    plan_network, recorded_backend, setup_network, teardown_backends, teardown_network, HostFacts,
+    NetConfig, NetError, NetPlan, SysctlChange,
 };
 pub use iptables::Iptables;
 pub use nftables::Nftables;
 pub use none::NoFirewall;
 pub use rules::{Family, Hook, Position, Rule, RuleOptions, RuleSet, Scope};
-pub use select::{Backend, Choice, HostProbe, Selection, UnknownFirewall};
+pub use select::{
+    Backend, Choice, Firewalls, HostProbe, NoFirewallTool, Selection, UnknownFirewall,
+};
 
 use async_trait::async_trait;
 

@@ -1,13 +1,15 @@
 //! Choosing the firewall backend once, at start-up: by name (`ECS_INIT_FIREWALL`) or, for
 //! `auto`, by probing the host. The choice always comes with a reason, which is logged, shown by
 //! `plan` and recorded next to the backend name.
-use crate::exec::{find_tool, run_sync};
+use crate::exec::args;
 use crate::iptables::Iptables;
-use crate::nftables::{tables_in, Nftables};
+use crate::nftables::{parse_listing, tables_in, Nftables};
 use crate::{Firewall, NoFirewall};
+use ecs_host::Exec;
 use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// A backend that can put rules into the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -26,14 +28,51 @@ impl Backend {
             Backend::None => "none",
         }
     }
+}
+
+/// The factory of firewall backends. The composition root makes one (with the [`Exec`] every
+/// external program goes through) and hands it to the actions; nothing else constructs a
+/// backend.
+#[derive(Debug, Clone)]
+pub struct Firewalls {
+    exec: Arc<dyn Exec>,
+}
+
+impl Firewalls {
+    pub fn new(exec: Arc<dyn Exec>) -> Firewalls {
+        Firewalls { exec }
+    }
+
+    /// `nft` as found on the search path (the bare name when it is not installed, so that the
+    /// error names it).
+    fn nft(&self) -> String {
+        self.exec
+            .find("nft")
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "nft".into())
+    }
 
     /// The backend object for this name.
-    pub fn firewall(self) -> Box<dyn Firewall> {
-        match self {
-            Backend::Iptables => Box::new(Iptables::new()),
-            Backend::Nftables => Box::new(Nftables::new()),
+    pub fn build(&self, backend: Backend) -> Box<dyn Firewall> {
+        match backend {
+            Backend::Iptables => Box::new(Iptables::new(self.exec.clone())),
+            Backend::Nftables => Box::new(Nftables::new(self.nft())),
             Backend::None => Box::new(NoFirewall),
         }
+    }
+
+    /// Look at the host (read-only); see [`HostProbe::probe`].
+    pub async fn probe(&self) -> HostProbe {
+        HostProbe::probe(self.exec.as_ref()).await
+    }
+
+    /// Choose the backend for `choice`, probing the host only for `auto`.
+    pub async fn select(&self, choice: Choice) -> Result<Selection, NoFirewallTool> {
+        let probe = match choice {
+            Choice::Named(_) => HostProbe::default(),
+            Choice::Auto => self.probe().await,
+        };
+        choose(choice, || probe)
     }
 }
 
@@ -56,8 +95,9 @@ impl FromStr for Backend {
 }
 
 /// What `ECS_INIT_FIREWALL` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Choice {
+    #[default]
     Auto,
     Named(Backend),
 }
@@ -110,10 +150,10 @@ pub struct HostProbe {
 impl HostProbe {
     /// Look at the host: which tools exist and work, which variant iptables is, and whether
     /// rules of ours are already in place. Runs only read-only commands.
-    pub fn probe() -> HostProbe {
+    pub async fn probe(exec: &dyn Exec) -> HostProbe {
         let mut p = HostProbe::default();
-        if find_tool("iptables").is_some() {
-            if let Ok(out) = run_sync("iptables", &["-V".to_string()]) {
+        if exec.find("iptables").is_some() {
+            if let Ok(out) = exec.run("iptables", &args(&["-V"])).await {
                 if out.success && out.stdout.starts_with("iptables v") {
                     p.iptables = Some(if out.stdout.contains("nf_tables") {
                         IptablesVariant::Nft
@@ -124,11 +164,8 @@ impl HostProbe {
             }
         }
         if p.iptables.is_some() {
-            let args: Vec<String> = ["-w", "-t", "nat", "-S", "PREROUTING"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            if let Ok(out) = run_sync("iptables", &args) {
+            let listing = args(&["-w", "-t", "nat", "-S", "PREROUTING"]);
+            if let Ok(out) = exec.run("iptables", &listing).await {
                 p.iptables_usable = out.success;
                 p.iptables_has_ours = out.success
                     && out.stdout.lines().any(|l| {
@@ -136,14 +173,11 @@ impl HostProbe {
                     });
             }
         }
-        if find_tool("nft").is_some() {
-            let args: Vec<String> = ["-j", "list", "tables"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            if let Ok(out) = run_sync("nft", &args) {
+        if exec.find("nft").is_some() {
+            if let Ok(out) = exec.run("nft", &args(&["-j", "list", "tables"])).await {
                 p.nft_usable = out.success;
-                p.nft_has_ours = out.success && !tables_in(&out.stdout).is_empty();
+                p.nft_has_ours = out.success
+                    && parse_listing(&out.stdout).is_ok_and(|doc| !tables_in(&doc).is_empty());
             }
         }
         p
@@ -299,5 +333,97 @@ mod tests {
         assert!(s.reason.contains("not usable"), "{}", s.reason);
 
         assert_eq!(choose(Choice::Auto, probe(|_| {})), Err(NoFirewallTool));
+    }
+
+    use ecs_host::exec::FakeExec;
+    use ecs_host::Output;
+
+    fn host(installed: &[&str], iptables_v: &str, prerouting: &str, nft_tables: &str) -> FakeExec {
+        let (v, pre, nft) = (
+            iptables_v.to_string(),
+            prerouting.to_string(),
+            nft_tables.to_string(),
+        );
+        FakeExec::new(installed, move |program, args| {
+            Ok(match (program, args.join(" ").as_str()) {
+                ("iptables", "-V") => Output::ok(v.clone()),
+                ("iptables", "-w -t nat -S PREROUTING") if pre == "broken" => Output::failed(
+                    3,
+                    "iptables: Failed to initialize nft: Protocol not supported",
+                ),
+                ("iptables", "-w -t nat -S PREROUTING") => Output::ok(pre.clone()),
+                ("nft", "-j list tables") => Output::ok(nft.clone()),
+                other => Output::failed(2, format!("unexpected {other:?}")),
+            })
+        })
+    }
+
+    const NO_TABLES: &str =
+        r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}}]}"#;
+
+    #[tokio::test]
+    async fn probes_read_the_tools_answers() {
+        let ours = "-P PREROUTING ACCEPT\n-A PREROUTING -d 169.254.170.2/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:51679\n";
+        let exec = host(
+            &["iptables", "nft"],
+            "iptables v1.8.9 (nf_tables)\n",
+            ours,
+            NO_TABLES,
+        );
+        let p = HostProbe::probe(&exec).await;
+        assert_eq!(p.iptables, Some(IptablesVariant::Nft));
+        assert!(p.iptables_usable && p.iptables_has_ours);
+        assert!(p.nft_usable && !p.nft_has_ours);
+        // Every probe is read-only.
+        assert_eq!(
+            exec.calls(),
+            [
+                "iptables -V",
+                "iptables -w -t nat -S PREROUTING",
+                "nft -j list tables"
+            ]
+        );
+
+        let exec = host(
+            &["iptables", "nft"],
+            "iptables v1.8.9 (legacy)\n",
+            "broken",
+            include_str!("../tests/fixtures/nft-list-tables.json"),
+        );
+        let p = HostProbe::probe(&exec).await;
+        assert_eq!(p.iptables, Some(IptablesVariant::Legacy));
+        assert!(!p.iptables_usable && !p.iptables_has_ours);
+        assert!(p.nft_usable && p.nft_has_ours);
+        assert_eq!(
+            choose(Choice::Auto, || p).unwrap().backend,
+            Backend::Nftables
+        );
+
+        // Nothing installed: nothing run, nothing usable.
+        let exec = host(&[], "", "", "");
+        let p = HostProbe::probe(&exec).await;
+        assert_eq!(p, HostProbe::default());
+        assert!(exec.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_factory_selects_without_probing_for_named_backends() {
+        let exec = Arc::new(host(
+            &["iptables"],
+            "iptables v1.8.9 (nf_tables)\n",
+            "",
+            NO_TABLES,
+        ));
+        let firewalls = Firewalls::new(exec.clone());
+        let s = firewalls
+            .select(Choice::Named(Backend::Nftables))
+            .await
+            .unwrap();
+        assert_eq!(s.backend, Backend::Nftables);
+        assert!(exec.calls().is_empty());
+        assert_eq!(firewalls.build(s.backend).name(), "nftables");
+        let s = firewalls.select(Choice::Auto).await.unwrap();
+        assert_eq!(s.backend, Backend::Iptables);
+        assert_eq!(firewalls.build(s.backend).name(), "iptables");
     }
 }

@@ -13,7 +13,10 @@
 //! Needs root, `ip`, `nft`, `iptables`, `iptables-legacy`; fails (does not skip) without them.
 //! Addresses are documentation ranges (198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32) that
 //! exist only inside these namespaces.
-use ecs_firewall::{Family, Firewall, Iptables, Nftables, Rule, RuleOptions, RuleSet, Scope};
+use ecs_firewall::{
+    Backend, Choice, Family, Firewall, Firewalls, Rule, RuleOptions, RuleSet, Scope,
+};
+use ecs_host::{Exec, SystemExec};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -92,10 +95,23 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// The programs on this process's `PATH` (the roles run with the PATH the test gives them).
+fn system_exec() -> SystemExec {
+    SystemExec::new(std::env::var_os("PATH"))
+}
+
+fn find_tool(name: &str) -> Option<PathBuf> {
+    system_exec().find(name)
+}
+
+fn firewalls() -> Firewalls {
+    Firewalls::new(Arc::new(system_exec()))
+}
+
 fn backend(name: &str) -> Box<dyn Firewall> {
     match name {
-        "iptables" => Box::new(Iptables::new()),
-        "nftables" => Box::new(Nftables::new()),
+        "iptables" => firewalls().build(Backend::Iptables),
+        "nftables" => firewalls().build(Backend::Nftables),
         other => panic!("backend {other}"),
     }
 }
@@ -131,24 +147,50 @@ fn fw_role(name: &str, op: &str, json: &str) -> i32 {
 fn net_role(op: &str, json: &str) -> i32 {
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
     let cfg = ecs_firewall::NetConfig {
-        firewall: v["firewall"].as_str().unwrap().to_string(),
         skip_localhost_filter: v["skip"].as_bool().unwrap_or(false),
         allow_offhost_introspection: v["allow"].as_bool().unwrap_or(false),
         introspection_interface: v["iface"].as_str().map(str::to_string),
         state_dir: PathBuf::from(v["state"].as_str().unwrap()),
         proc_sys: PathBuf::from("/proc/sys"),
     };
-    let rt = runtime();
-    let result = match op {
-        "setup" => rt
-            .block_on(ecs_firewall::setup_network(&cfg))
-            .map(|p| serde_json::to_string(&p).unwrap()),
-        "teardown" => rt
-            .block_on(ecs_firewall::teardown_network(&cfg))
-            .map(|_| String::new()),
-        "plan" => ecs_firewall::plan_network(&cfg).map(|p| serde_json::to_string(&p).unwrap()),
-        other => panic!("op {other}"),
+    // The launcher validates ECS_INIT_FIREWALL before anything else; so does this glue.
+    let choice: Choice = match v["firewall"].as_str().unwrap().parse() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return 3;
+        }
     };
+    let firewalls = firewalls();
+    let rt = runtime();
+    let result: Result<String, String> = rt.block_on(async {
+        match op {
+            "setup" | "plan" => {
+                let selection = firewalls.select(choice).await.map_err(|e| e.to_string())?;
+                let fw = firewalls.build(selection.backend);
+                let plan = ecs_firewall::plan_network(&cfg, selection, fw.as_ref());
+                if op == "setup" {
+                    let previous =
+                        ecs_firewall::recorded_backend(&cfg.state_dir).map(|b| firewalls.build(b));
+                    ecs_firewall::setup_network(&cfg, &plan, fw.as_ref(), previous.as_deref())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(serde_json::to_string(&plan).unwrap())
+            }
+            "teardown" => {
+                let backends =
+                    ecs_firewall::teardown_backends(&firewalls, &cfg.state_dir, Some(choice)).await;
+                let fws: Vec<Box<dyn Firewall>> =
+                    backends.into_iter().map(|b| firewalls.build(b)).collect();
+                ecs_firewall::teardown_network(&cfg, &fws)
+                    .await
+                    .map(|_| String::new())
+                    .map_err(|e| e.to_string())
+            }
+            other => panic!("op {other}"),
+        }
+    });
     match result {
         Ok(out) => {
             println!("{out}");
@@ -156,10 +198,7 @@ fn net_role(op: &str, json: &str) -> i32 {
         }
         Err(e) => {
             eprintln!("{e}");
-            match e {
-                ecs_firewall::NetError::UnknownFirewall(_) => 3,
-                _ => 1,
-            }
+            1
         }
     }
 }
@@ -477,10 +516,16 @@ fn snapshot(ns: &Netns, fw: Fw) -> String {
         for tool in ["iptables-save", "ip6tables-save"] {
             out.push_str(&format!("== {tool}\n"));
             for line in ns.exec_ok(fw, tool, &[]).lines() {
-                if !line.starts_with('#') {
-                    out.push_str(line);
-                    out.push('\n');
+                if line.starts_with('#') {
+                    continue;
                 }
+                // Chain policies carry packet counters (`:OUTPUT ACCEPT [1:72]`), which the
+                // namespace's own traffic (IPv6 router solicitations) moves: not a rule change.
+                match line.strip_prefix(':').and_then(|l| l.rsplit_once(" [")) {
+                    Some((chain, _)) => out.push_str(&format!(":{chain} [-]")),
+                    None => out.push_str(line),
+                }
+                out.push('\n');
             }
         }
     }
@@ -1025,11 +1070,7 @@ fn auto_selection(fw: Fw) {
         COUNTER.fetch_add(1, Ordering::SeqCst)
     ));
     std::fs::create_dir_all(&only_nft).unwrap();
-    std::os::unix::fs::symlink(
-        ecs_firewall::find_tool("nft").unwrap(),
-        only_nft.join("nft"),
-    )
-    .unwrap();
+    std::os::unix::fs::symlink(find_tool("nft").unwrap(), only_nft.join("nft")).unwrap();
     let exe = env().exe.to_str().unwrap().to_string();
     let cfg =
         serde_json::json!({ "firewall": "auto", "state": state.to_str().unwrap() }).to_string();
@@ -1110,7 +1151,7 @@ fn setup_env() -> Result<(), String> {
         "iptables-legacy",
         "xtables-legacy-multi",
     ] {
-        if ecs_firewall::find_tool(tool).is_none() {
+        if find_tool(tool).is_none() {
             return Err(format!(
                 "`{tool}` is not installed (apt-get install iproute2 nftables iptables)"
             ));
@@ -1120,7 +1161,7 @@ fn setup_env() -> Result<(), String> {
     let shim = work.join("legacy-bin");
     std::fs::create_dir_all(&shim).unwrap();
     std::fs::create_dir_all(work.join("empty-path")).unwrap();
-    let multi = ecs_firewall::find_tool("xtables-legacy-multi").unwrap();
+    let multi = find_tool("xtables-legacy-multi").unwrap();
     for name in ["iptables", "ip6tables", "iptables-save", "ip6tables-save"] {
         std::os::unix::fs::symlink(&multi, shim.join(name)).unwrap();
     }
@@ -1128,7 +1169,7 @@ fn setup_env() -> Result<(), String> {
     let system_path = format!("{system_path}:/usr/sbin:/sbin");
     ENV.set(Env {
         exe: std::env::current_exe().unwrap(),
-        ip: ecs_firewall::find_tool("ip").unwrap(),
+        ip: find_tool("ip").unwrap(),
         legacy_path: format!("{}:{system_path}", shim.display()),
         system_path,
         work,

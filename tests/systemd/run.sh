@@ -47,72 +47,63 @@ readonly RECIPE=1 # bump when the rootfs customisation below changes
 readonly ROOTFS_PACKAGES=(systemd systemd-sysv dbus iptables nftables iproute2 procps curl
     containerd runc docker.io)
 readonly INSIDE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-readonly SOCK_IN=/run/ecs-test # where the daemons' sockets are, in the booted system and the daemons' view
+readonly SOCK_IN=/run/ecs-test # the daemons' sockets in the booted system (a host directory bound there)
 readonly AGENT_COMM=agent      # the stand-in agent's process name (its image runs /agent)
 
 # ------------------------------------------------------------------------------------------------
-# The runtime namespace's init. Runs as PID 1 of a new pid namespace, in a new mount and cgroup
-# namespace, inside the booted system's network namespace:
-#   __runtime-ns ROOT SOCKDIR DATADIR LOGDIR docker|containerd
-# It mounts a private view whose root is ROOT, starts the daemons chrooted there and waits. When
-# it ends (it is SIGKILLed at clean-up), the kernel kills every process in the namespace.
+# The runtime's namespace. Its init runs as PID 1 of a new pid namespace, in a new cgroup
+# namespace, in a private copy of the booted system's mount namespace (so the daemons see the
+# same /, /run, /var/lib/ecs, … as the launcher inside) and in its network namespace:
+#   runtime_ns_init docker|containerd TOP_CGROUP_FSTYPE "HOST CGROUP MOUNTS"
+# It mounts its own /proc, /sys and cgroups, starts the daemons (output to fds 3 and 4) and
+# waits. When it ends (it is SIGKILLed at clean-up), the kernel kills everything in it.
+# Passed to `bash -c` with `declare -f`: it runs inside the booted system's filesystem.
 runtime_ns_init() {
-    local root=$1 sockdir=$2 datadir=$3 logdir=$4 kind=$5
-    mount --make-rprivate /
-    mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
-    mount -t sysfs -o nosuid,nodev,noexec sysfs "$root/sys"
-    # Fresh cgroup mounts: inside the cgroup namespace their root is this script's cgroup, so
-    # runc's cgroups (e.g. containerd's /ecs-init/ecs-agent) land below it, apart from the
+    local kind=$1 top_fstype=$2 cgroup_mounts=$3
+    export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+    mount -t proc -o nosuid,nodev,noexec proc /proc
+    # Only the network sysctls are this namespace's own; the others stay read-only, as nspawn
+    # keeps them for the booted system.
+    mount --bind /proc/sys /proc/sys
+    mount --bind /proc/sys/net /proc/sys/net
+    mount -o remount,bind,ro /proc/sys
+    mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+    # Fresh cgroup mounts: inside the cgroup namespace their root is the test's cgroup, so the
+    # runtime's cgroups (e.g. containerd's /ecs-init/ecs-agent) land below it, apart from the
     # machine's own containers.
-    if [ "$(findmnt -n -o FSTYPE /sys/fs/cgroup)" = cgroup2 ]; then
-        mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$root/sys/fs/cgroup"
+    if [ "$top_fstype" = cgroup2 ]; then
+        mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
     else
-        mount -t tmpfs -o nosuid,nodev,noexec,mode=0755 tmpfs "$root/sys/fs/cgroup"
+        mount -t tmpfs -o nosuid,nodev,noexec,mode=0755 tmpfs /sys/fs/cgroup
         local target fstype opts
         while read -r target fstype opts; do
             case $target in /sys/fs/cgroup/*) ;; *) continue ;; esac
-            mkdir -p "$root$target"
+            mkdir -p "$target"
             if [ "$fstype" = cgroup2 ]; then
-                mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$root$target"
+                mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$target"
             else
                 opts=$(tr ',' '\n' <<<"$opts" | grep -vx -e rw -e ro | paste -sd, -)
-                mount -t cgroup -o "nosuid,nodev,noexec,$opts" cgroup "$root$target"
+                mount -t cgroup -o "nosuid,nodev,noexec,$opts" cgroup "$target"
             fi
-        done < <(findmnt -rn -t cgroup,cgroup2 -o TARGET,FSTYPE,FS-OPTIONS)
+        done <<<"$cgroup_mounts"
     fi
-    mount --rbind /dev "$root/dev"
-    mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs "$root/run"
-    mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs "$root/tmp"
-    mkdir -p "$root$SOCK_IN" "$root/var/lib/containerd" "$root/var/lib/docker"
-    mount --bind "$sockdir" "$root$SOCK_IN"
-    mount --bind "$datadir/containerd" "$root/var/lib/containerd"
-    mount --bind "$datadir/docker" "$root/var/lib/docker"
-    chroot "$root" /usr/bin/env -i PATH="$INSIDE_PATH" HOME=/root \
-        containerd --config "$SOCK_IN/containerd.toml" --address "$SOCK_IN/containerd.sock" \
-        --root /var/lib/containerd --state /run/containerd \
-        </dev/null >>"$logdir/containerd.log" 2>&1 &
+    containerd --config /run/ecs-test/containerd.toml --address /run/ecs-test/containerd.sock \
+        --root /var/lib/containerd --state /run/containerd </dev/null >&3 2>&3 3>&- 4>&- &
     if [ "$kind" = docker ]; then
-        chroot "$root" /usr/bin/env -i PATH="$INSIDE_PATH" HOME=/root \
-            dockerd -H "unix://$SOCK_IN/docker.sock" --containerd "$SOCK_IN/containerd.sock" \
+        dockerd -H unix:///run/ecs-test/docker.sock --containerd /run/ecs-test/containerd.sock \
             --containerd-namespace ecs-test-moby --containerd-plugins-namespace ecs-test-plugins \
             --pidfile /run/docker.pid --exec-root /run/docker --data-root /var/lib/docker \
-            --config-file "$SOCK_IN/daemon.json" --iptables=false --ip6tables=false --bridge=none \
-            </dev/null >>"$logdir/dockerd.log" 2>&1 &
+            --config-file /run/ecs-test/daemon.json --iptables=false --ip6tables=false \
+            --bridge=none </dev/null >&4 2>&4 3>&- 4>&- &
     fi
+    exec 3>&- 4>&-
     # PID 1 of the namespace: reap whatever is re-parented here until killed.
     while :; do wait || true; sleep 1; done
 }
 
-if [ "${1:-}" = __runtime-ns ]; then
-    shift
-    runtime_ns_init "$@"
-    exit 0
-fi
-
 # ------------------------------------------------------------------------------------------------
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(cd "$here/../.." && pwd)
-self="$here/$(basename "${BASH_SOURCE[0]}")"
 
 passed=0
 failed=0
@@ -327,8 +318,20 @@ runtime_running_count() {
 }
 introspection() { m curl -sf --max-time 2 http://127.0.0.1:51678/v1/metadata; }
 
-# The netns's firewall (every table, whichever backend), without counters.
-firewall() { m nft list ruleset | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/'; }
+# The rules in the netns's firewall (every table, whichever backend), one per line as
+# "<family> <table> <chain>: <rule>", without counters. Empty tables and chains (iptables-nft
+# keeps the built-in ones once used) are not rules.
+firewall() {
+    m nft list ruleset 2>/dev/null | awk '
+        $1 == "table" { t = $2 " " $3; next }
+        $1 == "chain" { c = $2; next }
+        $1 == "type" || $1 == "policy" || $1 == "}" || NF == 0 { next }
+        {
+            sub(/^[ \t]+/, "")
+            gsub(/counter packets [0-9]+ bytes [0-9]+/, "counter")
+            print t " " c ": " $0
+        }'
+}
 route_localnet() { m cat /proc/sys/net/ipv4/conf/all/route_localnet; }
 lo_route() { m ip -4 route show 169.254.170.2/32 dev lo; }
 
@@ -519,10 +522,16 @@ EOF
     cg_make runtime
     local t0
     t0=$(now)
+    # The runtime's data roots are on the host's filesystem (overlayfs cannot hold overlayfs);
+    # on a real host they are in /var/lib as well.
+    local binds=(--bind="$SOCK:$SOCK_IN" --bind="$BOOT_DIR/data/containerd:/var/lib/containerd")
+    if [ "$1" = docker ]; then
+        binds+=(--bind="$BOOT_DIR/data/docker:/var/lib/docker")
+    fi
     (
         cg_enter machine "$BASHPID"
         exec systemd-nspawn --quiet -D "$MERGED" --boot --register=no --keep-unit -M "$machine" \
-            --private-network --bind="$SOCK:$SOCK_IN" --console=read-only
+            --private-network "${binds[@]}" --console=read-only
     ) >"$BOOT_DIR/console.log" 2>&1 </dev/null &
     NSPAWN_PID=$!
     for _ in $(seq 1 100); do
@@ -545,11 +554,17 @@ EOF
     fi
     pass "booted Debian $SUITE with systemd $(m systemctl --version | awk 'NR==1{print $2}') as PID 1 ($(secs_since "$t0") s to 'running')"
 
+    local cgroup_top cgroup_mounts
+    cgroup_top=$(findmnt -n -o FSTYPE /sys/fs/cgroup)
+    cgroup_mounts=$(findmnt -rn -t cgroup,cgroup2 -o TARGET,FSTYPE,FS-OPTIONS)
     (
         cg_enter runtime "$BASHPID"
-        exec nsenter --net="/proc/$LEADER/ns/net" -- \
-            unshare --pid --fork --kill-child --mount --cgroup --propagation private -- \
-            bash "$self" __runtime-ns "$MERGED" "$SOCK" "$BOOT_DIR/data" "$BOOT_DIR" "$1"
+        exec 3>>"$BOOT_DIR/containerd.log" 4>>"$BOOT_DIR/dockerd.log"
+        # The booted system's mount, network, UTS and IPC namespaces; the binaries are its own.
+        exec nsenter -t "$LEADER" --mount --net --uts --ipc -- \
+            /usr/bin/unshare --pid --fork --kill-child --mount --cgroup --propagation private -- \
+            /bin/bash -c "set -eu; $(declare -f runtime_ns_init); runtime_ns_init \"\$@\"" \
+            runtime-ns "$1" "$cgroup_top" "$cgroup_mounts"
     ) >"$BOOT_DIR/runtime-ns.log" 2>&1 </dev/null &
     RUNTIME_PID=$!
     t0=$(now)
@@ -583,7 +598,9 @@ install_and_configure() {
         "$(pkg Status) $(pkg Version)" "install ok installed $version-1"
     has "dpkg: /etc/ecs/ecs.config is a conffile" \
         "$(pkg Conffiles)" "/etc/ecs/ecs.config"
-    expect "unit loaded from the package" "$(prop LoadState) $(prop FragmentPath)" \
+    # Debian's systemd names the unit by its /lib path (/lib is a link to /usr/lib).
+    expect "unit loaded from the package's file" \
+        "$(prop LoadState) $(m realpath "$(prop FragmentPath)")" \
         "loaded /usr/lib/systemd/system/ecs.service"
     expect "unit: Type=notify, Restart=on-failure" "$(prop Type) $(prop Restart)" "notify on-failure"
     expect "the package does not enable the service (operators do, as upstream)" \
@@ -650,10 +667,13 @@ start_and_check() {
     has "journal: runtime $BOOT_KIND selected" "$(launcher_journal)" \
         "container runtime selected runtime=$BOOT_KIND"
     fw1=$(firewall)
-    has "firewall: credentials endpoint DNAT to 127.0.0.1:51679" "$fw1" "169.254.170.2"
-    local dnat
-    dnat=$(grep -c 'dport 80 .*dnat to 127.0.0.1:51679' <<<"$fw1" || true)
-    expect "firewall: one copy of the DNAT rule" "$dnat" 1
+    local dnat applied
+    dnat=$(grep -c 'daddr 169.254.170.2 .*dport 80 .*dnat to 127.0.0.1:51679' <<<"$fw1" || true)
+    expect "firewall: one DNAT of 169.254.170.2:80 to 127.0.0.1:51679" "$dnat" 1
+    # As many rules in the kernel as pre-start says it applied, each once.
+    applied=$(launcher_journal | sed -n 's/^host network prepared .*rules=\([0-9]*\).*/\1/p' | tail -n1)
+    expect "firewall: the $applied rules pre-start applied, no more" "$(wc -l <<<"$fw1")" "$applied"
+    expect "firewall: no rule twice" "$(sort <<<"$fw1" | uniq -d)" ""
     expect "sysctl net.ipv4.conf.all.route_localnet=1" "$(route_localnet)" 1
     expect "route 169.254.170.2 dev lo (no default route here)" "$(lo_route | wc -l)" 1
 }

@@ -11,11 +11,15 @@
 //!   started by containerd's shim as the `binary://` log shim.
 //! * the log files `<log_dir>/<name>.log*` (json-file format, rotated).
 
+mod content;
+mod images;
 pub mod import;
+mod lease;
 pub mod logs;
 pub mod oci;
+mod unpack;
 
-use crate::spec::AgentSpec;
+use crate::spec::{AgentSpec, Mount};
 use crate::{ContainerState, Result, Runtime, RuntimeError, RuntimeInfo};
 use async_trait::async_trait;
 use containerd_client::services::v1::{
@@ -64,28 +68,20 @@ pub struct ContainerdOptions {
     pub snapshotter: String,
 }
 
-impl ContainerdOptions {
-    /// Defaults, overridden by the process environment (empty values count as unset).
-    pub fn from_env() -> Self {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+impl Default for ContainerdOptions {
+    fn default() -> Self {
         ContainerdOptions {
-            address: strip_unix(
-                &env("CONTAINERD_ADDRESS").unwrap_or_else(|| DEFAULT_ADDRESS.into()),
-            ),
-            namespace: env("ECS_INIT_CONTAINERD_NAMESPACE")
-                .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
-            agent_init: env("ECS_INIT_AGENT_INIT")
-                .unwrap_or_else(|| DEFAULT_AGENT_INIT.into())
-                .into(),
-            log_dir: env("ECS_INIT_CONTAINERD_LOG_DIR")
-                .unwrap_or_else(|| DEFAULT_LOG_DIR.into())
-                .into(),
+            address: DEFAULT_ADDRESS.into(),
+            namespace: DEFAULT_NAMESPACE.into(),
+            agent_init: DEFAULT_AGENT_INIT.into(),
+            log_dir: DEFAULT_LOG_DIR.into(),
             snapshotter: DEFAULT_SNAPSHOTTER.into(),
         }
     }
 }
 
-fn strip_unix(address: &str) -> PathBuf {
+/// A containerd address as a socket path (`unix://` prefix allowed).
+pub fn socket_path(address: &str) -> PathBuf {
     PathBuf::from(address.strip_prefix("unix://").unwrap_or(address))
 }
 
@@ -115,13 +111,44 @@ impl std::fmt::Debug for ContainerdRuntime {
     }
 }
 
+/// Docker creates the missing source of a bind mount (`Binds`) as a directory, mode 0755; runc
+/// refuses to start a container whose bind source is missing. Do what Docker does, so the same
+/// agent spec starts on both runtimes: on a host without Docker, the Docker plugin directories
+/// the agent is given (`/run/docker/plugins`, …) do not exist. A dangling symlink is left alone
+/// (Docker fails on it too, and runc reports it by name).
+fn create_missing_bind_sources(mounts: &[Mount]) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    for m in mounts {
+        match std::fs::metadata(&m.source) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            _ => continue,
+        }
+        if std::fs::symlink_metadata(&m.source).is_ok() {
+            continue;
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&m.source)
+            .map_err(|e| {
+                RuntimeError::io(
+                    format!("create missing bind source {}", m.source.display()),
+                    e,
+                )
+            })?;
+        tracing::info!(source = %m.source.display(), target = %m.target.display(),
+            "created missing bind source directory (as Docker does)");
+    }
+    Ok(())
+}
+
 impl ContainerdRuntime {
-    /// Settings from the environment ([`ContainerdOptions::from_env`]) with `address` and
-    /// `namespace` overriding when given. Does not connect; fails only on an invalid namespace.
+    /// The default settings with `address` and `namespace` overriding when given. Does not
+    /// connect; fails only on an invalid namespace.
     pub fn connect(address: Option<&str>, namespace: Option<&str>) -> Result<Self> {
-        let mut opts = ContainerdOptions::from_env();
+        let mut opts = ContainerdOptions::default();
         if let Some(a) = address {
-            opts.address = strip_unix(a);
+            opts.address = socket_path(a);
         }
         if let Some(ns) = namespace {
             opts.namespace = ns.to_string();
@@ -200,11 +227,11 @@ impl ContainerdRuntime {
                 reason: status.message().to_string(),
             }
         } else {
-            RuntimeError::daemon(
-                RT,
-                action,
-                format!("{:?}: {}", status.code(), status.message()),
-            )
+            RuntimeError::Containerd {
+                action: action.into(),
+                code: status.code(),
+                message: status.message().to_string(),
+            }
         }
     }
 
@@ -323,8 +350,9 @@ impl ContainerdRuntime {
             tracing::warn!(driver = %spec.log.driver,
                 "log drivers other than json-file do not exist on containerd; keeping a rotated json-file log");
         }
-        let image = import::resolve_image(self, &spec.image).await?;
-        let top_chain = import::ensure_unpacked(self, &image).await?;
+        create_missing_bind_sources(&spec.mounts)?;
+        let image = images::resolve_image(self, &spec.image).await?;
+        let top_chain = unpack::ensure_unpacked(self, &image).await?;
 
         let host = oci::HostFacts::detect();
         let containerd_dir = self.opts.address.parent().filter(|d| d.is_dir());
@@ -339,7 +367,7 @@ impl ContainerdRuntime {
         );
         tracing::debug!(name, spec = %redacted(&oci_spec), "OCI runtime spec");
 
-        let lease = import::Lease::create(self, Duration::from_secs(600)).await?;
+        let lease = lease::Lease::create(self, Duration::from_secs(600)).await?;
         let result = async {
             // A snapshot of this name without a container is debris of an interrupted run.
             let mounts = match self.prepare_root(name, &top_chain, &lease).await {
@@ -410,7 +438,7 @@ impl ContainerdRuntime {
         &self,
         name: &str,
         parent: &str,
-        lease: &import::Lease,
+        lease: &lease::Lease,
     ) -> std::result::Result<Vec<containerd_client::types::Mount>, Status> {
         let mut client = self
             .snapshots()
@@ -523,8 +551,13 @@ impl Runtime for ContainerdRuntime {
         })
     }
 
-    async fn image_present(&self, reference: &str) -> Result<bool> {
-        import::image_exists(self, reference).await
+    async fn image_id(&self, reference: &str) -> Result<Option<String>> {
+        if !images::image_exists(self, reference).await? {
+            return Ok(None);
+        }
+        Ok(Some(
+            images::resolve_image(self, reference).await?.config_digest,
+        ))
     }
 
     async fn load_image(&self, tarball: &Path) -> Result<Vec<String>> {
@@ -572,7 +605,7 @@ impl Runtime for ContainerdRuntime {
 
     async fn wait(&self, name: &str) -> Result<i64> {
         // The shim keeps the task alive across a containerd restart; keep waiting through one.
-        let mut retry = Duration::from_millis(500);
+        let mut retry = ecs_host::Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
         loop {
             match self.wait_task(name).await {
@@ -590,8 +623,7 @@ impl Runtime for ContainerdRuntime {
                 }
                 Err(e @ RuntimeError::Connect { .. }) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(name, error = %e, "lost containerd while waiting; retrying");
-                    tokio::time::sleep(retry).await;
-                    retry = (retry * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(retry.next_delay()).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -694,10 +726,8 @@ fn redacted(oci_spec: &serde_json::Value) -> serde_json::Value {
         .and_then(|e| e.as_array_mut())
     {
         for var in env.iter_mut() {
-            if let Some((key, _)) = var.as_str().and_then(|s| s.split_once('=')) {
-                if crate::is_secret_key(key) {
-                    *var = serde_json::Value::String(format!("{key}={}", crate::REDACTED));
-                }
+            if let Some(entry) = var.as_str() {
+                *var = serde_json::Value::String(crate::redacted_entry(entry));
             }
         }
     }
@@ -729,6 +759,46 @@ fn lost_connection(status: &Status) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_bind_sources_become_directories_like_docker_makes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("run/docker/plugins");
+        let file = dir.path().join("lsblk");
+        std::fs::write(&file, "x").unwrap();
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        let linked = dir.path().join("linked");
+        std::os::unix::fs::symlink(&file, &linked).unwrap();
+        let mounts = [
+            Mount::ro(&missing, "/run/docker/plugins"),
+            Mount::rw(&file, "/usr/bin/lsblk"),
+            Mount::ro(&dangling, "/x"),
+            Mount::ro(&linked, "/y"),
+        ];
+        create_missing_bind_sources(&mounts).unwrap();
+        assert!(std::fs::metadata(&missing).unwrap().is_dir());
+        // Existing sources, files and symlinks are left as they are.
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+        assert!(std::fs::symlink_metadata(&dangling)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(!dir.path().join("nowhere").exists());
+        assert!(std::fs::symlink_metadata(&linked)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // Idempotent.
+        create_missing_bind_sources(&mounts).unwrap();
+        // A source that cannot be created (below a dangling symlink) is an error naming it.
+        let blocked = dangling.join("plugins");
+        let err = create_missing_bind_sources(&[Mount::ro(&blocked, "/z")]).unwrap_err();
+        assert!(
+            err.to_string().contains(&blocked.display().to_string()),
+            "{err}"
+        );
+    }
 
     #[test]
     fn namespaces() {

@@ -223,29 +223,24 @@ fn depth(p: &str) -> usize {
     Path::new(p).components().count()
 }
 
-/// The mount list: the standard container filesystems, then every bind of the spec (as
-/// `rbind`, `ro` where asked) sorted parent-before-child like Docker does, the init, the
-/// containerd socket directory and the host's `/etc` name files.
-pub fn mounts(spec: &AgentSpec, inputs: &Inputs<'_>) -> Vec<Value> {
-    let ro_sys = if spec.privileged { "rw" } else { "ro" };
-    let mut std_mounts = vec![mount(
-        "/proc",
-        "proc",
-        "proc",
-        &["nosuid", "noexec", "nodev"],
-    )];
-    if spec.privileged {
+/// The standard container filesystems, as Docker mounts them (`/sys` read-write and the host's
+/// `/dev` for privileged containers).
+fn standard_mounts(privileged: bool) -> Vec<Value> {
+    let ro_sys = if privileged { "rw" } else { "ro" };
+    let dev = if privileged {
         // Docker gives privileged containers every host device; an rbind of /dev does that.
-        std_mounts.push(mount("/dev", "bind", "/dev", &["rbind", "nosuid"]));
+        mount("/dev", "bind", "/dev", &["rbind", "nosuid"])
     } else {
-        std_mounts.push(mount(
+        mount(
             "/dev",
             "tmpfs",
             "tmpfs",
             &["nosuid", "strictatime", "mode=755", "size=65536k"],
-        ));
-    }
-    std_mounts.extend([
+        )
+    };
+    vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        dev,
         mount(
             "/dev/pts",
             "devpts",
@@ -283,8 +278,13 @@ pub fn mounts(spec: &AgentSpec, inputs: &Inputs<'_>) -> Vec<Value> {
             "shm",
             &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
         ),
-    ]);
+    ]
+}
 
+/// The bind mounts with their destinations: every bind of the spec (as `rbind`, `ro` where
+/// asked), the init, the containerd socket directory and the host's `/etc` name files (the
+/// last two unless the spec binds something there already).
+fn bind_mounts(spec: &AgentSpec, inputs: &Inputs<'_>) -> Vec<(String, Value)> {
     let mut binds: Vec<(String, Value)> = Vec::new();
     for m in &spec.mounts {
         let dest = m.target.to_string_lossy().into_owned();
@@ -308,29 +308,38 @@ pub fn mounts(spec: &AgentSpec, inputs: &Inputs<'_>) -> Vec<Value> {
             ),
         ));
     }
-    if let Some(dir) = inputs.containerd_dir {
+    let bound = |p: &Path| spec.mounts.iter().any(|m| m.target == p);
+    if let Some(dir) = inputs.containerd_dir.filter(|d| !bound(d)) {
         let d = dir.to_string_lossy().into_owned();
-        if !spec.mounts.iter().any(|m| m.target == dir) {
-            binds.push((d.clone(), mount(&d, "bind", &d, &["rbind", "rprivate"])));
-        }
+        binds.push((d.clone(), mount(&d, "bind", &d, &["rbind", "rprivate"])));
     }
-    for f in &inputs.host.etc_files {
-        if !spec.mounts.iter().any(|m| m.target == Path::new(f)) {
-            binds.push((
-                f.to_string(),
-                mount(f, "bind", f, &["rbind", "rprivate", "ro"]),
-            ));
-        }
+    for f in inputs
+        .host
+        .etc_files
+        .iter()
+        .filter(|f| !bound(Path::new(f)))
+    {
+        binds.push((
+            f.to_string(),
+            mount(f, "bind", f, &["rbind", "rprivate", "ro"]),
+        ));
     }
-    // A bind onto a standard mount point (e.g. the host cgroup root onto /sys/fs/cgroup)
-    // replaces the standard mount, as in Docker.
-    std_mounts.retain(|m| {
+    binds
+}
+
+/// The mount list: the standard container filesystems, then the binds sorted parent-before-
+/// child like Docker does. A bind onto a standard mount point (e.g. the host cgroup root onto
+/// /sys/fs/cgroup) replaces the standard mount, as in Docker.
+pub fn mounts(spec: &AgentSpec, inputs: &Inputs<'_>) -> Vec<Value> {
+    let mut binds = bind_mounts(spec, inputs);
+    let mut all = standard_mounts(spec.privileged);
+    all.retain(|m| {
         let dest = m["destination"].as_str().unwrap_or_default();
         !binds.iter().any(|(d, _)| d == dest)
     });
     binds.sort_by_key(|(d, _)| depth(d));
-    std_mounts.extend(binds.into_iter().map(|(_, v)| v));
-    std_mounts
+    all.extend(binds.into_iter().map(|(_, v)| v));
+    all
 }
 
 /// Docker's default device cgroup rules for unprivileged containers.

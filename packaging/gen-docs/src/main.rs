@@ -2,8 +2,10 @@
 //! `amazon-ecs-init`, generated from the launcher's own clap definition
 //! ([`amazon_ecs_init::cli::Cli`]) so that they can never drift from the real command line.
 //!
-//! Usage: `ecs-init-gen-docs <out-dir>`; creates `<out-dir>/man/amazon-ecs-init.1` and
+//! Usage: `ecs-init-gen-docs <out-dir>`; creates `<out-dir>/man/amazon-ecs-init.1` (its
+//! ENVIRONMENT section from the settings table) and
 //! `<out-dir>/completions/{amazon-ecs-init.bash,_amazon-ecs-init,amazon-ecs-init.fish}`.
+//! `ecs-init-gen-docs --readme-table` prints the README's knob table.
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -40,6 +42,7 @@ fn man_page(out: &Path) -> io::Result<PathBuf> {
     man.render_description_section(&mut buf)?;
     man.render_options_section(&mut buf)?;
     render_actions(&cmd, &mut buf)?;
+    render_environment(&mut buf)?;
     buf.extend_from_slice(FIXED_SECTIONS.as_bytes());
     let path = dir.join(format!("{BIN}.1"));
     fs::write(&path, buf)?;
@@ -70,6 +73,39 @@ fn render_actions(cmd: &clap::Command, w: &mut Vec<u8>) -> io::Result<()> {
                 writeln!(w, "{}", roff_escape(line))?;
             }
         }
+    }
+    Ok(())
+}
+
+/// One `.TP` entry per knob of the launcher's settings table.
+fn render_environment(w: &mut Vec<u8>) -> io::Result<()> {
+    use amazon_ecs_init::settings::{Scope, KNOBS};
+    use std::io::Write;
+    writeln!(w, ".SH ENVIRONMENT")?;
+    writeln!(
+        w,
+        "Launcher settings come from the process environment (systemd's EnvironmentFile=, \
+upstart's env) and, for those marked so, from /etc/ecs/ecs.config, then /var/lib/ecs/ecs.config."
+    )?;
+    for k in KNOBS {
+        writeln!(w, ".TP")?;
+        writeln!(
+            w,
+            "\\fB{}\\fR ({})",
+            roff_escape(k.name),
+            roff_escape(&k.kind.describe().replace("\\|", "|"))
+        )?;
+        let scope = match k.scope {
+            Scope::Process => "process environment only",
+            Scope::Anywhere => "environment or env files",
+        };
+        writeln!(
+            w,
+            "{} Default: {}; {}.",
+            roff_escape(&k.doc.replace('`', "")),
+            roff_escape(k.default),
+            scope
+        )?;
     }
     Ok(())
 }
@@ -125,9 +161,13 @@ fn completions(out: &Path) -> io::Result<Vec<PathBuf>> {
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     let (Some(out), None) = (args.next(), args.next()) else {
-        eprintln!("usage: ecs-init-gen-docs <out-dir>");
+        eprintln!("usage: ecs-init-gen-docs <out-dir> | --readme-table");
         return ExitCode::from(1);
     };
+    if out == "--readme-table" {
+        print!("{}", amazon_ecs_init::settings::readme_table());
+        return ExitCode::SUCCESS;
+    }
     let out = PathBuf::from(out);
     let result = man_page(&out).and_then(|man| {
         let mut all = vec![man];
@@ -168,6 +208,14 @@ mod tests {
             !text.contains("amazon\\-ecs\\-init\\-start(1)"),
             "dangling per-action page"
         );
+        for knob in amazon_ecs_init::settings::KNOBS {
+            let name = knob.name.replace('-', "\\-");
+            assert!(
+                text.contains(&format!("\\fB{name}\\fR")),
+                "man page lacks {}",
+                knob.name
+            );
+        }
         for path in completions(&dir).unwrap() {
             let text = fs::read_to_string(&path).unwrap();
             assert!(

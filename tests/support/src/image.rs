@@ -107,20 +107,11 @@ pub fn split_reference(reference: &str) -> io::Result<(String, String)> {
     }
 }
 
-/// The fully qualified name containerd stores (`docker.io/library/x:tag` for `x`).
+/// The fully qualified name containerd stores (`docker.io/library/x:tag` for `x`): the
+/// launcher's own normalisation, for tag references only.
 pub fn normalize_reference(reference: &str) -> io::Result<String> {
-    let (repo, tag) = split_reference(reference)?;
-    let first = repo.split('/').next().unwrap_or("");
-    let has_domain =
-        repo.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    let full = if has_domain {
-        repo
-    } else if repo.contains('/') {
-        format!("docker.io/{repo}")
-    } else {
-        format!("docker.io/library/{repo}")
-    };
-    Ok(format!("{full}:{tag}"))
+    split_reference(reference)?;
+    Ok(ecs_backends::reference::normalize(reference))
 }
 
 fn header(path: &str, size: u64, mode: u32, kind: tar::EntryType) -> io::Result<tar::Header> {
@@ -389,6 +380,10 @@ pub enum Corruption {
     FlippedLayerBytes,
     /// Replace the content with text that is not a tar archive at all.
     NotATar,
+    /// A `docker save` tarball whose first image is intact and whose manifest.json lists a
+    /// second image (tagged `<first tag>-broken`) with a layer the archive does not hold:
+    /// dockerd tags the first image before it trips over the second.
+    BrokenSecondImage,
 }
 
 /// Finds the absolute offset (in the outer tarball) of the middle of the largest file inside
@@ -438,6 +433,7 @@ pub fn corrupt_copy(src: &Path, dst: &Path, how: Corruption) -> io::Result<()> {
             dst,
             b"this is not a tar archive, it is a test fixture that should be rejected\n",
         ),
+        Corruption::BrokenSecondImage => broken_second_image(src, dst),
         Corruption::FlippedLayerBytes => {
             let at = locate_layer_payload(src)?;
             let mut data = fs::read(src)?;
@@ -448,6 +444,40 @@ pub fn corrupt_copy(src: &Path, dst: &Path, how: Corruption) -> io::Result<()> {
             fs::write(dst, data)
         }
     }
+}
+
+/// See [`Corruption::BrokenSecondImage`].
+fn broken_second_image(src: &Path, dst: &Path) -> io::Result<()> {
+    let mut input = tar::Archive::new(File::open(src)?);
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for e in input.entries()? {
+        let mut e = e?;
+        if !e.header().entry_type().is_file() {
+            continue;
+        }
+        let name = e.path()?.to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data)?;
+        files.push((name, data));
+    }
+    let manifest_at = files
+        .iter()
+        .position(|(n, _)| n == "manifest.json")
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no manifest.json"))?;
+    let mut manifest: Vec<serde_json::Value> = serde_json::from_slice(&files[manifest_at].1)?;
+    let mut second = manifest[0].clone();
+    let tag = second["RepoTags"][0].as_str().unwrap_or("x:y").to_string();
+    second["RepoTags"] = json!([format!("{tag}-broken")]);
+    second["Layers"] =
+        json!(["0000000000000000000000000000000000000000000000000000000000000000/layer.tar"]);
+    manifest.push(second);
+    files[manifest_at].1 = serde_json::to_vec(&manifest)?;
+    write_atomically(dst, |b| {
+        for (name, data) in &files {
+            append_file(b, name, 0o644, data)?;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

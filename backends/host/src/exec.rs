@@ -1,0 +1,284 @@
+//! The seam for every external program the launcher runs.
+//!
+//! Modelled on youki's `syscall` module: callers receive an `&dyn Exec` (or an `Arc`) from the
+//! composition root and never spawn programs themselves, so the decisions around a program's
+//! answers (iptables' converge and rollback, the firewall probes, AppArmor loading, realm
+//! membership) are unit-tested with [`FakeExec`], and the real programs are exercised by the
+//! integration suites through [`SystemExec`].
+use async_trait::async_trait;
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The search path used when the process environment has no `PATH`.
+pub const DEFAULT_SEARCH_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What a program that could be started did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    pub success: bool,
+    /// The exit code; `None` when a signal ended it.
+    pub code: Option<i32>,
+    pub stdout: String,
+    /// Trimmed.
+    pub stderr: String,
+}
+
+impl Output {
+    /// Exit status 0 with this stdout.
+    pub fn ok(stdout: impl Into<String>) -> Output {
+        Output {
+            success: true,
+            code: Some(0),
+            stdout: stdout.into(),
+            stderr: String::new(),
+        }
+    }
+
+    /// Exit status `code` with this stderr.
+    pub fn failed(code: i32, stderr: impl Into<String>) -> Output {
+        Output {
+            success: false,
+            code: Some(code),
+            stdout: String::new(),
+            stderr: stderr.into(),
+        }
+    }
+
+    fn from_std(out: std::process::Output) -> Output {
+        Output {
+            success: out.status.success(),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }
+    }
+}
+
+/// `program args…` as one line, for errors, logs and `plan`.
+pub fn command_line(program: &str, args: &[String]) -> String {
+    std::iter::once(program)
+        .chain(args.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs external programs. `Err` only when the program cannot be started at all (missing,
+/// not executable); a program that ran and failed is an `Ok` [`Output`].
+#[async_trait]
+pub trait Exec: Send + Sync + fmt::Debug {
+    /// Run `program args…` to completion with stdin from `/dev/null`.
+    async fn run(&self, program: &str, args: &[String]) -> io::Result<Output>;
+    /// The same, blocking (for probes made outside the async runtime).
+    fn run_blocking(&self, program: &str, args: &[String]) -> io::Result<Output>;
+    /// Where `name` is found on the search path, if it is installed.
+    fn find(&self, name: &str) -> Option<PathBuf>;
+}
+
+/// The real thing: programs are looked up on the search path given at construction (the
+/// process's `PATH`, read once by the composition root), never on an ambient one.
+#[derive(Debug, Clone)]
+pub struct SystemExec {
+    search_path: OsString,
+}
+
+impl SystemExec {
+    /// `search_path`: a `PATH`-style list; `None` means [`DEFAULT_SEARCH_PATH`].
+    pub fn new(search_path: Option<OsString>) -> SystemExec {
+        SystemExec {
+            search_path: search_path
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| DEFAULT_SEARCH_PATH.into()),
+        }
+    }
+
+    /// The program to start: a name is resolved on the search path, a path is used as is.
+    fn resolve(&self, program: &str) -> PathBuf {
+        if program.contains('/') {
+            return PathBuf::from(program);
+        }
+        self.find(program).unwrap_or_else(|| PathBuf::from(program))
+    }
+
+    fn command(&self, program: &str, args: &[String]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(self.resolve(program));
+        cmd.args(args)
+            .env("PATH", &self.search_path)
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+}
+
+#[async_trait]
+impl Exec for SystemExec {
+    async fn run(&self, program: &str, args: &[String]) -> io::Result<Output> {
+        tracing::debug!(command = %command_line(program, args), "running");
+        let out = tokio::process::Command::from(self.command(program, args))
+            .output()
+            .await?;
+        Ok(Output::from_std(out))
+    }
+
+    fn run_blocking(&self, program: &str, args: &[String]) -> io::Result<Output> {
+        tracing::debug!(command = %command_line(program, args), "running");
+        Ok(Output::from_std(self.command(program, args).output()?))
+    }
+
+    fn find(&self, name: &str) -> Option<PathBuf> {
+        std::env::split_paths(&self.search_path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| is_executable(candidate))
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Whether `err` (from [`Exec::run`]) says the program is not installed.
+pub fn is_not_found(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::NotFound
+}
+
+#[cfg(any(test, feature = "testing"))]
+pub use fake::FakeExec;
+
+#[cfg(any(test, feature = "testing"))]
+mod fake {
+    use super::*;
+    use std::sync::Mutex;
+
+    type Handler = Box<dyn Fn(&str, &[String]) -> io::Result<Output> + Send + Sync>;
+
+    /// A recording, scripted [`Exec`] for unit tests: every call is recorded as its command
+    /// line, and a handler decides the answer (it may keep state, e.g. model a rule table).
+    pub struct FakeExec {
+        handler: Handler,
+        installed: Vec<String>,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl fmt::Debug for FakeExec {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("FakeExec")
+                .field("installed", &self.installed)
+                .finish()
+        }
+    }
+
+    impl FakeExec {
+        /// `installed`: the programs [`Exec::find`] knows (others are "not installed" and
+        /// fail to start with `NotFound`); `handler` answers every run of an installed one.
+        pub fn new(
+            installed: &[&str],
+            handler: impl Fn(&str, &[String]) -> io::Result<Output> + Send + Sync + 'static,
+        ) -> FakeExec {
+            FakeExec {
+                handler: Box::new(handler),
+                installed: installed.iter().map(|s| s.to_string()).collect(),
+                calls: Mutex::new(Vec::new()),
+            }
+        }
+
+        /// Every command line run so far, in order.
+        pub fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+
+        fn answer(&self, program: &str, args: &[String]) -> io::Result<Output> {
+            self.calls.lock().unwrap().push(command_line(program, args));
+            let name = Path::new(program)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or(program);
+            if !self.installed.iter().any(|i| i == name || i == program) {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{program}: not installed"),
+                ));
+            }
+            (self.handler)(program, args)
+        }
+    }
+
+    #[async_trait]
+    impl Exec for FakeExec {
+        async fn run(&self, program: &str, args: &[String]) -> io::Result<Output> {
+            self.answer(program, args)
+        }
+        fn run_blocking(&self, program: &str, args: &[String]) -> io::Result<Output> {
+            self.answer(program, args)
+        }
+        fn find(&self, name: &str) -> Option<PathBuf> {
+            self.installed
+                .iter()
+                .any(|i| i == name)
+                .then(|| PathBuf::from("/usr/sbin").join(name))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn runs_programs_from_the_given_search_path_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let tool = dir.path().join("ecs-host-test-tool");
+        std::fs::write(
+            &tool,
+            "#!/bin/sh\necho \"out $1\"; echo 'err ' >&2; exit 3\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = OsString::from(format!("{}:/bin:/usr/bin", dir.path().display()));
+        let exec = SystemExec::new(Some(path));
+        assert_eq!(exec.find("ecs-host-test-tool"), Some(tool.clone()));
+        let out = exec.run("ecs-host-test-tool", &args(&["x"])).await.unwrap();
+        assert_eq!(
+            out,
+            Output {
+                success: false,
+                code: Some(3),
+                stdout: "out x\n".into(),
+                stderr: "err".into()
+            }
+        );
+        assert_eq!(
+            exec.run_blocking("ecs-host-test-tool", &args(&["y"]))
+                .unwrap()
+                .stdout,
+            "out y\n"
+        );
+        // Not on this search path, whatever the process's own PATH says.
+        let other = SystemExec::new(Some("/nonexistent".into()));
+        assert_eq!(other.find("ecs-host-test-tool"), None);
+        let err = other.run("ecs-host-test-tool", &[]).await.unwrap_err();
+        assert!(is_not_found(&err), "{err}");
+    }
+
+    #[test]
+    fn fake_records_and_refuses_what_is_not_installed() {
+        let fake = FakeExec::new(&["iptables"], |_, a| Ok(Output::ok(a.join(","))));
+        assert_eq!(
+            fake.run_blocking("iptables", &args(&["-S"]))
+                .unwrap()
+                .stdout,
+            "-S"
+        );
+        assert!(is_not_found(&fake.run_blocking("nft", &[]).unwrap_err()));
+        assert_eq!(fake.calls(), ["iptables -S", "nft"]);
+        assert!(fake.find("iptables").is_some() && fake.find("nft").is_none());
+    }
+}

@@ -1,0 +1,364 @@
+//! Files in directories the agent container can write.
+//!
+//! `/var/lib/ecs`, `/var/log/ecs` and `/var/cache/ecs` are bind-mounted read-write into the
+//! agent, so anything in them may have been replaced by a symlink or a hard link to a host file
+//! by the time the root launcher writes there. Everything here therefore:
+//! * opens the final path component with `O_NOFOLLOW` (a symlink is refused with `ELOOP`, named
+//!   in the error) and refuses regular files with more than one link;
+//! * creates files relative to an open directory handle, under a fresh temporary name with
+//!   `O_EXCL`, and renames them into place (a rename replaces a planted symlink, it never
+//!   follows it);
+//! * sets modes explicitly, whatever the process umask.
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+fn c_name(name: &std::ffi::OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in file name"))
+}
+
+fn split(path: &Path) -> io::Result<(&Path, &std::ffi::OsStr)> {
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: no file name", path.display()),
+        )
+    })?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok((dir, name))
+}
+
+/// Say which path is a symlink when the kernel answers `ELOOP`.
+fn explain(path: &Path, err: io::Error) -> io::Error {
+    if err.raw_os_error() == Some(libc::ELOOP) {
+        io::Error::new(
+            err.kind(),
+            format!(
+                "{} is a symbolic link; refusing to follow it",
+                path.display()
+            ),
+        )
+    } else {
+        err
+    }
+}
+
+/// The directory `dir` itself (not a symlink to one).
+fn open_dir(dir: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| explain(dir, e))
+}
+
+/// Make sure `dir` exists as a real directory (parents too) with `mode` on the last component
+/// when it is created; an existing symlink in its place is an error.
+pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_dir() => return Ok(()),
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(explain(dir, io::Error::from_raw_os_error(libc::ELOOP)))
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a directory", dir.display()),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => ensure_dir(dir, mode),
+        Err(e) => Err(e),
+    }
+}
+
+/// A regular file with one link, or an error naming the path.
+fn check_plain(path: &Path, file: &File) -> io::Result<()> {
+    let m = file.metadata()?;
+    if !m.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    if m.nlink() > 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} has {} hard links; refusing to use it",
+                path.display(),
+                m.nlink()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Open `path` for appending, creating it with `mode` (exactly, whatever the umask). A
+/// symlink or a multiply linked file at `path` is refused.
+pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| explain(path, e))?;
+    check_plain(path, &file)?;
+    let current = file.metadata()?.permissions().mode() & 0o7777;
+    if current != mode {
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(file)
+}
+
+/// Read `path` without following a symlink there. `NotFound` passes through unchanged.
+pub fn read(path: &Path) -> io::Result<Vec<u8>> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| explain(path, e))?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    let mut out = Vec::new();
+    file.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// [`read`] as text; invalid UTF-8 is an error naming the path.
+pub fn read_to_string(path: &Path) -> io::Result<String> {
+    String::from_utf8(read(path)?).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not valid UTF-8", path.display()),
+        )
+    })
+}
+
+/// A fresh temporary file next to `path`, created with `O_EXCL` under a random name, and its
+/// name. Used by [`write_atomic`] and by callers that stream large files (downloads).
+pub struct TempFile {
+    dir: File,
+    name: CString,
+    target: CString,
+    path: std::path::PathBuf,
+    file: Option<File>,
+}
+
+impl TempFile {
+    /// Create the temporary file for `path` (in `path`'s directory, which must exist) with
+    /// `mode`.
+    pub fn new(path: &Path, mode: u32) -> io::Result<TempFile> {
+        let (dir_path, name) = split(path)?;
+        let dir = open_dir(dir_path)?;
+        let target = c_name(name)?;
+        for _ in 0..16 {
+            let tmp_name = format!(
+                ".{}.tmp-{}-{:016x}",
+                name.to_string_lossy(),
+                std::process::id(),
+                fastrand::u64(..)
+            );
+            let tmp = c_name(std::ffi::OsStr::new(&tmp_name))?;
+            // SAFETY: openat with a valid directory fd and a NUL-terminated name; the returned
+            // fd is owned by the File below.
+            let fd = unsafe {
+                libc::openat(
+                    dir.as_raw_fd(),
+                    tmp.as_ptr(),
+                    libc::O_WRONLY
+                        | libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_NOFOLLOW
+                        | libc::O_CLOEXEC,
+                    mode as libc::c_uint,
+                )
+            };
+            if fd < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::AlreadyExists {
+                    continue;
+                }
+                return Err(err);
+            }
+            // SAFETY: fd is a fresh, valid, owned descriptor.
+            let file = unsafe { File::from_raw_fd(fd) };
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            return Ok(TempFile {
+                dir,
+                name: tmp,
+                target,
+                path: dir_path.join(&tmp_name),
+                file: Some(file),
+            });
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{}: no free temporary name", path.display()),
+        ))
+    }
+
+    /// The temporary file's path (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open file, for writing.
+    pub fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("open until committed")
+    }
+
+    /// fsync the data, rename over the target, fsync the directory.
+    pub fn commit(mut self) -> io::Result<()> {
+        let file = self.file.take().expect("open until committed");
+        file.sync_all()?;
+        drop(file);
+        // SAFETY: both names are NUL-terminated and relative to the same valid directory fd.
+        let rc = unsafe {
+            libc::renameat(
+                self.dir.as_raw_fd(),
+                self.name.as_ptr(),
+                self.dir.as_raw_fd(),
+                self.target.as_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The rename is done: nothing to clean up any more.
+        self.name = CString::default();
+        self.dir.sync_all()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.name.as_bytes().is_empty() {
+            // SAFETY: unlinkat with a valid directory fd and a NUL-terminated name.
+            unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.name.as_ptr(), 0) };
+        }
+    }
+}
+
+/// Replace `path` with `contents` atomically (a crash leaves the old or the new file, never a
+/// part), with `mode`. The directory must exist; a symlink planted at `path` is replaced, not
+/// followed.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let mut tmp = TempFile::new(path, mode)?;
+    tmp.file().write_all(contents)?;
+    tmp.commit()
+}
+
+/// Remove `path` (a symlink there is removed, not followed); absent is success.
+pub fn remove(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn atomic_write_replaces_a_planted_symlink_without_following_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let path = dir.path().join("record");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        write_atomic(&path, b"ours\n", 0o644).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_file());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "ours\n");
+        assert_eq!(mode(&path), 0o644);
+        // Nothing else is left in the directory.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn modes_do_not_follow_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = unsafe { libc::umask(0) };
+        let p = dir.path().join("f");
+        write_atomic(&p, b"x", 0o600).unwrap();
+        let log = dir.path().join("log");
+        drop(open_append(&log, 0o640).unwrap());
+        let d = dir.path().join("a/b");
+        ensure_dir(&d, 0o700).unwrap();
+        unsafe { libc::umask(old) };
+        assert_eq!(mode(&p), 0o600);
+        assert_eq!(mode(&log), 0o640);
+        assert_eq!(mode(&d), 0o700);
+    }
+
+    #[test]
+    fn append_and_read_refuse_symlinks_and_hard_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let link = dir.path().join("ecs-init.log");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let err = open_append(&link, 0o600).unwrap_err();
+        assert!(
+            err.to_string().contains("ecs-init.log is a symbolic link"),
+            "{err}"
+        );
+        let err = read(&link).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let hard = dir.path().join("hard");
+        std::fs::hard_link(&victim, &hard).unwrap();
+        let err = open_append(&hard, 0o600).unwrap_err();
+        assert!(err.to_string().contains("hard links"), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let sub = dir.path().join("gpu");
+        std::os::unix::fs::symlink(dir.path(), &sub).unwrap();
+        assert!(ensure_dir(&sub, 0o700)
+            .unwrap_err()
+            .to_string()
+            .contains("symbolic link"));
+    }
+
+    #[test]
+    fn an_uncommitted_temp_file_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("ecs-agent.tar");
+        {
+            let mut t = TempFile::new(&target, 0o600).unwrap();
+            t.file().write_all(b"partial").unwrap();
+            assert!(t.path().exists());
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(matches!(read(&target), Err(e) if e.kind() == io::ErrorKind::NotFound));
+        remove(&target).unwrap();
+    }
+}

@@ -1,0 +1,154 @@
+//! The actions of the command line, each working with the parts the composition root built
+//! ([`Host`]): `pre-start`, `start`, `stop`, `post-stop`, `reload-cache`.
+use anyhow::Context as _;
+use ecs_backends::select::Selection;
+use ecs_backends::Runtime;
+use ecs_firewall::Firewall;
+use std::time::Duration;
+
+use crate::compose::{spec_of, Host};
+use crate::config::Warning;
+use crate::paths::Paths;
+use crate::{agent, apparmor, cache, records, supervise, STOP_GRACE};
+
+pub fn log_warnings(warnings: &[Warning]) {
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+}
+
+/// Wait for the chosen runtime to answer, then record it for `stop` and `status`.
+async fn make_ready(host: &Host, selection: &Selection, rt: &dyn Runtime) -> anyhow::Result<()> {
+    let info = ecs_backends::wait_ready(rt, host.settings.runtime_wait).await?;
+    tracing::info!(runtime = %info.runtime, version = %info.version, endpoint = %info.endpoint, "runtime answers");
+    records::record_runtime(&host.settings.paths, selection).with_context(|| {
+        format!(
+            "recording the runtime in {}",
+            host.settings.paths.runtime_record().display()
+        )
+    })
+}
+
+/// Choose, wait for it to answer, record it.
+async fn ready_runtime(host: &Host) -> anyhow::Result<Box<dyn Runtime>> {
+    let (selection, rt) = host.choose_runtime().await?;
+    make_ready(host, &selection, rt.as_ref()).await?;
+    Ok(rt)
+}
+
+/// Create the ecs directories the agent's binds need (Docker would create missing bind
+/// sources as root-owned directories anyway; containerd would refuse to start).
+fn make_dirs(paths: &Paths) -> anyhow::Result<()> {
+    for (dir, mode) in [
+        (&paths.etc_ecs, 0o755),
+        (&paths.var_lib_ecs, 0o755),
+        (&paths.data_dir(), 0o755),
+        (&paths.var_cache_ecs, 0o700),
+        (&paths.var_log_ecs, 0o755),
+        (&paths.var_log_ecs.join("exec"), 0o755),
+    ] {
+        ecs_host::files::ensure_dir(dir, mode)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let ebs = paths.rooted("/mnt/ecs/ebs".as_ref());
+    if let Err(err) = ecs_host::files::ensure_dir(&ebs, 0o755) {
+        tracing::warn!(dir = %ebs.display(), error = %err, "could not create the EBS mount directory");
+    }
+    Ok(())
+}
+
+pub async fn pre_start(host: &Host) -> anyhow::Result<()> {
+    // Validate every setting before anything on the host changes (an unknown backend name is
+    // an error here; the rest are warnings). The firewall backend itself is probed and chosen
+    // once, below.
+    host.settings.check()?;
+    let (spec, warnings) = host.spec();
+    log_warnings(&warnings);
+    let (selection, rt) = host.choose_runtime().await?;
+    make_dirs(&host.settings.paths)?;
+    // The image first: it is the step most likely to fail, and it changes nothing on the host
+    // outside the runtime, so a failure here leaves the host network as it was.
+    make_ready(host, &selection, rt.as_ref()).await?;
+    cache::ensure_image(&host.settings.paths, rt.as_ref()).await?;
+    // The agent's default AppArmor profile must be loaded before the container starts with it.
+    // An operator-chosen profile (ECS_AGENT_APPARMOR_PROFILE) is the operator's to load.
+    if spec.apparmor_profile.as_deref() == Some(agent::DEFAULT_APPARMOR_PROFILE) {
+        apparmor::install(
+            host.exec.as_ref(),
+            &host.settings.paths.rooted("/etc/apparmor.d".as_ref()),
+            agent::DEFAULT_APPARMOR_PROFILE,
+            apparmor::PARSER.as_ref(),
+            true,
+        )?;
+    }
+    // All-or-nothing and idempotent (the firewall crate's contract).
+    let net = host.net_config();
+    let selection = host.firewalls.select(host.settings.firewall).await?;
+    tracing::info!(firewall = %selection.backend, reason = %selection.reason, "firewall backend chosen");
+    let firewall = host.firewalls.build(selection.backend);
+    let plan = ecs_firewall::plan_network(&net, selection, firewall.as_ref());
+    let previous = ecs_firewall::recorded_backend(&net.state_dir).map(|b| host.firewalls.build(b));
+    ecs_firewall::setup_network(&net, &plan, firewall.as_ref(), previous.as_deref()).await?;
+    Ok(())
+}
+
+pub async fn start(host: &Host) -> anyhow::Result<i32> {
+    host.settings.check()?;
+    let rt = ready_runtime(host).await?;
+    let exec = host.exec.clone();
+    let mut supervisor = supervise::Supervisor {
+        runtime: rt.as_ref(),
+        paths: host.settings.paths.clone(),
+        spec: Box::new(move || {
+            // Re-read the env files before every (re)start, like the Go tool.
+            let settings = host.settings.reload();
+            let (spec, warnings) = spec_of(&settings, exec.as_ref());
+            log_warnings(&warnings);
+            tracing::debug!(?spec, "agent container spec");
+            Ok(spec)
+        }),
+        backoff: supervise::restart_backoff(),
+        healthy_after: Duration::from_secs(60),
+        stop_grace: STOP_GRACE,
+        runtime_deadline: host.settings.runtime_wait,
+    };
+    Ok(supervisor.run(supervise::termination_signal()).await?)
+}
+
+pub async fn stop(host: &Host) -> anyhow::Result<()> {
+    let (selection, rt) = host.recorded_runtime().await?;
+    match rt.stop(agent::AGENT_NAME, STOP_GRACE).await {
+        Ok(()) => tracing::info!(runtime = %selection.kind, "agent container stopped"),
+        // The runtime being down means there is no agent to stop: that is not an error.
+        Err(err) => {
+            tracing::warn!(runtime = %selection.kind, error = %err, "could not reach the runtime to stop the agent")
+        }
+    }
+    Ok(())
+}
+
+/// Undo pre-start's host network changes with the firewall backend that applied them. Needs no
+/// container runtime.
+pub async fn post_stop(host: &Host) -> anyhow::Result<()> {
+    let net = host.net_config();
+    let backends = ecs_firewall::teardown_backends(
+        &host.firewalls,
+        &net.state_dir,
+        Some(host.settings.firewall),
+    )
+    .await;
+    let firewalls: Vec<Box<dyn Firewall>> = backends
+        .into_iter()
+        .map(|b| host.firewalls.build(b))
+        .collect();
+    ecs_firewall::teardown_network(&net, &firewalls).await?;
+    tracing::info!("host network changes removed");
+    Ok(())
+}
+
+pub async fn reload_cache(host: &Host) -> anyhow::Result<()> {
+    host.settings.check()?;
+    let rt = ready_runtime(host).await?;
+    cache::reload(&host.settings.paths, rt.as_ref()).await?;
+    Ok(())
+}

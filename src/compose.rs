@@ -1,0 +1,103 @@
+//! The composition root: the one place where the launcher's parts are built from the typed
+//! [`Settings`] — the [`Exec`] every external program goes through, the firewall factory, the
+//! runtime clients — and handed to the actions. Nothing below reads the environment or picks a
+//! concrete backend itself.
+use ecs_backends::select::{self as runtime_select, Selection};
+use ecs_backends::{AgentSpec, Runtime, RuntimeKind};
+use ecs_firewall::Firewalls;
+use ecs_host::{Exec, SystemExec};
+use std::sync::Arc;
+
+use crate::config::Warning;
+use crate::facts::HostFacts;
+use crate::records;
+use crate::settings::Settings;
+
+/// Everything an action works with.
+pub struct Host {
+    pub settings: Settings,
+    pub exec: Arc<dyn Exec>,
+    pub firewalls: Firewalls,
+}
+
+impl Host {
+    /// The real host: programs from the settings' search path.
+    pub fn new(settings: Settings) -> Host {
+        let exec: Arc<dyn Exec> = Arc::new(SystemExec::new(settings.search_path.clone()));
+        Host::with_exec(settings, exec)
+    }
+
+    /// With an [`Exec`] of the caller's (tests use a recording double).
+    pub fn with_exec(settings: Settings, exec: Arc<dyn Exec>) -> Host {
+        Host {
+            firewalls: Firewalls::new(exec.clone()),
+            exec,
+            settings,
+        }
+    }
+
+    /// A client for `kind` (never contacts the daemon).
+    pub fn runtime(&self, kind: RuntimeKind) -> anyhow::Result<Box<dyn Runtime>> {
+        Ok(ecs_backends::build(kind, &self.settings.runtime_options)?)
+    }
+
+    /// The runtime chosen now (explicit setting or probe), with a client for it.
+    pub async fn choose_runtime(&self) -> anyhow::Result<(Selection, Box<dyn Runtime>)> {
+        let (selection, rt) = runtime_select::choose(
+            self.settings.runtime,
+            &self.settings.runtime_options,
+            self.exec.as_ref(),
+        )
+        .await?;
+        tracing::info!(runtime = %selection.kind, reason = %selection.reason, "container runtime selected");
+        Ok((selection, rt))
+    }
+
+    /// The runtime `start` recorded, else the one chosen now (for `stop` and `status`).
+    pub async fn recorded_runtime(&self) -> anyhow::Result<(Selection, Box<dyn Runtime>)> {
+        match records::recorded_runtime(&self.settings.paths) {
+            Some(selection) => {
+                let rt = self.runtime(selection.kind)?;
+                Ok((selection, rt))
+            }
+            None => self.choose_runtime().await,
+        }
+    }
+
+    /// Host facts, with the EBS directory looked up under the re-rooting prefix.
+    pub fn facts(&self) -> HostFacts {
+        facts_of(&self.settings, self.exec.as_ref())
+    }
+
+    /// The agent spec and every configuration warning (settings and spec building).
+    pub fn spec(&self) -> (AgentSpec, Vec<Warning>) {
+        spec_of(&self.settings, self.exec.as_ref())
+    }
+
+    /// What the host network setup needs from the configuration.
+    pub fn net_config(&self) -> ecs_firewall::NetConfig {
+        let net = &self.settings.net;
+        ecs_firewall::NetConfig {
+            skip_localhost_filter: net.skip_localhost_filter,
+            allow_offhost_introspection: net.allow_offhost_introspection,
+            introspection_interface: net.introspection_interface.clone(),
+            state_dir: self.settings.paths.var_lib_ecs.clone(),
+            proc_sys: "/proc/sys".into(),
+        }
+    }
+}
+
+/// The host facts for `settings`.
+pub fn facts_of(settings: &Settings, exec: &dyn Exec) -> HostFacts {
+    let mut facts = HostFacts::probe(&crate::agent::paths_to_probe(settings), exec);
+    facts.ebs_dir = settings.paths.rooted("/mnt/ecs/ebs".as_ref()).is_dir();
+    facts
+}
+
+/// The agent spec for `settings` and every warning (settings first, then the spec's).
+pub fn spec_of(settings: &Settings, exec: &dyn Exec) -> (AgentSpec, Vec<Warning>) {
+    let (spec, mut warnings) = crate::agent::build(settings, &facts_of(settings, exec));
+    let mut all = settings.warnings.clone();
+    all.append(&mut warnings);
+    (spec, all)
+}

@@ -1,0 +1,65 @@
+//! The runtime record: which runtime `start` used, for `stop` and `status` (the firewall
+//! backend's record is kept by the firewall crate). Both use [`ecs_host::Record`]'s format.
+use ecs_backends::select::Selection;
+use ecs_host::Record;
+
+use crate::paths::Paths;
+
+/// Record the runtime `start` uses.
+pub fn record_runtime(paths: &Paths, selection: &Selection) -> std::io::Result<()> {
+    ecs_host::files::ensure_dir(&paths.var_lib_ecs, 0o755)?;
+    Record::new(selection.kind.as_str(), &selection.reason).write(&paths.runtime_record())
+}
+
+/// The recorded runtime, if any (an unreadable or unknown record counts as none, with a
+/// warning).
+pub fn recorded_runtime(paths: &Paths) -> Option<Selection> {
+    let path = paths.runtime_record();
+    let record = match Record::read(&path) {
+        Ok(r) => r?,
+        Err(e) => {
+            tracing::warn!(record = %path.display(), error = %e, "ignoring the runtime record");
+            return None;
+        }
+    };
+    match record.name.parse() {
+        Ok(kind) => Some(Selection {
+            kind,
+            reason: format!("recorded in {}", path.display()),
+        }),
+        Err(_) => {
+            tracing::warn!(record = %path.display(), name = %record.name, "unknown runtime in the record; ignoring it");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ecs_backends::RuntimeKind;
+
+    #[test]
+    fn record_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path());
+        assert!(recorded_runtime(&paths).is_none());
+        record_runtime(
+            &paths,
+            &Selection {
+                kind: RuntimeKind::Containerd,
+                reason: "x".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            recorded_runtime(&paths).unwrap().kind,
+            RuntimeKind::Containerd
+        );
+        // Records of earlier releases hold only the name.
+        std::fs::write(paths.runtime_record(), "docker\n").unwrap();
+        assert_eq!(recorded_runtime(&paths).unwrap().kind, RuntimeKind::Docker);
+        std::fs::write(paths.runtime_record(), "podman\n").unwrap();
+        assert!(recorded_runtime(&paths).is_none());
+    }
+}

@@ -1,0 +1,844 @@
+//! The launcher's settings, typed and parsed once.
+//!
+//! Every knob is a row of [`KNOBS`] (name, type, default, where it may be set, one doc line);
+//! the man page's ENVIRONMENT section is generated from that table and a test checks the
+//! README's knob table against it, so the three cannot drift. A value comes from the process
+//! environment (systemd's `EnvironmentFile=`, upstart's `env`), else — for knobs that may be set
+//! there — from `/etc/ecs/ecs.config`, then `/var/lib/ecs/ecs.config`, else its default; the
+//! source of each value is kept for `plan`. Nothing else in the launcher reads the process
+//! environment: [`Settings::from_process`] takes the one snapshot.
+//!
+//! Values that cannot be used are warnings naming the file, line and key (booleans that fail
+//! to parse are false, like the Go tool's), or errors for choices the launcher cannot guess
+//! (`ECS_INIT_RUNTIME`, `ECS_INIT_FIREWALL`). Errors stop `pre-start`, `start`, `plan` and
+//! `reload-cache` before anything changes; `stop` and `post-stop` only warn and work from the
+//! records (see the actions).
+use ecs_backends::containerd::{self, ContainerdOptions};
+use ecs_backends::select::Request as RuntimeRequest;
+use ecs_backends::RuntimeOptions;
+use ecs_firewall::Choice as FirewallChoice;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{parse_bool, parse_string_map, Config, Origin, Warning};
+use crate::paths::Paths;
+
+/// What kind of value a knob takes (for the docs, and for parsing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Go's `strconv.ParseBool`.
+    Bool,
+    /// One of these words (case-insensitive).
+    Choice(&'static [&'static str]),
+    /// A whole number of seconds.
+    Seconds,
+    /// A whole number.
+    Count,
+    Path,
+    /// A JSON object of strings.
+    Json,
+    Text,
+}
+
+impl Kind {
+    /// The type column of the docs.
+    pub fn describe(self) -> String {
+        match self {
+            Kind::Bool => "boolean".into(),
+            Kind::Choice(words) => words.join(" \\| "),
+            Kind::Seconds => "seconds".into(),
+            Kind::Count => "number".into(),
+            Kind::Path => "path".into(),
+            Kind::Json => "JSON object".into(),
+            Kind::Text => "text".into(),
+        }
+    }
+}
+
+/// Where a knob may be set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Only the process environment (as in the Go tool, or needed before the files are read).
+    Process,
+    /// The process environment, else the env files.
+    Anywhere,
+}
+
+/// One row of the knob table.
+#[derive(Debug, Clone, Copy)]
+pub struct Knob {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// The default, as the docs show it (`(unset)` style text for knobs without one).
+    pub default: &'static str,
+    pub scope: Scope,
+    pub doc: &'static str,
+}
+
+const BOOL_FALSE: &str = "false";
+
+/// Every knob of the launcher, in the order the docs list them.
+pub const KNOBS: &[Knob] = &[
+    Knob {
+        name: "ECS_INIT_RUNTIME",
+        kind: Kind::Choice(&["auto", "docker", "containerd"]),
+        default: "auto",
+        scope: Scope::Anywhere,
+        doc: "container runtime of the agent; `auto`: Docker when its socket answers or dockerd is installed, else containerd",
+    },
+    Knob {
+        name: "ECS_INIT_FIREWALL",
+        kind: Kind::Choice(&["auto", "iptables", "nftables", "none"]),
+        default: "auto",
+        scope: Scope::Anywhere,
+        doc: "firewall backend; `none`: the operator manages the firewall; `auto`: keep the backend that already holds our rules, else a working iptables, else nft",
+    },
+    Knob {
+        name: "DOCKER_HOST",
+        kind: Kind::Text,
+        default: ecs_backends::docker::DEFAULT_ENDPOINT,
+        scope: Scope::Process,
+        doc: "Docker endpoint (unix sockets only); bind-mounted into the agent",
+    },
+    Knob {
+        name: "CONTAINERD_ADDRESS",
+        kind: Kind::Path,
+        default: containerd::DEFAULT_ADDRESS,
+        scope: Scope::Anywhere,
+        doc: "containerd endpoint",
+    },
+    Knob {
+        name: "ECS_INIT_CONTAINERD_NAMESPACE",
+        kind: Kind::Text,
+        default: containerd::DEFAULT_NAMESPACE,
+        scope: Scope::Anywhere,
+        doc: "containerd namespace of the agent's image and container",
+    },
+    Knob {
+        name: "ECS_INIT_AGENT_INIT",
+        kind: Kind::Path,
+        default: containerd::DEFAULT_AGENT_INIT,
+        scope: Scope::Anywhere,
+        doc: "static init (PID 1) and log shim of the agent container on containerd",
+    },
+    Knob {
+        name: "ECS_INIT_CONTAINERD_LOG_DIR",
+        kind: Kind::Path,
+        default: containerd::DEFAULT_LOG_DIR,
+        scope: Scope::Anywhere,
+        doc: "agent stdout/stderr on containerd (json lines, rotated by `max-size`/`max-file`); follows `ECS_INIT_HOST_ROOT` when unset",
+    },
+    Knob {
+        name: "ECS_INIT_RUNTIME_WAIT_SECONDS",
+        kind: Kind::Seconds,
+        default: "120",
+        scope: Scope::Anywhere,
+        doc: "how long to wait for the runtime to answer",
+    },
+    Knob {
+        name: "ECS_INIT_HOST_ROOT",
+        kind: Kind::Path,
+        default: "/",
+        scope: Scope::Process,
+        doc: "re-roots `/etc/ecs`, `/var/lib/ecs`, `/var/cache/ecs`, `/var/log/ecs` (tests, demos)",
+    },
+    Knob {
+        name: "ECS_SKIP_LOCALHOST_TRAFFIC_FILTER",
+        kind: Kind::Bool,
+        default: BOOL_FALSE,
+        scope: Scope::Anywhere,
+        doc: "do not add the rule dropping non-local packets to 127.0.0.0/8",
+    },
+    Knob {
+        name: "ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS",
+        kind: Kind::Bool,
+        default: BOOL_FALSE,
+        scope: Scope::Anywhere,
+        doc: "do not block port 51678 from off-host",
+    },
+    Knob {
+        name: "ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME",
+        kind: Kind::Text,
+        default: "(all non-loopback)",
+        scope: Scope::Anywhere,
+        doc: "block 51678 only on this interface",
+    },
+    Knob {
+        name: "ECS_LOGLEVEL",
+        kind: Kind::Choice(&["debug", "info", "warn", "error", "crit", "none"]),
+        default: "info",
+        scope: Scope::Anywhere,
+        doc: "launcher log level",
+    },
+    Knob {
+        name: "ECS_LOG_DRIVER",
+        kind: Kind::Text,
+        default: "json-file",
+        scope: Scope::Anywhere,
+        doc: "agent container log driver: awslogs, fluentd, gelf, json-file, journald, logentries, syslog or splunk",
+    },
+    Knob {
+        name: "ECS_LOG_OPTS",
+        kind: Kind::Json,
+        default: "(driver defaults)",
+        scope: Scope::Anywhere,
+        doc: "agent container log options, used as given; secret-looking keys are redacted in output",
+    },
+    Knob {
+        name: "ECS_INIT_DOCKER_LOG_FILE_SIZE",
+        kind: Kind::Text,
+        default: "16m",
+        scope: Scope::Anywhere,
+        doc: "`max-size` of the json-file log (a bare number means megabytes)",
+    },
+    Knob {
+        name: "ECS_INIT_DOCKER_LOG_FILE_NUM",
+        kind: Kind::Count,
+        default: "4",
+        scope: Scope::Anywhere,
+        doc: "`max-file` of the json-file log",
+    },
+    Knob {
+        name: "ECS_AGENT_RUN_PRIVILEGED",
+        kind: Kind::Bool,
+        default: BOOL_FALSE,
+        scope: Scope::Anywhere,
+        doc: "privileged agent container",
+    },
+    Knob {
+        name: "ECS_AGENT_PID_NAMESPACE_HOST",
+        kind: Kind::Bool,
+        default: BOOL_FALSE,
+        scope: Scope::Anywhere,
+        doc: "the agent shares the host's PID namespace",
+    },
+    Knob {
+        name: "ECS_AGENT_APPARMOR_PROFILE",
+        kind: Kind::Text,
+        default: crate::agent::DEFAULT_APPARMOR_PROFILE,
+        scope: Scope::Anywhere,
+        doc: "AppArmor profile of the agent (when the host enforces AppArmor); the default one is written and loaded by pre-start",
+    },
+    Knob {
+        name: "ECS_EXTERNAL",
+        kind: Kind::Bool,
+        default: BOOL_FALSE,
+        scope: Scope::Anywhere,
+        doc: "ECS Anywhere host: no added capabilities, rotating credentials bound in, task ENI off",
+    },
+    Knob {
+        name: "ECS_GMSA_SUPPORTED",
+        kind: Kind::Bool,
+        default: BOOL_FALSE,
+        scope: Scope::Process,
+        doc: "gMSA: bind the credentials-fetcher socket, mark a realm-joined host",
+    },
+    Knob {
+        name: "CREDENTIALS_FETCHER_HOST",
+        kind: Kind::Path,
+        default: crate::agent::CREDENTIALS_FETCHER_SOCKET,
+        scope: Scope::Process,
+        doc: "credentials-fetcher socket (`unix://` prefix allowed)",
+    },
+    Knob {
+        name: "ECS_ENABLE_GPU_SUPPORT",
+        kind: Kind::Bool,
+        default: BOOL_FALSE,
+        scope: Scope::Anywhere,
+        doc: "GPU host: bind `/var/lib/ecs/gpu` into the agent when `/dev/nvidia*` exists",
+    },
+];
+
+/// The row of `name` (a programming error when absent).
+pub fn knob(name: &str) -> &'static Knob {
+    KNOBS
+        .iter()
+        .find(|k| k.name == name)
+        .unwrap_or_else(|| panic!("{name} is not in KNOBS"))
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Process,
+    File(Origin),
+    Default,
+}
+
+impl Source {
+    fn origin(&self) -> Option<Origin> {
+        match self {
+            Source::File(o) => Some(o.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Process => f.write_str("process environment"),
+            Source::File(o) => o.fmt(f),
+            Source::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// One resolved knob, as `plan` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Shown {
+    pub name: &'static str,
+    pub value: String,
+    pub source: String,
+}
+
+/// The host network knobs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NetSettings {
+    pub skip_localhost_filter: bool,
+    pub allow_offhost_introspection: bool,
+    pub introspection_interface: Option<String>,
+}
+
+/// The knobs that shape the agent container.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AgentSettings {
+    pub external: bool,
+    pub gmsa: bool,
+    /// The credentials-fetcher socket path.
+    pub credentials_fetcher: PathBuf,
+    pub gpu_support: bool,
+    pub privileged: bool,
+    pub pid_host: bool,
+    pub apparmor_profile: String,
+    /// `ECS_LOG_DRIVER` when set (validated by the spec builder).
+    pub log_driver: Option<String>,
+    /// `ECS_LOG_OPTS` parsed; `None` when unset or invalid (a warning then).
+    pub log_opts: Option<BTreeMap<String, String>>,
+    pub log_file_size: Option<String>,
+    pub log_file_num: Option<String>,
+    /// `DOCKER_HOST` from the process (the socket bound into the agent) and from the env files
+    /// (where the agent looks for it).
+    pub docker_host: Option<String>,
+    pub docker_host_in_files: Option<String>,
+}
+
+/// Everything the launcher is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The process environment snapshot everything was resolved from (kept so that `start`
+    /// can re-read the env files before each restart of the agent).
+    env: BTreeMap<String, String>,
+    pub paths: Paths,
+    /// The env files: the agent's environment and labels.
+    pub files: Config,
+    pub runtime: RuntimeRequest,
+    pub firewall: FirewallChoice,
+    pub runtime_options: RuntimeOptions,
+    pub runtime_wait: Duration,
+    pub net: NetSettings,
+    pub log_level: &'static str,
+    pub agent: AgentSettings,
+    /// `NOTIFY_SOCKET` (systemd's readiness protocol).
+    pub notify_socket: Option<String>,
+    /// `JOURNAL_STREAM` (`<device>:<inode>` of the journal stream systemd gave stdout/stderr).
+    pub journal_stream: Option<String>,
+    /// `PATH`, where external programs are looked up.
+    pub search_path: Option<OsString>,
+    /// Every knob with its value and source.
+    pub shown: Vec<Shown>,
+    /// Problems that do not stop the launcher.
+    pub warnings: Vec<Warning>,
+    /// Problems that stop every action that would change the host with them.
+    pub errors: Vec<Warning>,
+}
+
+/// A knob that could not be used; `plan`, `pre-start` and `start` fail with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(|w| w.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct SettingsError(pub Vec<Warning>);
+
+/// Resolves knobs one by one, collecting values, sources and problems.
+struct Resolver<'a> {
+    env: &'a BTreeMap<String, String>,
+    files: &'a Config,
+    shown: Vec<Shown>,
+    warnings: Vec<Warning>,
+    errors: Vec<Warning>,
+}
+
+impl Resolver<'_> {
+    /// The raw value and its source; empty values count as unset.
+    fn raw(&self, k: &Knob) -> Option<(String, Source)> {
+        if let Some(v) = self.env.get(k.name).filter(|v| !v.is_empty()) {
+            return Some((v.clone(), Source::Process));
+        }
+        if k.scope == Scope::Anywhere {
+            if let Some(e) = self
+                .files
+                .file_entry(k.name)
+                .filter(|e| !e.value.is_empty())
+            {
+                return Some((e.value.clone(), Source::File(e.origin.clone())));
+            }
+        }
+        None
+    }
+
+    fn show(&mut self, k: &Knob, value: &str, source: &Source) {
+        self.shown.push(Shown {
+            name: k.name,
+            value: ecs_backends::redacted_pair(k.name, value)
+                .split_once('=')
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default(),
+            source: source.to_string(),
+        });
+    }
+
+    fn problem(k: &Knob, source: &Source, message: String) -> Warning {
+        Warning {
+            origin: source.origin(),
+            key: Some(k.name.to_string()),
+            message,
+        }
+    }
+
+    fn warn(&mut self, k: &Knob, source: &Source, message: String) {
+        self.warnings.push(Self::problem(k, source, message));
+    }
+
+    /// The value, or `None` (shown as its default).
+    fn get(&mut self, name: &str) -> Option<(String, Source)> {
+        let k = knob(name);
+        let got = self.raw(k);
+        match &got {
+            Some((v, s)) => self.show(k, v, s),
+            None => self.show(k, k.default, &Source::Default),
+        }
+        got
+    }
+
+    fn text(&mut self, name: &str) -> Option<String> {
+        self.get(name).map(|(v, _)| v)
+    }
+
+    fn trimmed(&mut self, name: &str) -> Option<String> {
+        self.text(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn bool(&mut self, name: &str) -> bool {
+        let Some((v, source)) = self.get(name) else {
+            return false;
+        };
+        parse_bool(&v).unwrap_or_else(|| {
+            self.warn(
+                knob(name),
+                &source,
+                format!("{v:?} is not a boolean; treating as false"),
+            );
+            false
+        })
+    }
+
+    /// A choice the launcher cannot guess: anything else is an error.
+    fn choice<T: std::str::FromStr + Default>(&mut self, name: &str) -> T {
+        let k = knob(name);
+        let Some((v, source)) = self.get(name) else {
+            return T::default();
+        };
+        v.parse().unwrap_or_else(|_| {
+            let Kind::Choice(words) = k.kind else {
+                unreachable!("{name} is a choice")
+            };
+            self.errors.push(Self::problem(
+                k,
+                &source,
+                format!("{v:?} is not one of {}", words.join("|")),
+            ));
+            T::default()
+        })
+    }
+
+    fn seconds(&mut self, name: &str) -> Duration {
+        let k = knob(name);
+        let default = Duration::from_secs(k.default.parse().expect("numeric default"));
+        let Some((v, source)) = self.get(name) else {
+            return default;
+        };
+        match v.trim().parse::<u64>() {
+            Ok(s) => Duration::from_secs(s),
+            Err(_) => {
+                self.warn(
+                    k,
+                    &source,
+                    format!(
+                        "{v:?} is not a whole number of seconds; using the default {}",
+                        k.default
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    /// `ECS_LOGLEVEL`: unknown words are a warning and mean `info`.
+    fn log_level(&mut self) -> &'static str {
+        let k = knob("ECS_LOGLEVEL");
+        let Some((v, source)) = self.get(k.name) else {
+            return "info";
+        };
+        let Kind::Choice(words) = k.kind else {
+            unreachable!()
+        };
+        let lower = v.trim().to_ascii_lowercase();
+        match words.iter().find(|w| **w == lower) {
+            Some(w) => w,
+            None => {
+                self.warn(
+                    k,
+                    &source,
+                    format!("{v:?} is not one of {}; using info", words.join("|")),
+                );
+                "info"
+            }
+        }
+    }
+
+    /// `DOCKER_HOST` and the containerd knobs.
+    fn runtime_options(&mut self, paths: &Paths) -> RuntimeOptions {
+        let docker_host = self.text("DOCKER_HOST");
+        let mut containerd = ContainerdOptions::default();
+        if let Some(a) = self.trimmed("CONTAINERD_ADDRESS") {
+            containerd.address = strip_unix(&a);
+        }
+        if let Some(ns) = self.trimmed("ECS_INIT_CONTAINERD_NAMESPACE") {
+            containerd.namespace = ns;
+        }
+        if let Some(init) = self.trimmed("ECS_INIT_AGENT_INIT") {
+            containerd.agent_init = init.into();
+        }
+        // The agent's stdout/stderr follow the (re-rooted) ecs log directory unless set.
+        containerd.log_dir = self
+            .trimmed("ECS_INIT_CONTAINERD_LOG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| paths.var_log_ecs.join("containerd"));
+        RuntimeOptions {
+            docker_host,
+            containerd,
+        }
+    }
+
+    /// The knobs of the agent container.
+    fn agent(&mut self, files: &Config, docker_host: Option<String>) -> AgentSettings {
+        AgentSettings {
+            log_driver: self.text("ECS_LOG_DRIVER"),
+            log_opts: self.log_opts(),
+            log_file_size: self.text("ECS_INIT_DOCKER_LOG_FILE_SIZE"),
+            log_file_num: self.text("ECS_INIT_DOCKER_LOG_FILE_NUM"),
+            privileged: self.bool("ECS_AGENT_RUN_PRIVILEGED"),
+            pid_host: self.bool("ECS_AGENT_PID_NAMESPACE_HOST"),
+            apparmor_profile: self
+                .text("ECS_AGENT_APPARMOR_PROFILE")
+                .unwrap_or_else(|| crate::agent::DEFAULT_APPARMOR_PROFILE.into()),
+            external: self.bool("ECS_EXTERNAL"),
+            gmsa: self.bool("ECS_GMSA_SUPPORTED"),
+            credentials_fetcher: self
+                .text("CREDENTIALS_FETCHER_HOST")
+                .map(|v| strip_unix(&v))
+                .unwrap_or_else(|| crate::agent::CREDENTIALS_FETCHER_SOCKET.into()),
+            gpu_support: self.bool("ECS_ENABLE_GPU_SUPPORT"),
+            docker_host,
+            docker_host_in_files: files.file_entry("DOCKER_HOST").map(|e| e.value.clone()),
+        }
+    }
+
+    fn log_opts(&mut self) -> Option<BTreeMap<String, String>> {
+        let k = knob("ECS_LOG_OPTS");
+        let (v, source) = self.get(k.name)?;
+        match parse_string_map(&v) {
+            Ok(map) => Some(map),
+            Err(err) => {
+                self.warn(
+                    k,
+                    &source,
+                    format!("not a JSON object of strings ({err}); using the default log options"),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// `unix:///x` or `/x` → `/x`.
+fn strip_unix(v: &str) -> PathBuf {
+    containerd::socket_path(v)
+}
+
+impl Settings {
+    /// The settings of this process: one snapshot of its environment, and the env files under
+    /// `ECS_INIT_HOST_ROOT`.
+    pub fn from_process() -> Settings {
+        Settings::load(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        )
+    }
+
+    /// Read the env files under the root `env` names and resolve.
+    pub fn load(env: BTreeMap<String, String>) -> Settings {
+        let paths = match env.get("ECS_INIT_HOST_ROOT").filter(|v| !v.is_empty()) {
+            Some(root) => Paths::under(root),
+            None => Paths::under("/"),
+        };
+        let files = Config::load(&paths);
+        Settings::resolve(env, paths, files)
+    }
+
+    /// The env files again (for `start`'s restarts: a config change takes effect at the agent's
+    /// next restart, as with the Go tool).
+    pub fn reload(&self) -> Settings {
+        Settings::load(self.env.clone())
+    }
+
+    /// Resolve every knob from `env` and the parsed env files. Pure.
+    pub fn resolve(env: BTreeMap<String, String>, paths: Paths, files: Config) -> Settings {
+        let mut r = Resolver {
+            env: &env,
+            files: &files,
+            shown: Vec::new(),
+            warnings: Vec::new(),
+            errors: Vec::new(),
+        };
+        let runtime: RuntimeRequest = r.choice("ECS_INIT_RUNTIME");
+        let firewall: FirewallChoice = r.choice("ECS_INIT_FIREWALL");
+        let runtime_options = r.runtime_options(&paths);
+        let runtime_wait = r.seconds("ECS_INIT_RUNTIME_WAIT_SECONDS");
+        r.get("ECS_INIT_HOST_ROOT");
+        let net = NetSettings {
+            skip_localhost_filter: r.bool("ECS_SKIP_LOCALHOST_TRAFFIC_FILTER"),
+            allow_offhost_introspection: r.bool("ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS"),
+            introspection_interface: r.trimmed("ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME"),
+        };
+        let log_level = r.log_level();
+        let agent = r.agent(&files, runtime_options.docker_host.clone());
+        let Resolver {
+            mut shown,
+            mut warnings,
+            mut errors,
+            ..
+        } = r;
+        shown.sort_by_key(|v| KNOBS.iter().position(|k| k.name == v.name));
+        let mut all_warnings = files.warnings.clone();
+        all_warnings.append(&mut warnings);
+        let mut all_errors = files.errors.clone();
+        all_errors.append(&mut errors);
+        Settings {
+            notify_socket: env.get("NOTIFY_SOCKET").cloned(),
+            journal_stream: env.get("JOURNAL_STREAM").cloned(),
+            search_path: env.get("PATH").map(OsString::from),
+            runtime,
+            firewall,
+            runtime_options,
+            runtime_wait,
+            net,
+            log_level,
+            agent,
+            paths,
+            files,
+            shown,
+            warnings: all_warnings,
+            errors: all_errors,
+            env,
+        }
+    }
+
+    /// Every secret value the launcher knows of: values of secret-looking keys in the env files
+    /// and the process environment, and secret-looking `ECS_LOG_OPTS` options. The logger scrubs
+    /// them from every line.
+    pub fn secret_values(&self) -> Vec<String> {
+        let files = self
+            .files
+            .file_env
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str()));
+        let process = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let opts = self
+            .agent
+            .log_opts
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        files
+            .chain(process)
+            .chain(opts)
+            .filter(|(k, v)| ecs_backends::is_secret_key(k) && !v.is_empty())
+            .map(|(_, v)| v.to_string())
+            .collect()
+    }
+
+    /// `Ok` when nothing stops the actions that change the host.
+    pub fn check(&self) -> Result<(), SettingsError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(SettingsError(self.errors.clone()))
+        }
+    }
+}
+
+/// The README's knob table, generated from [`KNOBS`] (the README must hold exactly this; see
+/// the test below and `cargo run -p ecs-init-gen-docs -- --readme-table`).
+pub fn readme_table() -> String {
+    let mut out =
+        String::from("| variable | type | default | set in | effect |\n|---|---|---|---|---|\n");
+    for k in KNOBS {
+        let scope = match k.scope {
+            Scope::Process => "environment",
+            Scope::Anywhere => "environment, env files",
+        };
+        let default = if k.default.starts_with('(') {
+            k.default.to_string()
+        } else {
+            format!("`{}`", k.default)
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {default} | {scope} | {} |\n",
+            k.name,
+            k.kind.describe(),
+            k.doc
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(file: &str, process: &[(&str, &str)]) -> Settings {
+        let files = Config::from_parts(&[(PathBuf::from("/etc/ecs/ecs.config"), file.to_string())]);
+        let env = process
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::resolve(env, Paths::under("/"), files)
+    }
+
+    #[test]
+    fn process_env_wins_over_files_and_sources_are_kept() {
+        let s = settings(
+            "ECS_INIT_RUNTIME=containerd\nCONTAINERD_ADDRESS=unix:///run/c.sock\nECS_INIT_CONTAINERD_NAMESPACE=fromfile\nECS_INIT_AGENT_INIT=/opt/init\nECS_INIT_CONTAINERD_LOG_DIR=/var/log/x\n",
+            &[("ECS_INIT_CONTAINERD_NAMESPACE", "fromenv")],
+        );
+        assert_eq!(
+            s.runtime,
+            RuntimeRequest::Named(ecs_backends::RuntimeKind::Containerd)
+        );
+        let c = &s.runtime_options.containerd;
+        assert_eq!(c.address, PathBuf::from("/run/c.sock"));
+        assert_eq!(c.namespace, "fromenv");
+        assert_eq!(c.agent_init, PathBuf::from("/opt/init"));
+        assert_eq!(c.log_dir, PathBuf::from("/var/log/x"));
+        let shown = |name: &str| s.shown.iter().find(|v| v.name == name).unwrap().clone();
+        assert_eq!(shown("ECS_INIT_RUNTIME").source, "/etc/ecs/ecs.config:1");
+        assert_eq!(
+            shown("ECS_INIT_CONTAINERD_NAMESPACE").source,
+            "process environment"
+        );
+        assert_eq!(shown("ECS_INIT_FIREWALL").source, "default");
+        assert_eq!(shown("ECS_INIT_FIREWALL").value, "auto");
+        let names: Vec<&str> = s.shown.iter().map(|v| v.name).collect();
+        let knobs: Vec<&str> = KNOBS.iter().map(|k| k.name).collect();
+        assert_eq!(
+            names, knobs,
+            "every knob is shown once, in the table's order"
+        );
+    }
+
+    #[test]
+    fn process_only_knobs_ignore_the_files() {
+        let s = settings(
+            "DOCKER_HOST=unix:///var/run/agent.sock\nECS_GMSA_SUPPORTED=true\n",
+            &[],
+        );
+        assert_eq!(s.runtime_options.docker_host, None);
+        assert!(!s.agent.gmsa);
+        assert_eq!(
+            s.agent.docker_host_in_files.as_deref(),
+            Some("unix:///var/run/agent.sock")
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named_warnings_or_errors() {
+        let s = settings(
+            "ECS_INIT_RUNTIME=Podman\nECS_SKIP_LOCALHOST_TRAFFIC_FILTER=yes\nECS_INIT_RUNTIME_WAIT_SECONDS=5s\nECS_LOGLEVEL=loud\n",
+            &[("ECS_INIT_FIREWALL", "firewalld")],
+        );
+        let errors: Vec<String> = s.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            errors,
+            [
+                "/etc/ecs/ecs.config:1: ECS_INIT_RUNTIME: \"Podman\" is not one of auto|docker|containerd",
+                "ECS_INIT_FIREWALL: \"firewalld\" is not one of auto|iptables|nftables|none",
+            ]
+        );
+        assert!(s.check().is_err());
+        let warnings: Vec<String> = s.warnings.iter().map(|e| e.to_string()).collect();
+        assert!(warnings.contains(&"/etc/ecs/ecs.config:2: ECS_SKIP_LOCALHOST_TRAFFIC_FILTER: \"yes\" is not a boolean; treating as false".to_string()), "{warnings:?}");
+        assert!(warnings.iter().any(|w| w.starts_with("/etc/ecs/ecs.config:3: ECS_INIT_RUNTIME_WAIT_SECONDS: \"5s\" is not a whole number")), "{warnings:?}");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("/etc/ecs/ecs.config:4: ECS_LOGLEVEL")),
+            "{warnings:?}"
+        );
+        assert!(!s.net.skip_localhost_filter);
+        assert_eq!(s.runtime_wait, Duration::from_secs(120));
+        assert_eq!(s.log_level, "info");
+    }
+
+    #[test]
+    fn knobs_prefer_process_env_and_parse_bools_like_go() {
+        let s = settings(
+            "ECS_SKIP_LOCALHOST_TRAFFIC_FILTER=true\nECS_EXTERNAL=yes\n",
+            &[("ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS", "1")],
+        );
+        assert!(s.net.skip_localhost_filter);
+        assert!(s.net.allow_offhost_introspection);
+        assert!(!s.agent.external, "'yes' is not a Go boolean");
+        assert!(!s.agent.gpu_support);
+    }
+
+    #[test]
+    fn defaults_follow_the_host_root() {
+        let files = Config::default();
+        let s = Settings::resolve(BTreeMap::new(), Paths::under("/tmp/r"), files);
+        assert_eq!(
+            s.runtime_options.containerd.log_dir,
+            PathBuf::from("/tmp/r/var/log/ecs/containerd")
+        );
+        assert_eq!(s.runtime, RuntimeRequest::Auto);
+        assert_eq!(s.firewall, FirewallChoice::Auto);
+        assert!(s.check().is_ok());
+    }
+
+    /// The README's knob table is exactly the one generated from [`KNOBS`].
+    #[test]
+    fn readme_knob_table_matches() {
+        let readme = include_str!("../README.md");
+        let table = readme_table();
+        assert!(
+            readme.contains(&table),
+            "README.md's knob table differs from settings::KNOBS; replace it with:\n{table}"
+        );
+    }
+}
