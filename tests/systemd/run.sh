@@ -24,14 +24,15 @@
 #  10. a second boot without dockerd (docker.io purged): the containerd backend, for 1, 2, 3, 6
 #
 # The container runtime: the booted system gets its own network namespace (--private-network).
-# A private containerd (and, for the Docker boot, a private dockerd) runs in that network
-# namespace, in a mount namespace whose root is the booted system's own root directory (so the
-# agent's bind mounts, the agent image and the containerd log shim resolve to the same files the
-# launcher inside sees), with its own /run, data roots, sockets and pid files, in a cgroup
-# namespace under a cgroup of this script, and in a pid namespace whose end kills everything in
-# it. The daemons' sockets are bound into the booted system at /run/ecs-test and the unit is
-# pointed at them with an EnvironmentFile drop-in, as an operator with a non-default socket would.
-# The daemons' units inside the booted system are masked: the runtime is provided from outside.
+# A private containerd (and, for the Docker boot, a private dockerd) from the booted system's own
+# packages runs in that network namespace, in a private copy of its mount namespace (so the
+# daemons see the same /, /run, /var/lib/ecs, /usr/libexec… as the launcher inside, as on a real
+# host), in a new pid namespace (its end kills every daemon, shim and agent) and in a new cgroup
+# namespace below a cgroup of this script (so runc's cgroups, e.g. /ecs-init/ecs-agent, never
+# meet the machine's own). Their sockets are in a host directory bound at /run/ecs-test, and the
+# unit is pointed at them with an EnvironmentFile drop-in, as an operator with a non-default
+# socket would; their data roots are host directories bound at /var/lib/{docker,containerd}.
+# The runtime's own units inside are masked: the runtime is provided from outside systemd.
 # Nothing here touches the machine's own containerd, dockerd, firewall, routes or sysctls.
 #
 # The Debian root filesystem is made with debootstrap from the mirror configured in
@@ -936,7 +937,12 @@ containerd_boot() {
     install_and_configure
 
     phase "10/2. systemctl start on containerd"
+    check "no Docker plugin directory on this host before the start" \
+        m test ! -e /run/docker/plugins
     start_and_check
+    # runc refuses a missing bind source where Docker creates it: the backend does as Docker.
+    has "journal: the Docker plugin directory the agent is given was created, as Docker does" \
+        "$(launcher_journal)" "created missing bind source directory (as Docker does) source=/run/docker/plugins"
 
     phase "10/3. the agent crashes -> the launcher restarts it (containerd)"
     agent_crash
