@@ -411,8 +411,8 @@ cleanup() {
     printf '%-58s %6s s\n' "total" "$(secs_since "$t_begin")"
     if [ -n "$aborted" ]; then
         echo "ABORTED: $aborted"
-    elif [ "$rc" -ne 0 ] && [ -n "$last_error" ]; then
-        echo "ABORTED: unexpected failure at $last_error (exit $rc)"
+    elif [ "$rc" -ne 0 ]; then
+        echo "ABORTED: unexpected failure${last_error:+ at $last_error} (exit $rc)"
         failed=$((failed + 1))
     fi
     echo "$passed passed, $failed failed"
@@ -423,8 +423,8 @@ cleanup() {
 last_error=
 trap 'last_error="line $LINENO: $BASH_COMMAND"' ERR
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'aborted="interrupted (SIGINT)"; exit 130' INT
+trap 'aborted="interrupted (SIGTERM)"; exit 143' TERM
 
 # When a check fails, show what the machine and the daemons said (before the boot ends).
 diagnostics() {
@@ -986,7 +986,7 @@ if ! cargo run -q -p ecs-test-support --bin pack-stand-in -- "$agent_tar" >"$wor
 fi
 pass "stand-in agent image: docker save tarball, $(du -k "$agent_tar" | cut -f1) KiB"
 
-phase "root filesystem (debootstrap, cached)"
+phase "root filesystem (debootstrap, or the cache)"
 ensure_rootfs
 
 docker_boot
