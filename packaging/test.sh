@@ -3,9 +3,11 @@
 # then checks file lists, modes, config-file flags, dependencies and scripts with rpm/dpkg-deb,
 # installs each package into a scratch root and runs the installed binary's `version` and `plan`,
 # runs the maintainer scripts against a scratch root (install, upgrade, removal), and
-# `systemd-analyze verify`s the unit inside the installed tree.
+# `systemd-analyze verify`s the unit inside the installed tree. Checks the packaged launcher needs
+# no glibc newer than the baseline it is linked against, and runs the GPU step tests against it.
 #
-# Needs: rpm, dpkg-dev, systemd (systemd-analyze), python3, cargo. Run as root (dpkg --root).
+# Needs: rpm, dpkg-dev, systemd (systemd-analyze), python3 (with pip, to fetch Zig), cargo,
+# binutils (readelf), util-linux (unshare). Run as root (dpkg --root, mount namespaces).
 # Never touches the real /: every install goes into a temporary root.
 # Usage: packaging/test.sh            (SKIP_BUILD=1 reuses packages already built by this script)
 set -euo pipefail
@@ -55,8 +57,23 @@ lacks() {
     fi
 }
 
+# newer_than BASELINE: the versions (x.y, one a line on stdin) newer than BASELINE, as GLIBC_x.y.
+newer_than() {
+    local v
+    while read -r v; do
+        [ -n "$v" ] || continue
+        [ "$(printf '%s\n%s\n' "$1" "$v" | sort -V | tail -n1)" = "$1" ] || echo "GLIBC_$v"
+    done
+}
+# glibc_versions FILE: the GLIBC_ symbol versions an ELF file needs (x.y, one a line).
+glibc_versions() {
+    readelf -V -W "$1" | grep -o 'Name: GLIBC_[0-9.]*' | sed 's/^Name: GLIBC_//' | sort -uV
+}
+# The launcher is linked against this glibc (packaging/Makefile GLIBC_BASELINE).
+glibc_baseline=$(sed -n 's/^GLIBC_BASELINE *:= *//p' "$here/Makefile")
+
 [ "$(id -u)" = 0 ] || { echo "packaging/test.sh must run as root (dpkg --root, rpm --root)" >&2; exit 1; }
-for tool in rpm dpkg-deb dpkg systemd-analyze python3 cargo make; do
+for tool in rpm dpkg-deb dpkg systemd-analyze python3 cargo make readelf unshare; do
     command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
 
@@ -130,7 +147,13 @@ for rpmf in "$rpm_rich" "$rpm_amzn2"; do
     contains "$n: rpm -qcp lists ecs.config" "$(rpm -qcp "$rpmf")" "^/etc/ecs/ecs.config"
     contains "$n: man page is %doc" "$flags" "^d /usr/share/man/man1/amazon-ecs-init.1.gz"
     contains "$n: requires procps" "$reqs" "^procps"
-    lacks "$n: static launcher, no glibc version requirement (runs on Amazon Linux 2)" "$reqs" "GLIBC"
+    contains "$n: requires glibc's libc.so.6 (dynamic launcher)" "$reqs" "^libc.so.6()(64bit)"
+    too_new=$(grep -o 'GLIBC_[0-9.]*' <<<"$reqs" | sed 's/^GLIBC_//' | newer_than "$glibc_baseline")
+    if [ -z "$too_new" ]; then
+        pass "$n: no glibc requirement above $glibc_baseline (Amazon Linux 2 has 2.26)"
+    else
+        fail "$n: requires $too_new"
+    fi
     contains "$n: conflicts with the Go ecs-init" "$(rpm -qp --conflicts "$rpmf")" "^ecs-init"
     scripts=$(rpm -qp --scripts "$rpmf")
     contains "$n: has a postinstall scriptlet" "$scripts" "postinstall scriptlet"
@@ -162,6 +185,9 @@ contains "deb: runtime alternatives" "$depends" \
     "docker-ce (>= 5:20.10) | docker.io (>= 20.10) | moby-engine (>= 20.10) | containerd.io | containerd"
 contains "deb: firewall alternatives" "$depends" "iptables | nftables"
 contains "deb: procps" "$depends" "procps"
+contains "deb: glibc from $glibc_baseline (the launcher's link baseline)" "$depends" "libc6 (>= $glibc_baseline)"
+too_new=$(grep -o 'libc6 (>= [0-9.]*)' <<<"$depends" | sed 's/^libc6 (>= \(.*\))$/\1/' | newer_than "$glibc_baseline")
+check "deb: no libc6 requirement above $glibc_baseline ($too_new)" test -z "$too_new"
 contains "deb: conffiles lists ecs.config" "$(dpkg-deb -I "$deb_plain" conffiles)" "^/etc/ecs/ecs.config"
 for s in postinst prerm postrm; do
     contains "deb: ships $s" "$info" " $s"
@@ -175,6 +201,43 @@ for entry in "${expected_files[@]}" "-rw-r--r-- /usr/share/zsh/vendor-completion
     contains "deb: ships ${entry#* } as ${entry%% *}" "$listing" "^$entry"
 done
 lacks "deb: no agent tarball without AGENT_TARBALL" "$listing" "/var/cache/ecs/ecs-agent"
+
+# ---------------------------------------------------------------------------------------------
+echo "# packaged binaries: dynamic launcher on an old glibc baseline, static agent-init"
+# The launcher dlopen()s libnvidia-ml.so.1 on GPU hosts, which a static glibc program cannot
+# do, so it is dynamic; it must then need no glibc newer than the oldest supported host's.
+bx="$work/binx"
+dpkg-deb -x "$deb_plain" "$bx"
+launcher="$bx/usr/libexec/amazon-ecs-init"
+agent_init="$bx/usr/libexec/amazon-ecs-init-agent-init"
+contains "launcher: dynamically linked" "$(readelf -l -W "$launcher")" "Requesting program interpreter"
+launcher_glibc=$(glibc_versions "$launcher")
+check "launcher: needs glibc symbol versions ($(tr '\n' ' ' <<<"$launcher_glibc"))" test -n "$launcher_glibc"
+too_new=$(newer_than "$glibc_baseline" <<<"$launcher_glibc")
+if [ -z "$too_new" ]; then
+    pass "launcher: no symbol needs a glibc newer than $glibc_baseline (so none of GLIBC_2.27+; Amazon Linux 2 has 2.26)"
+else
+    fail "launcher: needs $(tr '\n' ' ' <<<"$too_new")"
+fi
+# The check above must be able to fail: a binary linked on this host needs GLIBC_2.34 or newer.
+check "glibc check flags a binary linked against this host's glibc ($(command -v rpm))" \
+    test -n "$(glibc_versions "$(command -v rpm)" | newer_than 2.26)"
+for lib in $(readelf -d -W "$launcher" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+    case "$lib" in
+    libc.so.6 | libdl.so.2 | libpthread.so.0 | libm.so.6 | librt.so.1 | ld-linux*.so.*)
+        pass "launcher: needs $lib (part of glibc)" ;;
+    *) fail "launcher: needs $lib, which is not part of glibc (no package dependency covers it)" ;;
+    esac
+done
+check "agent-init: static (no interpreter, no shared libraries)" \
+    sh -c "! readelf -l -W '$agent_init' | grep -q 'program interpreter' && ! readelf -d -W '$agent_init' | grep -q NEEDED"
+size=$(stat -c %s "$launcher")
+check "launcher: $size bytes, at most 6 MB" test "$size" -le 6000000
+# The GPU step of the packaged launcher: NVML loaded at run time from the fake library, with
+# fake /dev/nvidia* in private mount namespaces (tests/gpu.rs).
+check "GPU step tests against the packaged launcher" \
+    env ECS_INIT_TEST_BINARY="$launcher" cargo test -q --manifest-path "$top/Cargo.toml" \
+    -p amazon-ecs-init --test gpu gpu_step
 
 # ---------------------------------------------------------------------------------------------
 echo "# bundled agent variant"

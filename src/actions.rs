@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::compose::{spec_of, Host};
 use crate::config::Warning;
 use crate::paths::Paths;
-use crate::{agent, apparmor, cache, records, supervise, STOP_GRACE};
+use crate::{agent, apparmor, cache, gpu, locks, records, supervise, STOP_GRACE};
 
 pub fn log_warnings(warnings: &[Warning]) {
     for w in warnings {
@@ -33,7 +33,19 @@ async fn make_ready(host: &Host, selection: &Selection, rt: &dyn Runtime) -> any
 async fn ready_runtime(host: &Host) -> anyhow::Result<Box<dyn Runtime>> {
     let (selection, rt) = host.choose_runtime().await?;
     make_ready(host, &selection, rt.as_ref()).await?;
+    warn_without_docker_api(host, &selection).await;
     Ok(rt)
+}
+
+/// On containerd the agent still needs a Docker-compatible API for tasks: say so plainly once
+/// when nothing answers where it will look.
+async fn warn_without_docker_api(host: &Host, selection: &Selection) {
+    if selection.kind != ecs_backends::RuntimeKind::Containerd {
+        return;
+    }
+    if let Some(w) = host.docker_api_for_agent().await.warning {
+        tracing::warn!("{w}");
+    }
 }
 
 /// Create the ecs directories the agent's binds need (Docker would create missing bind
@@ -62,12 +74,18 @@ pub async fn pre_start(host: &Host) -> anyhow::Result<()> {
     // an error here; the rest are warnings). The firewall backend itself is probed and chosen
     // once, below.
     host.settings.check()?;
+    let _lock = locks::host_changes(&host.settings.paths).await?;
     let (spec, warnings) = host.spec();
     log_warnings(&warnings);
     let (selection, rt) = host.choose_runtime().await?;
+    warn_without_docker_api(host, &selection).await;
     make_dirs(&host.settings.paths)?;
-    // The image first: it is the step most likely to fail, and it changes nothing on the host
-    // outside the runtime, so a failure here leaves the host network as it was.
+    // GPU info first, as the Go tool does: it needs no runtime, and a GPU host whose NVML
+    // fails must not start an agent that would register without its GPUs.
+    gpu::setup(&host.gpu_options())?;
+    // Then the image, before any network change: it is the step most likely to fail, and it
+    // changes nothing on the host outside the runtime, so a failure here leaves the host
+    // network as it was.
     make_ready(host, &selection, rt.as_ref()).await?;
     cache::ensure_image(&host.settings.paths, rt.as_ref()).await?;
     // The agent's default AppArmor profile must be loaded before the container starts with it.
@@ -94,8 +112,16 @@ pub async fn pre_start(host: &Host) -> anyhow::Result<()> {
 
 pub async fn start(host: &Host) -> anyhow::Result<i32> {
     host.settings.check()?;
-    let rt = ready_runtime(host).await?;
+    // Signals are answered from the first moment: no wait below outlasts a SIGTERM.
+    let shutdown = supervise::Shutdown::on_signals().context("installing the signal handlers")?;
+    let _lock = locks::supervisor(&host.settings.paths)?;
+    let Some(rt) = shutdown.guard(ready_runtime(host)).await else {
+        tracing::info!("shut down while waiting for the runtime");
+        return Ok(0);
+    };
+    let rt = rt?;
     let exec = host.exec.clone();
+    let last_spec = std::cell::RefCell::new(None::<String>);
     let mut supervisor = supervise::Supervisor {
         runtime: rt.as_ref(),
         paths: host.settings.paths.clone(),
@@ -104,18 +130,41 @@ pub async fn start(host: &Host) -> anyhow::Result<i32> {
             let settings = host.settings.reload();
             let (spec, warnings) = spec_of(&settings, exec.as_ref());
             log_warnings(&warnings);
-            tracing::debug!(?spec, "agent container spec");
+            log_spec(&spec, &mut last_spec.borrow_mut());
             Ok(spec)
         }),
         backoff: supervise::restart_backoff(),
         healthy_after: Duration::from_secs(60),
         stop_grace: STOP_GRACE,
         runtime_deadline: host.settings.runtime_wait,
+        shutdown,
     };
-    Ok(supervisor.run(supervise::termination_signal()).await?)
+    Ok(supervisor.run().await?)
+}
+
+/// `stop` and `post-stop` clean up from the records; configuration problems are only warnings
+/// for them (a broken `ecs.config` must not keep the agent running or the rules in place).
+fn warn_about_settings(host: &Host) {
+    for e in &host.settings.errors {
+        tracing::warn!("ignored for cleanup: {e}");
+    }
+}
+
+/// The (redacted) spec at debug level once, then only a digest line at each restart: the whole
+/// spec at every restart of a crash loop fills the log.
+fn log_spec(spec: &ecs_backends::AgentSpec, last: &mut Option<String>) {
+    let text = format!("{spec:?}");
+    let digest = ecs_backends::archive::digest_of(text.as_bytes());
+    match last.as_deref() {
+        None => tracing::debug!(?spec, %digest, "agent container spec"),
+        Some(d) if d == digest => tracing::debug!(%digest, "agent container spec unchanged"),
+        Some(_) => tracing::debug!(?spec, %digest, "agent container spec changed"),
+    }
+    *last = Some(digest);
 }
 
 pub async fn stop(host: &Host) -> anyhow::Result<()> {
+    warn_about_settings(host);
     let (selection, rt) = host.recorded_runtime().await?;
     match rt.stop(agent::AGENT_NAME, STOP_GRACE).await {
         Ok(()) => tracing::info!(runtime = %selection.kind, "agent container stopped"),
@@ -130,6 +179,8 @@ pub async fn stop(host: &Host) -> anyhow::Result<()> {
 /// Undo pre-start's host network changes with the firewall backend that applied them. Needs no
 /// container runtime.
 pub async fn post_stop(host: &Host) -> anyhow::Result<()> {
+    warn_about_settings(host);
+    let _lock = locks::host_changes(&host.settings.paths).await?;
     let net = host.net_config();
     let backends = ecs_firewall::teardown_backends(
         &host.firewalls,
@@ -148,7 +199,14 @@ pub async fn post_stop(host: &Host) -> anyhow::Result<()> {
 
 pub async fn reload_cache(host: &Host) -> anyhow::Result<()> {
     host.settings.check()?;
+    let _lock = locks::host_changes(&host.settings.paths).await?;
     let rt = ready_runtime(host).await?;
     cache::reload(&host.settings.paths, rt.as_ref()).await?;
+    Ok(())
+}
+
+/// Only pre-start's GPU step (diagnostics, and the real-GPU check tests/gpu/on-real-gpu.sh).
+pub fn gpu_info(host: &Host) -> anyhow::Result<()> {
+    gpu::setup(&host.gpu_options())?;
     Ok(())
 }

@@ -550,6 +550,30 @@ mod tests {
     }
 
     #[test]
+    fn gpu_bind_only_with_support_on_and_devices() {
+        let gpu_binds = |file: &str, nvidia_devices: bool| {
+            let (spec, _) = build(
+                &Paths::under("/tmp/r"),
+                &cfg(file, &[]),
+                &HostFacts {
+                    nvidia_devices,
+                    ..facts()
+                },
+            );
+            binds(&spec)
+                .into_iter()
+                .filter(|b| b.contains("gpu"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            gpu_binds("ECS_ENABLE_GPU_SUPPORT=true\n", true),
+            ["/tmp/r/var/lib/ecs/gpu:/var/lib/ecs/gpu"]
+        );
+        assert!(gpu_binds("ECS_ENABLE_GPU_SUPPORT=true\n", false).is_empty());
+        assert!(gpu_binds("ECS_ENABLE_GPU_SUPPORT=false\n", true).is_empty());
+    }
+
+    #[test]
     fn docker_host_bind_and_gmsa() {
         let sock = PathBuf::from("/run/cf.sock");
         let (spec, _) = build(

@@ -35,6 +35,10 @@ pub enum Action {
     ReloadCache,
     /// Print the version.
     Version,
+    /// Only pre-start's GPU step: write nvidia-gpu-info.json from NVML when GPU support is on
+    /// and /dev/nvidia* exists (diagnostics, and the real-GPU check tests/gpu/on-real-gpu.sh).
+    #[command(hide = true)]
+    GpuInfo,
     /// Print, as JSON, what would be done: agent container spec, backends and rules. Read-only.
     Plan,
     /// Show the runtime, the agent container's state and whether introspection answers.

@@ -53,14 +53,28 @@ impl Host {
         Ok((selection, rt))
     }
 
-    /// The runtime `start` recorded, else the one chosen now (for `stop` and `status`).
+    /// The runtime `start` recorded, else the one chosen now (for `stop` and `status`). The
+    /// agent runs where it was recorded, so that wins over an explicit `ECS_INIT_RUNTIME` that
+    /// names another runtime (with a warning naming both).
     pub async fn recorded_runtime(&self) -> anyhow::Result<(Selection, Box<dyn Runtime>)> {
         match records::recorded_runtime(&self.settings.paths) {
             Some(selection) => {
+                if let Some(configured) = self.configured_other_runtime(&selection) {
+                    tracing::warn!(recorded = %selection.kind, configured = %configured,
+                        "ECS_INIT_RUNTIME names another runtime than the one the agent was started on; using the recorded one");
+                }
                 let rt = self.runtime(selection.kind)?;
                 Ok((selection, rt))
             }
             None => self.choose_runtime().await,
+        }
+    }
+
+    /// `ECS_INIT_RUNTIME`, when it explicitly names a runtime other than `recorded`'s.
+    pub fn configured_other_runtime(&self, recorded: &Selection) -> Option<RuntimeKind> {
+        match self.settings.runtime {
+            ecs_backends::select::Request::Named(k) if k != recorded.kind => Some(k),
+            _ => None,
         }
     }
 
@@ -74,6 +88,11 @@ impl Host {
         spec_of(&self.settings, self.exec.as_ref())
     }
 
+    /// The GPU step's inputs.
+    pub fn gpu_options(&self) -> crate::gpu::GpuOptions {
+        crate::gpu::GpuOptions::from_settings(&self.settings)
+    }
+
     /// What the host network setup needs from the configuration.
     pub fn net_config(&self) -> ecs_firewall::NetConfig {
         let net = &self.settings.net;
@@ -83,6 +102,43 @@ impl Host {
             introspection_interface: net.introspection_interface.clone(),
             state_dir: self.settings.paths.var_lib_ecs.clone(),
             proc_sys: "/proc/sys".into(),
+        }
+    }
+}
+
+/// Whether the Docker API the agent will use answers (the agent manages tasks through a Docker
+/// API: on a containerd-only host, without one, it cannot run tasks).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DockerApi {
+    pub endpoint: String,
+    pub answers: bool,
+    /// Why it does not, and what that means.
+    pub warning: Option<String>,
+}
+
+impl Host {
+    /// Probe the Docker API endpoint the agent will see (`DOCKER_HOST` or the default).
+    pub async fn docker_api_for_agent(&self) -> DockerApi {
+        let endpoint = format!("unix://{}", self.settings.runtime_options.docker_socket());
+        let probe = async {
+            let docker = ecs_backends::docker::DockerRuntime::connect(Some(&endpoint))?;
+            docker.ping().await
+        };
+        let error = match tokio::time::timeout(std::time::Duration::from_secs(2), probe).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("no answer within 2 s".to_string()),
+        };
+        DockerApi {
+            warning: error.as_ref().map(|e| {
+                format!(
+                    "nothing answers the Docker API at {endpoint} ({e}): the agent runs on containerd, \
+                     but it manages tasks through a Docker-compatible API, so it will not be able to \
+                     run tasks on this host until one answers there (set DOCKER_HOST to one)"
+                )
+            }),
+            answers: error.is_none(),
+            endpoint,
         }
     }
 }

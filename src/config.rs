@@ -56,6 +56,12 @@ impl fmt::Display for Warning {
     }
 }
 
+/// The kernel's limit on one `KEY=VALUE` string of an environment (`MAX_ARG_STRLEN`).
+pub const MAX_ENV_STRING: usize = 128 * 1024;
+/// What the env files may add to the agent's environment in all (the kernel allows 2 MiB of
+/// arguments and environment together on a default stack limit; this leaves room for the rest).
+pub const MAX_ENV_TOTAL: usize = 1024 * 1024;
+
 /// What one env file holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Parsed {
@@ -116,6 +122,17 @@ pub fn parse_env_file(path: &Path, text: &str) -> Parsed {
             );
         }
         let v = value;
+        if key.len() + value.len() + 2 > MAX_ENV_STRING {
+            errors.push(Warning {
+                origin: Some(origin.clone()),
+                key: Some(key.to_string()),
+                message: format!(
+                    "the variable is {} bytes long; a process environment string holds at most {MAX_ENV_STRING} (the agent could not start)",
+                    key.len() + value.len() + 2
+                ),
+            });
+            continue;
+        }
         if v.contains('\0') {
             errors.push(Warning {
                 origin: Some(origin.clone()),
@@ -249,6 +266,7 @@ impl Config {
         let mut cfg = Config::from_parts(&texts);
         cfg.warnings.extend(bad_utf8);
         cfg.errors.extend(problems);
+        cfg.check_total(&paths.etc_config());
         cfg
     }
 
@@ -271,6 +289,23 @@ impl Config {
             }
         }
         cfg
+    }
+
+    /// All the variables together must fit into the agent's environment.
+    fn check_total(&mut self, path: &Path) {
+        let total: usize = self
+            .file_env
+            .iter()
+            .map(|e| e.key.len() + e.value.len() + 2)
+            .sum();
+        if total > MAX_ENV_TOTAL {
+            self.errors.push(file_problem(
+                path,
+                format!(
+                    "the env files hold {total} bytes of variables; the agent's environment can take at most {MAX_ENV_TOTAL} (the agent could not start)"
+                ),
+            ));
+        }
     }
 
     /// The env-file entry for `key`, if any (the last file's).
@@ -453,6 +488,37 @@ mod tests {
             t.elapsed() < std::time::Duration::from_secs(5),
             "{:?}",
             t.elapsed()
+        );
+    }
+
+    #[test]
+    fn values_too_long_for_an_environment_are_errors() {
+        let long = "x".repeat(MAX_ENV_STRING);
+        let cfg = Config::from_parts(&[(
+            p("/etc/ecs/ecs.config"),
+            format!("ECS_CLUSTER=c\nECS_AGENT_LABELS={long}\n"),
+        )]);
+        let errors: Vec<String> = cfg.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("/etc/ecs/ecs.config:2: ECS_AGENT_LABELS: the variable is"),
+            "{errors:?}"
+        );
+        // Many values each under the limit, too many together.
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path());
+        std::fs::create_dir_all(&paths.etc_ecs).unwrap();
+        let text: String = (0..20)
+            .map(|i| format!("K{i}={}\n", "v".repeat(100_000)))
+            .collect();
+        std::fs::write(paths.etc_config(), text).unwrap();
+        let cfg = Config::load(&paths);
+        assert!(
+            cfg.errors
+                .iter()
+                .any(|e| e.to_string().contains("bytes of variables")),
+            "{:?}",
+            cfg.errors
         );
     }
 }

@@ -13,6 +13,8 @@ pub mod cli;
 pub mod compose;
 pub mod config;
 pub mod facts;
+pub mod gpu;
+pub mod locks;
 pub mod logging;
 pub mod notify;
 pub mod paths;
@@ -75,10 +77,27 @@ pub fn run(action: Action) -> i32 {
     match rt.block_on(dispatch(action, &host)) {
         Ok(code) => code,
         Err(err) => {
-            tracing::error!("{} failed: {err:#}", action.name());
-            EXIT_ERROR
+            tracing::error!("{} failed: {}", action.name(), describe(&err));
+            match err.downcast_ref::<locks::LockError>() {
+                Some(locks::LockError::AlreadyRunning { .. }) => locks::EXIT_ALREADY_RUNNING,
+                _ => EXIT_ERROR,
+            }
         }
     }
+}
+
+/// An error and its causes in one line, each said once: errors that already include their
+/// cause in their own message are not followed by it again.
+pub fn describe(err: &anyhow::Error) -> String {
+    let mut out = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 async fn dispatch(action: Action, host: &Host) -> anyhow::Result<i32> {
@@ -88,6 +107,7 @@ async fn dispatch(action: Action, host: &Host) -> anyhow::Result<i32> {
         Action::Stop | Action::PreStop => actions::stop(host).await.map(|_| 0),
         Action::PostStop => actions::post_stop(host).await.map(|_| 0),
         Action::ReloadCache => actions::reload_cache(host).await.map(|_| 0),
+        Action::GpuInfo => actions::gpu_info(host).map(|_| 0),
         Action::Plan => report::plan(host).await.map(|_| 0),
         Action::Status => report::status(host).await,
         Action::Version => Ok(0),

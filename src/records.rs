@@ -8,7 +8,36 @@ use crate::paths::Paths;
 /// Record the runtime `start` uses.
 pub fn record_runtime(paths: &Paths, selection: &Selection) -> std::io::Result<()> {
     ecs_host::files::ensure_dir(&paths.var_lib_ecs, 0o755)?;
-    Record::new(selection.kind.as_str(), &selection.reason).write(&paths.runtime_record())
+    let path = paths.runtime_record();
+    let mut record = Record::new(selection.kind.as_str(), &selection.reason);
+    // Keep what `start` recorded of its container.
+    if let Some(old) = Record::read(&path).ok().flatten() {
+        record.extras = old.extras;
+    }
+    record.write(&path)
+}
+
+/// The record key of the container `start` last started (its identity).
+const AGENT_CONTAINER: &str = "container";
+
+/// Record the agent container `start` started (kept next to the runtime).
+pub fn record_agent_container(paths: &Paths, identity: &str) -> std::io::Result<()> {
+    let path = paths.runtime_record();
+    let mut record = Record::read(&path)?.unwrap_or_default();
+    record
+        .extras
+        .insert(AGENT_CONTAINER.into(), identity.to_string());
+    ecs_host::files::ensure_dir(&paths.var_lib_ecs, 0o755)?;
+    record.write(&path)
+}
+
+/// The identity of the agent container `start` last started, if recorded.
+pub fn agent_container(paths: &Paths) -> Option<String> {
+    Record::read(&paths.runtime_record())
+        .ok()
+        .flatten()?
+        .extras
+        .remove(AGENT_CONTAINER)
 }
 
 /// The recorded runtime, if any (an unreadable or unknown record counts as none, with a

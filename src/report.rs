@@ -17,8 +17,14 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
     let paths = &settings.paths;
     let (spec, warnings) = host.spec();
     let runtime = match host.choose_runtime().await {
-        Ok((selection, _)) => json!({"name": selection.kind, "reason": selection.reason}),
-        Err(e) => json!({"name": null, "reason": format!("{e:#}")}),
+        Ok((selection, rt)) => json!({
+            "name": selection.kind,
+            "reason": selection.reason,
+            // What the backend itself submits for this spec (same code path as `start`).
+            "submits": rt.describe(&spec).await,
+            "docker_api_for_the_agent": host.docker_api_for_agent().await,
+        }),
+        Err(e) => json!({"name": null, "reason": crate::describe(&e)}),
     };
     let network = match host.firewalls.select(settings.firewall).await {
         Ok(selection) => {
@@ -58,6 +64,7 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
             "state": cache_state,
         },
         "agent": spec,
+        "gpu": crate::gpu::plan(&host.gpu_options()),
         "settings": settings.shown,
         "warnings": warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
     });
@@ -97,14 +104,30 @@ pub async fn status(host: &Host) -> anyhow::Result<i32> {
     let mut out = String::new();
     let mut running = false;
     match host.recorded_runtime().await {
-        Err(e) => out += &format!("runtime:        unknown ({e:#})\n"),
+        Err(e) => out += &format!("runtime:        unknown ({})\n", crate::describe(&e)),
         Ok((selection, rt)) => match rt.ping().await {
             Ok(info) => {
                 out += &format!(
                     "runtime:        {} {} at {} ({})\n",
                     info.runtime, info.version, info.endpoint, selection.reason
                 );
+                if let Some(configured) = host.configured_other_runtime(&selection) {
+                    out += &format!(
+                        "                ECS_INIT_RUNTIME={configured} is set, but the agent was started on {}\n",
+                        selection.kind
+                    );
+                }
                 running = describe_agent(rt.as_ref(), &mut out).await;
+                if selection.kind == ecs_backends::RuntimeKind::Containerd {
+                    let api = host.docker_api_for_agent().await;
+                    out += &match api.warning {
+                        None => format!(
+                            "docker api:     {} answers (the agent runs tasks through it)\n",
+                            api.endpoint
+                        ),
+                        Some(w) => format!("docker api:     {w}\n"),
+                    };
+                }
             }
             Err(e) => {
                 out += &format!(
@@ -154,15 +177,26 @@ async fn describe_agent(rt: &dyn Runtime, out: &mut String) -> bool {
                     st.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
                     st.image
                 );
-            } else {
+            } else if st.status == "created" {
                 *out += &format!(
-                    "agent:          {} {} (exit code {}), finished {}\n",
+                    "agent:          {} created, not started yet, image {}\n",
                     agent::AGENT_NAME,
-                    st.status,
-                    st.exit_code
-                        .map(|c| c.to_string())
-                        .unwrap_or_else(|| "?".into()),
-                    st.finished_at.as_deref().unwrap_or("?")
+                    st.image
+                );
+            } else {
+                let code = st
+                    .exit_code
+                    .map(|c| format!(" with exit code {c}"))
+                    .unwrap_or_default();
+                let when = st
+                    .finished_at
+                    .as_deref()
+                    .map(|t| format!(", finished {t}"))
+                    .unwrap_or_default();
+                *out += &format!(
+                    "agent:          {} {}{code}{when}\n",
+                    agent::AGENT_NAME,
+                    st.status
                 );
             }
             st.running

@@ -165,7 +165,7 @@ pub const KNOBS: &[Knob] = &[
         kind: Kind::Text,
         default: "(all non-loopback)",
         scope: Scope::Anywhere,
-        doc: "block 51678 only on this interface",
+        doc: "block 51678 only on this interface; a trailing `+` (or `*`) matches every interface starting with the name, on iptables and nftables alike",
     },
     Knob {
         name: "ECS_LOGLEVEL",
@@ -249,7 +249,14 @@ pub const KNOBS: &[Knob] = &[
         kind: Kind::Bool,
         default: BOOL_FALSE,
         scope: Scope::Anywhere,
-        doc: "GPU host: bind `/var/lib/ecs/gpu` into the agent when `/dev/nvidia*` exists",
+        doc: "GPU host: pre-start writes `/var/lib/ecs/gpu/nvidia-gpu-info.json` from NVML and the agent gets `/var/lib/ecs/gpu` when `/dev/nvidia*` exists",
+    },
+    Knob {
+        name: "ECS_INIT_NVML_LIBRARY",
+        kind: Kind::Path,
+        default: crate::gpu::DEFAULT_LIBRARY,
+        scope: Scope::Anywhere,
+        doc: "the NVML library pre-start loads on GPU hosts (a name searched by the dynamic loader, or a path)",
     },
 ];
 
@@ -343,6 +350,8 @@ pub struct Settings {
     pub net: NetSettings,
     pub log_level: &'static str,
     pub agent: AgentSettings,
+    /// `ECS_INIT_NVML_LIBRARY`, when set.
+    pub nvml_library: Option<PathBuf>,
     /// `NOTIFY_SOCKET` (systemd's readiness protocol).
     pub notify_socket: Option<String>,
     /// `JOURNAL_STREAM` (`<device>:<inode>` of the journal stream systemd gave stdout/stderr).
@@ -511,6 +520,25 @@ impl Resolver<'_> {
         }
     }
 
+    /// `ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME`, checked against the kernel's rules (an
+    /// error: a rule on a name that cannot exist would fail half-way through pre-start).
+    fn interface(&mut self) -> Option<String> {
+        let k = knob("ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME");
+        let (v, source) = self.get(k.name)?;
+        let v = v.trim();
+        match ecs_firewall::interface_pattern(v) {
+            Ok(canonical) => Some(canonical),
+            Err(why) => {
+                self.errors.push(Self::problem(
+                    k,
+                    &source,
+                    format!("{v:?} is not an interface name: {why}"),
+                ));
+                None
+            }
+        }
+    }
+
     /// `DOCKER_HOST` and the containerd knobs.
     fn runtime_options(&mut self, paths: &Paths) -> RuntimeOptions {
         let docker_host = self.text("DOCKER_HOST");
@@ -625,10 +653,11 @@ impl Settings {
         let net = NetSettings {
             skip_localhost_filter: r.bool("ECS_SKIP_LOCALHOST_TRAFFIC_FILTER"),
             allow_offhost_introspection: r.bool("ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS"),
-            introspection_interface: r.trimmed("ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME"),
+            introspection_interface: r.interface(),
         };
         let log_level = r.log_level();
         let agent = r.agent(&files, runtime_options.docker_host.clone());
+        let nvml_library = r.trimmed("ECS_INIT_NVML_LIBRARY").map(PathBuf::from);
         let Resolver {
             mut shown,
             mut warnings,
@@ -651,6 +680,7 @@ impl Settings {
             net,
             log_level,
             agent,
+            nvml_library,
             paths,
             files,
             shown,

@@ -17,6 +17,13 @@ struct State {
     image_id: String,
     keep_image_on_load: bool,
     loaded: Vec<PathBuf>,
+    /// After this many runs, `ping` fails (the runtime went away for good).
+    answers_until_runs: Option<usize>,
+    /// The next `run` fails as if the connection broke mid-create (leaving a container).
+    lose_on_next_run: bool,
+    /// The container of that name, if any.
+    container: Option<ContainerState>,
+    created: usize,
 }
 
 #[derive(Default)]
@@ -31,6 +38,43 @@ impl FakeRuntime {
     }
     pub fn fail_run(&self) {
         self.0.lock().unwrap().fail_run = true;
+    }
+    pub fn stop_answering_after_runs(&self, runs: usize) {
+        self.0.lock().unwrap().answers_until_runs = Some(runs);
+    }
+    pub fn lose_runtime_on_next_run(&self) {
+        self.0.lock().unwrap().lose_on_next_run = true;
+    }
+    /// An `ecs-agent` container some other tool created.
+    pub fn put_foreign_container(&self, image: &str) {
+        self.0.lock().unwrap().container = Some(ContainerState {
+            id: "f0reign".into(),
+            name: "ecs-agent".into(),
+            image: image.into(),
+            status: "exited".into(),
+            labels: [("creator".to_string(), "someone".to_string())].into(),
+            ..Default::default()
+        });
+    }
+    /// When each `run` happened.
+    pub fn run_times(&self) -> Vec<Instant> {
+        let s = self.0.lock().unwrap();
+        s.calls
+            .iter()
+            .filter(|(c, _)| *c == "run")
+            .map(|(_, t)| *t)
+            .collect()
+    }
+    fn new_container(s: &mut State) {
+        s.created += 1;
+        s.container = Some(ContainerState {
+            id: format!("c{}", s.created),
+            name: "ecs-agent".into(),
+            image: crate::agent::AGENT_IMAGE.into(),
+            status: "running".into(),
+            running: true,
+            ..Default::default()
+        });
     }
     pub fn keep_image_on_load(&self) {
         self.0.lock().unwrap().keep_image_on_load = true;
@@ -76,6 +120,20 @@ impl Runtime for FakeRuntime {
     }
     async fn ping(&self) -> Result<RuntimeInfo> {
         self.record("ping");
+        let runs = self.runs();
+        if self
+            .0
+            .lock()
+            .unwrap()
+            .answers_until_runs
+            .is_some_and(|n| runs >= n)
+        {
+            return Err(RuntimeError::Connect {
+                runtime: "fake",
+                endpoint: "memory".into(),
+                reason: "gone".into(),
+            });
+        }
         Ok(RuntimeInfo {
             runtime: "fake".into(),
             version: "0".into(),
@@ -107,16 +165,27 @@ impl Runtime for FakeRuntime {
     }
     async fn remove_container(&self, _name: &str) -> Result<()> {
         self.record("remove_container");
+        self.0.lock().unwrap().container = None;
         Ok(())
     }
     async fn run(&self, _spec: &AgentSpec) -> Result<()> {
         self.record("run");
-        if self.0.lock().unwrap().fail_run {
+        let mut s = self.0.lock().unwrap();
+        if s.fail_run {
             return Err(RuntimeError::daemon(
                 "fake",
                 "create container",
                 "no such image",
             ));
+        }
+        FakeRuntime::new_container(&mut s);
+        if s.lose_on_next_run {
+            s.lose_on_next_run = false;
+            return Err(RuntimeError::Lost {
+                runtime: "fake",
+                action: "create container".into(),
+                reason: "connection closed before message completed".into(),
+            });
         }
         Ok(())
     }
@@ -144,8 +213,40 @@ impl Runtime for FakeRuntime {
         self.record("logs_tail");
         Ok((0..lines).map(|i| format!("line {i}\n")).collect())
     }
+    async fn describe(&self, _spec: &AgentSpec) -> serde_json::Value {
+        serde_json::json!({})
+    }
     async fn inspect(&self, _name: &str) -> Result<Option<ContainerState>> {
         self.record("inspect");
-        Ok(None)
+        Ok(self.0.lock().unwrap().container.clone())
     }
+}
+
+/// Everything logged (at any level) while `fut` runs, as text.
+pub async fn capture_logs(fut: impl std::future::Future<Output = ()>) -> String {
+    use std::io::Write;
+    use std::sync::Arc;
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    fut.await;
+    drop(guard);
+    let out = buf.0.lock().unwrap().clone();
+    String::from_utf8_lossy(&out).into_owned()
 }

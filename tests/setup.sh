@@ -66,6 +66,8 @@ PACKAGES=(
     iproute2:ip
     protobuf-compiler:protoc
     rpm:rpmbuild
+    binutils:readelf
+    python3-pip:pip3
     dpkg-dev:dpkg-buildpackage
     file:file
     curl:curl

@@ -33,6 +33,11 @@ const CHUNK: usize = 1024 * 1024;
 /// How many links are followed to find a blob.
 const MAX_LINKS: usize = 16;
 
+/// `sha256:<hex>` of `data`.
+pub fn digest_of(data: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(data))
+}
+
 pub(crate) fn sha256_hex(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }

@@ -169,6 +169,14 @@ impl DockerRuntime {
                 status_code,
                 message,
             } => RuntimeError::daemon(RUNTIME, action, format!("HTTP {status_code}: {message}")),
+            // The connection broke under a request (dockerd died or restarted).
+            err @ (BollardError::HyperLegacyError { .. } | BollardError::IOError { .. }) => {
+                RuntimeError::Lost {
+                    runtime: RUNTIME,
+                    action,
+                    reason: err.to_string(),
+                }
+            }
             other => RuntimeError::daemon(RUNTIME, action, other),
         }
     }
@@ -483,7 +491,11 @@ impl Runtime for DockerRuntime {
             }
             // bollard turns every non-zero exit into an error; for us it is the result.
             Err(BollardError::DockerContainerWaitError { code, error }) => {
-                tracing::info!(name, exit_code = code, error, "container exited");
+                if error.is_empty() {
+                    tracing::info!(name, exit_code = code, "container exited");
+                } else {
+                    tracing::info!(name, exit_code = code, error, "container exited");
+                }
                 return Ok(code);
             }
             Err(err) if is_status(&err, &[404]) => {
@@ -549,6 +561,27 @@ impl Runtime for DockerRuntime {
         Ok(out)
     }
 
+    async fn describe(&self, spec: &AgentSpec) -> serde_json::Value {
+        match create_body(spec) {
+            Ok(body) => {
+                let mut v = serde_json::to_value(&body).unwrap_or_default();
+                if let Some(env) = v.get_mut("Env").and_then(|e| e.as_array_mut()) {
+                    for e in env.iter_mut() {
+                        if let Some(text) = e.as_str() {
+                            *e = serde_json::Value::String(crate::redacted_entry(text));
+                        }
+                    }
+                }
+                serde_json::json!({
+                    "request": "POST /containers/create",
+                    "name": spec.name,
+                    "body": v,
+                })
+            }
+            Err(e) => serde_json::json!({"error": e.to_string()}),
+        }
+    }
+
     async fn inspect(&self, name: &str) -> Result<Option<ContainerState>> {
         let docker = self.client().await?;
         let info = match docker.inspect_container(name, None).await {
@@ -577,6 +610,14 @@ impl Runtime for DockerRuntime {
         Ok(Some(ContainerState {
             id,
             name: found_name,
+            created_at: info.created.clone(),
+            labels: info
+                .config
+                .as_ref()
+                .and_then(|c| c.labels.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             // The reference it was created from (`Config.Image`), not the image ID.
             image: info
                 .config

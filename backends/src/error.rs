@@ -14,6 +14,14 @@ pub enum RuntimeError {
         endpoint: String,
         reason: String,
     },
+    /// The connection broke while a request was in flight (the daemon died or restarted under
+    /// us): whether the request took effect is unknown.
+    #[error("{runtime}: {action}: the connection broke ({reason})")]
+    Lost {
+        runtime: &'static str,
+        action: String,
+        reason: String,
+    },
     /// The daemon did not answer before the deadline.
     #[error("{runtime} did not answer within {waited:?}: {source}")]
     Unavailable {
@@ -62,6 +70,17 @@ impl RuntimeError {
             action: action.into(),
             message: message.to_string(),
         }
+    }
+
+    /// The runtime went away (or never answered): waiting for it and trying again may help,
+    /// unlike a refusal.
+    pub fn is_lost_runtime(&self) -> bool {
+        matches!(
+            self,
+            RuntimeError::Connect { .. }
+                | RuntimeError::Lost { .. }
+                | RuntimeError::Unavailable { .. }
+        )
     }
 
     /// The gRPC status code of a containerd refusal.

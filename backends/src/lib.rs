@@ -128,6 +128,18 @@ pub struct ContainerState {
     pub finished_at: Option<String>,
     /// Host PID of the container's first process while running.
     pub pid: Option<u32>,
+    /// The container's labels (who created it, for what).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// When the container was created (RFC 3339): with the ID, which container this is even
+    /// where IDs are names (containerd).
+    pub created_at: Option<String>,
+}
+
+impl ContainerState {
+    /// What identifies this container among all that ever had its name.
+    pub fn identity(&self) -> String {
+        format!("{} {}", self.id, self.created_at.as_deref().unwrap_or("-"))
+    }
 }
 
 /// One container runtime (Docker Engine or containerd).
@@ -164,31 +176,113 @@ pub trait Runtime: Send + Sync {
     async fn logs_tail(&self, name: &str, lines: usize) -> Result<String>;
     /// The container's state, or `None` when no such container exists.
     async fn inspect(&self, name: &str) -> Result<Option<ContainerState>>;
+    /// What this backend submits to its runtime for `spec`, as the runtime's own document
+    /// (Docker's create request, containerd's container record and OCI spec), built by the code
+    /// that creates the container; secret values redacted. For `plan`; works while the runtime
+    /// is down (then without the image's own config, which it says).
+    async fn describe(&self, spec: &AgentSpec) -> serde_json::Value;
 }
 
-/// Ping `runtime` until it answers or `deadline` has passed, backing off from 250 ms to 2 s.
+/// Ping `runtime` until it answers or `window` has passed, backing off from 250 ms to 2 s, with
+/// a last try at the end of the window; the error names the last cause once.
 ///
 /// The Go ecs-init gives up after about 19 s, which kills it during an ordinary dockerd
-/// restart; here the deadline is the caller's (configurable) choice.
-pub async fn wait_ready(runtime: &dyn Runtime, deadline: Duration) -> Result<RuntimeInfo> {
+/// restart; here the window is the caller's (configurable) choice.
+pub async fn wait_ready(runtime: &dyn Runtime, window: Duration) -> Result<RuntimeInfo> {
     let start = tokio::time::Instant::now();
+    let deadline = start + window;
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(2));
     loop {
-        let delay = backoff.peek();
-        match runtime.ping().await {
+        let err = match runtime.ping().await {
             Ok(info) => return Ok(info),
-            Err(err) if start.elapsed() + delay < deadline => {
-                tracing::info!(runtime = runtime.name(), error = %err, retry_in_ms = delay.as_millis() as u64,
-                    "runtime not answering yet");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-            Err(err) => {
-                return Err(RuntimeError::Unavailable {
-                    runtime: runtime.name(),
-                    waited: start.elapsed(),
-                    source: Box::new(err),
-                })
-            }
+            Err(err) => err,
+        };
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(RuntimeError::Unavailable {
+                runtime: runtime.name(),
+                waited: start.elapsed(),
+                source: Box::new(err),
+            });
+        }
+        let delay = backoff.next_delay().min(deadline - now);
+        tracing::info!(runtime = runtime.name(), error = %err, retry_in_ms = delay.as_millis() as u64,
+            "runtime not answering yet");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A runtime that never answers, recording when it was asked.
+    #[derive(Default)]
+    struct Silent(Mutex<Vec<tokio::time::Instant>>);
+
+    #[async_trait]
+    impl Runtime for Silent {
+        fn name(&self) -> &'static str {
+            "silent"
+        }
+        async fn ping(&self) -> Result<RuntimeInfo> {
+            self.0.lock().unwrap().push(tokio::time::Instant::now());
+            Err(RuntimeError::Connect {
+                runtime: "silent",
+                endpoint: "unix:///nowhere".into(),
+                reason: "no socket".into(),
+            })
+        }
+        async fn image_id(&self, _: &str) -> Result<Option<String>> {
+            unreachable!()
+        }
+        async fn load_image(&self, _: &Path) -> Result<Vec<String>> {
+            unreachable!()
+        }
+        async fn remove_container(&self, _: &str) -> Result<()> {
+            unreachable!()
+        }
+        async fn run(&self, _: &AgentSpec) -> Result<()> {
+            unreachable!()
+        }
+        async fn wait(&self, _: &str) -> Result<i64> {
+            unreachable!()
+        }
+        async fn stop(&self, _: &str, _: Duration) -> Result<()> {
+            unreachable!()
+        }
+        async fn logs_tail(&self, _: &str, _: usize) -> Result<String> {
+            unreachable!()
+        }
+        async fn inspect(&self, _: &str) -> Result<Option<ContainerState>> {
+            unreachable!()
+        }
+        async fn describe(&self, _: &AgentSpec) -> serde_json::Value {
+            unreachable!()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_whole_window_is_waited_with_a_last_try_at_its_end() {
+        for secs in [3u64, 10] {
+            let rt = Silent::default();
+            let start = tokio::time::Instant::now();
+            let err = wait_ready(&rt, Duration::from_secs(secs))
+                .await
+                .unwrap_err();
+            let tries: Vec<Duration> = rt.0.lock().unwrap().iter().map(|t| *t - start).collect();
+            assert_eq!(
+                *tries.last().unwrap(),
+                Duration::from_secs(secs),
+                "{tries:?}"
+            );
+            assert!(
+                matches!(&err, RuntimeError::Unavailable { waited, .. } if *waited == Duration::from_secs(secs))
+            );
+            // The cause is said once.
+            let text = err.to_string();
+            assert_eq!(text.matches("no socket").count(), 1, "{text}");
         }
     }
 }

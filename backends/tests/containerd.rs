@@ -5,7 +5,7 @@
 //! ports). The static `ecs-agent-init` is built once into `target/agent-init-static`.
 
 use ecs_backends::containerd::{ContainerdOptions, ContainerdRuntime};
-use ecs_backends::{AgentSpec, Mount, Runtime, RuntimeError};
+use ecs_backends::{AgentSpec, Mount, NamespaceMode, Runtime, RuntimeError};
 use ecs_test_support as support;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -535,6 +535,141 @@ fn stop_kills_an_agent_that_ignores_sigterm_after_the_grace() {
             out.contains("received SIGTERM, ignoring it"),
             "SIGTERM was delivered first: {out}"
         );
+        env.rt.remove_container(NAME).await.unwrap();
+    });
+}
+
+/// Processes whose command line contains `needle` (shims, log shims).
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        // Zombies have an empty command line.
+        if cmd.contains(needle) {
+            found.push(cmd);
+        }
+    }
+    found
+}
+
+/// Two launchers' agents (two namespaces) run at once; a forced stop of one (SIGKILL to every
+/// process of its cgroup) leaves the other running: each namespace has its own cgroup.
+#[test]
+fn a_forced_stop_in_one_namespace_leaves_the_other() {
+    let _lock = support::agent_lock();
+    let a = Env::new("cgroup-a");
+    let b = Env::new("cgroup-b");
+    rt_block(async {
+        let tar = support::stand_in_tarball(support::AGENT_IMAGE);
+        let hang = AgentSpec {
+            network: NamespaceMode::Private,
+            ..spec(&[("STANDIN_IGNORE_SIGTERM", "1")])
+        };
+        for env in [&a, &b] {
+            env.rt.load_image(&tar).await.expect("load");
+            env.rt.run(&hang).await.expect("run");
+            let out = logs_until(&env.rt, 20, |l| l.contains("stand-in agent starting")).await;
+            assert!(out.contains("stand-in agent starting"), "{out}");
+        }
+        let spec_a = ctr(&a.ns, &["containers", "info", NAME]);
+        assert!(
+            spec_a.contains("/ecs-init/ecs-init-test-cgroup-a/ecs-agent"),
+            "{spec_a}"
+        );
+        a.rt.stop(NAME, Duration::from_secs(1))
+            .await
+            .expect("forced stop");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let other = b.rt.inspect(NAME).await.unwrap().unwrap();
+        assert!(
+            other.running,
+            "the other namespace's agent was killed: {other:?}"
+        );
+        let pid = other.pid.unwrap();
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        b.rt.stop(NAME, Duration::from_secs(1)).await.unwrap();
+    });
+}
+
+/// After stop, no process of the agent's task is left (no shim, no log shim), and the
+/// container record still tells how it ended.
+#[test]
+fn stop_leaves_no_task_process_behind() {
+    let _lock = support::agent_lock();
+    let env = Env::new("leftovers");
+    rt_block(async {
+        let tar = support::stand_in_tarball(support::AGENT_IMAGE);
+        env.rt.load_image(&tar).await.expect("load");
+        let s = AgentSpec {
+            network: NamespaceMode::Private,
+            ..spec(&[])
+        };
+        env.rt.run(&s).await.expect("run");
+        let out = logs_until(&env.rt, 20, |l| l.contains("stand-in agent starting")).await;
+        assert!(out.contains("stand-in agent starting"), "{out}");
+        let shim = format!("-namespace {} -id {NAME}", env.ns);
+        let log_dir = env.logs.path().display().to_string();
+        assert!(!processes_with(&shim).is_empty(), "no shim while running?");
+        env.rt
+            .stop(NAME, Duration::from_secs(10))
+            .await
+            .expect("stop");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline
+            && !(processes_with(&shim).is_empty() && processes_with(&log_dir).is_empty())
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(processes_with(&shim), Vec::<String>::new(), "shim left");
+        assert_eq!(
+            processes_with(&log_dir),
+            Vec::<String>::new(),
+            "log shim left"
+        );
+        let st = env
+            .rt
+            .inspect(NAME)
+            .await
+            .unwrap()
+            .expect("the record stays");
+        assert_eq!(
+            (st.status.as_str(), st.exit_code),
+            ("exited", Some(0)),
+            "{st:?}"
+        );
+        assert!(st.finished_at.is_some(), "{st:?}");
+        assert_eq!(env.rt.wait(NAME).await.unwrap(), 0);
+        env.rt.remove_container(NAME).await.unwrap();
+        assert!(env.rt.inspect(NAME).await.unwrap().is_none());
+    });
+}
+
+/// A bind whose source does not exist: created as a directory, as dockerd does (runc would
+/// refuse to start the container; seen on a fresh containerd-only machine with
+/// /etc/docker/plugins).
+#[test]
+fn a_missing_bind_source_is_created_like_docker_does() {
+    let _lock = support::agent_lock();
+    let env = Env::new("missing-bind");
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not/there/plugins");
+    rt_block(async {
+        let tar = support::stand_in_tarball(support::AGENT_IMAGE);
+        env.rt.load_image(&tar).await.expect("load");
+        let s = AgentSpec {
+            network: NamespaceMode::Private,
+            mounts: vec![Mount::ro(&missing, "/run/docker/plugins")],
+            ..spec(&[])
+        };
+        env.rt
+            .run(&s)
+            .await
+            .expect("run with a missing bind source");
+        assert!(missing.is_dir());
+        env.rt.stop(NAME, Duration::from_secs(10)).await.unwrap();
         env.rt.remove_container(NAME).await.unwrap();
     });
 }

@@ -23,7 +23,7 @@ pub use hostnet::{
 pub use iptables::Iptables;
 pub use nftables::Nftables;
 pub use none::NoFirewall;
-pub use rules::{Family, Hook, Position, Rule, RuleOptions, RuleSet, Scope};
+pub use rules::{interface_pattern, Family, Hook, Position, Rule, RuleOptions, RuleSet, Scope};
 pub use select::{
     Backend, Choice, Firewalls, HostProbe, NoFirewallTool, Selection, UnknownFirewall,
 };

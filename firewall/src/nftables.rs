@@ -101,7 +101,25 @@ fn tcp_dport(port: u16) -> Stmt {
     )
 }
 
+/// nft's spelling of an interface pattern: a trailing `+` (iptables' wildcard, our canonical
+/// form) is nft's `*`.
+fn nft_ifname(name: &str) -> String {
+    match name.strip_suffix('+') {
+        Some(stem) => format!("{stem}*"),
+        None => name.to_string(),
+    }
+}
+
+/// The canonical pattern of an nft interface string (inverse of [`nft_ifname`]).
+fn canonical_ifname(name: &str) -> String {
+    match name.strip_suffix('*') {
+        Some(stem) => format!("{stem}+"),
+        None => name.to_string(),
+    }
+}
+
 fn iifname(op: Operator, name: &str) -> Stmt {
+    let name = &nft_ifname(name);
     let text = match op {
         Operator::NEQ => format!("iifname != \"{name}\""),
         _ => format!("iifname \"{name}\""),
@@ -373,7 +391,7 @@ impl Seen {
             }
             Expression::Named(NamedExpression::Meta(Meta {
                 key: MetaKey::Iifname,
-            })) => self.iif = Some((m.op, as_str(&m.right)?.to_string())),
+            })) => self.iif = Some((m.op, canonical_ifname(as_str(&m.right)?))),
             left if ct_key(left) == Some("state") && m.op == Operator::NEQ => {
                 self.ct_state_ne = true
             }

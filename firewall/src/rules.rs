@@ -9,13 +9,53 @@ pub enum Family {
     V6,
 }
 
+/// Check an interface name as the kernel allows them (at most 15 bytes, not `.` or `..`, no
+/// `/`, `:`, white space or control characters), with one optional trailing wildcard: `eth+`
+/// (or `eth*`) means every interface whose name starts with `eth`, on iptables (`-i eth+`) and
+/// nftables (`iifname "eth*"`) alike. Returns the canonical form (a trailing `+`), or why the
+/// name cannot be one.
+pub fn interface_pattern(name: &str) -> Result<String, String> {
+    let (stem, wildcard) = match name.strip_suffix(['+', '*']) {
+        Some(stem) => (stem, true),
+        None => (name, false),
+    };
+    if stem.is_empty() {
+        return Err(if wildcard {
+            "a wildcard alone would match loopback too; name a prefix (e.g. eth+)".into()
+        } else {
+            "empty".into()
+        });
+    }
+    let len = stem.len() + usize::from(wildcard);
+    if len > 15 {
+        return Err(format!("{len} bytes long; interface names have at most 15"));
+    }
+    if stem == "." || stem == ".." {
+        return Err("not a usable interface name".into());
+    }
+    if let Some(c) = stem
+        .chars()
+        .find(|c| matches!(c, '/' | ':' | '+' | '*') || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "contains {c:?}; interface names cannot (a wildcard + or * may only end the name)"
+        ));
+    }
+    Ok(if wildcard {
+        format!("{stem}+")
+    } else {
+        stem.to_string()
+    })
+}
+
 /// Which inbound interfaces an introspection block applies to.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Every interface but loopback (the default; see "Deviations we choose").
     AllExceptLoopback,
-    /// Only this interface (`ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME`).
+    /// Only this interface (`ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME`), or every interface
+    /// starting with it when it ends with `+` (see [`interface_pattern`]).
     Interface(String),
 }
 
@@ -312,5 +352,33 @@ mod tests {
             .map(|(f, h)| (f, h, set.chain_order(f, h).into_iter().cloned().collect()))
             .collect();
         assert_eq!(RuleSet::from_chains(&chains), set);
+    }
+
+    #[test]
+    fn interface_names_follow_the_kernels_rules() {
+        assert_eq!(interface_pattern("eth0"), Ok("eth0".into()));
+        assert_eq!(interface_pattern("ens5+"), Ok("ens5+".into()));
+        assert_eq!(interface_pattern("ens*"), Ok("ens+".into()));
+        assert_eq!(
+            interface_pattern("abcdefghijklmno"),
+            Ok("abcdefghijklmno".into())
+        );
+        for bad in [
+            "",
+            "+",
+            "*",
+            "abcdefghijklmnop",
+            "eth/0",
+            "eth 0",
+            "eth0:1",
+            "e+th",
+            "e*h+",
+            ".",
+            "..",
+            "eth\t",
+        ] {
+            assert!(interface_pattern(bad).is_err(), "{bad:?}");
+        }
+        assert!(interface_pattern("a b").unwrap_err().contains("' '"));
     }
 }

@@ -763,6 +763,24 @@ fn introspection_one_interface(fw: Fw) {
         }),
         "the earlier configuration's block is gone"
     );
+    // A trailing + is a prefix wildcard on every backend (nft spells it eth*), and reads back
+    // in that one form.
+    net(
+        &topo.h,
+        fw,
+        "setup",
+        serde_json::json!({ "iface": "et+" }),
+        &state,
+    )
+    .unwrap();
+    assert_introspection(&topo, false);
+    assert!(applied(&topo.h, fw)
+        .rules
+        .contains(&Rule::IntrospectionBlock {
+            family: Family::V4,
+            port: 51678,
+            scope: Scope::Interface("et+".into())
+        }));
 }
 
 /// With route_localnet=1, an off-host packet to 127.0.0.1 reaches loopback services unless the

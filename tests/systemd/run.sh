@@ -942,7 +942,7 @@ containerd_boot() {
     start_and_check
     # runc refuses a missing bind source where Docker creates it: the backend does as Docker.
     has "journal: the Docker plugin directory the agent is given was created, as Docker does" \
-        "$(launcher_journal)" "created missing bind source directory (as Docker does) source=/run/docker/plugins"
+        "$(launcher_journal)" "creating the missing bind source as a directory, as Docker does source=/run/docker/plugins"
 
     phase "10/3. the agent crashes -> the launcher restarts it (containerd)"
     agent_crash

@@ -96,11 +96,14 @@ impl Log {
         }
     }
 
+    /// The directory is inside the agent's writable `/log`: never follow a symlink planted as
+    /// the log file.
     fn open(path: &PathBuf) -> std::io::Result<File> {
         OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
     }
 

@@ -128,6 +128,22 @@ pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
     Ok(file)
 }
 
+/// Open `path` for reading and writing (no truncation), creating it with `mode`; a symlink or
+/// a multiply linked file there is refused. For lock files.
+pub fn open_rw(path: &Path, mode: u32) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| explain(path, e))?;
+    check_plain(path, &file)?;
+    Ok(file)
+}
+
 /// Read `path` without following a symlink there. `NotFound` passes through unchanged.
 pub fn read(path: &Path) -> io::Result<Vec<u8>> {
     let mut file = OpenOptions::new()

@@ -19,7 +19,7 @@ pub mod logs;
 pub mod oci;
 mod unpack;
 
-use crate::spec::{AgentSpec, Mount};
+use crate::spec::AgentSpec;
 use crate::{ContainerState, Result, Runtime, RuntimeError, RuntimeInfo};
 use async_trait::async_trait;
 use containerd_client::services::v1::{
@@ -52,6 +52,9 @@ const RT: &str = "containerd";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// Container extension recording when the task was started (containerd does not keep it).
 const STARTED_AT_EXT: &str = "io.ecs-init.started-at";
+/// Container extension recording how the task ended (`<exit code> <RFC 3339 time>`), kept after
+/// the task is deleted so that `status` can still say so.
+const EXITED_EXT: &str = "io.ecs-init.exited";
 
 /// Settings of the containerd backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,37 +112,6 @@ impl std::fmt::Debug for ContainerdRuntime {
             .field("opts", &self.opts)
             .finish()
     }
-}
-
-/// Docker creates the missing source of a bind mount (`Binds`) as a directory, mode 0755; runc
-/// refuses to start a container whose bind source is missing. Do what Docker does, so the same
-/// agent spec starts on both runtimes: on a host without Docker, the Docker plugin directories
-/// the agent is given (`/run/docker/plugins`, …) do not exist. A dangling symlink is left alone
-/// (Docker fails on it too, and runc reports it by name).
-fn create_missing_bind_sources(mounts: &[Mount]) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    for m in mounts {
-        match std::fs::metadata(&m.source) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            _ => continue,
-        }
-        if std::fs::symlink_metadata(&m.source).is_ok() {
-            continue;
-        }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&m.source)
-            .map_err(|e| {
-                RuntimeError::io(
-                    format!("create missing bind source {}", m.source.display()),
-                    e,
-                )
-            })?;
-        tracing::info!(source = %m.source.display(), target = %m.target.display(),
-            "created missing bind source directory (as Docker does)");
-    }
-    Ok(())
 }
 
 impl ContainerdRuntime {
@@ -326,16 +298,26 @@ impl ContainerdRuntime {
         }
     }
 
-    /// Creates container `spec.name` and starts its task. On failure, removes what it made.
-    async fn create_and_start(&self, spec: &AgentSpec) -> Result<()> {
+    /// The OCI runtime spec this backend submits for `spec` with this image's config: the one
+    /// code path for creating the container and for `plan`.
+    pub fn oci_spec(&self, spec: &AgentSpec, image: &oci::ImageConfig) -> serde_json::Value {
+        let host = oci::HostFacts::detect();
+        let containerd_dir = self.opts.address.parent().filter(|d| d.is_dir());
+        oci::build(
+            spec,
+            &oci::Inputs {
+                image,
+                host: &host,
+                init_host_path: &self.opts.agent_init,
+                containerd_dir,
+                namespace: &self.opts.namespace,
+            },
+        )
+    }
+
+    /// What `create_and_start` checks before it changes anything.
+    fn check_before_create(&self, spec: &AgentSpec) -> Result<()> {
         let name = spec.name.as_str();
-        if self.get_container(name).await?.is_some() {
-            return Err(RuntimeError::daemon(
-                RT,
-                format!("create container {name}"),
-                "a container with this name already exists",
-            ));
-        }
         if !self.opts.agent_init.is_file() {
             return Err(RuntimeError::daemon(
                 RT,
@@ -350,72 +332,37 @@ impl ContainerdRuntime {
             tracing::warn!(driver = %spec.log.driver,
                 "log drivers other than json-file do not exist on containerd; keeping a rotated json-file log");
         }
-        create_missing_bind_sources(&spec.mounts)?;
+        // dockerd creates a missing bind source as a directory; runc refuses to start instead.
+        // Do what Docker does, so the same spec runs on both (e.g. /etc/docker/plugins on a
+        // host without Docker).
+        for m in spec.mounts.iter().filter(|m| !m.source.exists()) {
+            tracing::info!(source = %m.source.display(), "creating the missing bind source as a directory, as Docker does");
+            ecs_host::files::ensure_dir(&m.source, 0o755).map_err(|e| {
+                RuntimeError::io(format!("create bind source {}", m.source.display()), e)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Creates container `spec.name` and starts its task. On failure, removes what it made.
+    async fn create_and_start(&self, spec: &AgentSpec) -> Result<()> {
+        let name = spec.name.as_str();
+        if self.get_container(name).await?.is_some() {
+            return Err(RuntimeError::daemon(
+                RT,
+                format!("create container {name}"),
+                "a container with this name already exists",
+            ));
+        }
+        self.check_before_create(spec)?;
         let image = images::resolve_image(self, &spec.image).await?;
         let top_chain = unpack::ensure_unpacked(self, &image).await?;
-
-        let host = oci::HostFacts::detect();
-        let containerd_dir = self.opts.address.parent().filter(|d| d.is_dir());
-        let oci_spec = oci::build(
-            spec,
-            &oci::Inputs {
-                image: &image.config,
-                host: &host,
-                init_host_path: &self.opts.agent_init,
-                containerd_dir,
-            },
-        );
+        let oci_spec = self.oci_spec(spec, &image.config);
         tracing::debug!(name, spec = %redacted(&oci_spec), "OCI runtime spec");
-
         let lease = lease::Lease::create(self, Duration::from_secs(600)).await?;
-        let result = async {
-            // A snapshot of this name without a container is debris of an interrupted run.
-            let mounts = match self.prepare_root(name, &top_chain, &lease).await {
-                Err(s) if s.code() == Code::AlreadyExists => {
-                    tracing::info!(name, "removing a leftover snapshot of an earlier run");
-                    self.remove_snapshot(name).await?;
-                    self.prepare_root(name, &top_chain, &lease).await
-                }
-                other => other,
-            }
-            .map_err(|s| self.err(format!("prepare root snapshot of {name}"), s))?;
-            let labels: HashMap<String, String> = image
-                .config
-                .labels
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .chain(spec.labels.clone())
-                .collect();
-            let container = Container {
-                id: name.into(),
-                labels,
-                image: image.name.clone(),
-                runtime: Some(ContainerRuntimeInfo {
-                    name: RUNTIME.into(),
-                    options: None,
-                }),
-                spec: Some(prost_types::Any {
-                    type_url: SPEC_TYPE_URL.into(),
-                    value: serde_json::to_vec(&oci_spec).expect("JSON value serialises"),
-                }),
-                snapshotter: self.opts.snapshotter.clone(),
-                snapshot_key: name.into(),
-                ..Default::default()
-            };
-            self.containers()
-                .await?
-                .create(self.leased(
-                    CreateContainerRequest {
-                        container: Some(container),
-                    },
-                    &lease.id,
-                ))
-                .await
-                .map_err(|s| self.err(format!("create container {name}"), s))?;
-            Ok::<_, RuntimeError>(mounts)
-        }
-        .await;
+        let result = self
+            .create_container(spec, &image, &top_chain, oci_spec, &lease)
+            .await;
         lease.delete(self).await;
         let mounts = match result {
             Ok(m) => m,
@@ -424,13 +371,153 @@ impl ContainerdRuntime {
                 return Err(e);
             }
         };
-
         if let Err(e) = self.start_task(spec, mounts).await {
             tracing::warn!(name, error = %e, "starting the task failed; removing the container");
             let _ = self.remove_container(name).await;
             return Err(e);
         }
         Ok(())
+    }
+
+    /// The container record and its root snapshot (under `lease`); returns the root's mounts.
+    async fn create_container(
+        &self,
+        spec: &AgentSpec,
+        image: &images::ResolvedImage,
+        top_chain: &str,
+        oci_spec: serde_json::Value,
+        lease: &lease::Lease,
+    ) -> Result<Vec<containerd_client::types::Mount>> {
+        let name = spec.name.as_str();
+        // A snapshot of this name without a container is debris of an interrupted run.
+        let mounts = match self.prepare_root(name, top_chain, lease).await {
+            Err(s) if s.code() == Code::AlreadyExists => {
+                tracing::info!(name, "removing a leftover snapshot of an earlier run");
+                self.remove_snapshot(name).await?;
+                self.prepare_root(name, top_chain, lease).await
+            }
+            other => other,
+        }
+        .map_err(|s| self.err(format!("prepare root snapshot of {name}"), s))?;
+        let labels: HashMap<String, String> = image
+            .config
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .chain(spec.labels.clone())
+            .collect();
+        let container = Container {
+            id: name.into(),
+            labels,
+            image: image.name.clone(),
+            runtime: Some(ContainerRuntimeInfo {
+                name: RUNTIME.into(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: SPEC_TYPE_URL.into(),
+                value: serde_json::to_vec(&oci_spec).expect("JSON value serialises"),
+            }),
+            snapshotter: self.opts.snapshotter.clone(),
+            snapshot_key: name.into(),
+            ..Default::default()
+        };
+        self.containers()
+            .await?
+            .create(self.leased(
+                CreateContainerRequest {
+                    container: Some(container),
+                },
+                &lease.id,
+            ))
+            .await
+            .map_err(|s| self.err(format!("create container {name}"), s))?;
+        Ok(mounts)
+    }
+
+    /// SIGTERM, then SIGKILL to every process of the task after `grace`; returns once it exited.
+    async fn terminate(&self, name: &str, grace: Duration) -> Result<()> {
+        self.kill(name, libc::SIGTERM, false).await?;
+        match tokio::time::timeout(grace, self.wait_task(name)).await {
+            Ok(r) => {
+                r?;
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!(
+                    name,
+                    grace_ms = grace.as_millis() as u64,
+                    "agent ignored SIGTERM; sending SIGKILL"
+                );
+                self.kill(name, libc::SIGKILL, true).await?;
+                tokio::time::timeout(Duration::from_secs(30), self.wait_task(name))
+                    .await
+                    .map_err(|_| {
+                        RuntimeError::daemon(
+                            RT,
+                            format!("stop {name}"),
+                            "still running 30 s after SIGKILL",
+                        )
+                    })??;
+                Ok(())
+            }
+        }
+    }
+
+    /// Record `value` as the container's extension `key` (best effort: only `inspect` uses it).
+    async fn set_extension(&self, name: &str, key: &str, value: String) {
+        let update = Container {
+            id: name.into(),
+            extensions: HashMap::from([(
+                key.to_string(),
+                prost_types::Any {
+                    type_url: key.into(),
+                    value: value.into_bytes(),
+                },
+            )]),
+            ..Default::default()
+        };
+        let result = async {
+            self.containers()
+                .await?
+                .update(self.req(UpdateContainerRequest {
+                    container: Some(update),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec![format!("extensions.{key}")],
+                    }),
+                }))
+                .await
+                .map_err(|s| self.err("update container", s))
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(name, key, error = %e, "could not record a container extension");
+        }
+    }
+
+    /// Delete the stopped task of `name`, keeping how it ended in the container record: the
+    /// shim and the log shim exit with it, so no process of the agent outlives it.
+    async fn reap(&self, name: &str) -> Result<()> {
+        let deleted = self
+            .tasks()
+            .await?
+            .delete(self.req(DeleteTaskRequest {
+                container_id: name.into(),
+            }))
+            .await;
+        match deleted {
+            Ok(r) => {
+                let r = r.into_inner();
+                let at = r.exited_at.map(|t| t.to_string()).unwrap_or_default();
+                self.set_extension(name, EXITED_EXT, format!("{} {at}", r.exit_status))
+                    .await;
+                tracing::debug!(name, exit_code = r.exit_status, "task deleted");
+                Ok(())
+            }
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(self.err(format!("delete task {name}"), s)),
+        }
     }
 
     /// The container's writable root on top of the image's top layer.
@@ -464,7 +551,7 @@ impl ContainerdRuntime {
         rootfs: Vec<containerd_client::types::Mount>,
     ) -> Result<()> {
         let name = spec.name.as_str();
-        std::fs::create_dir_all(&self.opts.log_dir)
+        ecs_host::files::ensure_dir(&self.opts.log_dir, 0o750)
             .map_err(|e| RuntimeError::io(format!("create {}", self.opts.log_dir.display()), e))?;
         let log = logs::uri(&self.opts.agent_init, &self.opts.log_dir, name, &spec.log);
         let mut tasks = self.tasks().await?;
@@ -489,41 +576,22 @@ impl ContainerdRuntime {
         tracing::info!(name, pid = created.pid, "agent task started");
         // Best effort: only `inspect` uses it.
         let now = prost_types::Timestamp::from(std::time::SystemTime::now()).to_string();
-        let update = Container {
-            id: name.into(),
-            extensions: HashMap::from([(
-                STARTED_AT_EXT.to_string(),
-                prost_types::Any {
-                    type_url: STARTED_AT_EXT.into(),
-                    value: now.into_bytes(),
-                },
-            )]),
-            ..Default::default()
-        };
-        if let Err(s) = self
-            .containers()
-            .await?
-            .update(self.req(UpdateContainerRequest {
-                container: Some(update),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec![format!("extensions.{STARTED_AT_EXT}")],
-                }),
-            }))
-            .await
-        {
-            tracing::debug!(error = %s, "could not record the start time");
-        }
+        self.set_extension(name, STARTED_AT_EXT, now).await;
         Ok(())
     }
 }
 
-/// An error with its sources, which tonic's transport errors need to be useful.
+/// An error with its sources, which tonic's transport errors need to be useful; a source whose
+/// text is already there (some errors print their source too) is not repeated.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
+        let text = src.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = src.source();
     }
     s
@@ -609,17 +677,26 @@ impl Runtime for ContainerdRuntime {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
         loop {
             match self.wait_task(name).await {
-                Ok(Some(code)) => return Ok(i64::from(code)),
+                Ok(Some(code)) => {
+                    if let Err(e) = self.reap(name).await {
+                        tracing::warn!(name, error = %e, "could not delete the exited task");
+                    }
+                    return Ok(i64::from(code));
+                }
                 Ok(None) => {
-                    return Err(if self.get_container(name).await?.is_some() {
-                        RuntimeError::daemon(
+                    // Exited and reaped already: its recorded exit code.
+                    return match self.inspect(name).await? {
+                        Some(ContainerState {
+                            exit_code: Some(code),
+                            ..
+                        }) => Ok(code),
+                        Some(_) => Err(RuntimeError::daemon(
                             RT,
                             format!("wait for {name}"),
                             "the container has no task",
-                        )
-                    } else {
-                        RuntimeError::NoSuchContainer(name.into())
-                    })
+                        )),
+                        None => Err(RuntimeError::NoSuchContainer(name.into())),
+                    };
                 }
                 Err(e @ RuntimeError::Connect { .. }) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(name, error = %e, "lost containerd while waiting; retrying");
@@ -634,34 +711,10 @@ impl Runtime for ContainerdRuntime {
         let Some(task) = self.task(name).await? else {
             return Ok(());
         };
-        if task.status == TaskStatus::Stopped as i32 {
-            return Ok(());
+        if task.status != TaskStatus::Stopped as i32 {
+            self.terminate(name, grace).await?;
         }
-        self.kill(name, libc::SIGTERM, false).await?;
-        match tokio::time::timeout(grace, self.wait_task(name)).await {
-            Ok(r) => {
-                r?;
-                Ok(())
-            }
-            Err(_) => {
-                tracing::warn!(
-                    name,
-                    grace_ms = grace.as_millis() as u64,
-                    "agent ignored SIGTERM; sending SIGKILL"
-                );
-                self.kill(name, libc::SIGKILL, true).await?;
-                tokio::time::timeout(Duration::from_secs(30), self.wait_task(name))
-                    .await
-                    .map_err(|_| {
-                        RuntimeError::daemon(
-                            RT,
-                            format!("stop {name}"),
-                            "still running 30 s after SIGKILL",
-                        )
-                    })??;
-                Ok(())
-            }
-        }
+        self.reap(name).await
     }
 
     async fn logs_tail(&self, name: &str, lines: usize) -> Result<String> {
@@ -677,6 +730,40 @@ impl Runtime for ContainerdRuntime {
         Ok(out)
     }
 
+    async fn describe(&self, spec: &AgentSpec) -> serde_json::Value {
+        let (config, image, note) = match images::resolve_image(self, &spec.image).await {
+            Ok(i) => (i.config, i.name, None),
+            Err(e) => (
+                oci::ImageConfig::default(),
+                spec.image.clone(),
+                Some(format!(
+                    "the image's own config could not be read ({e}); process args and env from the image are missing here"
+                )),
+            ),
+        };
+        let labels: std::collections::BTreeMap<String, String> = config
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .chain(spec.labels.clone())
+            .collect();
+        let oci_spec = self.oci_spec(spec, &config);
+        serde_json::json!({
+            "namespace": self.opts.namespace,
+            "container": {
+                "id": spec.name,
+                "image": image,
+                "runtime": RUNTIME,
+                "snapshotter": self.opts.snapshotter,
+                "labels": labels,
+            },
+            "log": logs::uri(&self.opts.agent_init, &self.opts.log_dir, &spec.name, &spec.log),
+            "spec": redacted(&oci_spec),
+            "note": note,
+        })
+    }
+
     async fn inspect(&self, name: &str) -> Result<Option<ContainerState>> {
         let Some(container) = self.get_container(name).await? else {
             return Ok(None);
@@ -690,9 +777,29 @@ impl Runtime for ContainerdRuntime {
             name: container.id.clone(),
             image: container.image.clone(),
             status: "created".into(),
+            labels: container.labels.clone().into_iter().collect(),
+            created_at: container.created_at.map(|t| t.to_string()),
             ..Default::default()
         };
-        if let Some(task) = self.task(name).await? {
+        let Some(task) = self.task(name).await? else {
+            // The task was deleted once it exited: how it ended is in the record.
+            if let Some((code, at)) = container
+                .extensions
+                .get(EXITED_EXT)
+                .and_then(|a| String::from_utf8(a.value.clone()).ok())
+                .and_then(|v| {
+                    let (code, at) = v.split_once(' ')?;
+                    Some((code.parse::<i64>().ok()?, at.to_string()))
+                })
+            {
+                state.status = "exited".into();
+                state.exit_code = Some(code);
+                state.started_at = started_at;
+                state.finished_at = Some(at).filter(|a| !a.is_empty());
+            }
+            return Ok(Some(state));
+        };
+        {
             state.started_at = started_at;
             let status = TaskStatus::try_from(task.status).unwrap_or(TaskStatus::Unknown);
             state.status = match status {
@@ -759,46 +866,6 @@ fn lost_connection(status: &Status) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn missing_bind_sources_become_directories_like_docker_makes_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("run/docker/plugins");
-        let file = dir.path().join("lsblk");
-        std::fs::write(&file, "x").unwrap();
-        let dangling = dir.path().join("dangling");
-        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
-        let linked = dir.path().join("linked");
-        std::os::unix::fs::symlink(&file, &linked).unwrap();
-        let mounts = [
-            Mount::ro(&missing, "/run/docker/plugins"),
-            Mount::rw(&file, "/usr/bin/lsblk"),
-            Mount::ro(&dangling, "/x"),
-            Mount::ro(&linked, "/y"),
-        ];
-        create_missing_bind_sources(&mounts).unwrap();
-        assert!(std::fs::metadata(&missing).unwrap().is_dir());
-        // Existing sources, files and symlinks are left as they are.
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
-        assert!(std::fs::symlink_metadata(&dangling)
-            .unwrap()
-            .file_type()
-            .is_symlink());
-        assert!(!dir.path().join("nowhere").exists());
-        assert!(std::fs::symlink_metadata(&linked)
-            .unwrap()
-            .file_type()
-            .is_symlink());
-        // Idempotent.
-        create_missing_bind_sources(&mounts).unwrap();
-        // A source that cannot be created (below a dangling symlink) is an error naming it.
-        let blocked = dangling.join("plugins");
-        let err = create_missing_bind_sources(&[Mount::ro(&blocked, "/z")]).unwrap_err();
-        assert!(
-            err.to_string().contains(&blocked.display().to_string()),
-            "{err}"
-        );
-    }
 
     #[test]
     fn namespaces() {

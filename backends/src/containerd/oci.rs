@@ -117,6 +117,15 @@ pub struct Inputs<'a> {
     /// Host directory of the containerd socket, bind-mounted at the same path so the agent can
     /// reach its runtime.
     pub containerd_dir: Option<&'a Path>,
+    /// The containerd namespace: the agent's cgroup is `/ecs-init/<namespace>/<name>`, so two
+    /// launchers (two namespaces or two containerds) never share one, and a forced stop (which
+    /// signals every process of the cgroup) never reaches the other's agent.
+    pub namespace: &'a str,
+}
+
+/// The cgroup of the container `name` in `namespace`.
+pub fn cgroup_path(namespace: &str, name: &str) -> String {
+    format!("/ecs-init/{namespace}/{name}")
 }
 
 /// The process arguments: image Entrypoint + Cmd, behind the init when asked for.
@@ -413,7 +422,7 @@ pub fn build(spec: &AgentSpec, inputs: &Inputs<'_>) -> Value {
     let mut linux = json!({
         "namespaces": namespaces,
         "resources": {"devices": device_rules(spec.privileged)},
-        "cgroupsPath": format!("/ecs-init/{}", spec.name),
+        "cgroupsPath": cgroup_path(inputs.namespace, &spec.name),
     });
     if !spec.privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
@@ -479,6 +488,7 @@ mod tests {
                 host: &host,
                 init_host_path: Path::new("/usr/libexec/amazon-ecs-init-agent-init"),
                 containerd_dir: Some(Path::new("/run/containerd")),
+                namespace: "ecs",
             },
         )
     }

@@ -1,0 +1,627 @@
+//! GPU hosts: `/var/lib/ecs/gpu/nvidia-gpu-info.json` from NVML (UPSTREAM-BEHAVIOUR.md §7).
+//!
+//! The agent advertises the GPUs listed in that file, so without it a GPU host registers no
+//! GPUs. When GPU support is on and some `/dev/nvidia*` exists, `pre-start` loads the NVIDIA
+//! Management Library at run time (`dlopen` of `libnvidia-ml.so.1`, so the same binary runs on
+//! hosts without any NVIDIA driver), reads the driver version and every device's UUID, shuts
+//! NVML down and writes `{"DriverVersion":"…","GPUIDs":["GPU-…",…]}` atomically, directory and
+//! file mode 0700. Every NVML failure is an error naming the NVML call and NVML's own error
+//! string (`nvmlErrorString`), and no file is written.
+//!
+//! The seven NVML functions are bound by hand with `libloading` rather than through
+//! `nvml-wrapper`: that crate binds the whole API (hundreds of symbols, all looked up at load
+//! time) and reports errors with its own wording instead of NVML's.
+//!
+//! The process must be dynamically linked: a static glibc program cannot use a `dlopen`ed
+//! glibc library such as NVML (see packaging/README.md for how the packaged launcher is built).
+use serde::Serialize;
+use std::ffi::{c_char, c_uint, CStr};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use crate::settings::Settings;
+
+/// The knob that turns GPU support on (also passed to the agent through the env files).
+pub const ENABLE_KEY: &str = "ECS_ENABLE_GPU_SUPPORT";
+/// The knob naming the NVML library (a path, or a name for the dynamic loader to search).
+pub const LIBRARY_KEY: &str = "ECS_INIT_NVML_LIBRARY";
+/// NVML's soname, as installed by every NVIDIA driver package (the unversioned
+/// `libnvidia-ml.so` comes only with development packages).
+pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
+/// The file the agent reads, under the GPU directory.
+pub const INFO_FILE: &str = "nvidia-gpu-info.json";
+/// The line the Go ecs-init logs whenever GPU support is on.
+pub const EULA: &str = "By using the GPU Optimized AMI, you agree to Nvidia’s End User License Agreement: https://www.nvidia.com/en-us/about-nvidia/eula-agreement/";
+
+/// Everything the GPU step needs, decided once from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuOptions {
+    /// `ECS_ENABLE_GPU_SUPPORT` is true.
+    pub enabled: bool,
+    /// `ECS_INIT_NVML_LIBRARY`, when set; otherwise [`DEFAULT_LIBRARY`] is searched.
+    pub nvml_library: Option<PathBuf>,
+    /// Where the `nvidia*` device nodes are looked for (`/dev`; not re-rooted).
+    pub dev_dir: PathBuf,
+    /// `/var/lib/ecs/gpu`, re-rooted by `ECS_INIT_HOST_ROOT`.
+    pub out_dir: PathBuf,
+}
+
+impl GpuOptions {
+    /// The GPU step's inputs from the settings (`ECS_ENABLE_GPU_SUPPORT`,
+    /// `ECS_INIT_NVML_LIBRARY`).
+    pub fn from_settings(settings: &Settings) -> GpuOptions {
+        GpuOptions {
+            enabled: settings.agent.gpu_support,
+            nvml_library: settings.nvml_library.clone(),
+            dev_dir: "/dev".into(),
+            out_dir: settings.paths.var_lib_ecs.join("gpu"),
+        }
+    }
+
+    /// `/var/lib/ecs/gpu/nvidia-gpu-info.json` (re-rooted).
+    pub fn info_file(&self) -> PathBuf {
+        self.out_dir.join(INFO_FILE)
+    }
+
+    /// The library name or path handed to `dlopen`.
+    pub fn library(&self) -> &Path {
+        self.nvml_library
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_LIBRARY))
+    }
+}
+
+/// The file's content, with the field names and order the agent reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GpuInfo {
+    #[serde(rename = "DriverVersion")]
+    pub driver_version: String,
+    #[serde(rename = "GPUIDs")]
+    pub gpu_ids: Vec<String>,
+}
+
+impl GpuInfo {
+    /// The bytes written: compact JSON, no trailing newline (as Go's `json.Marshal`).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("strings always serialise")
+    }
+}
+
+/// What the GPU step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `ECS_ENABLE_GPU_SUPPORT` is not true.
+    Disabled,
+    /// Enabled, but no `/dev/nvidia*`: not a GPU host, nothing written.
+    NoDevices,
+    /// The file was written.
+    Written { path: PathBuf, info: GpuInfo },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("cannot list {}: {source}", dir.display())]
+    ListDevices {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{} exists but the NVML library {library} cannot be loaded ({reason}); install the NVIDIA driver, or set {LIBRARY_KEY} to the library's path",
+        devices.display()
+    )]
+    Load {
+        devices: PathBuf,
+        library: String,
+        reason: String,
+    },
+    #[error("the NVML library {library} has no function {symbol} ({reason})")]
+    Symbol {
+        library: String,
+        symbol: &'static str,
+        reason: String,
+    },
+    #[error("NVML call {call}{} failed: {message} (NVML error {code})", device_suffix(*device))]
+    Call {
+        call: &'static str,
+        device: Option<u32>,
+        code: u32,
+        message: String,
+    },
+    #[error("NVML call {call}{} returned an empty string", device_suffix(*device))]
+    Empty {
+        call: &'static str,
+        device: Option<u32>,
+    },
+    #[error("NVML call nvmlDeviceGetCount_v2 reports no GPU devices although {} exists", devices.display())]
+    NoGpus { devices: PathBuf },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn device_suffix(device: Option<u32>) -> String {
+    device.map(|d| format!(" (device {d})")).unwrap_or_default()
+}
+
+/// The first `nvidia*` entry of `dev_dir`, if any (the Go tool's `/dev/nvidia*` glob).
+pub fn nvidia_device(dev_dir: &Path) -> Result<Option<PathBuf>, GpuError> {
+    let entries = match std::fs::read_dir(dev_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(GpuError::ListDevices {
+                dir: dev_dir.into(),
+                source,
+            })
+        }
+    };
+    let mut names: Vec<_> = entries
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.as_encoded_bytes().starts_with(b"nvidia"))
+        .collect();
+    names.sort();
+    Ok(names.first().map(|n| dev_dir.join(n)))
+}
+
+/// The GPU step of `pre-start` (also the hidden `gpu-info` action).
+pub fn setup(opts: &GpuOptions) -> Result<Outcome, GpuError> {
+    if !opts.enabled {
+        tracing::debug!("{ENABLE_KEY} is not true: no GPU setup");
+        return Ok(Outcome::Disabled);
+    }
+    tracing::info!("{EULA}");
+    let Some(device) = nvidia_device(&opts.dev_dir)? else {
+        tracing::info!(
+            dir = %opts.dev_dir.display(),
+            "{ENABLE_KEY} is on but no nvidia* device exists: not a GPU host, no GPU info written"
+        );
+        return Ok(Outcome::NoDevices);
+    };
+    let info = query(opts.library(), &device)?;
+    let path = opts.info_file();
+    write_info(&opts.out_dir, &path, &info.to_bytes())?;
+    tracing::info!(
+        file = %path.display(),
+        driver = %info.driver_version,
+        gpus = info.gpu_ids.len(),
+        "GPU info written"
+    );
+    Ok(Outcome::Written { path, info })
+}
+
+/// Load NVML, read the driver version and every UUID, shut NVML down.
+fn query(library: &Path, device: &Path) -> Result<GpuInfo, GpuError> {
+    let nvml = Nvml::load(library, device)?;
+    nvml.check("nvmlInit_v2", None, unsafe { (nvml.init)() })?;
+    let result = read_info(&nvml, device);
+    // Shut down whatever the outcome; a failure here changes nothing that was read.
+    let rc = unsafe { (nvml.shutdown)() };
+    if let Err(e) = nvml.check("nvmlShutdown", None, rc) {
+        tracing::warn!("{e}");
+    }
+    result
+}
+
+fn read_info(nvml: &Nvml, device_node: &Path) -> Result<GpuInfo, GpuError> {
+    // NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE is 80; NVML_DEVICE_UUID_V2_BUFFER_SIZE is 96.
+    let mut buf = [0 as c_char; 96];
+    let call = "nvmlSystemGetDriverVersion";
+    nvml.check(call, None, unsafe {
+        (nvml.driver_version)(buf.as_mut_ptr(), buf.len() as c_uint)
+    })?;
+    let driver_version = c_string(&buf).ok_or(GpuError::Empty { call, device: None })?;
+
+    let mut count: c_uint = 0;
+    nvml.check("nvmlDeviceGetCount_v2", None, unsafe {
+        (nvml.device_count)(&mut count)
+    })?;
+    if count == 0 {
+        return Err(GpuError::NoGpus {
+            devices: device_node.into(),
+        });
+    }
+    let mut gpu_ids = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        let mut handle: NvmlDevice = std::ptr::null_mut();
+        nvml.check("nvmlDeviceGetHandleByIndex_v2", Some(index), unsafe {
+            (nvml.handle_by_index)(index, &mut handle)
+        })?;
+        let call = "nvmlDeviceGetUUID";
+        let mut buf = [0 as c_char; 96];
+        nvml.check(call, Some(index), unsafe {
+            (nvml.uuid)(handle, buf.as_mut_ptr(), buf.len() as c_uint)
+        })?;
+        let uuid = c_string(&buf).ok_or(GpuError::Empty {
+            call,
+            device: Some(index),
+        })?;
+        gpu_ids.push(uuid);
+    }
+    Ok(GpuInfo {
+        driver_version,
+        gpu_ids,
+    })
+}
+
+/// The text in `buf` up to its first NUL (or its end), trimmed; `None` when empty.
+fn c_string(buf: &[c_char]) -> Option<String> {
+    let bytes: Vec<u8> = buf
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    let text = String::from_utf8_lossy(&bytes).trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+/// `nvmlReturn_t`: a C enum, `NVML_SUCCESS` is 0.
+type NvmlReturn = c_uint;
+/// `nvmlDevice_t`: an opaque pointer.
+type NvmlDevice = *mut std::ffi::c_void;
+
+/// The NVML functions this step calls, resolved from one loaded library. The fields are plain
+/// function pointers; `_lib` keeps the library mapped for as long as they are used.
+struct Nvml {
+    init: unsafe extern "C" fn() -> NvmlReturn,
+    shutdown: unsafe extern "C" fn() -> NvmlReturn,
+    error_string: unsafe extern "C" fn(NvmlReturn) -> *const c_char,
+    driver_version: unsafe extern "C" fn(*mut c_char, c_uint) -> NvmlReturn,
+    device_count: unsafe extern "C" fn(*mut c_uint) -> NvmlReturn,
+    handle_by_index: unsafe extern "C" fn(c_uint, *mut NvmlDevice) -> NvmlReturn,
+    uuid: unsafe extern "C" fn(NvmlDevice, *mut c_char, c_uint) -> NvmlReturn,
+    _lib: libloading::Library,
+}
+
+impl Nvml {
+    fn load(library: &Path, device: &Path) -> Result<Nvml, GpuError> {
+        let name = library.display().to_string();
+        // SAFETY: loading NVML runs its initialisers; it is the NVIDIA driver's own library,
+        // made to be loaded this way (the unversioned-name lookup is the loader's).
+        let lib = unsafe { libloading::Library::new(library.as_os_str()) }.map_err(|e| {
+            GpuError::Load {
+                devices: device.into(),
+                library: name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        // SAFETY: each symbol is declared with NVML's public C signature (nvml.h).
+        unsafe {
+            Ok(Nvml {
+                init: symbol(&lib, &name, "nvmlInit_v2")?,
+                shutdown: symbol(&lib, &name, "nvmlShutdown")?,
+                error_string: symbol(&lib, &name, "nvmlErrorString")?,
+                driver_version: symbol(&lib, &name, "nvmlSystemGetDriverVersion")?,
+                device_count: symbol(&lib, &name, "nvmlDeviceGetCount_v2")?,
+                handle_by_index: symbol(&lib, &name, "nvmlDeviceGetHandleByIndex_v2")?,
+                uuid: symbol(&lib, &name, "nvmlDeviceGetUUID")?,
+                _lib: lib,
+            })
+        }
+    }
+
+    /// `Ok` for `NVML_SUCCESS`, else an error naming the call with NVML's own error string.
+    fn check(
+        &self,
+        call: &'static str,
+        device: Option<u32>,
+        rc: NvmlReturn,
+    ) -> Result<(), GpuError> {
+        if rc == 0 {
+            return Ok(());
+        }
+        // SAFETY: nvmlErrorString returns a static NUL-terminated string (or NULL).
+        let message = unsafe {
+            let p = (self.error_string)(rc);
+            if p.is_null() {
+                "no error string".to_string()
+            } else {
+                CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        };
+        Err(GpuError::Call {
+            call,
+            device,
+            code: rc,
+            message,
+        })
+    }
+}
+
+/// Resolve `symbol` as a `T` (a function pointer type matching its C signature).
+unsafe fn symbol<T: Copy>(
+    lib: &libloading::Library,
+    library: &str,
+    symbol: &'static str,
+) -> Result<T, GpuError> {
+    lib.get::<T>(symbol.as_bytes())
+        .map(|s| *s)
+        .map_err(|e| GpuError::Symbol {
+            library: library.to_string(),
+            symbol,
+            reason: e.to_string(),
+        })
+}
+
+/// Write the file atomically into `dir` (mode 0700), the file with mode 0700: a temporary file
+/// renamed over `path`. On failure no temporary file remains and `path` is left as it was.
+/// `/var/lib/ecs` is writable by the agent, so neither the directory nor the file may be a
+/// symlink (see [`ecs_host::files`]).
+fn write_info(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), GpuError> {
+    let err = |source| GpuError::Write {
+        path: path.into(),
+        source,
+    };
+    ecs_host::files::ensure_dir(dir, 0o700).map_err(err)?;
+    // An existing directory keeps its mode otherwise; the agent's file is root's alone.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    ecs_host::files::write_atomic(path, bytes, 0o700).map_err(err)
+}
+
+/// What `plan` shows: whether the step is on, what it would do, where the file goes. Read-only:
+/// it looks at `/dev` and at the file already written, and never loads NVML (loading the
+/// driver's library and initialising it is not free of side effects, and can take seconds).
+pub fn plan(opts: &GpuOptions) -> serde_json::Value {
+    let device = nvidia_device(&opts.dev_dir);
+    let step = match (&device, opts.enabled) {
+        (_, false) => format!("off ({ENABLE_KEY} is not true)"),
+        (Ok(None), true) => format!(
+            "nothing to do: no {}/nvidia* (not a GPU host)",
+            opts.dev_dir.display()
+        ),
+        (Ok(Some(_)), true) => format!(
+            "pre-start queries NVML ({}) and writes the info file",
+            opts.library().display()
+        ),
+        (Err(e), true) => e.to_string(),
+    };
+    let current = std::fs::read(opts.info_file())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    serde_json::json!({
+        "enabled": opts.enabled,
+        "nvidia_device": device.ok().flatten(),
+        "nvml_library": opts.library(),
+        "info_file": opts.info_file(),
+        "pre_start": step,
+        "queries_nvml": false,
+        "current_info": current,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::paths::Paths;
+    use std::collections::BTreeMap;
+
+    fn opts(dir: &Path, enabled: bool) -> GpuOptions {
+        std::fs::create_dir_all(dir.join("dev")).unwrap();
+        GpuOptions {
+            enabled,
+            nvml_library: Some(dir.join("nvml/libnvidia-ml.so.1")),
+            dev_dir: dir.join("dev"),
+            out_dir: dir.join("var/lib/ecs/gpu"),
+        }
+    }
+
+    /// The fake NVML, copied next to its own scenario file.
+    fn fake(dir: &Path, scenario: &str) {
+        std::fs::create_dir_all(dir.join("dev")).unwrap();
+        fake_nvml::install(&dir.join("nvml"), scenario);
+    }
+
+    fn calls(dir: &Path) -> Vec<String> {
+        fake_nvml::calls(&dir.join("nvml"))
+    }
+
+    fn settings(file: &str, env: BTreeMap<String, String>, root: &str) -> Settings {
+        let cfg = Config::from_parts(&[(PathBuf::from("/etc/ecs/ecs.config"), file.into())]);
+        Settings::resolve(env, Paths::under(root), cfg)
+    }
+
+    #[test]
+    fn options_from_settings() {
+        let s = settings(
+            "ECS_ENABLE_GPU_SUPPORT=true\n",
+            BTreeMap::from([(LIBRARY_KEY.into(), " /opt/nvml/libnvidia-ml.so.1 ".into())]),
+            "/tmp/r",
+        );
+        let o = GpuOptions::from_settings(&s);
+        assert_eq!(
+            o,
+            GpuOptions {
+                enabled: true,
+                nvml_library: Some("/opt/nvml/libnvidia-ml.so.1".into()),
+                dev_dir: "/dev".into(),
+                out_dir: "/tmp/r/var/lib/ecs/gpu".into(),
+            }
+        );
+        assert_eq!(
+            o.info_file(),
+            PathBuf::from("/tmp/r/var/lib/ecs/gpu/nvidia-gpu-info.json")
+        );
+        let o = GpuOptions::from_settings(&settings("", BTreeMap::new(), "/"));
+        assert!(!o.enabled);
+        assert_eq!(o.library(), Path::new("libnvidia-ml.so.1"));
+    }
+
+    #[test]
+    fn json_matches_go() {
+        let info = GpuInfo {
+            driver_version: "550.54.15".into(),
+            gpu_ids: vec!["GPU-a".into(), "GPU-b".into()],
+        };
+        assert_eq!(
+            info.to_bytes(),
+            br#"{"DriverVersion":"550.54.15","GPUIDs":["GPU-a","GPU-b"]}"#
+        );
+    }
+
+    #[test]
+    fn disabled_and_no_devices_do_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        fake(dir.path(), "devices=1\n");
+        std::fs::write(dir.path().join("dev/nvidia0"), "").unwrap();
+        assert_eq!(setup(&opts(dir.path(), false)).unwrap(), Outcome::Disabled);
+        std::fs::remove_file(dir.path().join("dev/nvidia0")).unwrap();
+        std::fs::write(dir.path().join("dev/nvme0"), "").unwrap();
+        assert_eq!(setup(&opts(dir.path(), true)).unwrap(), Outcome::NoDevices);
+        assert!(calls(dir.path()).is_empty(), "NVML must not be loaded");
+        assert!(!dir.path().join("var").exists());
+    }
+
+    #[test]
+    fn two_gpus_written_atomically_with_modes() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        fake(
+            dir.path(),
+            "devices=2\ndriver=535.183.01\nuuid_stem=3a9e77c1-7b1e-4d2c-9f00\n",
+        );
+        std::fs::write(dir.path().join("dev/nvidiactl"), "").unwrap();
+        let o = opts(dir.path(), true);
+        let out = setup(&o).unwrap();
+        let expected = br#"{"DriverVersion":"535.183.01","GPUIDs":["GPU-3a9e77c1-7b1e-4d2c-9f00-000000000000","GPU-3a9e77c1-7b1e-4d2c-9f00-000000000001"]}"#;
+        assert_eq!(std::fs::read(o.info_file()).unwrap(), expected);
+        assert!(matches!(out, Outcome::Written { ref path, .. } if *path == o.info_file()));
+        assert_eq!(
+            std::fs::metadata(&o.out_dir).unwrap().mode() & 0o7777,
+            0o700
+        );
+        assert_eq!(
+            std::fs::metadata(o.info_file()).unwrap().mode() & 0o7777,
+            0o700
+        );
+        assert_eq!(std::fs::read_dir(&o.out_dir).unwrap().count(), 1);
+        assert_eq!(
+            calls(dir.path()),
+            [
+                "nvmlInit_v2",
+                "nvmlSystemGetDriverVersion",
+                "nvmlDeviceGetCount_v2",
+                "nvmlDeviceGetHandleByIndex_v2 0",
+                "nvmlDeviceGetUUID 0",
+                "nvmlDeviceGetHandleByIndex_v2 1",
+                "nvmlDeviceGetUUID 1",
+                "nvmlShutdown",
+            ]
+        );
+    }
+
+    /// Each failure: the error names the call and NVML's string, NVML is shut down when it
+    /// was initialised, and no file (nor temporary file) is left.
+    #[test]
+    fn failures_name_the_call_and_write_nothing() {
+        for (scenario, needle, shutdown) in [
+            (
+                "devices=0\ndriver=1\n",
+                "NVML call nvmlDeviceGetCount_v2 reports no GPU devices although",
+                true,
+            ),
+            (
+                "devices=2\ndriver=1\nfail=nvmlDeviceGetUUID\nfail_index=1\nfail_code=15\n",
+                "NVML call nvmlDeviceGetUUID (device 1) failed: GPU is lost (fake NVML) (NVML error 15)",
+                true,
+            ),
+            (
+                "devices=2\nfail=nvmlInit_v2\nfail_code=9\n",
+                "NVML call nvmlInit_v2 failed: Driver Not Loaded (fake NVML) (NVML error 9)",
+                false,
+            ),
+            (
+                "devices=2\nfail=nvmlSystemGetDriverVersion\n",
+                "NVML call nvmlSystemGetDriverVersion failed: Unknown Error (fake NVML) (NVML error 999)",
+                true,
+            ),
+            (
+                "devices=1\ndriver=\n",
+                "NVML call nvmlSystemGetDriverVersion returned an empty string",
+                true,
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            fake(dir.path(), scenario);
+            std::fs::write(dir.path().join("dev/nvidia0"), "").unwrap();
+            let o = opts(dir.path(), true);
+            let err = setup(&o).unwrap_err().to_string();
+            assert!(err.contains(needle), "{scenario:?}: {err}");
+            assert_eq!(
+                calls(dir.path()).last().map(String::as_str) == Some("nvmlShutdown"),
+                shutdown,
+                "{scenario:?}: {:?}",
+                calls(dir.path())
+            );
+            assert!(!o.info_file().exists(), "{scenario:?}");
+            let left = std::fs::read_dir(&o.out_dir).map(|d| d.count()).unwrap_or(0);
+            assert_eq!(left, 0, "{scenario:?}: files left in {}", o.out_dir.display());
+        }
+    }
+
+    #[test]
+    fn a_failure_keeps_the_previous_file() {
+        let dir = tempfile::tempdir().unwrap();
+        fake(dir.path(), "devices=1\ndriver=1.0\n");
+        std::fs::write(dir.path().join("dev/nvidia0"), "").unwrap();
+        let o = opts(dir.path(), true);
+        setup(&o).unwrap();
+        let before = std::fs::read(o.info_file()).unwrap();
+        fake_nvml::set_scenario(
+            &dir.path().join("nvml"),
+            "devices=1\nfail=nvmlDeviceGetCount_v2\n",
+        );
+        setup(&o).unwrap_err();
+        assert_eq!(std::fs::read(o.info_file()).unwrap(), before);
+    }
+
+    #[test]
+    fn missing_library_and_symbol_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = opts(dir.path(), true);
+        std::fs::write(dir.path().join("dev/nvidia0"), "").unwrap();
+        o.nvml_library = Some(dir.path().join("nowhere/libnvidia-ml.so.1"));
+        let err = setup(&o).unwrap_err().to_string();
+        assert!(
+            err.contains("but the NVML library")
+                && err.contains("nowhere/libnvidia-ml.so.1 cannot be loaded")
+                && err.contains("ECS_INIT_NVML_LIBRARY"),
+            "{err}"
+        );
+        // A shared object without the NVML functions (here: the C library itself).
+        o.nvml_library = Some("libc.so.6".into());
+        let err = setup(&o).unwrap_err().to_string();
+        assert!(
+            err.starts_with("the NVML library libc.so.6 has no function nvmlInit_v2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn plan_is_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        fake(dir.path(), "devices=1\n");
+        let o = opts(dir.path(), true);
+        let v = plan(&o);
+        assert_eq!(v["enabled"], true);
+        assert!(v["pre_start"]
+            .as_str()
+            .unwrap()
+            .starts_with("nothing to do"));
+        std::fs::write(dir.path().join("dev/nvidia0"), "").unwrap();
+        let v = plan(&o);
+        assert_eq!(
+            v["nvidia_device"],
+            dir.path().join("dev/nvidia0").display().to_string()
+        );
+        assert_eq!(v["info_file"], o.info_file().display().to_string());
+        assert_eq!(v["queries_nvml"], false);
+        assert!(v["current_info"].is_null());
+        assert!(calls(dir.path()).is_empty());
+        assert!(!o.out_dir.exists());
+    }
+}
