@@ -48,6 +48,8 @@ pub fn run(action: Action) -> i32 {
         return 0;
     }
     let settings = Settings::from_process();
+    // Console lines fit the journal when systemd connected stderr to it (JOURNAL_STREAM).
+    let console = logging::ConsoleFormat::detect(settings.journal_stream.as_deref());
     // Read-only actions log to the console only, so they never need write access.
     let log_file = if matches!(action, Action::Plan | Action::Status) {
         None
@@ -58,6 +60,7 @@ pub fn run(action: Action) -> i32 {
         log_file.as_deref(),
         logging::level_from(Some(settings.log_level)),
         settings.secret_values(),
+        console,
     );
     notify::init(settings.notify_socket.clone());
     let host = Host::new(settings);

@@ -1,10 +1,16 @@
 //! Logging: `tracing` to the console and to `/var/log/ecs/ecs-init.log`, rotated hourly with 24
 //! files kept, in the existing tool's line format `level=<lvl> time=<RFC3339 UTC> msg="…"`.
 //! Level from `ECS_LOGLEVEL` (debug, info, warn, error, crit, none).
+//!
+//! Under systemd the console is the journal, which stamps every line with its own time and
+//! priority. There the console lines carry neither our time nor our level; the level becomes
+//! the sd-daemon priority prefix (`<3>` … `<7>`, see sd-daemon(3)) that journald turns into the
+//! entry's PRIORITY, so `journalctl -u ecs -p warning` works. The file log keeps its format.
 use crate::time::rfc3339;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,6 +33,94 @@ pub fn level_from(value: Option<&str>) -> LevelFilter {
         Some("error" | "crit") => LevelFilter::ERROR,
         Some("none") => LevelFilter::OFF,
         _ => LevelFilter::INFO,
+    }
+}
+
+/// What console lines look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleFormat {
+    /// `level=info time=<RFC 3339 UTC> msg="…" key=value` (terminals, upstart, the file log).
+    Logfmt,
+    /// stderr is systemd's journal stream: `<6>… key=value`, no time, the level as the
+    /// sd-daemon priority prefix.
+    Journal,
+}
+
+impl ConsoleFormat {
+    /// The format for this process's stderr, given the value of `JOURNAL_STREAM`. systemd sets
+    /// it to `<device>:<inode>` of the stream it connected stdout/stderr to; per its protocol
+    /// (systemd.exec(5)) a program writes for the journal only when its stderr is still that
+    /// stream, not when the variable was merely inherited (`amazon-ecs-init … 2>file` from a
+    /// shell started by a service).
+    pub fn detect(journal_stream: Option<&str>) -> ConsoleFormat {
+        ConsoleFormat::for_stream(journal_stream, stream_id(io::stderr().as_fd()))
+    }
+
+    /// `journal_stream` (`JOURNAL_STREAM`'s value) against the (device, inode) of stderr.
+    fn for_stream(journal_stream: Option<&str>, stderr: Option<(u64, u64)>) -> ConsoleFormat {
+        let parsed = journal_stream.and_then(|v| {
+            let (dev, ino) = v.trim().split_once(':')?;
+            Some((dev.parse::<u64>().ok()?, ino.parse::<u64>().ok()?))
+        });
+        match (parsed, stderr) {
+            (Some(journal), Some(stderr)) if journal == stderr => ConsoleFormat::Journal,
+            _ => ConsoleFormat::Logfmt,
+        }
+    }
+}
+
+/// (device, inode) of an open file descriptor; `None` when it cannot be examined (closed).
+fn stream_id(fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = File::from(fd.try_clone_to_owned().ok()?).metadata().ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
+/// One log line (with its trailing newline) in `format`. `fields` is `""` or ` key=value …`.
+pub fn format_line(
+    format: ConsoleFormat,
+    level: Level,
+    now: SystemTime,
+    msg: &str,
+    fields: &str,
+) -> String {
+    match format {
+        ConsoleFormat::Logfmt => {
+            let name = match level {
+                Level::ERROR => "error",
+                Level::WARN => "warn",
+                Level::INFO => "info",
+                Level::DEBUG => "debug",
+                Level::TRACE => "trace",
+            };
+            format!("level={name} time={} msg={msg:?}{fields}\n", rfc3339(now))
+        }
+        ConsoleFormat::Journal => {
+            // syslog priorities: 3 err, 4 warning, 6 info, 7 debug.
+            let prefix = match level {
+                Level::ERROR => "<3>",
+                Level::WARN => "<4>",
+                Level::INFO => "<6>",
+                Level::DEBUG | Level::TRACE => "<7>",
+            };
+            // journald makes one entry per line and reads the prefix of each line: give every
+            // line of a multi-line message the same priority.
+            let mut line = String::with_capacity(prefix.len() + msg.len() + fields.len() + 1);
+            for (i, part) in msg.split('\n').enumerate() {
+                if i > 0 {
+                    line.push('\n');
+                }
+                line.push_str(prefix);
+                line.push_str(part);
+            }
+            if msg.is_empty() {
+                line.push_str(fields.trim_start());
+            } else {
+                line.push_str(fields);
+            }
+            line.push('\n');
+            line
+        }
     }
 }
 
@@ -55,8 +149,14 @@ fn scrub_with<'a>(text: &'a str, secrets: &[String]) -> std::borrow::Cow<'a, str
 
 /// Install the console and file loggers, scrubbing `secrets` from every line. The file logger
 /// is skipped (with a console warning) when its directory cannot be created or the file is
-/// unsafe (a symlink), so read-only actions still work as a normal user.
-pub fn init(log_file: Option<&Path>, level: LevelFilter, secrets: Vec<String>) {
+/// unsafe (a symlink), so read-only actions still work as a normal user. `console` is the
+/// console's line format; the file always gets [`ConsoleFormat::Logfmt`].
+pub fn init(
+    log_file: Option<&Path>,
+    level: LevelFilter,
+    secrets: Vec<String>,
+    console: ConsoleFormat,
+) {
     let mut secrets: Vec<String> = secrets
         .into_iter()
         .filter(|s| s.len() >= MIN_SECRET_LEN)
@@ -79,14 +179,14 @@ pub fn init(log_file: Option<&Path>, level: LevelFilter, secrets: Vec<String>) {
             .map(|t| (t, level)),
         );
     let console = tracing_subscriber::fmt::layer()
-        .event_format(LogFmt)
+        .event_format(LineFormat(console))
         .with_writer(|| Console)
         .with_filter(level.clone());
     let file = log_file.map(HourlyFile::open).transpose().map(|f| {
         f.map(|f| {
             let shared = Arc::new(Mutex::new(f));
             tracing_subscriber::fmt::layer()
-                .event_format(LogFmt)
+                .event_format(LineFormat(ConsoleFormat::Logfmt))
                 .with_writer(move || FileWriter(shared.clone()))
                 .with_filter(level)
         })
@@ -101,8 +201,8 @@ pub fn init(log_file: Option<&Path>, level: LevelFilter, secrets: Vec<String>) {
     }
 }
 
-/// `level=info time=… msg="…" key=value …`
-struct LogFmt;
+/// Formats events with [`format_line`].
+struct LineFormat(ConsoleFormat);
 
 struct Fields {
     msg: String,
@@ -131,7 +231,7 @@ impl Fields {
     }
 }
 
-impl<S, N> FormatEvent<S, N> for LogFmt
+impl<S, N> FormatEvent<S, N> for LineFormat
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
@@ -142,25 +242,18 @@ where
         mut w: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
-        let level = match *event.metadata().level() {
-            Level::ERROR => "error",
-            Level::WARN => "warn",
-            Level::INFO => "info",
-            Level::DEBUG => "debug",
-            Level::TRACE => "trace",
-        };
         let mut fields = Fields {
             msg: String::new(),
             rest: String::new(),
         };
         event.record(&mut fields);
-        writeln!(
-            w,
-            "level={level} time={} msg={:?}{}",
-            rfc3339(SystemTime::now()),
-            fields.msg,
-            fields.rest
-        )
+        w.write_str(&format_line(
+            self.0,
+            *event.metadata().level(),
+            SystemTime::now(),
+            &fields.msg,
+            &fields.rest,
+        ))
     }
 }
 
@@ -345,6 +438,112 @@ mod tests {
         assert_eq!(level_from(Some("none")), LevelFilter::OFF);
         assert_eq!(level_from(Some("DEBUG")), LevelFilter::DEBUG);
         assert_eq!(level_from(None), LevelFilter::INFO);
+    }
+
+    const T: u64 = 1_795_798_800; // 2026-11-27T17:00:00Z
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn logfmt_lines_keep_the_existing_format() {
+        let line = format_line(
+            ConsoleFormat::Logfmt,
+            Level::WARN,
+            at(T),
+            "agent exited; restarting it",
+            " exit_code=3",
+        );
+        assert_eq!(
+            line,
+            "level=warn time=2026-11-27T17:00:00Z msg=\"agent exited; restarting it\" exit_code=3\n"
+        );
+        let line = format_line(ConsoleFormat::Logfmt, Level::INFO, at(T), "two\nlines", "");
+        assert_eq!(
+            line,
+            "level=info time=2026-11-27T17:00:00Z msg=\"two\\nlines\"\n"
+        );
+    }
+
+    #[test]
+    fn journal_lines_carry_a_priority_and_no_time_or_level() {
+        let cases = [
+            (Level::ERROR, "<3>"),
+            (Level::WARN, "<4>"),
+            (Level::INFO, "<6>"),
+            (Level::DEBUG, "<7>"),
+            (Level::TRACE, "<7>"),
+        ];
+        for (level, prefix) in cases {
+            let line = format_line(
+                ConsoleFormat::Journal,
+                level,
+                at(T),
+                "agent container started",
+                " container=ecs-agent runtime=docker",
+            );
+            assert_eq!(
+                line,
+                format!("{prefix}agent container started container=ecs-agent runtime=docker\n")
+            );
+            assert!(!line.contains("level=") && !line.contains(" time=") && !line.contains("2026"));
+        }
+    }
+
+    #[test]
+    fn journal_lines_prefix_every_line_of_a_message() {
+        let line = format_line(
+            ConsoleFormat::Journal,
+            Level::ERROR,
+            at(T),
+            "first\nsecond",
+            " key=v",
+        );
+        assert_eq!(line, "<3>first\n<3>second key=v\n");
+        // No message: the fields alone, without a leading blank.
+        let line = format_line(ConsoleFormat::Journal, Level::INFO, at(T), "", " key=v");
+        assert_eq!(line, "<6>key=v\n");
+    }
+
+    #[test]
+    fn journal_format_only_when_stderr_is_the_journal_stream() {
+        let stderr = Some((64769, 123456));
+        let detect = |v: Option<&str>, s| ConsoleFormat::for_stream(v, s);
+        assert_eq!(detect(Some("64769:123456"), stderr), ConsoleFormat::Journal);
+        assert_eq!(
+            detect(Some(" 64769:123456\n"), stderr),
+            ConsoleFormat::Journal
+        );
+        // Inherited by a process whose stderr goes elsewhere: another inode or device.
+        assert_eq!(detect(Some("64769:123457"), stderr), ConsoleFormat::Logfmt);
+        assert_eq!(detect(Some("64770:123456"), stderr), ConsoleFormat::Logfmt);
+        // Unset, malformed, or stderr closed.
+        assert_eq!(detect(None, stderr), ConsoleFormat::Logfmt);
+        for bad in ["", "64769", "64769:", ":123456", "a:b", "64769:123456:1"] {
+            assert_eq!(detect(Some(bad), stderr), ConsoleFormat::Logfmt, "{bad:?}");
+        }
+        assert_eq!(detect(Some("64769:123456"), None), ConsoleFormat::Logfmt);
+    }
+
+    #[test]
+    fn stream_id_is_the_device_and_inode_of_the_descriptor() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join("stream")).unwrap();
+        let meta = file.metadata().unwrap();
+        let id = stream_id(file.as_fd()).unwrap();
+        assert_eq!(id, (meta.dev(), meta.ino()));
+        let value = format!("{}:{}", id.0, id.1);
+        assert_eq!(
+            ConsoleFormat::for_stream(Some(&value), stream_id(file.as_fd())),
+            ConsoleFormat::Journal
+        );
+        let other = File::create(dir.path().join("other")).unwrap();
+        assert_eq!(
+            ConsoleFormat::for_stream(Some(&value), stream_id(other.as_fd())),
+            ConsoleFormat::Logfmt
+        );
     }
 
     #[test]

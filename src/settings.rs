@@ -363,6 +363,8 @@ pub struct Settings {
     pub nvml_library: Option<PathBuf>,
     /// `NOTIFY_SOCKET` (systemd's readiness protocol).
     pub notify_socket: Option<String>,
+    /// `JOURNAL_STREAM` (`<device>:<inode>` of the journal stream systemd gave stdout/stderr).
+    pub journal_stream: Option<String>,
     /// `PATH`, where external programs are looked up.
     pub search_path: Option<OsString>,
     /// Every knob with its value and source.
@@ -691,6 +693,7 @@ impl Settings {
         all_errors.append(&mut errors);
         Settings {
             notify_socket: env.get("NOTIFY_SOCKET").cloned(),
+            journal_stream: env.get("JOURNAL_STREAM").cloned(),
             search_path: env.get("PATH").map(OsString::from),
             runtime,
             firewall,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: prepares a fresh Debian/Ubuntu machine (packages, containerd, dockerd)
 # and runs every test: lint, unit tests, the real-daemon integration and conformance suites,
-# the firewall's real-packet namespace matrix, and the packaging tests. Run as root.
+# the firewall's real-packet namespace matrix, the packaging tests, and the unit and DEB under a
+# booted systemd. Run as root.
 #
 # Integration tests never skip: a missing daemon or missing root fails them loudly.
 set -euo pipefail
@@ -45,6 +46,10 @@ run "cargo clippy" cargo clippy --workspace --all-targets "${INTEGRATION[@]}" --
 run "cargo test (unit, real dockerd/containerd, netns firewall matrix, conformance)" \
     cargo test --workspace --no-fail-fast "${INTEGRATION[@]}"
 run "packaging (RPM, DEB, unit file, scratch-root installs)" bash packaging/test.sh
+# The unit and the DEB under a booted systemd (systemd-nspawn; PID 1 here is not systemd), with a
+# private containerd/dockerd in the booted system's own network namespace.
+run "systemd: the unit and the DEB under a booted systemd (nspawn), Docker and containerd" \
+    bash tests/systemd/run.sh
 
 step "summary"
 for f in "${failures[@]}"; do echo "FAILED: $f"; done

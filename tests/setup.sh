@@ -75,6 +75,8 @@ PACKAGES=(
     util-linux:unshare
     apparmor:apparmor_parser
     systemd:systemd-analyze
+    systemd-container:systemd-nspawn
+    debootstrap:debootstrap
 )
 
 pkg_installed() {
