@@ -237,7 +237,7 @@ check "launcher: $size bytes, at most 6 MB" test "$size" -le 6000000
 # fake /dev/nvidia* in private mount namespaces (tests/gpu.rs).
 check "GPU step tests against the packaged launcher" \
     env ECS_INIT_TEST_BINARY="$launcher" cargo test -q --manifest-path "$top/Cargo.toml" \
-    -p amazon-ecs-init --test gpu gpu_step
+    -p amazon-ecs-init --features integration --test gpu gpu_step
 
 # ---------------------------------------------------------------------------------------------
 echo "# bundled agent variant"
