@@ -10,6 +10,7 @@ pub mod apparmor;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod download;
 pub mod facts;
 pub mod logging;
 pub mod notify;
@@ -154,9 +155,10 @@ fn log_warnings(warnings: &[Warning]) {
 pub fn run(action: Action) -> i32 {
     if action == Action::Version {
         println!(
-            "ecs-init version {} ({})",
+            "ecs-init version {} ({})\nagent version {}",
             env!("CARGO_PKG_VERSION"),
-            env!("ECS_INIT_GIT_HASH")
+            env!("ECS_INIT_GIT_HASH"),
+            download::AGENT_VERSION
         );
         return 0;
     }
@@ -255,7 +257,8 @@ async fn pre_start(ctx: &Context) -> anyhow::Result<()> {
     // The image first: it is the step most likely to fail, and it changes nothing on the host
     // outside the runtime, so a failure here leaves the host network as it was.
     ctx.make_ready(&choice, rt.as_ref()).await?;
-    cache::ensure_image(&ctx.paths, rt.as_ref()).await?;
+    let source = download::S3Download(download::options(&ctx.config, &ctx.paths));
+    cache::ensure_image(&ctx.paths, rt.as_ref(), &source).await?;
     // The agent's default AppArmor profile must be loaded before the container starts with it.
     // An operator-chosen profile (ECS_AGENT_APPARMOR_PROFILE) is the operator's to load.
     if spec.apparmor_profile.as_deref() == Some(agent::DEFAULT_APPARMOR_PROFILE) {

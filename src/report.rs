@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, SystemTime};
 
-use crate::{agent, cache, select, time, Context};
+use crate::{agent, cache, download, select, time, Context};
 
 /// Print the resolved plan as JSON on stdout (secret values redacted).
 pub async fn plan(ctx: &Context) -> anyhow::Result<()> {
@@ -38,6 +38,7 @@ pub async fn plan(ctx: &Context) -> anyhow::Result<()> {
     };
     let out = json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "agent_version": download::AGENT_VERSION,
         "host_root": ctx.paths.root,
         "config_files": [ctx.paths.var_lib_config(), ctx.paths.etc_config()],
         "runtime": runtime,
@@ -47,6 +48,7 @@ pub async fn plan(ctx: &Context) -> anyhow::Result<()> {
             "tarball": ctx.paths.agent_tarball(),
             "state_file": ctx.paths.cache_state(),
             "state": cache_state,
+            "download": download::describe(&download::options(&ctx.config, &ctx.paths)),
         },
         "agent": spec,
         "warnings": warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
