@@ -38,7 +38,7 @@ pub async fn region(
             .request(Method::PUT, token_url, &[(TOKEN_TTL_HEADER, TOKEN_TTL)])
             .await?;
         match resp.status {
-            403 | 404 | 405 => Ok(None),
+            403..=405 => Ok(None),
             _ => Ok(Some(resp.success()?.text(4096).await?)),
         }
     })
