@@ -373,6 +373,117 @@ mod tests {
         assert_eq!(left, ["state"]);
     }
 
+    /// Collects what a fmt subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A plain-HTTP loopback server answering the `.md5` at once and the object in slow pieces.
+    fn slow_server(body: Vec<u8>, pieces: usize, gap: Duration) -> String {
+        use std::io::{BufRead, BufReader};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let md5 = hex(&Md5::digest(&body));
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut first = String::new();
+                r.read_line(&mut first).unwrap();
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                if first.contains(".md5 ") {
+                    let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: 33\r\n\r\n{md5}\n");
+                    continue;
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                for piece in body.chunks(body.len().div_ceil(pieces)) {
+                    std::thread::sleep(gap);
+                    let _ = conn.write_all(piece);
+                }
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn progress_lines_at_a_steady_pace_then_one_final_digest() {
+        use tracing_subscriber::fmt;
+        let body = vec![7u8; 400_000];
+        let url = slow_server(body.clone(), 8, Duration::from_millis(60));
+        let out = Captured::default();
+        let sink = out.clone();
+        let subscriber = fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("ecs-agent.tar");
+        let client = Client::new(
+            Default::default(),
+            Default::default(),
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+        );
+        let source = Source {
+            bucket: "b".into(),
+            tarball: format!("{url}/b/o.tar"),
+            md5: format!("{url}/b/o.tar.md5"),
+        };
+        let progress = Progress {
+            every: Duration::from_millis(100),
+            extend_by: Duration::from_secs(1),
+        };
+        let retry = Retry {
+            attempts: 1,
+            backoff: Duration::from_millis(1),
+        };
+        let f = from_source(&client, retry, &source, &dest, progress)
+            .await
+            .unwrap();
+        assert_eq!(f.bytes, 400_000);
+        assert_eq!(f.md5, hex(&Md5::digest(&body)));
+        assert_eq!(std::fs::read(&dest).unwrap(), body);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("downloading the agent"))
+            .collect();
+        // ~480 ms of transfer, a line at most every 100 ms: a few, and not one per piece.
+        assert!(
+            (2..=5).contains(&lines.len()),
+            "{} progress lines:\n{text}",
+            lines.len()
+        );
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.contains("percent=") && l.contains("rate_mib_s=")),
+            "{text}"
+        );
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["ecs-agent.tar"], "the temp file was renamed");
+    }
+
     #[test]
     fn messages() {
         let m = SourceError::Mismatch {
