@@ -771,3 +771,53 @@ fn docker_empty_cache_to_introspection() {
 fn containerd_empty_cache_to_introspection() {
     empty_cache_to_introspection("containerd");
 }
+
+#[test]
+fn plan_and_version_show_the_download() {
+    let root = TestRoot::new();
+    root.write_ecs_config("AWS_REGION=cn-northwest-1\nNO_PROXY=169.254.169.254,169.254.170.2\n");
+    let mut c = Command::new(BIN);
+    for k in SCRUB {
+        c.env_remove(k);
+    }
+    let out = c
+        .arg("plan")
+        .env("ECS_INIT_HOST_ROOT", root.path())
+        .env("ECS_INIT_FIREWALL", "none")
+        .env("HTTPS_PROXY", "http://user:hunter2@proxy.corp:3128")
+        .output()
+        .expect("run plan");
+    assert_ok(&out, "plan");
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan is JSON");
+    let version = amazon_ecs_init::download::AGENT_VERSION;
+    assert_eq!(plan["agent_version"], version);
+    let dl = &plan["cache"]["download"];
+    assert_eq!(dl["region"]["from"], "from AWS_REGION", "{dl}");
+    assert_eq!(
+        dl["sources"][0]["tarball"],
+        format!(
+            "https://amazon-ecs-agent.s3.cn-north-1.amazonaws.com.cn/{}",
+            object()
+        )
+    );
+    assert_eq!(
+        dl["sources"][1]["md5"],
+        format!(
+            "https://amazon-ecs-agent-cn-northwest-1.s3.cn-northwest-1.amazonaws.com.cn/{}.md5",
+            object()
+        )
+    );
+    assert_eq!(
+        dl["proxy"]["https"]["url"],
+        "http://<credentials>@proxy.corp:3128"
+    );
+    assert_eq!(dl["proxy"]["no_proxy"], "169.254.169.254,169.254.170.2");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
+    let v = Command::new(BIN).arg("version").output().unwrap();
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert_eq!(
+        text.lines().nth(1),
+        Some(format!("agent version {version}").as_str()),
+        "{text}"
+    );
+}
