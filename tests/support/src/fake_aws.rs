@@ -121,6 +121,15 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// A fresh self-signed CA certificate, PEM (for trust-store tests).
+pub fn test_ca_pem(name: &str) -> String {
+    let key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, name);
+    ca.self_signed(&key).expect("CA certificate").pem()
+}
+
 fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
     let ca_key = rcgen::KeyPair::generate().expect("CA key");
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
