@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::compose::{spec_of, Host};
 use crate::config::Warning;
 use crate::paths::Paths;
-use crate::{agent, apparmor, cache, gpu, locks, records, supervise, STOP_GRACE};
+use crate::{agent, apparmor, cache, download, gpu, locks, records, supervise, STOP_GRACE};
 
 pub fn log_warnings(warnings: &[Warning]) {
     for w in warnings {
@@ -87,7 +87,8 @@ pub async fn pre_start(host: &Host) -> anyhow::Result<()> {
     // changes nothing on the host outside the runtime, so a failure here leaves the host
     // network as it was.
     make_ready(host, &selection, rt.as_ref()).await?;
-    cache::ensure_image(&host.settings.paths, rt.as_ref()).await?;
+    let source = download::S3Download(download::options(&host.settings));
+    cache::ensure_image(&host.settings.paths, rt.as_ref(), &source).await?;
     // The agent's default AppArmor profile must be loaded before the container starts with it.
     // An operator-chosen profile (ECS_AGENT_APPARMOR_PROFILE) is the operator's to load.
     if spec.apparmor_profile.as_deref() == Some(agent::DEFAULT_APPARMOR_PROFILE) {

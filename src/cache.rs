@@ -2,7 +2,8 @@
 //! (UPSTREAM-BEHAVIOUR.md §5).
 //!
 //! State 0 = uncached, 1 = cached (loaded), 2 = reload needed (packages ship 2). Both files must
-//! exist and be non-empty to count as cached at all. A failed load changes neither the state
+//! exist and be non-empty to count as cached at all; an uncached host downloads the agent first
+//! (an [`AgentSource`]: [`crate::download`]). A failed download or load changes neither the state
 //! file nor any image already in the runtime.
 use ecs_backends::archive;
 use ecs_backends::reference::familiar_reference;
@@ -11,7 +12,16 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 use crate::agent::AGENT_IMAGE;
+use crate::download::DownloadError;
 use crate::paths::Paths;
+
+/// Where the agent tarball of an uncached host comes from (the S3 download; a fake in tests).
+#[async_trait::async_trait]
+pub trait AgentSource: Send + Sync {
+    /// Put a complete, verified tarball in place and return its path; on failure leave every
+    /// file as it was.
+    async fn fetch(&self) -> Result<PathBuf, DownloadError>;
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -26,9 +36,8 @@ pub enum CacheError {
     #[error("{}: {reason}", path.display())]
     BadState { path: PathBuf, reason: String },
     #[error(
-        "the agent image {image} is not in the runtime and its tarball {} is missing or empty \
-         (downloading the agent is not supported yet: place a `docker save` tarball there and \
-         write 2 to {})",
+        "the agent tarball {} for {image} is missing or empty (pre-start downloads it when the \
+         cache is uncached; or place a `docker save` tarball there and write 2 to {})",
         tarball.display(),
         state.display()
     )]
@@ -66,6 +75,8 @@ pub enum CacheError {
     },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Download(#[from] DownloadError),
     #[error("writing {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -172,18 +183,22 @@ pub async fn load(runtime: &dyn Runtime, tarball: &Path) -> Result<(), CacheErro
     }
 }
 
-/// Pre-start: make sure the agent image is in the runtime, per the state file.
-pub async fn ensure_image(paths: &Paths, runtime: &dyn Runtime) -> Result<(), CacheError> {
+/// Pre-start: make sure the agent image is in the runtime, per the state file. Uncached: download
+/// (whether or not an image is present, like the Go tool), load, then record state 1.
+pub async fn ensure_image(
+    paths: &Paths,
+    runtime: &dyn Runtime,
+    source: &dyn AgentSource,
+) -> Result<(), CacheError> {
     let state = state(paths)?;
     let present = runtime.image_present(AGENT_IMAGE).await?;
     tracing::info!(?state, present, "agent image cache");
     match (state, present) {
-        (CacheState::Uncached, true) => Ok(()),
-        (CacheState::Uncached, false) => Err(CacheError::NotCached {
-            image: AGENT_IMAGE,
-            tarball: paths.agent_tarball(),
-            state: paths.cache_state(),
-        }),
+        (CacheState::Uncached, _) => {
+            let tarball = source.fetch().await?;
+            load(runtime, &tarball).await?;
+            set_state(paths, CacheState::Cached)
+        }
         (CacheState::Cached, true) => Ok(()),
         (CacheState::Cached, false) | (CacheState::ReloadNeeded, _) => {
             load(runtime, &paths.agent_tarball()).await?;
@@ -227,7 +242,12 @@ pub fn parse_desired_image(text: &str, cache_dir: &Path) -> Result<PathBuf, Stri
     let name = Path::new(first.trim())
         .file_name()
         .filter(|n| *n != "." && *n != "..")
-        .ok_or_else(|| format!("{:?} names no file", first.chars().take(200).collect::<String>()))?;
+        .ok_or_else(|| {
+            format!(
+                "{:?} names no file",
+                first.chars().take(200).collect::<String>()
+            )
+        })?;
     Ok(cache_dir.join(name))
 }
 
@@ -293,32 +313,73 @@ pub(crate) mod tests {
         );
     }
 
+    /// Writes the tarball when it succeeds; changes nothing when it fails.
+    struct FakeSource {
+        dest: PathBuf,
+        fail: bool,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl AgentSource for FakeSource {
+        async fn fetch(&self) -> Result<PathBuf, DownloadError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.fail {
+                return Err(DownloadError::Arch("test".into()));
+            }
+            std::fs::write(&self.dest, agent_tar("downloaded")).unwrap();
+            Ok(self.dest.clone())
+        }
+    }
+
+    impl FakeSource {
+        fn new(p: &Paths, fail: bool) -> FakeSource {
+            FakeSource {
+                dest: p.agent_tarball(),
+                fail,
+                calls: 0.into(),
+            }
+        }
+        fn calls(&self) -> usize {
+            self.calls.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
     #[tokio::test]
     async fn ensure_image_follows_the_state_table() {
         use crate::testing::FakeRuntime;
         let (_d, p) = root();
-        // Uncached, image absent: a clear error naming the missing tarball; nothing loaded.
+        let none = FakeSource::new(&p, true);
+        // Uncached and the download fails: its error; nothing loaded, no state written.
         let rt = FakeRuntime::default();
-        let err = ensure_image(&p, &rt).await.unwrap_err().to_string();
-        assert!(err.contains("var/cache/ecs/ecs-agent.tar"), "{err}");
+        let err = ensure_image(&p, &rt, &none).await.unwrap_err().to_string();
+        assert!(err.contains("test architecture"), "{err}");
         assert!(rt.loaded().is_empty());
-        // Uncached but the image is already there: fine, nothing loaded.
+        assert!(!p.cache_state().exists());
+        // Uncached, even with an image present (like the Go tool): downloaded, loaded, state 1.
         rt.set_image_present(true);
-        ensure_image(&p, &rt).await.unwrap();
-        assert!(rt.loaded().is_empty());
-        // Reload needed: loaded even though present, then state 1.
-        std::fs::write(p.agent_tarball(), agent_tar("v1")).unwrap();
-        std::fs::write(p.cache_state(), "2").unwrap();
-        ensure_image(&p, &rt).await.unwrap();
+        let dl = FakeSource::new(&p, false);
+        ensure_image(&p, &rt, &dl).await.unwrap();
+        assert_eq!(dl.calls(), 1);
         assert_eq!(rt.loaded(), [p.agent_tarball()]);
         assert_eq!(std::fs::read_to_string(p.cache_state()).unwrap(), "1");
+        // State 0 with a tarball is uncached too.
+        std::fs::write(p.cache_state(), "0").unwrap();
+        ensure_image(&p, &rt, &dl).await.unwrap();
+        assert_eq!(dl.calls(), 2);
+        // Reload needed: loaded even though present, no download, then state 1.
+        std::fs::write(p.cache_state(), "2").unwrap();
+        ensure_image(&p, &rt, &none).await.unwrap();
+        assert_eq!(rt.loaded().len(), 3);
+        assert_eq!(std::fs::read_to_string(p.cache_state()).unwrap(), "1");
         // Cached and present: no load.
-        ensure_image(&p, &rt).await.unwrap();
-        assert_eq!(rt.loaded().len(), 1);
+        ensure_image(&p, &rt, &none).await.unwrap();
+        assert_eq!(rt.loaded().len(), 3);
         // Cached but missing from the runtime: loaded again.
         rt.set_image_present(false);
-        ensure_image(&p, &rt).await.unwrap();
-        assert_eq!(rt.loaded().len(), 2);
+        ensure_image(&p, &rt, &none).await.unwrap();
+        assert_eq!(rt.loaded().len(), 4);
+        assert_eq!(none.calls(), 1, "only the uncached case downloads");
     }
 
     #[tokio::test]
@@ -331,7 +392,8 @@ pub(crate) mod tests {
         // An older agent image is present: that must not count as loaded.
         let rt = FakeRuntime::default();
         rt.set_image_present(true);
-        let err = ensure_image(&p, &rt).await.unwrap_err().to_string();
+        let none = FakeSource::new(&p, true);
+        let err = ensure_image(&p, &rt, &none).await.unwrap_err().to_string();
         assert!(
             err.contains("does not contain amazon/amazon-ecs-agent:latest"),
             "{err}"
@@ -341,7 +403,7 @@ pub(crate) mod tests {
         assert_eq!(std::fs::read_to_string(p.cache_state()).unwrap(), "2");
         // A corrupt tarball: refused before the runtime sees it.
         std::fs::write(p.agent_tarball(), b"not a tarball at all").unwrap();
-        let err = ensure_image(&p, &rt).await.unwrap_err().to_string();
+        let err = ensure_image(&p, &rt, &none).await.unwrap_err().to_string();
         assert!(err.contains("ecs-agent.tar"), "{err}");
         assert!(rt.loaded().is_empty());
         assert_eq!(std::fs::read_to_string(p.cache_state()).unwrap(), "2");
@@ -356,7 +418,8 @@ pub(crate) mod tests {
         let rt = FakeRuntime::default();
         rt.set_image_present(true);
         rt.keep_image_on_load();
-        let err = ensure_image(&p, &rt).await.unwrap_err().to_string();
+        let none = FakeSource::new(&p, true);
+        let err = ensure_image(&p, &rt, &none).await.unwrap_err().to_string();
         assert!(
             err.contains("did not update amazon/amazon-ecs-agent:latest"),
             "{err}"

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod cli;
 pub mod compose;
 pub mod config;
+pub mod download;
 pub mod facts;
 pub mod gpu;
 pub mod locks;
@@ -41,9 +42,10 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 pub fn run(action: Action) -> i32 {
     if action == Action::Version {
         println!(
-            "ecs-init version {} ({})",
+            "ecs-init version {} ({})\nagent version {}",
             env!("CARGO_PKG_VERSION"),
-            env!("ECS_INIT_GIT_HASH")
+            env!("ECS_INIT_GIT_HASH"),
+            download::AGENT_VERSION
         );
         return 0;
     }

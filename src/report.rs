@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, SystemTime};
 
 use crate::compose::Host;
-use crate::{agent, cache, time};
+use crate::{agent, cache, download, time};
 use ecs_firewall::Backend;
 
 /// Print the resolved plan as JSON on stdout (secret values redacted).
@@ -49,6 +49,7 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
     let options = &settings.runtime_options;
     let out = json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "agent_version": download::AGENT_VERSION,
         "host_root": paths.root,
         "config_files": [paths.var_lib_config(), paths.etc_config()],
         "runtime": runtime,
@@ -62,6 +63,7 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
             "tarball": paths.agent_tarball(),
             "state_file": paths.cache_state(),
             "state": cache_state,
+            "download": download::describe(&download::options(settings)),
         },
         "agent": spec,
         "gpu": crate::gpu::plan(&host.gpu_options()),

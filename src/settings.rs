@@ -252,6 +252,132 @@ pub const KNOBS: &[Knob] = &[
         doc: "GPU host: pre-start writes `/var/lib/ecs/gpu/nvidia-gpu-info.json` from NVML and the agent gets `/var/lib/ecs/gpu` when `/dev/nvidia*` exists",
     },
     Knob {
+        name: "AWS_REGION",
+        kind: Kind::Text,
+        default: "(instance metadata)",
+        scope: Scope::Anywhere,
+        doc: "region of the agent download (wins over `AWS_DEFAULT_REGION`)",
+    },
+    Knob {
+        name: "AWS_DEFAULT_REGION",
+        kind: Kind::Text,
+        default: "(instance metadata)",
+        scope: Scope::Anywhere,
+        doc: "region of the agent download when `AWS_REGION` is unset",
+    },
+    Knob {
+        name: "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+        kind: Kind::Text,
+        default: "http://169.254.169.254",
+        scope: Scope::Anywhere,
+        doc: "instance metadata base URL for the download's region",
+    },
+    Knob {
+        name: "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+        kind: Kind::Choice(&["IPv4", "IPv6"]),
+        default: "IPv4",
+        scope: Scope::Anywhere,
+        doc: "`IPv6`: instance metadata at `http://[fd00:ec2::254]`",
+    },
+    Knob {
+        name: "AWS_EC2_METADATA_DISABLED",
+        kind: Kind::Bool,
+        default: "false",
+        scope: Scope::Anywhere,
+        doc: "`true`: never ask instance metadata for the region (the default region us-east-1, with a warning)",
+    },
+    Knob {
+        name: "AWS_METADATA_SERVICE_TIMEOUT",
+        kind: Kind::Seconds,
+        default: "2",
+        scope: Scope::Anywhere,
+        doc: "seconds per instance-metadata request",
+    },
+    Knob {
+        name: "AWS_METADATA_SERVICE_NUM_ATTEMPTS",
+        kind: Kind::Count,
+        default: "3",
+        scope: Scope::Anywhere,
+        doc: "attempts per instance-metadata request",
+    },
+    Knob {
+        name: "AWS_ENDPOINT_URL_S3",
+        kind: Kind::Text,
+        default: "(the partition's S3)",
+        scope: Scope::Anywhere,
+        doc: "download from this base URL instead, path-style (`<url>/<bucket>/<object>`): a mirror",
+    },
+    Knob {
+        name: "HTTPS_PROXY",
+        kind: Kind::Text,
+        default: "(none)",
+        scope: Scope::Anywhere,
+        doc: "proxy of the HTTPS download (as the Go tool uses it; `https_proxy` too)",
+    },
+    Knob {
+        name: "https_proxy",
+        kind: Kind::Text,
+        default: "(none)",
+        scope: Scope::Anywhere,
+        doc: "as `HTTPS_PROXY`, which wins",
+    },
+    Knob {
+        name: "HTTP_PROXY",
+        kind: Kind::Text,
+        default: "(none)",
+        scope: Scope::Anywhere,
+        doc: "proxy of plain-HTTP requests (`http_proxy` too)",
+    },
+    Knob {
+        name: "http_proxy",
+        kind: Kind::Text,
+        default: "(none)",
+        scope: Scope::Anywhere,
+        doc: "as `HTTP_PROXY`, which wins",
+    },
+    Knob {
+        name: "NO_PROXY",
+        kind: Kind::Text,
+        default: "(none)",
+        scope: Scope::Anywhere,
+        doc: "hosts reached without the proxy; must hold 169.254.169.254 and 169.254.170.2 (`no_proxy` too)",
+    },
+    Knob {
+        name: "no_proxy",
+        kind: Kind::Text,
+        default: "(none)",
+        scope: Scope::Anywhere,
+        doc: "as `NO_PROXY`, which wins",
+    },
+    Knob {
+        name: "SSL_CERT_FILE",
+        kind: Kind::Path,
+        default: "(the distribution's CA bundle)",
+        scope: Scope::Anywhere,
+        doc: "CA certificates trusted for the download",
+    },
+    Knob {
+        name: "SSL_CERT_DIR",
+        kind: Kind::Path,
+        default: "/etc/ssl/certs:/etc/pki/tls/certs",
+        scope: Scope::Anywhere,
+        doc: "CA certificate directories trusted for the download (colon-separated)",
+    },
+    Knob {
+        name: "ECS_INIT_DOWNLOAD_CONNECT_TIMEOUT_SECONDS",
+        kind: Kind::Seconds,
+        default: "10",
+        scope: Scope::Anywhere,
+        doc: "connect timeout of the download",
+    },
+    Knob {
+        name: "ECS_INIT_DOWNLOAD_READ_TIMEOUT_SECONDS",
+        kind: Kind::Seconds,
+        default: "30",
+        scope: Scope::Anywhere,
+        doc: "longest wait for the response head or for more body data",
+    },
+    Knob {
         name: "ECS_INIT_RESTART_DELAY_MS",
         kind: Kind::Count,
         default: "(500 ms → 15 s backoff)",
@@ -369,6 +495,8 @@ pub struct Settings {
     pub search_path: Option<OsString>,
     /// Every knob with its value and source.
     pub shown: Vec<Shown>,
+    /// The raw value of every knob that is set (process environment or env files).
+    raw: BTreeMap<&'static str, String>,
     /// Problems that do not stop the launcher.
     pub warnings: Vec<Warning>,
     /// Problems that stop every action that would change the host with them.
@@ -385,6 +513,7 @@ struct Resolver<'a> {
     env: &'a BTreeMap<String, String>,
     files: &'a Config,
     shown: Vec<Shown>,
+    raw: BTreeMap<&'static str, String>,
     warnings: Vec<Warning>,
     errors: Vec<Warning>,
 }
@@ -408,9 +537,12 @@ impl Resolver<'_> {
     }
 
     fn show(&mut self, k: &Knob, value: &str, source: &Source) {
+        let value = url_credentials(value)
+            .map(|(creds, _)| value.replacen(creds, "<credentials>", 1))
+            .unwrap_or_else(|| value.to_string());
         self.shown.push(Shown {
             name: k.name,
-            value: ecs_backends::redacted_pair(k.name, value)
+            value: ecs_backends::redacted_pair(k.name, &value)
                 .split_once('=')
                 .map(|(_, v)| v.to_string())
                 .unwrap_or_default(),
@@ -435,7 +567,10 @@ impl Resolver<'_> {
         let k = knob(name);
         let got = self.raw(k);
         match &got {
-            Some((v, s)) => self.show(k, v, s),
+            Some((v, s)) => {
+                self.show(k, v, s);
+                self.raw.insert(k.name, v.clone());
+            }
             None => self.show(k, k.default, &Source::Default),
         }
         got
@@ -512,7 +647,11 @@ impl Resolver<'_> {
         match v.trim().parse::<u64>() {
             Ok(ms) => Some(Duration::from_millis(ms)),
             Err(_) => {
-                self.warn(knob(name), &source, format!("{v:?} is not a whole number of milliseconds; ignored"));
+                self.warn(
+                    knob(name),
+                    &source,
+                    format!("{v:?} is not a whole number of milliseconds; ignored"),
+                );
                 None
             }
         }
@@ -625,6 +764,16 @@ impl Resolver<'_> {
     }
 }
 
+/// The `user:password` part of a URL (`http://user:password@proxy:3128`) and the password, if
+/// the value is such a URL (proxies): never shown, and scrubbed from logs.
+fn url_credentials(value: &str) -> Option<(&str, &str)> {
+    let (_, rest) = value.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let (creds, _) = authority.rsplit_once('@')?;
+    let password = creds.split_once(':').map(|(_, p)| p).unwrap_or(creds);
+    Some((creds, password))
+}
+
 /// `unix:///x` or `/x` → `/x`.
 fn strip_unix(v: &str) -> PathBuf {
     containerd::socket_path(v)
@@ -663,6 +812,7 @@ impl Settings {
             env: &env,
             files: &files,
             shown: Vec::new(),
+            raw: BTreeMap::new(),
             warnings: Vec::new(),
             errors: Vec::new(),
         };
@@ -680,10 +830,17 @@ impl Settings {
         let agent = r.agent(&files, runtime_options.docker_host.clone());
         let nvml_library = r.trimmed("ECS_INIT_NVML_LIBRARY").map(PathBuf::from);
         let restart_delay = r.millis("ECS_INIT_RESTART_DELAY_MS");
+        // Knobs read as raw values by their own module (the download's): shown and kept too.
+        for k in KNOBS {
+            if !r.shown.iter().any(|v| v.name == k.name) {
+                r.get(k.name);
+            }
+        }
         let Resolver {
             mut shown,
             mut warnings,
             mut errors,
+            raw,
             ..
         } = r;
         shown.sort_by_key(|v| KNOBS.iter().position(|k| k.name == v.name));
@@ -707,6 +864,7 @@ impl Settings {
             paths,
             files,
             shown,
+            raw,
             warnings: all_warnings,
             errors: all_errors,
             env,
@@ -729,12 +887,27 @@ impl Settings {
             .iter()
             .flatten()
             .map(|(k, v)| (k.as_str(), v.as_str()));
-        files
+        let mut secrets: Vec<String> = files
             .chain(process)
             .chain(opts)
             .filter(|(k, v)| ecs_backends::is_secret_key(k) && !v.is_empty())
             .map(|(_, v)| v.to_string())
-            .collect()
+            .collect();
+        // Passwords in proxy URLs.
+        secrets.extend(
+            self.raw
+                .values()
+                .filter_map(|v| url_credentials(v))
+                .map(|(_, password)| password.to_string()),
+        );
+        secrets
+    }
+
+    /// The raw value of knob `name` when it is set (for modules that parse their own knobs,
+    /// like the download's). `name` must be in [`KNOBS`].
+    pub fn raw(&self, name: &str) -> Option<&str> {
+        knob(name);
+        self.raw.get(name).map(String::as_str)
     }
 
     /// `Ok` when nothing stops the actions that change the host.
@@ -857,6 +1030,19 @@ mod tests {
         assert!(!s.net.skip_localhost_filter);
         assert_eq!(s.runtime_wait, Duration::from_secs(120));
         assert_eq!(s.log_level, "info");
+    }
+
+    #[test]
+    fn proxy_credentials_are_never_shown_and_always_scrubbed() {
+        let s = settings(
+            "",
+            &[("HTTPS_PROXY", "http://user:hunter2@proxy.corp:3128")],
+        );
+        let shown = s.shown.iter().find(|v| v.name == "HTTPS_PROXY").unwrap();
+        assert_eq!(shown.value, "http://<credentials>@proxy.corp:3128");
+        assert!(s.secret_values().contains(&"hunter2".to_string()));
+        assert_eq!(url_credentials("http://proxy:3128"), None);
+        assert_eq!(url_credentials("/a/b@c"), None);
     }
 
     #[test]

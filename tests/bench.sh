@@ -18,6 +18,15 @@
 #  2. resident memory of the supervising `amazon-ecs-init start` (VmRSS, VmHWM; target < 8 MiB).
 #  3. `pre-start` with the image loaded (state 1), median of ROUNDS runs, and the cost of the
 #     scratch-netns wrapper it runs in.
+#  4. the agent download (once, on the first runtime of RUNTIMES), for each size in
+#     DOWNLOAD_SIZES_MB (default "40 300"; empty to skip): the tests' fake S3
+#     (tests/support/src/fake_aws.rs, HTTPS with its own CA) serves a pseudo-random object on
+#     127.0.0.1 in a scratch network namespace; `curl` and the launcher's `pre-start` (uncached,
+#     AWS_ENDPOINT_URL_S3 pointing there) fetch it, ROUNDS times each. Reports the medians, the
+#     ratio launcher/curl (the launcher also computes the MD5 and fsyncs) and the launcher's peak
+#     RSS (GNU time's maximum resident set of the whole pre-start process). The object is not an
+#     image, so pre-start's load step fails right after the download: the download's own final
+#     log line (size, seconds, MD5) is what is timed.
 # Everything lives under a scratch ECS_INIT_HOST_ROOT; pre-start runs in a scratch network
 # namespace (`unshare -n`) so the host's sysctls and firewall never change. The agent lock of
 # the tests (/tmp/ecs-init-tests.agent.lock) is held for the whole run. Exits non-zero when a
@@ -27,6 +36,7 @@ cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-5}
 RUNTIMES=${RUNTIMES:-docker containerd}
+DOWNLOAD_SIZES_MB=${DOWNLOAD_SIZES_MB-40 300}
 LOCK=/tmp/ecs-init-tests.agent.lock
 IMAGE=amazon/amazon-ecs-agent:latest
 NS_LAUNCHER=ecs-bench          # containerd namespace of the launcher's agent and image
@@ -41,7 +51,10 @@ die() { echo "bench.sh: $*" >&2; exit 1; }
 for rt in $RUNTIMES; do
     [[ $rt == docker || $rt == containerd ]] || die "unknown runtime '$rt' in RUNTIMES"
 done
-for tool in jq unshare ip flock awk; do
+for mb in $DOWNLOAD_SIZES_MB; do
+    [[ $mb =~ ^[1-9][0-9]*$ ]] || die "DOWNLOAD_SIZES_MB must hold positive integers"
+done
+for tool in jq unshare ip flock awk curl md5sum /usr/bin/time; do
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
 for rt in $RUNTIMES; do
@@ -78,9 +91,16 @@ echo "launcher:   $("$bin" version | head -n 1) ($(stat -c %s "$bin") bytes)"
 
 ROOT=$(mktemp -d /tmp/ecs-init-bench.XXXXXX)
 sup=
+fake_pid=
+DL_NS=
 cleanup() {
     local rc=$?
     set +e
+    if [ -n "$fake_pid" ]; then
+        kill "$fake_pid" 2>/dev/null
+        wait "$fake_pid" 2>/dev/null
+    fi
+    [ -n "$DL_NS" ] && ip netns del "$DL_NS" 2>/dev/null
     if [ -n "$sup" ] && kill -0 "$sup" 2>/dev/null; then
         kill -TERM "$sup" 2>/dev/null
         for _ in $(seq 1 100); do kill -0 "$sup" 2>/dev/null || break; sleep 0.1; done
@@ -386,7 +406,80 @@ for rt in $RUNTIMES; do
         "$(kib_to_mib "$rss_max")" "$(kib_to_mib "$hwm")" "$(ms "$mP")")")
 done
 
+# ---------------------------------------------------------------- 4. agent download
+DL_SUMMARY=()
+if [ -n "$DOWNLOAD_SIZES_MB" ]; then
+    echo
+    echo "================================================================ agent download"
+    cargo build -q --release -p ecs-test-support --bin fake-aws
+    fake=$PWD/target/release/fake-aws
+    DL_NS=ecs-bench-dl-$$
+    ip netns add "$DL_NS"
+    ip -n "$DL_NS" link set lo up
+    object=$("$bin" plan | jq -r '.cache.download.object')
+    dl_rt=${RUNTIMES%% *}
+    echo "object:     $object (pseudo-random bytes), runtime for pre-start: $dl_rt"
+    for mb in $DOWNLOAD_SIZES_MB; do
+        dir=$ROOT/dl-$mb
+        droot=$dir/root
+        mkdir -p "$droot"/{etc/ecs,var/cache/ecs,var/lib/ecs/data,var/log/ecs}
+        ip netns exec "$DL_NS" "$fake" --object "$object" --size $((mb * 1000000)) --dir "$dir" 9>&- &
+        fake_pid=$!
+        for _ in $(seq 1 600); do [ -s "$dir/endpoints" ] && break; nap 0.1; done
+        [ -s "$dir/endpoints" ] || die "fake-aws did not come up"
+        S3_URL=$(sed -n 's/^S3_URL=//p' "$dir/endpoints")
+        MD5=$(sed -n 's/^MD5=//p' "$dir/endpoints")
+        BYTES=$(sed -n 's/^BYTES=//p' "$dir/endpoints")
+        url=$S3_URL/amazon-ecs-agent/$object
+        C=() L=() R=()
+        for i in $(seq 1 "$ROUNDS"); do
+            secs=$(ip netns exec "$DL_NS" curl -sS --fail --cacert "$dir/ca.pem" \
+                -o "$droot/var/cache/ecs/curl.tar" -w '%{time_total}' "$url" 9>&-) || die "curl failed"
+            if [ "$i" = 1 ]; then
+                [ "$(md5sum <"$droot/var/cache/ecs/curl.tar" | cut -d' ' -f1)" = "$MD5" ] || die "curl got a different object"
+            fi
+            rm -f "$droot/var/cache/ecs/curl.tar"
+            C+=("$(awk -v s="$secs" 'BEGIN { printf "%d", s * 1000000 }')")
+            echo 0 >"$droot/var/cache/ecs/state"
+            rm -f "$droot/var/cache/ecs/ecs-agent.tar"
+            rc=0
+            ip netns exec "$DL_NS" env ECS_INIT_HOST_ROOT="$droot" ECS_INIT_RUNTIME="$dl_rt" \
+                ECS_INIT_FIREWALL=none AWS_ENDPOINT_URL_S3="$S3_URL" SSL_CERT_FILE="$dir/ca.pem" \
+                AWS_EC2_METADATA_DISABLED=true AWS_REGION=us-east-1 ECS_LOGLEVEL=info \
+                /usr/bin/time -f %M -o "$dir/rss" "$bin" pre-start >/dev/null 2>"$dir/pre-start.stderr" 9>&- || rc=$?
+            line=$(grep 'agent downloaded' "$dir/pre-start.stderr") ||
+                die "pre-start did not download (exit $rc): $(tail -n 5 "$dir/pre-start.stderr")"
+            [[ $line == *"$MD5"* ]] || die "the launcher's MD5 differs: $line"
+            dsecs=$(sed -n 's/.*seconds="\{0,1\}\([0-9.]*\).*/\1/p' <<<"$line")
+            L+=("$(awk -v s="$dsecs" 'BEGIN { printf "%d", s * 1000000 }')")
+            R+=("$(tail -n 1 "$dir/rss")")
+            printf '  %s MB round %d/%d done\r' "$mb" "$i" "$ROUNDS" >&2
+        done
+        printf '\n' >&2
+        kill "$fake_pid" 2>/dev/null
+        wait "$fake_pid" 2>/dev/null || true
+        fake_pid=
+        rm -rf "$droot/var/cache/ecs"
+        mC=$(median "${C[@]}") mL=$(median "${L[@]}")
+        rss_max=$(printf '%s\n' "${R[@]}" | sort -n | tail -n 1)
+        ratio=$(awk -v a="$mL" -v b="$mC" 'BEGIN { printf "%.2f", a / b }')
+        mbs() { awk -v b="$BYTES" -v us="$1" 'BEGIN { printf "%.0f", b / us }'; }
+        echo "-- $mb MB ($BYTES bytes): curl vs launcher download (ms)"
+        echo "curl:     $(for c in "${C[@]}"; do printf '%s ' "$(ms "$c")"; done)"
+        echo "launcher: $(for l in "${L[@]}"; do printf '%s ' "$(ms "$l")"; done)"
+        echo "peak RSS of pre-start (KiB): ${R[*]}"
+        echo "median: curl $(ms "$mC") ms ($(mbs "$mC") MB/s), launcher $(ms "$mL") ms ($(mbs "$mL") MB/s), ratio $ratio; peak RSS $(kib_to_mib "$rss_max") MiB"
+        DL_SUMMARY+=("$(printf '%-8s %10s %10s %6s %10s %10s %10s' "$mb" "$(ms "$mC")" "$(ms "$mL")" "$ratio" \
+            "$(mbs "$mC")" "$(mbs "$mL")" "$(kib_to_mib "$rss_max")")")
+    done
+fi
+
 echo
 echo "================================================================ summary (medians of $ROUNDS)"
 printf '%-11s %10s %10s %6s %10s %10s %10s %10s\n' runtime "launch ms" "raw ms" ratio "+old ms" "RSS MiB" "HWM MiB" "pre-st ms"
 printf '%s\n' "${SUMMARY[@]}"
+if [ ${#DL_SUMMARY[@]} -gt 0 ]; then
+    echo
+    printf '%-8s %10s %10s %6s %10s %10s %10s\n' "MB" "curl ms" "launch ms" ratio "curl MB/s" "launch MB/s" "peak RSS MiB"
+    printf '%s\n' "${DL_SUMMARY[@]}"
+fi

@@ -36,7 +36,17 @@ impl Launcher {
     }
 
     pub fn cmd(&self, action: &str) -> Command {
-        let mut c = launcher(action);
+        self.configure(launcher(action))
+    }
+
+    /// `action` inside `netns` (e.g. where fake AWS endpoints listen) instead of a fresh one.
+    pub fn cmd_in_netns(&self, action: &str, netns: &ecs_test_support::fake_aws::Netns) -> Command {
+        let mut c = netns.command(env!("CARGO_BIN_EXE_amazon-ecs-init"));
+        c.arg(action).env_remove("NOTIFY_SOCKET");
+        self.configure(c)
+    }
+
+    fn configure(&self, mut c: Command) -> Command {
         c.env("ECS_INIT_HOST_ROOT", self.root.path())
             .env("ECS_INIT_RUNTIME", self.runtime)
             .env("ECS_INIT_FIREWALL", "auto")

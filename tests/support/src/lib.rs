@@ -11,8 +11,11 @@
 //! * [`require_root`], [`require_docker`], [`require_containerd`] panic (never skip) when the
 //!   machine is not set up — run `tests/setup.sh` first;
 //! * [`wait_for_http`] / [`http_get`] probe the agent's ports on loopback;
-//! * [`TestRoot`] is a throw-away host tree for `ECS_INIT_HOST_ROOT`.
+//! * [`TestRoot`] is a throw-away host tree for `ECS_INIT_HOST_ROOT`;
+//! * [`fake_aws`] plays the instance metadata service, S3 and a proxy for the agent download,
+//!   inside a network namespace of the test's own ([`fake_aws::Netns`]).
 
+pub mod fake_aws;
 pub mod image;
 
 pub use image::{

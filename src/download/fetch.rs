@@ -1,0 +1,503 @@
+//! One bucket's attempt: the published MD5, then the tarball streamed into a temp file next to
+//! its destination (0600, MD5 computed on the way), compared, fsynced and renamed into place.
+//! Memory stays bounded by hyper's read buffer whatever the tarball's size. Any failure removes
+//! the temp file; the destination is only ever replaced by a complete, verified file.
+use md5::{Digest, Md5};
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::http::{with_retries, Attempt, Client, HttpError, Retry};
+use super::region::Source;
+
+/// The prefix of temp files: `<destination file name>.download-<pid>`.
+pub const TEMP_MARKER: &str = ".download-";
+
+/// Why one bucket did not give us the agent.
+#[derive(Debug)]
+pub enum SourceError {
+    Http(HttpError),
+    Md5Malformed {
+        url: String,
+        body: String,
+    },
+    Mismatch {
+        url: String,
+        md5_url: String,
+        expected: String,
+        actual: String,
+    },
+    /// A local file problem (no space, permissions): the next bucket would not do better.
+    Local {
+        path: PathBuf,
+        what: String,
+        source: std::io::Error,
+    },
+    NoSpace {
+        dir: PathBuf,
+        needed: u64,
+        available: u64,
+    },
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceError::Http(e) => write!(f, "{e}"),
+            SourceError::Md5Malformed { url, body } => write!(
+                f,
+                "{url}: malformed checksum file (expected 32 hexadecimal digits, got {:?})",
+                body.chars().take(80).collect::<String>()
+            ),
+            SourceError::Mismatch {
+                url,
+                md5_url,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "downloaded agent {url} does not match expected checksum: MD5 {actual}, expected {expected} (from {md5_url})"
+            ),
+            SourceError::Local { path, what, source } => {
+                write!(f, "{what} {}: {source}", path.display())
+            }
+            SourceError::NoSpace {
+                dir,
+                needed,
+                available,
+            } => write!(
+                f,
+                "not enough space in {} for the agent tarball: it is {needed} bytes, {available} bytes are free (No space left on device)",
+                dir.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SourceError {}
+
+impl SourceError {
+    /// Local problems stop the whole download: another bucket would hit them too.
+    pub fn is_local(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Local { .. } | SourceError::NoSpace { .. }
+        )
+    }
+}
+
+impl Attempt for SourceError {
+    fn retryable(&self) -> bool {
+        match self {
+            SourceError::Http(e) => e.retryable(),
+            _ => false,
+        }
+    }
+    fn set_attempts(&mut self, attempts: u32) {
+        if let SourceError::Http(e) = self {
+            e.set_attempts(attempts)
+        }
+    }
+}
+
+impl From<HttpError> for SourceError {
+    fn from(e: HttpError) -> Self {
+        SourceError::Http(e)
+    }
+}
+
+/// The digest in a `.md5` object: 32 hex digits, optionally followed by `md5sum`'s file name.
+pub fn parse_md5(body: &str) -> Option<String> {
+    let digest = body.split_whitespace().next()?;
+    (digest.len() == 32 && digest.chars().all(|c| c.is_ascii_hexdigit()))
+        .then(|| digest.to_ascii_lowercase())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// A temp file removed on drop unless it was renamed into place.
+struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %self.path.display(), error = %e, "could not remove temp file");
+                }
+            }
+        }
+    }
+}
+
+/// Remove temp files an earlier, killed download left next to `dest`.
+pub fn remove_stale_temp_files(dest: &Path) {
+    let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}{TEMP_MARKER}", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %e.path().display(), "removed a stale partial download")
+                }
+                Err(err) => {
+                    tracing::warn!(path = %e.path().display(), error = %err, "could not remove a stale partial download")
+                }
+            }
+        }
+    }
+}
+
+fn free_space(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs(3) on a NUL-terminated path into a zeroed struct we own.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// What a completed download looks like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub url: String,
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub md5: String,
+    pub elapsed: Duration,
+}
+
+/// How long a download may go without a progress line, and how much more start-up time to ask
+/// systemd for each time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub every: Duration,
+    pub extend_by: Duration,
+}
+
+/// Stream one attempt into `file` (truncated first); returns the digest and size.
+async fn stream_once(
+    client: &Client,
+    url: &str,
+    tmp: &Path,
+    progress: Progress,
+) -> Result<(String, u64), SourceError> {
+    let local = |what: &str, source| SourceError::Local {
+        path: tmp.to_path_buf(),
+        what: what.to_string(),
+        source,
+    };
+    let mut resp = client.get(url).await?;
+    if let (Some(len), Some(dir)) = (resp.content_length, tmp.parent()) {
+        if let Some(available) = free_space(dir) {
+            if available < len {
+                return Err(SourceError::NoSpace {
+                    dir: dir.to_path_buf(),
+                    needed: len,
+                    available,
+                });
+            }
+        }
+    }
+    let mut file: File = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(tmp)
+        .map_err(|e| local("opening", e))?;
+    let mut md5 = Md5::new();
+    let started = Instant::now();
+    let mut last_report = started;
+    while let Some(data) = resp.chunk().await? {
+        md5.update(&data);
+        file.write_all(&data).map_err(|e| local("writing", e))?;
+        if last_report.elapsed() >= progress.every {
+            last_report = Instant::now();
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            let rate = mib(resp.received) / secs;
+            let percent = resp
+                .content_length
+                .filter(|n| *n > 0)
+                .map(|n| format!("{:.0}%", resp.received as f64 * 100.0 / n as f64))
+                .unwrap_or_else(|| "?%".into());
+            tracing::info!(
+                url,
+                received_mib = format!("{:.1}", mib(resp.received)),
+                total_mib = resp
+                    .content_length
+                    .map(|n| format!("{:.1}", mib(n)))
+                    .unwrap_or_else(|| "?".into()),
+                percent,
+                rate_mib_s = format!("{rate:.1}"),
+                "downloading the agent"
+            );
+            crate::notify::notify(&format!(
+                "EXTEND_TIMEOUT_USEC={}\nSTATUS=downloading the agent: {percent}",
+                progress.extend_by.as_micros()
+            ));
+        }
+    }
+    file.sync_all().map_err(|e| local("syncing", e))?;
+    Ok((hex(&md5.finalize()), resp.received))
+}
+
+/// Download `source` to `dest`: the MD5 first, then the tarball, verified, renamed into place.
+pub async fn from_source(
+    client: &Client,
+    retry: Retry,
+    source: &Source,
+    dest: &Path,
+    progress: Progress,
+) -> Result<Fetched, SourceError> {
+    let md5_url = source.md5.as_str();
+    let body = with_retries(retry, "checksum download", move |_| async move {
+        client.get(md5_url).await?.text(4096).await
+    })
+    .await?;
+    let expected = parse_md5(&body).ok_or_else(|| SourceError::Md5Malformed {
+        url: source.md5.clone(),
+        body: body.trim().to_string(),
+    })?;
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp_path = dest.with_file_name(format!(
+        "{}{TEMP_MARKER}{}",
+        name.as_deref().unwrap_or("download"),
+        std::process::id()
+    ));
+    let mut tmp = TempFile {
+        path: tmp_path.clone(),
+        keep: false,
+    };
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp.path)
+        .map_err(|source| SourceError::Local {
+            path: tmp_path.clone(),
+            what: "creating".into(),
+            source,
+        })?;
+    let started = Instant::now();
+    let (url, tmp_ref) = (source.tarball.as_str(), tmp_path.as_path());
+    let (actual, bytes) = with_retries(retry, "agent download", move |_| async move {
+        stream_once(client, url, tmp_ref, progress).await
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    if actual != expected {
+        return Err(SourceError::Mismatch {
+            url: source.tarball.clone(),
+            md5_url: source.md5.clone(),
+            expected,
+            actual,
+        });
+    }
+    std::fs::rename(&tmp.path, dest).map_err(|e| SourceError::Local {
+        path: dest.to_path_buf(),
+        what: format!("renaming {} to", tmp_path.display()),
+        source: e,
+    })?;
+    tmp.keep = true;
+    // The rename itself must survive a crash too.
+    if let Some(dir) = dest.parent() {
+        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not sync the cache directory");
+        }
+    }
+    Ok(Fetched {
+        url: source.tarball.clone(),
+        path: dest.to_path_buf(),
+        bytes,
+        md5: actual,
+        elapsed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn md5_files() {
+        let d = "0123456789abcdef0123456789ABCDEF";
+        assert_eq!(
+            parse_md5(d).as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(parse_md5(&format!("  {d}\n")).unwrap().len(), 32);
+        assert!(parse_md5(&format!("{d}  ecs-agent-v1.tar\n")).is_some());
+        for bad in [
+            "",
+            "xyz",
+            &d[1..],
+            &format!("{d}0"),
+            "g123456789abcdef0123456789abcdef",
+        ] {
+            assert!(parse_md5(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hex_and_md5() {
+        assert_eq!(hex(&Md5::digest(b"")), "d41d8cd98f00b204e9800998ecf8427e");
+    }
+
+    #[test]
+    fn stale_temp_files_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("ecs-agent.tar");
+        std::fs::write(dir.path().join("ecs-agent.tar.download-77"), "x").unwrap();
+        std::fs::write(dir.path().join("state"), "1").unwrap();
+        remove_stale_temp_files(&dest);
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["state"]);
+    }
+
+    /// Collects what a fmt subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A plain-HTTP loopback server answering the `.md5` at once and the object in slow pieces.
+    fn slow_server(body: Vec<u8>, pieces: usize, gap: Duration) -> String {
+        use std::io::{BufRead, BufReader};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let md5 = hex(&Md5::digest(&body));
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut first = String::new();
+                r.read_line(&mut first).unwrap();
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                if first.contains(".md5 ") {
+                    let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: 33\r\n\r\n{md5}\n");
+                    continue;
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                for piece in body.chunks(body.len().div_ceil(pieces)) {
+                    std::thread::sleep(gap);
+                    let _ = conn.write_all(piece);
+                }
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn progress_lines_at_a_steady_pace_then_one_final_digest() {
+        use tracing_subscriber::fmt;
+        let body = vec![7u8; 400_000];
+        let url = slow_server(body.clone(), 8, Duration::from_millis(60));
+        let out = Captured::default();
+        let sink = out.clone();
+        let subscriber = fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("ecs-agent.tar");
+        let client = Client::new(
+            Default::default(),
+            Default::default(),
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+        );
+        let source = Source {
+            bucket: "b".into(),
+            tarball: format!("{url}/b/o.tar"),
+            md5: format!("{url}/b/o.tar.md5"),
+        };
+        let progress = Progress {
+            every: Duration::from_millis(100),
+            extend_by: Duration::from_secs(1),
+        };
+        let retry = Retry {
+            attempts: 1,
+            backoff: Duration::from_millis(1),
+        };
+        let f = from_source(&client, retry, &source, &dest, progress)
+            .await
+            .unwrap();
+        assert_eq!(f.bytes, 400_000);
+        assert_eq!(f.md5, hex(&Md5::digest(&body)));
+        assert_eq!(std::fs::read(&dest).unwrap(), body);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("downloading the agent"))
+            .collect();
+        // ~480 ms of transfer, a line at most every 100 ms: a few, and not one per piece.
+        assert!(
+            (2..=5).contains(&lines.len()),
+            "{} progress lines:\n{text}",
+            lines.len()
+        );
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.contains("percent=") && l.contains("rate_mib_s=")),
+            "{text}"
+        );
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["ecs-agent.tar"], "the temp file was renamed");
+    }
+
+    #[test]
+    fn messages() {
+        let m = SourceError::Mismatch {
+            url: "https://h/b/o.tar".into(),
+            md5_url: "https://h/b/o.tar.md5".into(),
+            expected: "a".repeat(32),
+            actual: "b".repeat(32),
+        }
+        .to_string();
+        assert!(m.contains("does not match expected checksum"), "{m}");
+        assert!(
+            m.contains(&"a".repeat(32)) && m.contains(&"b".repeat(32)),
+            "{m}"
+        );
+        assert!(m.contains("https://h/b/o.tar "), "{m}");
+    }
+}

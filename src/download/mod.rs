@@ -1,0 +1,635 @@
+//! Downloading the agent on hosts with nothing cached (UPSTREAM-BEHAVIOUR.md §5).
+//!
+//! `pre-start` on an uncached host (state file missing, empty or `0`, or tarball missing or
+//! empty) fetches `ecs-agent-v<AGENT_VERSION>.tar` (`ecs-agent-arm64-v…` on aarch64) and its
+//! `.md5` anonymously over HTTPS from the partition bucket, then the regional bucket, checks the
+//! MD5, and renames it to `/var/cache/ecs/ecs-agent.tar`; [`crate::cache`] then loads it and
+//! records state 1.
+//!
+//! Everything this module needs comes in as [`DownloadOptions`], built by [`options`] from the
+//! configuration: no code here reads the environment (proxies and `SSL_CERT_*` included: the
+//! HTTP client and the trust store are configured explicitly).
+pub mod fetch;
+pub mod http;
+pub mod imds;
+pub mod proxy;
+pub mod region;
+pub mod tls;
+
+use serde_json::json;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::settings::Settings;
+use fetch::{Fetched, Progress, SourceError};
+use http::{Client, Retry};
+use proxy::{NoProxy, Proxies, ProxyUrl};
+use region::Source;
+use tls::TrustSettings;
+
+/// The agent version this release downloads when nothing is cached.
+pub const AGENT_VERSION: &str = "1.105.0";
+/// The Go tool's region when none can be found.
+pub const DEFAULT_REGION: &str = "us-east-1";
+pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
+pub const DEFAULT_IMDS_ENDPOINT_IPV6: &str = "http://[fd00:ec2::254]";
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_IMDS_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_IMDS_ATTEMPTS: u32 = 3;
+pub const CONNECT_TIMEOUT_KEY: &str = "ECS_INIT_DOWNLOAD_CONNECT_TIMEOUT_SECONDS";
+pub const READ_TIMEOUT_KEY: &str = "ECS_INIT_DOWNLOAD_READ_TIMEOUT_SECONDS";
+
+/// A value and the variable it came from (for messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub key: &'static str,
+    pub value: String,
+}
+
+/// Everything the download needs, resolved from the configuration by [`options`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadOptions {
+    /// `AWS_REGION`, else `AWS_DEFAULT_REGION`.
+    pub region: Option<Setting>,
+    /// `ECS_EXTERNAL=true`: not on EC2, so no instance metadata.
+    pub external: bool,
+    /// IMDS base URL (`AWS_EC2_METADATA_SERVICE_ENDPOINT`, `…_ENDPOINT_MODE`).
+    pub imds_endpoint: String,
+    /// `AWS_EC2_METADATA_DISABLED=true`.
+    pub imds_disabled: bool,
+    /// `AWS_METADATA_SERVICE_TIMEOUT` (connect and read), `AWS_METADATA_SERVICE_NUM_ATTEMPTS`.
+    pub imds_timeout: Duration,
+    pub imds_attempts: u32,
+    /// `AWS_ENDPOINT_URL_S3`: path-style requests under this base URL.
+    pub s3_endpoint: Option<String>,
+    /// `HTTPS_PROXY`/`https_proxy`, `HTTP_PROXY`/`http_proxy`, `NO_PROXY`/`no_proxy`.
+    pub https_proxy: Option<Setting>,
+    pub http_proxy: Option<Setting>,
+    pub no_proxy: Option<String>,
+    /// `SSL_CERT_FILE`, `SSL_CERT_DIR`.
+    pub trust: TrustSettings,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    /// Retries of each request.
+    pub retry: Retry,
+    pub progress: Progress,
+    /// `/var/cache/ecs` (created 0700 when missing); the tarball goes to `ecs-agent.tar` in it.
+    pub cache_dir: PathBuf,
+    /// `std::env::consts::ARCH` of this build.
+    pub arch: &'static str,
+    /// Values that could not be used (logged by pre-start, shown by `plan`).
+    pub warnings: Vec<String>,
+}
+
+/// The one place the download's settings are read (from the settings table).
+pub fn options(settings: &Settings) -> DownloadOptions {
+    let mut warnings = Vec::new();
+    let first = |keys: &[&'static str]| {
+        keys.iter().find_map(|k| {
+            settings
+                .raw(k)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| Setting {
+                    key: k,
+                    value: v.to_string(),
+                })
+        })
+    };
+    let mut seconds = |key: &'static str, default: Duration| match first(&[key]) {
+        None => default,
+        Some(s) => match s.value.parse::<f64>() {
+            Ok(v) if v > 0.0 && v.is_finite() && v <= 86400.0 => Duration::from_secs_f64(v),
+            _ => {
+                warnings.push(format!(
+                    "{key}={:?} is not a number of seconds; using {}",
+                    s.value,
+                    default.as_secs_f64()
+                ));
+                default
+            }
+        },
+    };
+    let connect_timeout = seconds(CONNECT_TIMEOUT_KEY, DEFAULT_CONNECT_TIMEOUT);
+    let read_timeout = seconds(READ_TIMEOUT_KEY, DEFAULT_READ_TIMEOUT);
+    let imds_timeout = seconds("AWS_METADATA_SERVICE_TIMEOUT", DEFAULT_IMDS_TIMEOUT);
+    let imds_attempts = match first(&["AWS_METADATA_SERVICE_NUM_ATTEMPTS"]) {
+        None => DEFAULT_IMDS_ATTEMPTS,
+        Some(s) => match s.value.parse::<u32>() {
+            Ok(n) if (1..=10).contains(&n) => n,
+            _ => {
+                warnings.push(format!(
+                    "AWS_METADATA_SERVICE_NUM_ATTEMPTS={:?} is not a number from 1 to 10; using {DEFAULT_IMDS_ATTEMPTS}",
+                    s.value
+                ));
+                DEFAULT_IMDS_ATTEMPTS
+            }
+        },
+    };
+    let ipv6 = first(&["AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE"])
+        .is_some_and(|s| s.value.eq_ignore_ascii_case("ipv6"));
+    let imds_endpoint = first(&["AWS_EC2_METADATA_SERVICE_ENDPOINT"])
+        .map(|s| s.value)
+        .unwrap_or_else(|| {
+            if ipv6 {
+                DEFAULT_IMDS_ENDPOINT_IPV6
+            } else {
+                DEFAULT_IMDS_ENDPOINT
+            }
+            .to_string()
+        });
+    DownloadOptions {
+        region: first(&["AWS_REGION", "AWS_DEFAULT_REGION"]),
+        external: settings.agent.external,
+        imds_endpoint,
+        imds_disabled: first(&["AWS_EC2_METADATA_DISABLED"])
+            .is_some_and(|s| s.value.eq_ignore_ascii_case("true")),
+        imds_timeout,
+        imds_attempts,
+        s3_endpoint: first(&["AWS_ENDPOINT_URL_S3"]).map(|s| s.value),
+        https_proxy: first(&["HTTPS_PROXY", "https_proxy"]),
+        http_proxy: first(&["HTTP_PROXY", "http_proxy"]),
+        no_proxy: first(&["NO_PROXY", "no_proxy"]).map(|s| s.value),
+        trust: TrustSettings {
+            cert_file: first(&["SSL_CERT_FILE"]).map(|s| s.value.into()),
+            cert_dirs: first(&["SSL_CERT_DIR"]).map(|s| {
+                s.value
+                    .split(':')
+                    .filter(|d| !d.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            }),
+        },
+        connect_timeout,
+        read_timeout,
+        retry: Retry {
+            attempts: 3,
+            backoff: Duration::from_secs(1),
+        },
+        progress: Progress {
+            every: Duration::from_secs(5),
+            extend_by: Duration::from_secs(120),
+        },
+        cache_dir: settings.paths.var_cache_ecs.clone(),
+        arch: std::env::consts::ARCH,
+        warnings,
+    }
+}
+
+/// The download failed; the message says why, for every bucket tried.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("{key}={value:?} is not a valid AWS region name")]
+    BadRegion { key: String, value: String },
+    #[error(
+        "the instance metadata service answered {value:?}, which is not a valid AWS region name"
+    )]
+    BadImdsRegion { value: String },
+    #[error("{key}: {reason}")]
+    BadProxy { key: &'static str, reason: String },
+    #[error("no agent is published for the {0} architecture (only x86_64 and aarch64)")]
+    Arch(String),
+    #[error("creating {}: {source}", path.display())]
+    CacheDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not download the agent: {0}")]
+    Local(#[source] SourceError),
+    #[error("could not download the agent {object} (region {region}, {region_from}): {}", list(.failures))]
+    AllFailed {
+        object: String,
+        region: String,
+        region_from: RegionFrom,
+        failures: Vec<(String, SourceError)>,
+    },
+}
+
+fn list(failures: &[(String, SourceError)]) -> String {
+    failures
+        .iter()
+        .map(|(bucket, e)| format!("bucket {bucket}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Where the region came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegionFrom {
+    Setting(&'static str),
+    Imds(imds::Version),
+    /// The default region, and why.
+    Default(String),
+}
+
+impl fmt::Display for RegionFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegionFrom::Setting(key) => write!(f, "from {key}"),
+            RegionFrom::Imds(imds::Version::V2) => f.write_str("from instance metadata (IMDSv2)"),
+            RegionFrom::Imds(imds::Version::V1) => f.write_str("from instance metadata (IMDSv1)"),
+            RegionFrom::Default(why) => write!(f, "the default: {why}"),
+        }
+    }
+}
+
+/// The published object's name for `arch`.
+pub fn object_name(arch: &str) -> Result<String, DownloadError> {
+    match arch {
+        "x86_64" => Ok(format!("ecs-agent-v{AGENT_VERSION}.tar")),
+        "aarch64" => Ok(format!("ecs-agent-arm64-v{AGENT_VERSION}.tar")),
+        other => Err(DownloadError::Arch(other.to_string())),
+    }
+}
+
+impl DownloadOptions {
+    /// The proxies, parsed; a bad value is an error naming its variable.
+    pub fn proxies(&self) -> Result<Proxies, DownloadError> {
+        let parse = |s: &Option<Setting>| -> Result<Option<ProxyUrl>, DownloadError> {
+            s.as_ref()
+                .map(|s| {
+                    ProxyUrl::parse(&s.value)
+                        .map_err(|reason| DownloadError::BadProxy { key: s.key, reason })
+                })
+                .transpose()
+        };
+        Ok(Proxies {
+            http: parse(&self.http_proxy)?,
+            https: parse(&self.https_proxy)?,
+            no_proxy: NoProxy::parse(self.no_proxy.as_deref().unwrap_or("")),
+        })
+    }
+
+    /// Where the tarball ends up.
+    pub fn tarball(&self) -> PathBuf {
+        self.cache_dir.join("ecs-agent.tar")
+    }
+
+    /// The region when it needs no network: a setting, or the default when IMDS is not to be
+    /// asked (`None`: IMDS decides).
+    fn offline_region(&self) -> Result<Option<(String, RegionFrom)>, DownloadError> {
+        if let Some(s) = &self.region {
+            if !region::valid_region(&s.value) {
+                return Err(DownloadError::BadRegion {
+                    key: s.key.to_string(),
+                    value: s.value.clone(),
+                });
+            }
+            return Ok(Some((s.value.clone(), RegionFrom::Setting(s.key))));
+        }
+        let why = if self.external {
+            "ECS_EXTERNAL=true (no instance metadata off EC2) and neither AWS_REGION nor AWS_DEFAULT_REGION is set"
+        } else if self.imds_disabled {
+            "AWS_EC2_METADATA_DISABLED=true and neither AWS_REGION nor AWS_DEFAULT_REGION is set"
+        } else {
+            return Ok(None);
+        };
+        Ok(Some((
+            DEFAULT_REGION.to_string(),
+            RegionFrom::Default(why.into()),
+        )))
+    }
+
+    /// The region: settings, else instance metadata, else the default (with a warning).
+    async fn region(&self, proxies: &Proxies) -> Result<(String, RegionFrom), DownloadError> {
+        if let Some(found) = self.offline_region()? {
+            if let RegionFrom::Default(why) = &found.1 {
+                tracing::warn!("no region for the agent download: {why}; using {DEFAULT_REGION}");
+            }
+            return Ok(found);
+        }
+        let client = Client::new(
+            proxies.clone(),
+            self.trust.clone(),
+            self.imds_timeout,
+            self.imds_timeout,
+        );
+        let retry = Retry {
+            attempts: self.imds_attempts,
+            backoff: Duration::from_millis(200),
+        };
+        match imds::region(&client, &self.imds_endpoint, retry).await {
+            Ok((r, _)) if !region::valid_region(&r) => {
+                Err(DownloadError::BadImdsRegion { value: r })
+            }
+            Ok((r, version)) => Ok((r, RegionFrom::Imds(version))),
+            Err(e) => {
+                let why = format!("the instance metadata service did not give one ({e})");
+                tracing::warn!(
+                    "no region for the agent download: {why}; using {DEFAULT_REGION} (set AWS_REGION, or ECS_EXTERNAL=true off EC2)"
+                );
+                Ok((DEFAULT_REGION.to_string(), RegionFrom::Default(why)))
+            }
+        }
+    }
+}
+
+/// Download the agent into the cache directory (see the module doc). On success the tarball is
+/// complete, verified and in place; on failure nothing in the cache directory has changed.
+pub async fn download(opts: &DownloadOptions) -> Result<Fetched, DownloadError> {
+    for w in &opts.warnings {
+        tracing::warn!("{w}");
+    }
+    let object = object_name(opts.arch)?;
+    let proxies = opts.proxies()?;
+    let (region, region_from) = opts.region(&proxies).await?;
+    let sources = region::sources(&region, &object, opts.s3_endpoint.as_deref());
+    tracing::info!(%region, from = %region_from, object, "downloading the agent: nothing is cached");
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&opts.cache_dir)
+            .map_err(|source| DownloadError::CacheDir {
+                path: opts.cache_dir.clone(),
+                source,
+            })?;
+    }
+    let dest = opts.tarball();
+    fetch::remove_stale_temp_files(&dest);
+    let client = Client::new(
+        proxies,
+        opts.trust.clone(),
+        opts.connect_timeout,
+        opts.read_timeout,
+    );
+    let mut failures = Vec::new();
+    for source in &sources {
+        tracing::info!(url = %source.tarball, "downloading the agent");
+        match fetch::from_source(&client, opts.retry, source, &dest, opts.progress).await {
+            Ok(f) => {
+                let secs = f.elapsed.as_secs_f64().max(0.001);
+                tracing::info!(
+                    url = %f.url,
+                    bytes = f.bytes,
+                    seconds = format!("{secs:.2}"),
+                    rate_mib_s = format!("{:.1}", f.bytes as f64 / 1048576.0 / secs),
+                    md5 = %f.md5,
+                    path = %f.path.display(),
+                    "agent downloaded"
+                );
+                return Ok(f);
+            }
+            Err(e) if e.is_local() => return Err(DownloadError::Local(e)),
+            Err(e) => {
+                tracing::warn!(bucket = %source.bucket, error = %e, "could not download the agent from this bucket");
+                failures.push((source.bucket.clone(), e));
+            }
+        }
+    }
+    Err(DownloadError::AllFailed {
+        object,
+        region,
+        region_from,
+        failures,
+    })
+}
+
+/// The production [`crate::cache::AgentSource`]: the S3 download.
+pub struct S3Download(pub DownloadOptions);
+
+#[async_trait::async_trait]
+impl crate::cache::AgentSource for S3Download {
+    async fn fetch(&self) -> Result<PathBuf, DownloadError> {
+        download(&self.0).await.map(|f| f.path)
+    }
+}
+
+/// What `plan` shows: the resolved URLs and settings, without asking the network (the region
+/// from instance metadata shows as `{region}` in the URLs).
+pub fn describe(opts: &DownloadOptions) -> serde_json::Value {
+    let object = object_name(opts.arch);
+    let proxy = |s: &Option<Setting>| match s {
+        None => json!(null),
+        Some(s) => match ProxyUrl::parse(&s.value) {
+            Ok(p) => json!({"variable": s.key, "url": p.to_string()}),
+            Err(e) => json!({"variable": s.key, "error": e}),
+        },
+    };
+    let (region, sources) = match (&object, opts.offline_region()) {
+        (Err(e), _) => (json!({"error": e.to_string()}), json!(null)),
+        (_, Err(e)) => (json!({"error": e.to_string()}), json!(null)),
+        (Ok(obj), Ok(Some((r, from)))) => (
+            json!({"name": r, "from": from.to_string()}),
+            json!(region::sources(&r, obj, opts.s3_endpoint.as_deref())),
+        ),
+        (Ok(obj), Ok(None)) => (
+            json!({
+                "name": null,
+                "from": format!(
+                    "instance metadata at {} (IMDSv2, IMDSv1 when the token is refused; {DEFAULT_REGION} when it does not answer); not asked by plan",
+                    opts.imds_endpoint
+                ),
+            }),
+            json!(sources_template(obj, opts.s3_endpoint.as_deref())),
+        ),
+    };
+    json!({
+        "when": "pre-start, when the cache is uncached (state missing, empty or 0, or the tarball missing or empty)",
+        "agent_version": AGENT_VERSION,
+        "object": object.as_ref().ok(),
+        "region": region,
+        "sources": sources,
+        "instance_metadata": {
+            "disabled": opts.imds_disabled || opts.external,
+            "token_url": imds::url(&opts.imds_endpoint, imds::TOKEN_PATH),
+            "region_url": imds::url(&opts.imds_endpoint, imds::REGION_PATH),
+            "timeout_seconds": opts.imds_timeout.as_secs_f64(),
+            "attempts": opts.imds_attempts,
+        },
+        "proxy": {
+            "https": proxy(&opts.https_proxy),
+            "http": proxy(&opts.http_proxy),
+            "no_proxy": opts.no_proxy,
+        },
+        "trust": {
+            "files": opts.trust.files(),
+            "directories": opts.trust.dirs(),
+        },
+        "connect_timeout_seconds": opts.connect_timeout.as_secs_f64(),
+        "read_timeout_seconds": opts.read_timeout.as_secs_f64(),
+        "attempts_per_request": opts.retry.attempts,
+        "destination": opts.tarball(),
+        "warnings": opts.warnings,
+    })
+}
+
+/// The sources with the region left as `{region}` (it comes from instance metadata at run time;
+/// the partition bucket shown is the commercial partition's).
+fn sources_template(object: &str, s3_endpoint: Option<&str>) -> Vec<Source> {
+    region::sources("{region}", object, s3_endpoint)
+        .into_iter()
+        .map(|mut s| {
+            if s3_endpoint.is_none() {
+                s.tarball = s
+                    .tarball
+                    .replace("{region}.amazonaws.com", "{region}.{partition domain}");
+                s.md5 = s
+                    .md5
+                    .replace("{region}.amazonaws.com", "{region}.{partition domain}");
+            }
+            s
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn opts(env: &[(&str, &str)], file: &str) -> DownloadOptions {
+        let cfg = crate::config::Config::from_parts(&[("/etc/ecs/ecs.config".into(), file.into())]);
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>();
+        options(&Settings::resolve(
+            env,
+            crate::paths::Paths::under("/r"),
+            cfg,
+        ))
+    }
+
+    #[test]
+    fn defaults() {
+        let o = opts(&[], "");
+        assert_eq!(o.region, None);
+        assert_eq!(o.imds_endpoint, DEFAULT_IMDS_ENDPOINT);
+        assert!(!o.imds_disabled && !o.external);
+        assert_eq!(o.connect_timeout, Duration::from_secs(10));
+        assert_eq!(o.read_timeout, Duration::from_secs(30));
+        assert_eq!(o.tarball(), PathBuf::from("/r/var/cache/ecs/ecs-agent.tar"));
+        assert_eq!(o.trust, TrustSettings::default());
+        assert!(o.warnings.is_empty());
+    }
+
+    #[test]
+    fn settings_from_env_then_files() {
+        let o = opts(
+            &[
+                ("AWS_DEFAULT_REGION", "eu-west-1"),
+                ("https_proxy", "proxy:3128"),
+                ("SSL_CERT_DIR", "/a::/b"),
+                (READ_TIMEOUT_KEY, "1.5"),
+                (CONNECT_TIMEOUT_KEY, "soon"),
+                ("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "IPv6"),
+            ],
+            "AWS_REGION=ap-south-1\nNO_PROXY=169.254.169.254,169.254.170.2\nAWS_EC2_METADATA_DISABLED=TRUE\n",
+        );
+        // AWS_REGION wins over AWS_DEFAULT_REGION, wherever each is set.
+        assert_eq!(
+            o.region,
+            Some(Setting {
+                key: "AWS_REGION",
+                value: "ap-south-1".into()
+            })
+        );
+        assert_eq!(o.https_proxy.as_ref().unwrap().key, "https_proxy");
+        assert_eq!(o.no_proxy.as_deref(), Some("169.254.169.254,169.254.170.2"));
+        assert!(o.imds_disabled);
+        assert_eq!(o.imds_endpoint, DEFAULT_IMDS_ENDPOINT_IPV6);
+        assert_eq!(
+            o.trust.cert_dirs,
+            Some(vec![PathBuf::from("/a"), PathBuf::from("/b")])
+        );
+        assert_eq!(o.read_timeout, Duration::from_millis(1500));
+        assert_eq!(o.connect_timeout, Duration::from_secs(10));
+        assert!(
+            o.warnings[0].contains(CONNECT_TIMEOUT_KEY),
+            "{:?}",
+            o.warnings
+        );
+        let p = o.proxies().unwrap();
+        assert_eq!(p.https.unwrap().port, 3128);
+        assert!(p.no_proxy.bypass("169.254.170.2", 80));
+    }
+
+    #[test]
+    fn offline_region_rules() {
+        let r = |env: &[(&str, &str)]| opts(env, "").offline_region();
+        assert_eq!(r(&[]).unwrap(), None, "IMDS decides");
+        let (name, from) = r(&[("ECS_EXTERNAL", "true")]).unwrap().unwrap();
+        assert_eq!(name, "us-east-1");
+        assert!(from.to_string().contains("ECS_EXTERNAL=true"), "{from}");
+        let (_, from) = r(&[("AWS_EC2_METADATA_DISABLED", "true")])
+            .unwrap()
+            .unwrap();
+        assert!(
+            from.to_string().contains("AWS_EC2_METADATA_DISABLED"),
+            "{from}"
+        );
+        let (name, from) = r(&[("ECS_EXTERNAL", "true"), ("AWS_REGION", "eu-north-1")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (name.as_str(), from),
+            ("eu-north-1", RegionFrom::Setting("AWS_REGION"))
+        );
+        let err = r(&[("AWS_REGION", "eu west")]).unwrap_err().to_string();
+        assert_eq!(err, "AWS_REGION=\"eu west\" is not a valid AWS region name");
+    }
+
+    #[test]
+    fn object_names() {
+        assert_eq!(
+            object_name("x86_64").unwrap(),
+            format!("ecs-agent-v{AGENT_VERSION}.tar")
+        );
+        assert_eq!(
+            object_name("aarch64").unwrap(),
+            format!("ecs-agent-arm64-v{AGENT_VERSION}.tar")
+        );
+        assert!(object_name("riscv64")
+            .unwrap_err()
+            .to_string()
+            .contains("riscv64"));
+    }
+
+    #[test]
+    fn bad_proxy_names_its_variable() {
+        let err = opts(&[("HTTPS_PROXY", "socks5://h:1")], "")
+            .proxies()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("HTTPS_PROXY: proxy scheme socks5://"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn plan_shows_urls_and_hides_proxy_credentials() {
+        let d = describe(&opts(
+            &[
+                ("AWS_REGION", "cn-north-1"),
+                ("HTTPS_PROXY", "http://u:secret@p:8080"),
+            ],
+            "",
+        ));
+        assert_eq!(d["region"]["from"], "from AWS_REGION");
+        assert_eq!(
+            d["sources"][1]["tarball"],
+            format!("https://amazon-ecs-agent-cn-north-1.s3.cn-north-1.amazonaws.com.cn/ecs-agent-v{AGENT_VERSION}.tar")
+        );
+        assert_eq!(d["proxy"]["https"]["url"], "http://<credentials>@p:8080");
+        assert!(!d.to_string().contains("secret"));
+        let d = describe(&opts(&[], ""));
+        assert!(d["region"]["name"].is_null());
+        assert!(
+            d["sources"][1]["tarball"]
+                .as_str()
+                .unwrap()
+                .starts_with("https://amazon-ecs-agent-{region}.s3.{region}."),
+            "{d}"
+        );
+        assert_eq!(
+            d["instance_metadata"]["token_url"],
+            "http://169.254.169.254/latest/api/token"
+        );
+    }
+}
