@@ -233,23 +233,7 @@ pub fn desired_tarball(paths: &Paths) -> Result<PathBuf, CacheError> {
     parse_desired_image(&text, &paths.var_cache_ecs).map_err(bad)
 }
 
-/// The tarball a `desired-image` text names: its first line (which must end with `\n`), only
-/// its basename, under `cache_dir`. Pure, for tests and the fuzz target.
-pub fn parse_desired_image(text: &str, cache_dir: &Path) -> Result<PathBuf, String> {
-    let Some((first, _)) = text.split_once('\n') else {
-        return Err("the first line must end with a newline".into());
-    };
-    let name = Path::new(first.trim())
-        .file_name()
-        .filter(|n| *n != "." && *n != "..")
-        .ok_or_else(|| {
-            format!(
-                "{:?} names no file",
-                first.chars().take(200).collect::<String>()
-            )
-        })?;
-    Ok(cache_dir.join(name))
-}
+pub use ecs_formats::desired::parse_desired_image;
 
 /// Agent exit 42: load the desired image and record it as cached.
 pub async fn load_desired(paths: &Paths, runtime: &dyn Runtime) -> Result<PathBuf, CacheError> {

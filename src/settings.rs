@@ -796,7 +796,7 @@ impl Settings {
             Some(root) => Paths::under(root),
             None => Paths::under("/"),
         };
-        let files = Config::load(&paths);
+        let files = crate::config::load(&paths);
         Settings::resolve(env, paths, files)
     }
 

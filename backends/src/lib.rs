@@ -4,7 +4,8 @@
 //! [`Runtime`] backend turns that description into a running container. Backends never read
 //! `ecs.config`; everything they need is in the spec or in their own connection settings.
 
-pub mod archive;
+/// Image archives: read and verified by [`ecs_formats::archive`].
+pub use ecs_formats::archive;
 pub mod caps;
 pub mod containerd;
 pub mod docker;

@@ -3,7 +3,6 @@
 
 use super::lease::{unique, Lease};
 use super::ContainerdRuntime;
-use crate::archive::{sha256_hex, Part, SMALL};
 use crate::{Result, RuntimeError};
 use containerd_client::services::v1::Info as ContentInfo;
 use containerd_client::services::v1::{
@@ -11,6 +10,7 @@ use containerd_client::services::v1::{
     WriteContentRequest,
 };
 use containerd_client::tonic::{transport::Channel, Code, Status};
+use ecs_formats::archive::{sha256_hex, Part, SMALL};
 use std::collections::HashMap;
 use tokio::sync::mpsc;
 

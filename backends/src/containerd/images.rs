@@ -3,10 +3,6 @@
 
 use super::content::read_blob;
 use super::ContainerdRuntime;
-use crate::archive::{
-    host_arch, is_index, pick_platform, ConfigFile, JsonDescriptor, JsonIndex, JsonManifest,
-};
-use crate::containerd::oci::ImageConfig;
 use crate::reference::normalize;
 use crate::{Result, RuntimeError};
 use containerd_client::services::v1::{
@@ -14,6 +10,10 @@ use containerd_client::services::v1::{
 };
 use containerd_client::tonic::{transport::Channel, Code};
 use containerd_client::types::Descriptor;
+use ecs_formats::archive::{
+    host_arch, is_index, pick_platform, ConfigFile, JsonDescriptor, JsonIndex, JsonManifest,
+};
+use ecs_formats::image::ImageConfig;
 use std::collections::HashMap;
 
 const RT: &str = "containerd";

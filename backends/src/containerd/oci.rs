@@ -7,9 +7,7 @@
 //! capabilities, mounts, masked and read-only paths, device rules and environment handling.
 
 use crate::spec::{AgentSpec, NamespaceMode};
-use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Where the init binary is bind-mounted inside the container (Docker uses `/sbin/docker-init`).
@@ -59,22 +57,7 @@ const READONLY_PATHS: &[&str] = &[
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The parts of an image config (`config` object of the OCI/Docker image config) we use.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-pub struct ImageConfig {
-    #[serde(rename = "Env", default)]
-    pub env: Option<Vec<String>>,
-    #[serde(rename = "Entrypoint", default)]
-    pub entrypoint: Option<Vec<String>>,
-    #[serde(rename = "Cmd", default)]
-    pub cmd: Option<Vec<String>>,
-    #[serde(rename = "WorkingDir", default)]
-    pub working_dir: Option<String>,
-    #[serde(rename = "User", default)]
-    pub user: Option<String>,
-    #[serde(rename = "Labels", default)]
-    pub labels: Option<BTreeMap<String, String>>,
-}
+pub use ecs_formats::image::ImageConfig;
 
 /// Facts about the host the spec depends on; gathered by [`HostFacts::detect`].
 #[derive(Debug, Clone)]

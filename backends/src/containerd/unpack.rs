@@ -4,7 +4,6 @@ use super::content::set_labels;
 use super::images::ResolvedImage;
 use super::lease::{unique, Lease};
 use super::ContainerdRuntime;
-use crate::archive::sha256_hex;
 use crate::{Result, RuntimeError};
 use containerd_client::services::v1::{
     diff_client::DiffClient, snapshots::snapshots_client::SnapshotsClient,
@@ -13,6 +12,7 @@ use containerd_client::services::v1::{
 };
 use containerd_client::tonic::{transport::Channel, Code};
 use containerd_client::types::Descriptor;
+use ecs_formats::archive::sha256_hex;
 use std::collections::HashMap;
 use std::time::Duration;
 

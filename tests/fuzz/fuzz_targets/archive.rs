@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = ecs_backends::archive::verify_reader(data);
+    let _ = ecs_formats::archive::verify_reader(data);
 });

@@ -7,7 +7,7 @@ use std::path::Path;
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let dir = Path::new("/var/cache/ecs");
-    if let Ok(p) = amazon_ecs_init::cache::parse_desired_image(&text, dir) {
+    if let Ok(p) = ecs_formats::desired::parse_desired_image(&text, dir) {
         assert_eq!(p.parent(), Some(dir), "{p:?} escapes the cache directory");
     }
 });

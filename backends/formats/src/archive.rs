@@ -11,7 +11,7 @@
 //! Errors describe what is wrong and where; they never quote bytes of the file beyond short
 //! printable names (tar headers and JSON values of a hostile file could otherwise reach the log).
 
-use crate::containerd::oci::ImageConfig;
+use crate::image::ImageConfig;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -19,13 +19,13 @@ use std::io::Read;
 use std::path::{Component, Path};
 use tokio::sync::mpsc;
 
-pub(crate) const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub(crate) const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub(crate) const MT_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub(crate) const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub(crate) const MT_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MT_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MT_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 /// Blobs up to this size are also kept in memory (configs, manifests, indexes) ...
-pub(crate) const SMALL: u64 = 4 * 1024 * 1024;
+pub const SMALL: u64 = 4 * 1024 * 1024;
 /// ... as long as all of those together stay under this, so no archive makes memory grow
 /// without bound.
 const SMALL_TOTAL: u64 = 64 * 1024 * 1024;
@@ -38,7 +38,7 @@ pub fn digest_of(data: &[u8]) -> String {
     format!("sha256:{}", sha256_hex(data))
 }
 
-pub(crate) fn sha256_hex(data: &[u8]) -> String {
+pub fn sha256_hex(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }
 
@@ -46,7 +46,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub(crate) fn host_arch() -> &'static str {
+pub fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -79,46 +79,46 @@ fn json_error(what: &str, e: serde_json::Error) -> String {
 }
 
 #[derive(Debug, Deserialize, Clone)]
-pub(crate) struct JsonDescriptor {
+pub struct JsonDescriptor {
     #[serde(rename = "mediaType", default)]
-    pub(crate) media_type: String,
-    pub(crate) digest: String,
-    pub(crate) size: i64,
+    pub media_type: String,
+    pub digest: String,
+    pub size: i64,
     #[serde(default)]
-    pub(crate) annotations: Option<HashMap<String, String>>,
+    pub annotations: Option<HashMap<String, String>>,
     #[serde(default)]
-    pub(crate) platform: Option<JsonPlatform>,
+    pub platform: Option<JsonPlatform>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
-pub(crate) struct JsonPlatform {
+pub struct JsonPlatform {
     #[serde(default)]
-    pub(crate) os: String,
+    pub os: String,
     #[serde(default)]
-    pub(crate) architecture: String,
+    pub architecture: String,
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct JsonIndex {
-    pub(crate) manifests: Vec<JsonDescriptor>,
+pub struct JsonIndex {
+    pub manifests: Vec<JsonDescriptor>,
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct JsonManifest {
-    pub(crate) config: JsonDescriptor,
-    pub(crate) layers: Vec<JsonDescriptor>,
+pub struct JsonManifest {
+    pub config: JsonDescriptor,
+    pub layers: Vec<JsonDescriptor>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
-pub(crate) struct ConfigFile {
+pub struct ConfigFile {
     #[serde(default)]
-    pub(crate) config: Option<ImageConfig>,
-    pub(crate) rootfs: RootFs,
+    pub config: Option<ImageConfig>,
+    pub rootfs: RootFs,
 }
 
 #[derive(Debug, Deserialize, Clone)]
-pub(crate) struct RootFs {
-    pub(crate) diff_ids: Vec<String>,
+pub struct RootFs {
+    pub diff_ids: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -131,12 +131,12 @@ struct DockerManifestEntry {
     layers: Vec<String>,
 }
 
-pub(crate) fn is_index(media_type: &str) -> bool {
+pub fn is_index(media_type: &str) -> bool {
     media_type == MT_OCI_INDEX || media_type == MT_DOCKER_LIST
 }
 
 /// The manifest for this host's platform in an index.
-pub(crate) fn pick_platform(index: &JsonIndex) -> Option<&JsonDescriptor> {
+pub fn pick_platform(index: &JsonIndex) -> Option<&JsonDescriptor> {
     index
         .manifests
         .iter()
@@ -155,14 +155,14 @@ pub(crate) fn pick_platform(index: &JsonIndex) -> Option<&JsonDescriptor> {
 // ------------------------------------------------------------------------ reading the tar
 
 /// A piece of one blob, for a consumer that stores it while the archive is read.
-pub(crate) enum Part {
+pub enum Part {
     Data(Vec<u8>),
     /// The blob ended; its digest.
     Done(String),
 }
 
 /// What [`read`] tells a consumer that stores blobs as they stream by.
-pub(crate) enum Event {
+pub enum Event {
     /// A blob starts; its bytes follow on `parts` (dropping the receiver skips them).
     Blob {
         path: String,
@@ -174,12 +174,12 @@ pub(crate) enum Event {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct BlobInfo {
-    pub(crate) digest: String,
-    pub(crate) size: u64,
+pub struct BlobInfo {
+    pub digest: String,
+    pub size: u64,
     /// First bytes, for compression sniffing.
-    pub(crate) head: Vec<u8>,
-    pub(crate) small: Option<Vec<u8>>,
+    pub head: Vec<u8>,
+    pub small: Option<Vec<u8>>,
 }
 
 const META_FILES: &[&str] = &["manifest.json", "index.json", "repositories", "oci-layout"];
@@ -206,7 +206,7 @@ fn is_blob_path(p: &str) -> bool {
 }
 
 /// The digest a blob's path promises (`blobs/sha256/<hex>`, `<hex>.json`), if any.
-pub(crate) fn digest_from_path(p: &str) -> Option<String> {
+pub fn digest_from_path(p: &str) -> Option<String> {
     let hexpart = p
         .strip_prefix("blobs/sha256/")
         .or_else(|| p.strip_suffix(".json").filter(|s| !s.contains('/')))?;
@@ -217,14 +217,14 @@ pub(crate) fn digest_from_path(p: &str) -> Option<String> {
 /// What an archive holds: its top-level documents, every blob's digest and size, and links.
 #[derive(Debug, Default)]
 pub struct Archive {
-    pub(crate) meta: HashMap<String, Vec<u8>>,
-    pub(crate) blobs: HashMap<String, BlobInfo>,
-    pub(crate) links: HashMap<String, String>,
+    pub meta: HashMap<String, Vec<u8>>,
+    pub blobs: HashMap<String, BlobInfo>,
+    pub links: HashMap<String, String>,
     small_total: u64,
 }
 
 impl Archive {
-    pub(crate) fn blob(&self, path: &str) -> Option<&BlobInfo> {
+    pub fn blob(&self, path: &str) -> Option<&BlobInfo> {
         let mut p = clean(Path::new(path));
         for _ in 0..MAX_LINKS {
             if let Some(b) = self.blobs.get(&p) {
@@ -235,7 +235,7 @@ impl Archive {
         None
     }
 
-    pub(crate) fn by_digest(&self, digest: &str) -> Option<&BlobInfo> {
+    pub fn by_digest(&self, digest: &str) -> Option<&BlobInfo> {
         let hexpart = digest.strip_prefix("sha256:")?;
         self.blob(&format!("blobs/sha256/{hexpart}"))
     }
@@ -357,10 +357,7 @@ impl Archive {
 
 /// Read a whole archive once (blocking): top-level documents, links, and every blob hashed
 /// and checked against its name; blobs are also streamed to `events` when given.
-pub(crate) fn read(
-    reader: impl Read,
-    events: Option<&mpsc::Sender<Event>>,
-) -> Result<Archive, String> {
+pub fn read(reader: impl Read, events: Option<&mpsc::Sender<Event>>) -> Result<Archive, String> {
     let mut tar = tar::Archive::new(reader);
     let mut archive = Archive::default();
     let mut seen = 0usize;
@@ -415,7 +412,7 @@ pub struct Layer {
 
 /// Where an image's manifest comes from.
 #[derive(Debug, Clone)]
-pub(crate) enum Source {
+pub enum Source {
     /// `docker save`: no manifest blob (the importer synthesises one).
     Docker,
     /// OCI layout: the index entry, the platform manifest it leads to, and the nested indexes
@@ -424,10 +421,10 @@ pub(crate) enum Source {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct OciSource {
-    pub(crate) top: JsonDescriptor,
-    pub(crate) manifest: JsonDescriptor,
-    pub(crate) indexes: Vec<(String, Vec<String>)>,
+pub struct OciSource {
+    pub top: JsonDescriptor,
+    pub manifest: JsonDescriptor,
+    pub indexes: Vec<(String, Vec<String>)>,
 }
 
 /// One image of an archive, every part of it present and consistent.
@@ -437,19 +434,19 @@ pub struct Image {
     pub names: Vec<String>,
     /// The digest of its config: Docker's image ID, containerd's config blob.
     pub config_digest: String,
-    pub(crate) config: ConfigFile,
+    pub config: ConfigFile,
     config_size: u64,
     pub layers: Vec<Layer>,
-    pub(crate) source: Source,
+    pub source: Source,
 }
 
 impl Image {
-    pub(crate) fn diff_ids(&self) -> &[String] {
+    pub fn diff_ids(&self) -> &[String] {
         &self.config.rootfs.diff_ids
     }
 
     /// The size of the config blob.
-    pub(crate) fn config_size(&self) -> u64 {
+    pub fn config_size(&self) -> u64 {
         self.config_size
     }
 }

@@ -1,0 +1,76 @@
+//! Which configuration values are secrets, and how they are shown wherever config is printed
+//! or logged (the logger also scrubs the values themselves from every line).
+use std::collections::BTreeMap;
+
+/// What a secret value is replaced by wherever config is printed or logged.
+pub const REDACTED: &str = "<redacted>";
+
+/// Is the value of this key (an env var or log option) a secret that must never be printed?
+///
+/// Matches `ECS_ENGINE_AUTH_DATA`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` and any key
+/// containing SECRET, TOKEN, PASSWORD or AUTH, case-insensitively (log options such as
+/// `splunk-token` are covered too).
+pub fn is_secret_key(key: &str) -> bool {
+    let upper = key.to_ascii_uppercase();
+    ["SECRET", "TOKEN", "PASSWORD", "AUTH"]
+        .iter()
+        .any(|needle| upper.contains(needle))
+}
+
+/// `value`, or [`REDACTED`] when `key` names a secret.
+pub fn shown<'a>(key: &str, value: &'a str) -> &'a str {
+    if is_secret_key(key) {
+        REDACTED
+    } else {
+        value
+    }
+}
+
+/// `KEY=VALUE`, the value redacted when the key names a secret, and secret-looking members
+/// redacted when the value is a JSON object (`ECS_LOG_OPTS={"splunk-token":"…"}`).
+pub fn redacted_pair(key: &str, value: &str) -> String {
+    let shown = shown(key, value);
+    // Trimmed as `parse_string_map` trims (Unicode white space, which JSON's is not): whatever
+    // the launcher would read as a JSON object is redacted as one.
+    if shown.trim().starts_with('{') {
+        if let Ok(map) = serde_json::from_str::<BTreeMap<String, serde_json::Value>>(shown.trim()) {
+            if map.keys().any(|k| is_secret_key(k)) {
+                let redacted: BTreeMap<&String, serde_json::Value> = map
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = if is_secret_key(k) {
+                            serde_json::Value::String(REDACTED.into())
+                        } else {
+                            v.clone()
+                        };
+                        (k, v)
+                    })
+                    .collect();
+                let text = serde_json::to_string(&redacted).unwrap_or_else(|_| REDACTED.into());
+                return format!("{key}={text}");
+            }
+        }
+    }
+    format!("{key}={shown}")
+}
+
+/// An environment entry `KEY=VALUE` (as in an OCI spec), redacted like [`redacted_pair`].
+pub fn redacted_entry(entry: &str) -> String {
+    match entry.split_once('=') {
+        Some((k, v)) => redacted_pair(k, v),
+        None => entry.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the fuzz target: a value the options parser reads as JSON (it trims Unicode
+    /// white space such as a vertical tab) must be redacted as JSON too.
+    #[test]
+    fn json_with_unicode_white_space_around_is_redacted() {
+        let shown = redacted_pair("ECS_LOG_OPTS", "\u{b}{\"splunk-token\":\"tok-123\"}\u{b}");
+        assert!(!shown.contains("tok-123"), "{shown}");
+    }
+}
