@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: prepares a fresh Debian/Ubuntu machine (packages, containerd, dockerd)
 # and runs every test: lint, unit tests, the real-daemon integration and conformance suites,
-# the firewall's real-packet namespace matrix, the packaging tests, and the unit and DEB under a
+# the firewall's real-packet namespace matrix, the fuzz targets, the packaging tests, and the unit and DEB under a
 # booted systemd. Run as root.
 #
 # Integration tests never skip: a missing daemon or missing root fails them loudly.
@@ -45,6 +45,9 @@ run "cargo clippy" cargo clippy --workspace --all-targets "${INTEGRATION[@]}" --
 # agent container serialise themselves on a cross-process lock.
 run "cargo test (unit, real dockerd/containerd, netns firewall matrix, conformance)" \
     cargo test --workspace --no-fail-fast "${INTEGRATION[@]}"
+# libFuzzer over the parsers of untrusted input (env files, labels JSON, archives, desired-image),
+# 15 s a target; longer runs: FUZZ_SECONDS=3600 bash tests/fuzz.sh.
+run "fuzz (env files, labels/log-options JSON, image archives, desired-image)" bash tests/fuzz.sh
 run "packaging (RPM, DEB, unit file, scratch-root installs)" bash packaging/test.sh
 # The unit and the DEB under a booted systemd (systemd-nspawn; PID 1 here is not systemd), with a
 # private containerd/dockerd in the booted system's own network namespace.
