@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: prepares a fresh Debian/Ubuntu machine (packages, containerd, dockerd)
 # and runs every test: lint, unit tests, the real-daemon integration and conformance suites,
-# the firewall's real-packet namespace matrix, the fuzz targets, the packaging tests, and the unit and DEB under a
-# booted systemd. Run as root.
+# the firewall's real-packet namespace matrix, the fuzz targets, the packaging tests, and the
+# unit and DEB under a booted systemd. Run as root.
 #
 # Integration tests never skip: a missing daemon or missing root fails them loudly.
 set -euo pipefail
