@@ -572,6 +572,13 @@ impl Runtime for DockerRuntime {
                         }
                     }
                 }
+                // Log options such as splunk-token.
+                if let Some(options) = v
+                    .pointer_mut("/HostConfig/LogConfig/Config")
+                    .and_then(|o| o.as_object_mut())
+                {
+                    ecs_formats::redact::redact_members(options);
+                }
                 serde_json::json!({
                     "request": "POST /containers/create",
                     "name": spec.name,
@@ -708,6 +715,46 @@ mod tests {
         let mut colon = spec.clone();
         colon.mounts.push(Mount::rw("/x:y", "/z"));
         assert!(create_body(&colon).is_err());
+    }
+
+    /// `plan` shows the create request: secret env values and log options are redacted.
+    #[tokio::test]
+    async fn describe_redacts_env_and_log_options() {
+        let spec = AgentSpec {
+            image: "img:1".into(),
+            name: "n".into(),
+            env: vec![
+                ("ECS_ENGINE_AUTH_DATA".into(), "env-secret".into()),
+                ("A".into(), "1".into()),
+            ],
+            log: LogConfig {
+                driver: "splunk".into(),
+                options: BTreeMap::from([
+                    ("splunk-token".into(), "opt-secret".into()),
+                    ("tag".into(), "ecs".into()),
+                ]),
+            },
+            mounts: vec![],
+            labels: BTreeMap::new(),
+            cap_add: vec![],
+            network: NamespaceMode::Host,
+            pid: NamespaceMode::Private,
+            userns: NamespaceMode::Host,
+            privileged: false,
+            init: true,
+            apparmor_profile: None,
+        };
+        let d = DockerRuntime::connect(None).unwrap();
+        let text = d.describe(&spec).await.to_string();
+        assert!(
+            !text.contains("env-secret") && !text.contains("opt-secret"),
+            "{text}"
+        );
+        assert!(text.contains(r#""splunk-token":"<redacted>""#), "{text}");
+        assert!(
+            text.contains(r#""tag":"ecs""#) && text.contains("A=1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! Which configuration values are secrets, and how they are shown wherever config is printed
 //! or logged (the logger also scrubs the values themselves from every line).
-use std::collections::BTreeMap;
 
 /// What a secret value is replaced by wherever config is printed or logged.
 pub const REDACTED: &str = "<redacted>";
@@ -26,27 +25,30 @@ pub fn shown<'a>(key: &str, value: &'a str) -> &'a str {
     }
 }
 
+/// Replaces the value of every member of `object` whose key names a secret; returns whether
+/// any was replaced.
+pub fn redact_members(object: &mut serde_json::Map<String, serde_json::Value>) -> bool {
+    let mut any = false;
+    for (k, v) in object.iter_mut() {
+        if is_secret_key(k) {
+            *v = serde_json::Value::String(REDACTED.into());
+            any = true;
+        }
+    }
+    any
+}
+
 /// `KEY=VALUE`, the value redacted when the key names a secret, and secret-looking members
 /// redacted when the value is a JSON object (`ECS_LOG_OPTS={"splunk-token":"…"}`).
 pub fn redacted_pair(key: &str, value: &str) -> String {
     let shown = shown(key, value);
     // Trimmed as `parse_string_map` trims (Unicode white space, which JSON's is not): whatever
     // the launcher would read as a JSON object is redacted as one.
-    if shown.trim().starts_with('{') {
-        if let Ok(map) = serde_json::from_str::<BTreeMap<String, serde_json::Value>>(shown.trim()) {
-            if map.keys().any(|k| is_secret_key(k)) {
-                let redacted: BTreeMap<&String, serde_json::Value> = map
-                    .iter()
-                    .map(|(k, v)| {
-                        let v = if is_secret_key(k) {
-                            serde_json::Value::String(REDACTED.into())
-                        } else {
-                            v.clone()
-                        };
-                        (k, v)
-                    })
-                    .collect();
-                let text = serde_json::to_string(&redacted).unwrap_or_else(|_| REDACTED.into());
+    let trimmed = shown.trim();
+    if trimmed.starts_with('{') {
+        if let Ok(mut map) = serde_json::from_str(trimmed) {
+            if redact_members(&mut map) {
+                let text = serde_json::to_string(&map).unwrap_or_else(|_| REDACTED.into());
                 return format!("{key}={text}");
             }
         }
