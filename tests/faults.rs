@@ -352,6 +352,46 @@ fn failed_pre_start_changes_nothing() {
     );
 }
 
+/// pre-starts run at the same moment take turns: one copy of each rule (unserialised, six left
+/// 5-8 rules where one leaves 4) and no temp file left behind.
+#[test]
+fn concurrent_pre_starts_leave_one_set_of_rules() {
+    ecs_test_support::require_root();
+    ecs_test_support::require_docker();
+    let _lock = ecs_test_support::agent_lock();
+    let root = TestRoot::new();
+    root.place_agent_tarball(&agent_tarball("v1"), 2);
+    let out = in_netns(
+        &root,
+        &[("ECS_INIT_RUNTIME", "docker")],
+        r#"rules() { { iptables-save; ip6tables-save; } | grep -c '^-A'; }
+           "$BIN" pre-start 2>/dev/null; echo "rc0=$?"
+           echo "one=$(rules)"
+           "$BIN" post-stop 2>/dev/null; echo "after_post_stop=$(rules)"
+           for i in 1 2 3 4 5 6; do ( "$BIN" pre-start 2>/dev/null; echo "rc=$?" ) & done; wait
+           echo "six=$(rules)""#,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = |name: &str| -> usize {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}= in {text}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(text.contains("rc0=0"), "{text}");
+    assert!(value("one") >= 4, "{text}");
+    assert_eq!(value("after_post_stop"), 0, "{text}");
+    assert_eq!(text.matches("rc=0").count(), 6, "{text}");
+    assert_eq!(value("six"), value("one"), "{text}");
+    let leftovers: Vec<_> = std::fs::read_dir(root.join("var/lib/ecs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
 /// post-stop restores the route_localnet value pre-start found (1, set by the operator), and
 /// does its job from the record when the config is broken.
 #[test]
