@@ -83,85 +83,122 @@ pub struct DownloadOptions {
     pub warnings: Vec<String>,
 }
 
-/// The one place the download's settings are read (from the settings table).
-pub fn options(settings: &Settings) -> DownloadOptions {
-    let mut warnings = Vec::new();
-    let first = |keys: &[&'static str]| {
+/// Reads the download's raw settings, collecting a warning for each value that cannot be used.
+struct Reader<'a> {
+    settings: &'a Settings,
+    warnings: Vec<String>,
+}
+
+impl Reader<'_> {
+    /// The first of `keys` that is set and not blank.
+    fn first(&self, keys: &[&'static str]) -> Option<Setting> {
         keys.iter().find_map(|k| {
-            settings
+            let value = self
+                .settings
                 .raw(k)
                 .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(|v| Setting {
-                    key: k,
-                    value: v.to_string(),
-                })
+                .filter(|v| !v.is_empty())?;
+            Some(Setting {
+                key: k,
+                value: value.to_string(),
+            })
         })
-    };
-    let mut seconds = |key: &'static str, default: Duration| match first(&[key]) {
-        None => default,
-        Some(s) => match s.value.parse::<f64>() {
+    }
+
+    fn value(&self, key: &'static str) -> Option<String> {
+        self.first(&[key]).map(|s| s.value)
+    }
+
+    fn is_true(&self, key: &'static str) -> bool {
+        self.first(&[key])
+            .is_some_and(|s| s.value.eq_ignore_ascii_case("true"))
+    }
+
+    /// A positive number of seconds (at most a day), else the default with a warning.
+    fn seconds(&mut self, key: &'static str, default: Duration) -> Duration {
+        let Some(s) = self.first(&[key]) else {
+            return default;
+        };
+        match s.value.parse::<f64>() {
             Ok(v) if v > 0.0 && v.is_finite() && v <= 86400.0 => Duration::from_secs_f64(v),
             _ => {
-                warnings.push(format!(
+                self.warnings.push(format!(
                     "{key}={:?} is not a number of seconds; using {}",
                     s.value,
                     default.as_secs_f64()
                 ));
                 default
             }
-        },
-    };
-    let connect_timeout = seconds(CONNECT_TIMEOUT_KEY, DEFAULT_CONNECT_TIMEOUT);
-    let read_timeout = seconds(READ_TIMEOUT_KEY, DEFAULT_READ_TIMEOUT);
-    let imds_timeout = seconds("AWS_METADATA_SERVICE_TIMEOUT", DEFAULT_IMDS_TIMEOUT);
-    let imds_attempts = match first(&["AWS_METADATA_SERVICE_NUM_ATTEMPTS"]) {
-        None => DEFAULT_IMDS_ATTEMPTS,
-        Some(s) => match s.value.parse::<u32>() {
+        }
+    }
+
+    /// A count from 1 to 10, else the default with a warning.
+    fn count(&mut self, key: &'static str, default: u32) -> u32 {
+        let Some(s) = self.first(&[key]) else {
+            return default;
+        };
+        match s.value.parse::<u32>() {
             Ok(n) if (1..=10).contains(&n) => n,
             _ => {
-                warnings.push(format!(
-                    "AWS_METADATA_SERVICE_NUM_ATTEMPTS={:?} is not a number from 1 to 10; using {DEFAULT_IMDS_ATTEMPTS}",
+                self.warnings.push(format!(
+                    "{key}={:?} is not a number from 1 to 10; using {default}",
                     s.value
                 ));
-                DEFAULT_IMDS_ATTEMPTS
+                default
             }
-        },
-    };
-    let ipv6 = first(&["AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE"])
-        .is_some_and(|s| s.value.eq_ignore_ascii_case("ipv6"));
-    let imds_endpoint = first(&["AWS_EC2_METADATA_SERVICE_ENDPOINT"])
-        .map(|s| s.value)
-        .unwrap_or_else(|| {
-            if ipv6 {
-                DEFAULT_IMDS_ENDPOINT_IPV6
-            } else {
-                DEFAULT_IMDS_ENDPOINT
-            }
-            .to_string()
-        });
-    DownloadOptions {
-        region: first(&["AWS_REGION", "AWS_DEFAULT_REGION"]),
-        external: settings.agent.external,
-        imds_endpoint,
-        imds_disabled: first(&["AWS_EC2_METADATA_DISABLED"])
-            .is_some_and(|s| s.value.eq_ignore_ascii_case("true")),
-        imds_timeout,
-        imds_attempts,
-        s3_endpoint: first(&["AWS_ENDPOINT_URL_S3"]).map(|s| s.value),
-        https_proxy: first(&["HTTPS_PROXY", "https_proxy"]),
-        http_proxy: first(&["HTTP_PROXY", "http_proxy"]),
-        no_proxy: first(&["NO_PROXY", "no_proxy"]).map(|s| s.value),
-        trust: TrustSettings {
-            cert_file: first(&["SSL_CERT_FILE"]).map(|s| s.value.into()),
-            cert_dirs: first(&["SSL_CERT_DIR"]).map(|s| {
-                s.value
-                    .split(':')
+        }
+    }
+
+    fn imds_endpoint(&self) -> String {
+        self.value("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+            .unwrap_or_else(|| {
+                let ipv6 = self
+                    .first(&["AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE"])
+                    .is_some_and(|s| s.value.eq_ignore_ascii_case("ipv6"));
+                if ipv6 {
+                    DEFAULT_IMDS_ENDPOINT_IPV6
+                } else {
+                    DEFAULT_IMDS_ENDPOINT
+                }
+                .to_string()
+            })
+    }
+
+    fn trust(&self) -> TrustSettings {
+        TrustSettings {
+            cert_file: self.value("SSL_CERT_FILE").map(PathBuf::from),
+            cert_dirs: self.value("SSL_CERT_DIR").map(|dirs| {
+                dirs.split(':')
                     .filter(|d| !d.is_empty())
                     .map(PathBuf::from)
                     .collect()
             }),
-        },
+        }
+    }
+}
+
+/// The one place the download's settings are read (from the settings table).
+pub fn options(settings: &Settings) -> DownloadOptions {
+    let mut r = Reader {
+        settings,
+        warnings: Vec::new(),
+    };
+    let connect_timeout = r.seconds(CONNECT_TIMEOUT_KEY, DEFAULT_CONNECT_TIMEOUT);
+    let read_timeout = r.seconds(READ_TIMEOUT_KEY, DEFAULT_READ_TIMEOUT);
+    let imds_timeout = r.seconds("AWS_METADATA_SERVICE_TIMEOUT", DEFAULT_IMDS_TIMEOUT);
+    let imds_attempts = r.count("AWS_METADATA_SERVICE_NUM_ATTEMPTS", DEFAULT_IMDS_ATTEMPTS);
+    DownloadOptions {
+        region: r.first(&["AWS_REGION", "AWS_DEFAULT_REGION"]),
+        external: settings.agent.external,
+        imds_endpoint: r.imds_endpoint(),
+        imds_disabled: r.is_true("AWS_EC2_METADATA_DISABLED"),
+        imds_timeout,
+        imds_attempts,
+        s3_endpoint: r.value("AWS_ENDPOINT_URL_S3"),
+        https_proxy: r.first(&["HTTPS_PROXY", "https_proxy"]),
+        http_proxy: r.first(&["HTTP_PROXY", "http_proxy"]),
+        no_proxy: r.first(&["NO_PROXY", "no_proxy"]).map(|s| s.value),
+        trust: r.trust(),
         connect_timeout,
         read_timeout,
         retry: Retry {
@@ -174,7 +211,7 @@ pub fn options(settings: &Settings) -> DownloadOptions {
         },
         cache_dir: settings.paths.var_cache_ecs.clone(),
         arch: std::env::consts::ARCH,
-        warnings,
+        warnings: r.warnings,
     }
 }
 

@@ -74,95 +74,91 @@ pub struct Parsed {
 /// Parse one env file's text: its entries in order, warnings for suspicious lines, errors for
 /// unusable ones.
 pub fn parse_env_file(path: &Path, text: &str) -> Parsed {
-    let mut entries = Vec::new();
-    let mut warnings = Vec::new();
-    let mut errors = Vec::new();
+    let mut parsed = Parsed::default();
     // Line numbers are those of the untrimmed file, so count the leading lines trim removes.
     let leading = text.len() - text.trim_start().len();
     let first_line = 1 + text[..leading].matches('\n').count();
     for (i, raw) in text.trim().split('\n').enumerate() {
-        let origin = Origin {
-            file: path.to_path_buf(),
-            line: first_line + i,
-        };
         let line = raw.trim();
         if line.is_empty() {
             continue;
         }
-        let warn = |warnings: &mut Vec<Warning>, key: Option<&str>, message: String| {
-            warnings.push(Warning {
-                origin: Some(origin.clone()),
-                key: key.map(str::to_string),
-                message,
-            })
+        let origin = Origin {
+            file: path.to_path_buf(),
+            line: first_line + i,
+        };
+        let note = |key: Option<&str>, message: String| Warning {
+            origin: Some(origin.clone()),
+            key: key.map(str::to_string),
+            message,
         };
         let Some((key, value)) = line.split_once('=') else {
             if !line.starts_with('#') {
-                warn(&mut warnings, None, "line has no '=': ignored".into());
+                parsed
+                    .warnings
+                    .push(note(None, "line has no '=': ignored".into()));
             }
             continue;
         };
         if key.is_empty() {
-            warn(&mut warnings, None, "empty variable name: ignored".into());
+            parsed
+                .warnings
+                .push(note(None, "empty variable name: ignored".into()));
             continue;
         }
-        if key.starts_with('#') {
-            warn(
-                &mut warnings,
-                Some(key),
-                "commented-out line contains '=': it is passed to the agent as a variable (env files have no comments)".into(),
-            );
-        }
-        if key.chars().any(char::is_whitespace) {
-            warn(
-                &mut warnings,
-                Some(key),
-                "variable name contains white space".into(),
-            );
-        }
-        let v = value;
-        if key.len() + value.len() + 2 > MAX_ENV_STRING {
-            errors.push(Warning {
-                origin: Some(origin.clone()),
-                key: Some(key.to_string()),
-                message: format!(
-                    "the variable is {} bytes long; a process environment string holds at most {MAX_ENV_STRING} (the agent could not start)",
-                    key.len() + value.len() + 2
-                ),
-            });
+        let doubts = name_doubts(key).into_iter();
+        parsed
+            .warnings
+            .extend(doubts.map(|m| note(Some(key), m.into())));
+        if let Err(message) = fits_an_environment(key, value) {
+            parsed.errors.push(note(Some(key), message));
             continue;
         }
-        if v.contains('\0') {
-            errors.push(Warning {
-                origin: Some(origin.clone()),
-                key: Some(key.to_string()),
-                message: "the value contains a NUL byte, which no process environment can hold"
-                    .into(),
-            });
-            continue;
-        }
-        if v.len() >= 2
-            && ((v.starts_with('"') && v.ends_with('"'))
-                || (v.starts_with('\'') && v.ends_with('\'')))
-        {
-            warn(
-                &mut warnings,
+        if is_quoted(value) {
+            parsed.warnings.push(note(
                 Some(key),
                 "value is quoted: the quotes are part of the value (env files do not strip quotes)"
                     .into(),
-            );
+            ));
         }
-        entries.push(Entry {
+        parsed.entries.push(Entry {
             key: key.to_string(),
             value: value.to_string(),
             origin,
         });
     }
-    Parsed {
-        entries,
-        warnings,
-        errors,
+    parsed
+}
+
+/// Variable names that pass through but are probably mistakes.
+fn name_doubts(key: &str) -> Vec<&'static str> {
+    let mut doubts = Vec::new();
+    if key.starts_with('#') {
+        doubts.push("commented-out line contains '=': it is passed to the agent as a variable (env files have no comments)");
     }
+    if key.chars().any(char::is_whitespace) {
+        doubts.push("variable name contains white space");
+    }
+    doubts
+}
+
+/// Whether `KEY=VALUE` can be one string of a process environment.
+fn fits_an_environment(key: &str, value: &str) -> Result<(), String> {
+    let len = key.len() + value.len() + 2;
+    if len > MAX_ENV_STRING {
+        return Err(format!(
+            "the variable is {len} bytes long; a process environment string holds at most {MAX_ENV_STRING} (the agent could not start)"
+        ));
+    }
+    if value.contains('\0') {
+        return Err("the value contains a NUL byte, which no process environment can hold".into());
+    }
+    Ok(())
+}
+
+fn is_quoted(v: &str) -> bool {
+    v.len() >= 2
+        && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
 }
 
 /// Go's `strconv.ParseBool`: anything else is an error.

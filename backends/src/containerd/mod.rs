@@ -358,7 +358,12 @@ impl ContainerdRuntime {
         let image = images::resolve_image(self, &spec.image).await?;
         let top_chain = unpack::ensure_unpacked(self, &image).await?;
         let oci_spec = self.oci_spec(spec, &image.config);
-        tracing::debug!(name, spec = %redacted(&oci_spec), "OCI runtime spec");
+        // Once per process (a crash loop would repeat ~5 KB at every restart); the agent spec's
+        // digest line of each start says whether it changed, and `plan` shows it in full.
+        static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::debug!(name, spec = %redacted(&oci_spec), "OCI runtime spec");
+        }
         let lease = lease::Lease::create(self, Duration::from_secs(600)).await?;
         let result = self
             .create_container(spec, &image, &top_chain, oci_spec, &lease)
