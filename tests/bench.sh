@@ -27,6 +27,9 @@
 #     RSS (GNU time's maximum resident set of the whole pre-start process). The object is not an
 #     image, so pre-start's load step fails right after the download: the download's own final
 #     log line (size, seconds, MD5) is what is timed.
+#  5. the soak (tests/soak.sh), after the summary: SOAK_CYCLES (default 1000; 0 to skip) agent
+#     crash/restart cycles under one supervisor on each runtime of RUNTIMES, printing the
+#     launcher's RSS and open fds early and at the end; fails when either grew.
 # Everything lives under a scratch ECS_INIT_HOST_ROOT; pre-start runs in a scratch network
 # namespace (`unshare -n`) so the host's sysctls and firewall never change. The agent lock of
 # the tests (/tmp/ecs-init-tests.agent.lock) is held for the whole run. Exits non-zero when a
@@ -482,4 +485,15 @@ if [ ${#DL_SUMMARY[@]} -gt 0 ]; then
     echo
     printf '%-8s %10s %10s %6s %10s %10s %10s\n' "MB" "curl ms" "launch ms" ratio "curl MB/s" "launch MB/s" "peak RSS MiB"
     printf '%s\n' "${DL_SUMMARY[@]}"
+fi
+
+# ---------------------------------------------------------------- 5. soak
+SOAK_CYCLES=${SOAK_CYCLES:-1000}
+if [ "$SOAK_CYCLES" != 0 ]; then
+    echo
+    echo "================================================================ soak ($SOAK_CYCLES cycles)"
+    # soak.sh takes the tests' agent lock itself: hand it over.
+    flock -u 9
+    exec 9>&-
+    CYCLES=$SOAK_CYCLES RUNTIMES=$RUNTIMES bash tests/soak.sh
 fi

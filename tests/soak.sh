@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soak (not a test; tests/bench.sh runs it at its end, CI does not): CYCLES agent crash/restart
+# Soak (not a test; tests/bench.sh runs it as its last section, CI does not): CYCLES agent crash/restart
 # cycles under one supervising `amazon-ecs-init start`, on each runtime, with the restart delay
 # shortened by the testing-only knob ECS_INIT_RESTART_DELAY_MS. Prints the launcher's resident
 # memory and open file descriptors early (after WARMUP cycles) and at the end: they must not
