@@ -17,22 +17,8 @@ top=$(cd "$here/.." && pwd)
 work=$(mktemp -d /tmp/ecs-init-packaging-test.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-passed=0
-failed=0
-pass() { passed=$((passed + 1)); echo "ok   - $*"; }
-fail() { failed=$((failed + 1)); echo "FAIL - $*"; }
-# check DESCRIPTION COMMAND...: passes when the command succeeds.
-check() {
-    local desc=$1
-    shift
-    local out
-    if out=$("$@" 2>&1); then
-        pass "$desc"
-    else
-        fail "$desc"
-        printf '%s\n' "$out" | sed 's/^/       /' | tail -n 20
-    fi
-}
+# pass, fail, check and the counts.
+source "$top/tests/checks.sh"
 # contains DESCRIPTION HAYSTACK NEEDLE: fixed-string match; a needle starting with ^ must match a
 # whole line.
 contains() {

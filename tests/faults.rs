@@ -280,6 +280,17 @@ fn docker_connection_lost_mid_create() {
     );
 }
 
+/// Root and Docker required, the agent lock held, and a scratch root whose cache holds the
+/// stand-in agent tarball (state 2: pre-start loads it).
+fn docker_root_with_agent() -> (ecs_test_support::AgentLock, TestRoot) {
+    ecs_test_support::require_root();
+    ecs_test_support::require_docker();
+    let lock = ecs_test_support::agent_lock();
+    let root = TestRoot::new();
+    root.place_agent_tarball(&agent_tarball("v1"), 2);
+    (lock, root)
+}
+
 /// Run `script` in a fresh network namespace with loopback up; `$BIN` is the launcher.
 fn in_netns(root: &TestRoot, env: &[(&str, &str)], script: &str) -> std::process::Output {
     let mut c = Command::new("unshare");
@@ -311,11 +322,7 @@ fn in_netns(root: &TestRoot, env: &[(&str, &str)], script: &str) -> std::process
 /// as they were; an interface name that cannot exist fails before anything changes.
 #[test]
 fn failed_pre_start_changes_nothing() {
-    ecs_test_support::require_root();
-    ecs_test_support::require_docker();
-    let _lock = ecs_test_support::agent_lock();
-    let root = TestRoot::new();
-    root.place_agent_tarball(&agent_tarball("v1"), 2);
+    let (_lock, root) = docker_root_with_agent();
     let out = in_netns(
         &root,
         &[
@@ -356,11 +363,7 @@ fn failed_pre_start_changes_nothing() {
 /// 5-8 rules where one leaves 4) and no temp file left behind.
 #[test]
 fn concurrent_pre_starts_leave_one_set_of_rules() {
-    ecs_test_support::require_root();
-    ecs_test_support::require_docker();
-    let _lock = ecs_test_support::agent_lock();
-    let root = TestRoot::new();
-    root.place_agent_tarball(&agent_tarball("v1"), 2);
+    let (_lock, root) = docker_root_with_agent();
     let out = in_netns(
         &root,
         &[("ECS_INIT_RUNTIME", "docker")],
@@ -396,11 +399,7 @@ fn concurrent_pre_starts_leave_one_set_of_rules() {
 /// does its job from the record when the config is broken.
 #[test]
 fn post_stop_restores_and_works_with_a_broken_config() {
-    ecs_test_support::require_root();
-    ecs_test_support::require_docker();
-    let _lock = ecs_test_support::agent_lock();
-    let root = TestRoot::new();
-    root.place_agent_tarball(&agent_tarball("v1"), 2);
+    let (_lock, root) = docker_root_with_agent();
     let out = in_netns(
         &root,
         &[("ECS_INIT_RUNTIME", "docker")],
@@ -508,11 +507,7 @@ fn secrets_stay_out_of_every_output() {
 /// directory): never followed; modes are explicit whatever the umask.
 #[test]
 fn planted_symlinks_and_modes() {
-    ecs_test_support::require_root();
-    ecs_test_support::require_docker();
-    let _lock = ecs_test_support::agent_lock();
-    let root = TestRoot::new();
-    root.place_agent_tarball(&agent_tarball("v1"), 2);
+    let (_lock, root) = docker_root_with_agent();
     // Directories the launcher creates itself.
     std::fs::remove_dir(root.join("var/lib/ecs/data")).unwrap();
     let victim = root.join("victim");

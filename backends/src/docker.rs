@@ -720,29 +720,17 @@ mod tests {
     /// `plan` shows the create request: secret env values and log options are redacted.
     #[tokio::test]
     async fn describe_redacts_env_and_log_options() {
-        let spec = AgentSpec {
-            image: "img:1".into(),
-            name: "n".into(),
-            env: vec![
-                ("ECS_ENGINE_AUTH_DATA".into(), "env-secret".into()),
-                ("A".into(), "1".into()),
-            ],
-            log: LogConfig {
-                driver: "splunk".into(),
-                options: BTreeMap::from([
-                    ("splunk-token".into(), "opt-secret".into()),
-                    ("tag".into(), "ecs".into()),
-                ]),
-            },
-            mounts: vec![],
-            labels: BTreeMap::new(),
-            cap_add: vec![],
-            network: NamespaceMode::Host,
-            pid: NamespaceMode::Private,
-            userns: NamespaceMode::Host,
-            privileged: false,
-            init: true,
-            apparmor_profile: None,
+        let mut spec = AgentSpec::new(
+            "img:1",
+            "n",
+            &[("ECS_ENGINE_AUTH_DATA", "env-secret"), ("A", "1")],
+        );
+        spec.log = LogConfig {
+            driver: "splunk".into(),
+            options: BTreeMap::from([
+                ("splunk-token".into(), "opt-secret".into()),
+                ("tag".into(), "ecs".into()),
+            ]),
         };
         let d = DockerRuntime::connect(None).unwrap();
         let text = d.describe(&spec).await.to_string();

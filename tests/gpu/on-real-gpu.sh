@@ -21,10 +21,8 @@ top=$(cd "$here/../.." && pwd)
 work=$(mktemp -d /tmp/ecs-init-real-gpu.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-passed=0
-failed=0
-pass() { passed=$((passed + 1)); echo "ok   - $*"; }
-fail() { failed=$((failed + 1)); echo "FAIL - $*"; }
+# pass, fail, check and the counts.
+source "$top/tests/checks.sh"
 finish() {
     echo "$passed passed, $failed failed"
     [ "$failed" = 0 ]

@@ -106,8 +106,9 @@ runtime_ns_init() {
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(cd "$here/../.." && pwd)
 
-passed=0
-failed=0
+# pass, fail, check, indent and the counts.
+CHECK_TAIL=30
+source "$top/tests/checks.sh"
 aborted=
 phases=()
 phase_name=
@@ -127,20 +128,6 @@ phase() {
     phase_name=$1
     phase_t0=$(now)
     printf '\n# %s\n' "$1"
-}
-pass() { passed=$((passed + 1)); echo "ok   - $*"; }
-fail() { failed=$((failed + 1)); echo "FAIL - $*"; }
-indent() { sed 's/^/       /'; }
-# check DESCRIPTION COMMAND...: passes when the command succeeds; shows its output otherwise.
-check() {
-    local desc=$1 out
-    shift
-    if out=$("$@" 2>&1); then
-        pass "$desc"
-    else
-        fail "$desc"
-        printf '%s\n' "$out" | tail -n 30 | indent
-    fi
 }
 # expect DESCRIPTION ACTUAL EXPECTED
 expect() {

@@ -404,14 +404,7 @@ impl ContainerdRuntime {
             other => other,
         }
         .map_err(|s| self.err(format!("prepare root snapshot of {name}"), s))?;
-        let labels: HashMap<String, String> = image
-            .config
-            .labels
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .chain(spec.labels.clone())
-            .collect();
+        let labels: HashMap<String, String> = container_labels(&image.config, spec).collect();
         let container = Container {
             id: name.into(),
             labels,
@@ -746,13 +739,8 @@ impl Runtime for ContainerdRuntime {
                 )),
             ),
         };
-        let labels: std::collections::BTreeMap<String, String> = config
-            .labels
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .chain(spec.labels.clone())
-            .collect();
+        let labels: std::collections::BTreeMap<String, String> =
+            container_labels(&config, spec).collect();
         let oci_spec = self.oci_spec(spec, &config);
         serde_json::json!({
             "namespace": self.opts.namespace,
@@ -866,6 +854,18 @@ fn lost_connection(status: &Status) -> bool {
         }
         _ => false,
     }
+}
+
+/// The container record's labels: the image's own, then the spec's (which win), as Docker
+/// merges them.
+fn container_labels<'a>(
+    config: &oci::ImageConfig,
+    spec: &'a AgentSpec,
+) -> impl Iterator<Item = (String, String)> + 'a {
+    let image_labels = config.labels.clone().unwrap_or_default();
+    image_labels
+        .into_iter()
+        .chain(spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())))
 }
 
 #[cfg(test)]
