@@ -222,31 +222,56 @@ impl Runtime for FakeRuntime {
     }
 }
 
-/// Everything logged (at any level) while `fut` runs, as text.
-pub async fn capture_logs(fut: impl std::future::Future<Output = ()>) -> String {
-    use std::io::Write;
-    use std::sync::Arc;
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+std::thread_local! {
+    /// What this thread has logged since `capture_logs` began, while it runs.
+    static CAPTURED: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
+}
+
+struct CaptureWriter;
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        CAPTURED.with(|c| {
+            if let Some(v) = c.borrow_mut().as_mut() {
+                v.extend_from_slice(b);
+            }
+        });
+        Ok(b.len())
     }
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let guard = tracing::subscriber::set_default(subscriber);
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One process-wide subscriber that formats an event only on a thread inside `capture_logs`.
+///
+/// Why not a subscriber per test (`set_default`): tracing caches, per call site, whether any
+/// subscriber wants it, and while a single dispatcher is registered it asks only the current
+/// thread's. A call site first reached by a test on another thread (no subscriber there) was
+/// cached as "never", and a capturing test then lost that line (about 1 run in 30 of the
+/// supervise tests). This subscriber answers "sometimes" for every call site, so nothing is
+/// cached as "never", and decides per event.
+fn install_capturing_subscriber() {
+    use tracing_subscriber::prelude::*;
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let capturing =
+            tracing_subscriber::filter::filter_fn(|_| CAPTURED.with(|c| c.borrow().is_some()));
+        let layer = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(|| CaptureWriter)
+            .with_filter(capturing);
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+            .expect("the unit tests install no other global subscriber");
+    });
+    // Call sites registered by other threads while the subscriber was being installed.
+    tracing::callsite::rebuild_interest_cache();
+}
+
+/// Everything logged (at any level) on this thread while `fut` runs, as text.
+pub async fn capture_logs(fut: impl std::future::Future<Output = ()>) -> String {
+    install_capturing_subscriber();
+    CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
     fut.await;
-    drop(guard);
-    let out = buf.0.lock().unwrap().clone();
+    let out = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
     String::from_utf8_lossy(&out).into_owned()
 }

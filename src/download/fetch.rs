@@ -373,20 +373,6 @@ mod tests {
         assert_eq!(left, ["state"]);
     }
 
-    /// Collects what a fmt subscriber writes.
-    #[derive(Clone, Default)]
-    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     /// A plain-HTTP loopback server answering the `.md5` at once and the object in slow pieces.
     fn slow_server(body: Vec<u8>, pieces: usize, gap: Duration) -> String {
         use std::io::{BufRead, BufReader};
@@ -423,16 +409,8 @@ mod tests {
 
     #[tokio::test]
     async fn progress_lines_at_a_steady_pace_then_one_final_digest() {
-        use tracing_subscriber::fmt;
         let body = vec![7u8; 400_000];
         let url = slow_server(body.clone(), 8, Duration::from_millis(60));
-        let out = Captured::default();
-        let sink = out.clone();
-        let subscriber = fmt()
-            .with_writer(move || sink.clone())
-            .with_ansi(false)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("ecs-agent.tar");
         let client = Client::new(
@@ -454,13 +432,15 @@ mod tests {
             attempts: 1,
             backoff: Duration::from_millis(1),
         };
-        let f = from_source(&client, retry, &source, &dest, progress)
-            .await
-            .unwrap();
+        let mut fetched = None;
+        let text = crate::testing::capture_logs(async {
+            fetched = Some(from_source(&client, retry, &source, &dest, progress).await);
+        })
+        .await;
+        let f = fetched.unwrap().unwrap();
         assert_eq!(f.bytes, 400_000);
         assert_eq!(f.md5, hex(&Md5::digest(&body)));
         assert_eq!(std::fs::read(&dest).unwrap(), body);
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text
             .lines()
             .filter(|l| l.contains("downloading the agent"))
