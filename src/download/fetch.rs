@@ -1,14 +1,19 @@
 //! One bucket's attempt: the published MD5, then the tarball streamed into a temp file next to
 //! its destination (0600, MD5 computed on the way), compared, fsynced and renamed into place.
-//! Memory stays bounded by hyper's read buffer whatever the tarball's size. Any failure removes
-//! the temp file; the destination is only ever replaced by a complete, verified file.
+//! Memory stays bounded (hyper's read buffer, plus at most `SINK_PIECES` received pieces waiting
+//! for the hashing thread) whatever the tarball's size. Any failure removes the temp file; the
+//! destination is only ever replaced by a complete, verified file.
 use md5::{Digest, Md5};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use hyper::body::Bytes;
 
 use super::http::{with_retries, Attempt, Client, HttpError, Retry};
 use super::region::Source;
@@ -216,17 +221,18 @@ async fn stream_once(
             }
         }
     }
-    let mut file: File = OpenOptions::new()
+    let file: File = OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(tmp)
         .map_err(|e| local("opening", e))?;
-    let mut md5 = Md5::new();
+    let mut sink = Sink::start(file).map_err(|e| local("starting the hashing thread for", e))?;
     let started = Instant::now();
     let mut last_report = started;
     while let Some(data) = resp.chunk().await? {
-        md5.update(&data);
-        file.write_all(&data).map_err(|e| local("writing", e))?;
+        if !sink.push(data) {
+            break; // the thread stopped on a write error, which `finish` returns
+        }
         if last_report.elapsed() >= progress.every {
             last_report = Instant::now();
             let secs = started.elapsed().as_secs_f64().max(0.001);
@@ -253,8 +259,68 @@ async fn stream_once(
             ));
         }
     }
+    let (md5, file) = sink.finish().map_err(|e| local("writing", e))?;
     file.sync_all().map_err(|e| local("syncing", e))?;
     Ok((hex(&md5.finalize()), resp.received))
+}
+
+/// How many received pieces may wait for the hashing thread; when they all wait, reading from
+/// the network waits for it. A piece is what one read of the connection gave: up to hyper's
+/// ~400 KiB read buffer on a fast link, so 64 of them raised the download's peak RSS from
+/// 7.6 to 33 MiB (tests/bench.sh); a few are enough to keep the thread busy.
+const SINK_PIECES: usize = 4;
+
+/// MD5 and the temp file's writes on a thread of their own, so that hashing one piece overlaps
+/// the arrival (and TLS decryption) of the next: on one thread the MD5 alone was about a third
+/// of a 300 MB download's time (README, Benchmarks).
+struct Sink {
+    pieces: Option<SyncSender<Bytes>>,
+    worker: Option<JoinHandle<std::io::Result<(Md5, File)>>>,
+}
+
+impl Sink {
+    fn start(mut file: File) -> std::io::Result<Sink> {
+        let (pieces, received) = sync_channel::<Bytes>(SINK_PIECES);
+        let worker = std::thread::Builder::new()
+            .name("agent-download-md5".into())
+            .spawn(move || {
+                let mut md5 = Md5::new();
+                for data in received {
+                    md5.update(&data);
+                    file.write_all(&data)?;
+                }
+                Ok((md5, file))
+            })?;
+        Ok(Sink {
+            pieces: Some(pieces),
+            worker: Some(worker),
+        })
+    }
+
+    /// Hand one piece over; false when the thread has stopped (a write failed).
+    fn push(&mut self, data: Bytes) -> bool {
+        self.pieces.as_ref().is_some_and(|p| p.send(data).is_ok())
+    }
+
+    /// Every piece written and hashed: the digest so far and the file, or the write error.
+    fn finish(mut self) -> std::io::Result<(Md5, File)> {
+        self.pieces = None;
+        match self.worker.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) | None => Err(std::io::Error::other("the hashing thread panicked")),
+        }
+    }
+}
+
+impl Drop for Sink {
+    /// An attempt that failed part-way waits for its thread: the next attempt truncates the
+    /// same temp file and must not receive this attempt's late writes.
+    fn drop(&mut self) {
+        self.pieces = None;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
 }
 
 /// Download `source` to `dest`: the MD5 first, then the tarball, verified, renamed into place.
@@ -352,6 +418,39 @@ mod tests {
         ] {
             assert!(parse_md5(bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_sink_hashes_and_writes_every_piece_and_a_dropped_one_has_finished_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        let piece = Bytes::from(vec![9u8; 1 << 20]);
+        let mut sink = Sink::start(File::create(&path).unwrap()).unwrap();
+        for _ in 0..3 {
+            assert!(sink.push(piece.clone()));
+        }
+        let (md5, _) = sink.finish().unwrap();
+        assert_eq!(hex(&md5.finalize()), hex(&Md5::digest(vec![9u8; 3 << 20])));
+        // A failed attempt drops its sink; the next attempt truncates the same file, so every
+        // queued write must be done when the drop returns.
+        let mut sink = Sink::start(File::create(&path).unwrap()).unwrap();
+        for _ in 0..8 {
+            assert!(sink.push(piece.clone()));
+        }
+        drop(sink);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 8 << 20);
+    }
+
+    #[test]
+    fn a_write_error_stops_the_sink_and_finish_returns_it() {
+        let full = File::options().write(true).open("/dev/full").unwrap();
+        let mut sink = Sink::start(full).unwrap();
+        let pushed = (0..100)
+            .take_while(|_| sink.push(Bytes::from_static(b"x")))
+            .count();
+        assert!(pushed < 100, "the thread stopped taking pieces");
+        let err = sink.finish().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::StorageFull, "{err}");
     }
 
     #[test]
