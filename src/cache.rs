@@ -97,7 +97,8 @@ pub fn state(paths: &Paths) -> Result<CacheState, CacheError> {
     if !non_empty(&tar) || !non_empty(&state_file) {
         return Ok(CacheState::Uncached);
     }
-    let text = std::fs::read_to_string(&state_file).map_err(|e| CacheError::BadState {
+    // /var/cache/ecs is writable by the agent: never follow a symlink planted there.
+    let text = ecs_host::files::read_to_string(&state_file).map_err(|e| CacheError::BadState {
         path: state_file.clone(),
         reason: e.to_string(),
     })?;
@@ -229,7 +230,7 @@ pub fn desired_tarball(paths: &Paths) -> Result<PathBuf, CacheError> {
         path: path.clone(),
         reason,
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+    let text = ecs_host::files::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
     parse_desired_image(&text, &paths.var_cache_ecs).map_err(bad)
 }
 
@@ -277,6 +278,20 @@ pub(crate) mod tests {
             err.contains("var/cache/ecs/state") && err.contains("\"7\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn planted_symlinks_in_the_cache_are_not_followed() {
+        let (d, p) = root();
+        let target = d.path().join("elsewhere");
+        std::fs::write(&target, "1\n/x/ecs-agent-v2.tar\n").unwrap();
+        std::fs::write(p.agent_tarball(), "x").unwrap();
+        std::os::unix::fs::symlink(&target, p.cache_state()).unwrap();
+        std::os::unix::fs::symlink(&target, p.desired_image()).unwrap();
+        let err = state(&p).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        let err = desired_tarball(&p).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
     }
 
     #[test]

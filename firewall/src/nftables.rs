@@ -54,11 +54,18 @@ fn family_word(family: Family) -> &'static str {
 }
 
 /// (chain name, type, hook, priority) of the chain holding `hook`'s rules.
-fn chain_of(hook: Hook) -> (&'static str, NfChainType, NfHook, i32) {
+/// A hook's base chain: its name (also the nft hook's word), type (and its word), hook, priority.
+fn chain_of(hook: Hook) -> (&'static str, NfChainType, &'static str, NfHook, i32) {
     match hook {
-        Hook::NatPrerouting => ("prerouting", NfChainType::NAT, NfHook::Prerouting, -100),
-        Hook::NatOutput => ("output", NfChainType::NAT, NfHook::Output, -100),
-        Hook::FilterInput => ("input", NfChainType::Filter, NfHook::Input, 0),
+        Hook::NatPrerouting => (
+            "prerouting",
+            NfChainType::NAT,
+            "nat",
+            NfHook::Prerouting,
+            -100,
+        ),
+        Hook::NatOutput => ("output", NfChainType::NAT, "nat", NfHook::Output, -100),
+        Hook::FilterInput => ("input", NfChainType::Filter, "filter", NfHook::Input, 0),
     }
 }
 
@@ -264,7 +271,7 @@ fn apply_batch(rules: &RuleSet) -> (NftDoc<'static>, Vec<String>) {
         batch.add(table());
         text.push(format!("add table {word} {TABLE}"));
         for (hook, _) in &hooks {
-            let (name, kind, nf_hook, prio) = chain_of(*hook);
+            let (name, kind, kind_word, nf_hook, prio) = chain_of(*hook);
             batch.add(NfListObject::Chain(Chain {
                 family: fam,
                 table: Cow::Borrowed(TABLE),
@@ -275,17 +282,8 @@ fn apply_batch(rules: &RuleSet) -> (NftDoc<'static>, Vec<String>) {
                 policy: Some(NfChainPolicy::Accept),
                 ..Chain::default()
             }));
-            let kind_word = match kind {
-                NfChainType::NAT => "nat",
-                _ => "filter",
-            };
-            let hook_word = match nf_hook {
-                NfHook::Prerouting => "prerouting",
-                NfHook::Output => "output",
-                _ => "input",
-            };
             text.push(format!(
-                "add chain {word} {TABLE} {name} {{ type {kind_word} hook {hook_word} priority {prio}; policy accept; }}"
+                "add chain {word} {TABLE} {name} {{ type {kind_word} hook {name} priority {prio}; policy accept; }}"
             ));
         }
         for (hook, chain_rules) in &hooks {
@@ -309,25 +307,9 @@ fn apply_batch(rules: &RuleSet) -> (NftDoc<'static>, Vec<String>) {
     (batch.to_nftables(), text)
 }
 
-/// The remove transaction: our two tables, nothing else.
+/// The remove transaction: our two tables, nothing else (the apply transaction of no rules).
 fn remove_batch() -> (NftDoc<'static>, Vec<String>) {
-    let mut batch = Batch::new();
-    let mut text = Vec::new();
-    for family in [Family::V4, Family::V6] {
-        let table = || {
-            NfListObject::Table(Table {
-                family: nf_family(family),
-                name: Cow::Borrowed(TABLE),
-                handle: None,
-            })
-        };
-        batch.add(table());
-        batch.delete(table());
-        let word = family_word(family);
-        text.push(format!("add table {word} {TABLE}"));
-        text.push(format!("delete table {word} {TABLE}"));
-    }
-    (batch.to_nftables(), text)
+    apply_batch(&RuleSet::default())
 }
 
 /// What [`decode_rule`] collects from one rule's statements.
@@ -593,11 +575,6 @@ impl Firewall for Nftables {
     fn render(&self, rules: &RuleSet) -> Vec<String> {
         apply_batch(rules).1
     }
-}
-
-/// The `nft -f` lines of the remove transaction (for `plan` and docs).
-pub fn render_remove() -> Vec<String> {
-    remove_batch().1
 }
 
 #[cfg(test)]

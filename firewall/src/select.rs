@@ -212,7 +212,7 @@ pub fn choose(
     choice: Choice,
     probe: impl FnOnce() -> HostProbe,
 ) -> Result<Selection, NoFirewallTool> {
-    let backend = match choice {
+    let p = match choice {
         Choice::Named(b) => {
             return Ok(Selection {
                 backend: b,
@@ -221,7 +221,6 @@ pub fn choose(
         }
         Choice::Auto => probe(),
     };
-    let p = backend;
     let pick = |backend: Backend, reason: String| Ok(Selection { backend, reason });
     if p.nft_has_ours && p.nft_usable && !p.iptables_has_ours {
         return pick(

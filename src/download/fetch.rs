@@ -267,7 +267,7 @@ async fn stream_once(
 /// How many received pieces may wait for the hashing thread; when they all wait, reading from
 /// the network waits for it. A piece is what one read of the connection gave: up to hyper's
 /// ~400 KiB read buffer on a fast link, so 64 of them raised the download's peak RSS from
-/// 7.6 to 33 MiB (tests/bench.sh); a few are enough to keep the thread busy.
+/// 7.3 to 33 MiB (tests/bench.sh); a few are enough to keep the thread busy.
 const SINK_PIECES: usize = 4;
 
 /// MD5 and the temp file's writes on a thread of their own, so that hashing one piece overlaps

@@ -144,11 +144,12 @@ pub fn open_rw(path: &Path, mode: u32) -> io::Result<File> {
     Ok(file)
 }
 
-/// Read `path` without following a symlink there. `NotFound` passes through unchanged.
-pub fn read(path: &Path) -> io::Result<Vec<u8>> {
-    let mut file = OpenOptions::new()
+/// Open the regular file `path` for reading without following a symlink there (nor reading a
+/// device or FIFO planted in its place). `NotFound` passes through unchanged.
+pub fn open_read(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| explain(path, e))?;
     if !file.metadata()?.file_type().is_file() {
@@ -157,6 +158,12 @@ pub fn read(path: &Path) -> io::Result<Vec<u8>> {
             format!("{} is not a regular file", path.display()),
         ));
     }
+    Ok(file)
+}
+
+/// Read `path` without following a symlink there. `NotFound` passes through unchanged.
+pub fn read(path: &Path) -> io::Result<Vec<u8>> {
+    let mut file = open_read(path)?;
     let mut out = Vec::new();
     file.read_to_end(&mut out)?;
     Ok(out)

@@ -14,7 +14,7 @@ use ecs_formats::archive::{sha256_hex, Part, SMALL};
 use std::collections::HashMap;
 use tokio::sync::mpsc;
 
-const RT: &str = "containerd";
+use super::RT;
 
 pub(crate) async fn content(rt: &ContainerdRuntime) -> Result<ContentClient<Channel>> {
     Ok(ContentClient::new(rt.channel().await?))

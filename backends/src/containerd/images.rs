@@ -16,7 +16,7 @@ use ecs_formats::archive::{
 use ecs_formats::image::ImageConfig;
 use std::collections::HashMap;
 
-const RT: &str = "containerd";
+use super::RT;
 
 /// The containerd form of an archive's descriptor (annotations are not kept).
 pub(crate) fn to_proto(d: &JsonDescriptor) -> Descriptor {

@@ -29,7 +29,7 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-const RT: &str = "containerd";
+use super::RT;
 
 type WriteTask = tokio::task::JoinHandle<std::result::Result<(), Status>>;
 

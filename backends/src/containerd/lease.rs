@@ -11,7 +11,7 @@ use containerd_client::services::v1::{
 use std::collections::HashMap;
 use std::time::Duration;
 
-const RT: &str = "containerd";
+use super::RT;
 
 pub(crate) fn unique() -> String {
     let nanos = std::time::SystemTime::now()

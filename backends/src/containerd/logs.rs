@@ -88,7 +88,9 @@ pub fn tail(dir: &Path, name: &str, lines: usize) -> std::io::Result<String> {
         return Ok(String::new());
     }
     for path in files(dir, name) {
-        let file = match std::fs::File::open(&path) {
+        // The directory is under the agent's writable /var/log/ecs: a planted symlink (say, to
+        // /dev/zero) must not be read.
+        let file = match ecs_host::files::open_read(&path) {
             Ok(f) => f,
             // Rotated away between listing and opening.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -140,6 +142,19 @@ mod tests {
             "binary:///usr/libexec/x?log-shim=/var/log/ecs/containerd&name=ecs-agent&max-size=16m&max-file=4"
         );
         assert_eq!(encode("a b&c"), "a%20b%26c");
+    }
+
+    #[test]
+    fn tail_does_not_follow_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("secret"),
+            "{\"log\":\"s\",\"time\":\"t\"}\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), dir.path().join("c.log")).unwrap();
+        let err = tail(dir.path(), "c", 10).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
     }
 
     #[test]

@@ -48,7 +48,10 @@ pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
 /// The runc shim.
 pub const RUNTIME: &str = "io.containerd.runc.v2";
 
+/// The runtime's name in errors, for every module of this backend.
 const RT: &str = "containerd";
+/// How long `wait` keeps retrying while containerd does not answer (the shim keeps the agent).
+const WAIT_THROUGH_RESTART: Duration = Duration::from_secs(300);
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// Container extension recording when the task was started (containerd does not keep it).
 const STARTED_AT_EXT: &str = "io.ecs-init.started-at";
@@ -213,7 +216,7 @@ impl ContainerdRuntime {
     async fn tasks(&self) -> Result<TasksClient<Channel>> {
         Ok(TasksClient::new(self.channel().await?))
     }
-    async fn snapshots(&self) -> Result<SnapshotsClient<Channel>> {
+    pub(super) async fn snapshots(&self) -> Result<SnapshotsClient<Channel>> {
         Ok(SnapshotsClient::new(self.channel().await?))
     }
 
@@ -282,7 +285,7 @@ impl ContainerdRuntime {
         }
     }
 
-    async fn remove_snapshot(&self, key: &str) -> Result<()> {
+    pub(super) async fn remove_snapshot(&self, key: &str) -> Result<()> {
         match self
             .snapshots()
             .await?
@@ -670,9 +673,12 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn wait(&self, name: &str) -> Result<i64> {
-        // The shim keeps the task alive across a containerd restart; keep waiting through one.
+        // The shim keeps the task alive across a containerd restart; keep waiting through one,
+        // however long the agent ran before it: the window counts only the time containerd
+        // does not answer (it used to start with the wait, so a restart after 5 minutes of the
+        // agent's life ended the wait and the supervisor replaced a healthy agent).
         let mut retry = ecs_host::Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        let mut unreachable_since: Option<tokio::time::Instant> = None;
         loop {
             match self.wait_task(name).await {
                 Ok(Some(code)) => {
@@ -696,9 +702,17 @@ impl Runtime for ContainerdRuntime {
                         None => Err(RuntimeError::NoSuchContainer(name.into())),
                     };
                 }
-                Err(e @ RuntimeError::Connect { .. }) if tokio::time::Instant::now() < deadline => {
+                Err(e @ RuntimeError::Connect { .. }) => {
+                    let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= WAIT_THROUGH_RESTART {
+                        return Err(e);
+                    }
                     tracing::warn!(name, error = %e, "lost containerd while waiting; retrying");
                     tokio::time::sleep(retry.next_delay()).await;
+                    if self.task(name).await.is_ok() {
+                        unreachable_since = None;
+                        retry.reset();
+                    }
                 }
                 Err(e) => return Err(e),
             }

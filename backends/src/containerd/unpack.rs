@@ -6,17 +6,16 @@ use super::lease::{unique, Lease};
 use super::ContainerdRuntime;
 use crate::{Result, RuntimeError};
 use containerd_client::services::v1::{
-    diff_client::DiffClient, snapshots::snapshots_client::SnapshotsClient,
-    snapshots::CommitSnapshotRequest, snapshots::PrepareSnapshotRequest,
-    snapshots::RemoveSnapshotRequest, snapshots::StatSnapshotRequest, ApplyRequest,
+    diff_client::DiffClient, snapshots::CommitSnapshotRequest, snapshots::PrepareSnapshotRequest,
+    snapshots::StatSnapshotRequest, ApplyRequest,
 };
-use containerd_client::tonic::{transport::Channel, Code};
+use containerd_client::tonic::Code;
 use containerd_client::types::Descriptor;
 use ecs_formats::archive::sha256_hex;
 use std::collections::HashMap;
 use std::time::Duration;
 
-const RT: &str = "containerd";
+use super::RT;
 
 /// The snapshot chain IDs of a layer stack (OCI image spec: `ChainID`).
 pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
@@ -31,12 +30,9 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
-pub(crate) async fn snapshots(rt: &ContainerdRuntime) -> Result<SnapshotsClient<Channel>> {
-    Ok(SnapshotsClient::new(rt.channel().await?))
-}
-
 pub(crate) async fn snapshot_exists(rt: &ContainerdRuntime, key: &str) -> Result<bool> {
-    match snapshots(rt)
+    match rt
+        .snapshots()
         .await?
         .stat(rt.req(StatSnapshotRequest {
             snapshotter: rt.options().snapshotter.clone(),
@@ -47,17 +43,6 @@ pub(crate) async fn snapshot_exists(rt: &ContainerdRuntime, key: &str) -> Result
         Ok(_) => Ok(true),
         Err(s) if s.code() == Code::NotFound => Ok(false),
         Err(s) => Err(rt.err(format!("stat snapshot {key}"), s)),
-    }
-}
-
-pub(crate) async fn remove_snapshot_quietly(rt: &ContainerdRuntime, key: &str) {
-    if let Ok(mut c) = snapshots(rt).await {
-        let _ = c
-            .remove(rt.req(RemoveSnapshotRequest {
-                snapshotter: rt.options().snapshotter.clone(),
-                key: key.into(),
-            }))
-            .await;
     }
 }
 
@@ -80,7 +65,8 @@ async fn unpack_layer(
 ) -> Result<()> {
     let snapshotter = rt.options().snapshotter.clone();
     let key = format!("ecs-init-extract-{}-{}", unique(), layer.index);
-    let mounts = snapshots(rt)
+    let mounts = rt
+        .snapshots()
         .await?
         .prepare(rt.leased(
             PrepareSnapshotRequest {
@@ -124,10 +110,11 @@ async fn unpack_layer(
         }
     };
     if let Some(e) = failure {
-        remove_snapshot_quietly(rt, &key).await;
+        let _ = rt.remove_snapshot(&key).await;
         return Err(e);
     }
-    let committed = snapshots(rt)
+    let committed = rt
+        .snapshots()
         .await?
         .commit(rt.leased(
             CommitSnapshotRequest {
@@ -143,11 +130,11 @@ async fn unpack_layer(
         Ok(_) => Ok(()),
         // Someone else committed the same layer meanwhile: theirs is identical.
         Err(s) if s.code() == Code::AlreadyExists => {
-            remove_snapshot_quietly(rt, &key).await;
+            let _ = rt.remove_snapshot(&key).await;
             Ok(())
         }
         Err(s) => {
-            remove_snapshot_quietly(rt, &key).await;
+            let _ = rt.remove_snapshot(&key).await;
             Err(rt.err(format!("commit snapshot {}", layer.chain), s))
         }
     }
