@@ -234,7 +234,7 @@ pub fn desired_tarball(paths: &Paths) -> Result<PathBuf, CacheError> {
     parse_desired_image(&text, &paths.var_cache_ecs).map_err(bad)
 }
 
-pub use ecs_formats::desired::parse_desired_image;
+use ecs_formats::desired::parse_desired_image;
 
 /// Agent exit 42: load the desired image and record it as cached.
 pub async fn load_desired(paths: &Paths, runtime: &dyn Runtime) -> Result<PathBuf, CacheError> {

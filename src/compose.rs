@@ -78,11 +78,6 @@ impl Host {
         }
     }
 
-    /// Host facts, with the EBS directory looked up under the re-rooting prefix.
-    pub fn facts(&self) -> HostFacts {
-        facts_of(&self.settings, self.exec.as_ref())
-    }
-
     /// The agent spec and every configuration warning (settings and spec building).
     pub fn spec(&self) -> (AgentSpec, Vec<Warning>) {
         spec_of(&self.settings, self.exec.as_ref())
@@ -145,7 +140,8 @@ impl Host {
 
 /// The host facts for `settings`.
 pub fn facts_of(settings: &Settings, exec: &dyn Exec) -> HostFacts {
-    let mut facts = HostFacts::probe(&crate::agent::paths_to_probe(settings), exec);
+    let extra = crate::agent::paths_to_probe(settings);
+    let mut facts = HostFacts::probe(&extra, exec, settings.agent.gmsa);
     facts.ebs_dir = settings.paths.rooted("/mnt/ecs/ebs".as_ref()).is_dir();
     facts
 }

@@ -51,8 +51,10 @@ pub const CLOUD_INIT_RESULT: &str = "/var/lib/cloud/data/result.json";
 
 impl HostFacts {
     /// Read the facts of the running host. `extra` are further paths whose existence the
-    /// caller needs (e.g. the credentials-fetcher socket, re-rooted ecs dirs).
-    pub fn probe(extra: &[PathBuf], exec: &dyn Exec) -> HostFacts {
+    /// caller needs (e.g. the credentials-fetcher socket, re-rooted ecs dirs). `realm list` (an
+    /// external program, and the spec is built at every agent restart) runs only when
+    /// `ask_realm`: gMSA support is its only user.
+    pub fn probe(extra: &[PathBuf], exec: &dyn Exec, ask_realm: bool) -> HostFacts {
         let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
         let (distro, detailed) = parse_os_release(&os_release);
         let (cert_dir, pki_dir) = match distro {
@@ -82,7 +84,7 @@ impl HostFacts {
             ebs_dir: is_dir("/mnt/ecs/ebs"),
             nvidia_devices,
             apparmor: apparmor_supported(),
-            realm_joined: realm_joined(exec),
+            realm_joined: ask_realm && realm_joined(exec),
             nsenter: exists("/usr/bin/nsenter").then(|| "/usr/bin/nsenter".into()),
             modinfo: ["/sbin/modinfo", "/usr/sbin/modinfo"]
                 .into_iter()

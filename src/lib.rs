@@ -11,8 +11,6 @@ pub mod apparmor;
 pub mod cache;
 pub mod cli;
 pub mod compose;
-/// Secret redaction (re-exported for the modules that print configuration).
-pub use ecs_formats::redact;
 pub mod config;
 pub mod download;
 pub mod facts;

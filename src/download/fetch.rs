@@ -6,7 +6,7 @@
 use md5::{Digest, Md5};
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender};
@@ -197,11 +197,12 @@ pub struct Progress {
     pub extend_by: Duration,
 }
 
-/// Stream one attempt into `file` (truncated first); returns the digest and size.
+/// Stream one attempt into `created`, the temp file at `tmp` (emptied first); returns the
+/// digest and size.
 async fn stream_once(
     client: &Client,
     url: &str,
-    tmp: &Path,
+    (created, tmp): (&File, &Path),
     progress: Progress,
 ) -> Result<(String, u64), SourceError> {
     let local = |what: &str, source| SourceError::Local {
@@ -221,11 +222,12 @@ async fn stream_once(
             }
         }
     }
-    let file: File = OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(tmp)
-        .map_err(|e| local("opening", e))?;
+    // The file created with O_EXCL, never opened again by name: /var/cache/ecs is writable by
+    // the agent, and a symlink planted at the name between attempts must not be followed.
+    let mut file = created.try_clone().map_err(|e| local("opening", e))?;
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .map_err(|e| local("emptying", e))?;
     let mut sink = Sink::start(file).map_err(|e| local("starting the hashing thread for", e))?;
     let started = Instant::now();
     let mut last_report = started;
@@ -332,7 +334,7 @@ pub async fn from_source(
     progress: Progress,
 ) -> Result<Fetched, SourceError> {
     let md5_url = source.md5.as_str();
-    let body = with_retries(retry, "checksum download", move |_| async move {
+    let body = with_retries(retry, "checksum download", move || async move {
         client.get(md5_url).await?.text(4096).await
     })
     .await?;
@@ -350,7 +352,7 @@ pub async fn from_source(
         path: tmp_path.clone(),
         keep: false,
     };
-    OpenOptions::new()
+    let created = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
@@ -361,8 +363,8 @@ pub async fn from_source(
             source,
         })?;
     let started = Instant::now();
-    let (url, tmp_ref) = (source.tarball.as_str(), tmp_path.as_path());
-    let (actual, bytes) = with_retries(retry, "agent download", move |_| async move {
+    let (url, tmp_ref) = (source.tarball.as_str(), (&created, tmp_path.as_path()));
+    let (actual, bytes) = with_retries(retry, "agent download", move || async move {
         stream_once(client, url, tmp_ref, progress).await
     })
     .await?;

@@ -8,6 +8,7 @@
 //! Built on hyper's low-level `client::conn::http1`, which the launcher already links (through
 //! bollard): the bytes on the wire, chunked bodies and keep-alive rules are hyper's; what is ours
 //! is connecting, the tunnel, the timeouts and the error classification.
+use ecs_host::Backoff;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Bytes, Incoming};
 use hyper::{header, Method, Request};
@@ -108,16 +109,16 @@ pub struct Retry {
 pub async fn with_retries<T, E, F, Fut>(retry: Retry, what: &str, mut attempt: F) -> Result<T, E>
 where
     E: Attempt,
-    F: FnMut(u32) -> Fut,
+    F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let mut delay = retry.backoff;
+    let mut backoff = Backoff::new(retry.backoff, Duration::from_secs(30)).with_jitter(0.1);
     let mut n = 1;
     loop {
-        match attempt(n).await {
+        match attempt().await {
             Ok(v) => return Ok(v),
             Err(e) if e.retryable() && n < retry.attempts => {
-                let wait = delay.mul_f64(0.9 + fastrand::f64() * 0.2);
+                let wait = backoff.next_delay();
                 tracing::warn!(
                     attempt = n,
                     of = retry.attempts,
@@ -126,7 +127,6 @@ where
                     "{what} failed; retrying"
                 );
                 tokio::time::sleep(wait).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
                 n += 1;
             }
             Err(mut e) => {
@@ -695,7 +695,7 @@ mod tests {
             ok("abcdefghij"),
         ]);
         let (c, url) = (&client(Duration::from_secs(2)), &url);
-        let body = with_retries(FAST, "GET", move |_| async move {
+        let body = with_retries(FAST, "GET", move || async move {
             c.get(&format!("{url}/x")).await?.text(100).await
         })
         .await
@@ -710,7 +710,7 @@ mod tests {
             b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
         )]);
         let (c, u) = (&client(Duration::from_secs(2)), &url);
-        let err = with_retries(FAST, "GET", move |_| async move {
+        let err = with_retries(FAST, "GET", move || async move {
             c.get(&format!("{u}/k.tar")).await?.text(100).await
         })
         .await

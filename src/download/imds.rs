@@ -33,7 +33,7 @@ pub async fn region(
     retry: Retry,
 ) -> Result<(String, Version), HttpError> {
     let token_url = &url(endpoint, TOKEN_PATH);
-    let token = with_retries(retry, "IMDSv2 token request", move |_| async move {
+    let token = with_retries(retry, "IMDSv2 token request", move || async move {
         let resp = client
             .request(Method::PUT, token_url, &[(TOKEN_TTL_HEADER, TOKEN_TTL)])
             .await?;
@@ -55,7 +55,7 @@ pub async fn region(
     };
     let region_url = &url(endpoint, REGION_PATH);
     let token = token.as_deref().map(str::trim);
-    let region = with_retries(retry, "IMDS region request", move |_| async move {
+    let region = with_retries(retry, "IMDS region request", move || async move {
         let headers: Vec<(&'static str, &str)> = match token {
             Some(t) => vec![(TOKEN_HEADER, t)],
             None => vec![],

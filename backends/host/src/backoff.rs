@@ -24,11 +24,6 @@ impl Backoff {
         }
     }
 
-    pub fn with_multiplier(mut self, multiplier: f64) -> Backoff {
-        self.multiplier = multiplier;
-        self
-    }
-
     pub fn with_jitter(mut self, jitter: f64) -> Backoff {
         self.jitter = jitter;
         self
@@ -43,11 +38,6 @@ impl Backoff {
         }
         let factor = 1.0 + self.jitter * (fastrand::f64() * 2.0 - 1.0);
         base.mul_f64(factor)
-    }
-
-    /// The delay [`Backoff::next_delay`] would return next, without jitter.
-    pub fn peek(&self) -> Duration {
-        self.current
     }
 
     /// Start again from `min`.
