@@ -158,6 +158,9 @@ fn warn_about_settings(host: &Host) {
 /// The (redacted) spec at debug level once, then only a digest line at each restart: the whole
 /// spec at every restart of a crash loop fills the log.
 fn log_spec(spec: &ecs_backends::AgentSpec, last: &mut Option<String>) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return; // at every agent restart: no formatting and hashing for nobody
+    }
     let text = format!("{spec:?}");
     let digest = ecs_backends::archive::digest_of(text.as_bytes());
     match last.as_deref() {

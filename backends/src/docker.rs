@@ -565,13 +565,7 @@ impl Runtime for DockerRuntime {
         match create_body(spec) {
             Ok(body) => {
                 let mut v = serde_json::to_value(&body).unwrap_or_default();
-                if let Some(env) = v.get_mut("Env").and_then(|e| e.as_array_mut()) {
-                    for e in env.iter_mut() {
-                        if let Some(text) = e.as_str() {
-                            *e = serde_json::Value::String(crate::redacted_entry(text));
-                        }
-                    }
-                }
+                ecs_formats::redact::redact_env_at(&mut v, "/Env");
                 // Log options such as splunk-token.
                 if let Some(options) = v
                     .pointer_mut("/HostConfig/LogConfig/Config")

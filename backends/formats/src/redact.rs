@@ -64,6 +64,18 @@ pub fn redacted_entry(entry: &str) -> String {
     }
 }
 
+/// Redacts, in place, every `KEY=VALUE` string of the JSON array at `pointer` in `doc` (an
+/// environment as Docker's create request or an OCI spec holds it), like [`redacted_entry`].
+pub fn redact_env_at(doc: &mut serde_json::Value, pointer: &str) {
+    if let Some(env) = doc.pointer_mut(pointer).and_then(|e| e.as_array_mut()) {
+        for var in env.iter_mut() {
+            if let Some(entry) = var.as_str() {
+                *var = serde_json::Value::String(redacted_entry(entry));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

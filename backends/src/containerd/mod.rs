@@ -835,16 +835,7 @@ impl Runtime for ContainerdRuntime {
 /// environment, which may hold `ECS_ENGINE_AUTH_DATA` or AWS credentials).
 fn redacted(oci_spec: &serde_json::Value) -> serde_json::Value {
     let mut shown = oci_spec.clone();
-    if let Some(env) = shown
-        .pointer_mut("/process/env")
-        .and_then(|e| e.as_array_mut())
-    {
-        for var in env.iter_mut() {
-            if let Some(entry) = var.as_str() {
-                *var = serde_json::Value::String(crate::redacted_entry(entry));
-            }
-        }
-    }
+    ecs_formats::redact::redact_env_at(&mut shown, "/process/env");
     shown
 }
 
