@@ -2,7 +2,7 @@
 //! (UPSTREAM-BEHAVIOUR.md §4). Pure: no I/O, so every decision is unit-tested.
 use ecs_backends::{AgentSpec, LogConfig, Mount, NamespaceMode};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::{parse_string_map, Warning};
 use crate::facts::HostFacts;
@@ -200,21 +200,15 @@ fn binds(settings: &Settings, facts: &HostFacts) -> Vec<Mount> {
 /// own `DOCKER_HOST` (from the env files) says, else at the default socket.
 fn runtime_socket_bind(settings: &Settings) -> Mount {
     let knobs = &settings.agent;
-    match knobs
-        .docker_host
-        .as_deref()
-        .and_then(|h| h.strip_prefix("unix://"))
-    {
-        Some(sock) if !sock.is_empty() => {
+    match &knobs.docker_host {
+        Some(sock) => {
             let target = knobs
                 .docker_host_in_files
                 .as_deref()
-                .and_then(|v| v.strip_prefix("unix://"))
-                .filter(|p| !p.is_empty())
-                .unwrap_or(ecs_backends::docker::DEFAULT_SOCKET);
+                .unwrap_or(Path::new(ecs_backends::docker::DEFAULT_SOCKET));
             Mount::rw(sock, target)
         }
-        _ => Mount::rw("/var/run", "/var/run"),
+        None => Mount::rw("/var/run", "/var/run"),
     }
 }
 

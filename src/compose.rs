@@ -114,11 +114,11 @@ pub struct DockerApi {
 impl Host {
     /// Probe the Docker API endpoint the agent will see (`DOCKER_HOST` or the default).
     pub async fn docker_api_for_agent(&self) -> DockerApi {
-        let endpoint = format!("unix://{}", self.settings.runtime_options.docker_socket());
-        let probe = async {
-            let docker = ecs_backends::docker::DockerRuntime::connect(Some(&endpoint))?;
-            docker.ping().await
-        };
+        let docker = ecs_backends::docker::DockerRuntime::at_socket(
+            self.settings.runtime_options.docker_socket.clone(),
+        );
+        let endpoint = docker.endpoint().to_string();
+        let probe = docker.ping();
         let error = match tokio::time::timeout(std::time::Duration::from_secs(2), probe).await {
             Ok(Ok(_)) => None,
             Ok(Err(e)) => Some(e.to_string()),

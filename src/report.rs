@@ -54,7 +54,7 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
         "config_files": [paths.var_lib_config(), paths.etc_config()],
         "runtime": runtime,
         "endpoints": {
-            "docker_host": format!("unix://{}", options.docker_socket()),
+            "docker_host": format!("unix://{}", options.docker_socket.display()),
             "containerd_address": options.containerd.address,
             "containerd_namespace": options.containerd.namespace,
         },

@@ -14,6 +14,7 @@
 //! `reload-cache` before anything changes; `stop` and `post-stop` only warn and work from the
 //! records (see the actions).
 use ecs_backends::containerd::{self, ContainerdOptions};
+use ecs_backends::docker;
 use ecs_backends::select::Request as RuntimeRequest;
 use ecs_backends::RuntimeOptions;
 use ecs_firewall::Choice as FirewallChoice;
@@ -461,10 +462,42 @@ pub struct AgentSettings {
     pub log_opts: Option<BTreeMap<String, String>>,
     pub log_file_size: Option<String>,
     pub log_file_num: Option<String>,
-    /// `DOCKER_HOST` from the process (the socket bound into the agent) and from the env files
-    /// (where the agent looks for it).
-    pub docker_host: Option<String>,
-    pub docker_host_in_files: Option<String>,
+    /// The socket `DOCKER_HOST` names in the process environment (bound into the agent) and in
+    /// the env files (where the agent looks for it); `None` when unset or not `unix://`.
+    pub docker_host: Option<PathBuf>,
+    pub docker_host_in_files: Option<PathBuf>,
+}
+
+/// A value and the variable it came from, for knobs with more than one name
+/// (`AWS_REGION`/`AWS_DEFAULT_REGION`, `HTTPS_PROXY`/`https_proxy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub key: &'static str,
+    pub value: String,
+}
+
+/// The knobs of the agent download ([`crate::download::options`] turns them into its options).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DownloadSettings {
+    /// `AWS_REGION`, else `AWS_DEFAULT_REGION`.
+    pub region: Option<Setting>,
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT`.
+    pub imds_endpoint: Option<String>,
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6`.
+    pub imds_ipv6: bool,
+    /// `AWS_EC2_METADATA_DISABLED=true` (only `true`, any case, as the AWS SDKs read it).
+    pub imds_disabled: bool,
+    pub imds_timeout: Duration,
+    pub imds_attempts: u32,
+    pub s3_endpoint: Option<String>,
+    pub https_proxy: Option<Setting>,
+    pub http_proxy: Option<Setting>,
+    pub no_proxy: Option<String>,
+    pub cert_file: Option<PathBuf>,
+    /// `SSL_CERT_DIR`, split at `:`.
+    pub cert_dirs: Option<Vec<PathBuf>>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
 }
 
 /// Everything the launcher is configured with.
@@ -487,6 +520,7 @@ pub struct Settings {
     pub restart_delay: Option<Duration>,
     /// `ECS_INIT_NVML_LIBRARY`, when set.
     pub nvml_library: Option<PathBuf>,
+    pub download: DownloadSettings,
     /// `NOTIFY_SOCKET` (systemd's readiness protocol).
     pub notify_socket: Option<String>,
     /// `JOURNAL_STREAM` (`<device>:<inode>` of the journal stream systemd gave stdout/stderr).
@@ -641,6 +675,142 @@ impl Resolver<'_> {
         }
     }
 
+    /// A positive number of seconds, fractions allowed, at most a day (else the table's default,
+    /// with a warning).
+    fn positive_seconds(&mut self, name: &str) -> Duration {
+        let k = knob(name);
+        let default = Duration::from_secs(k.default.parse().expect("numeric default"));
+        let Some((v, source)) = self.get(name) else {
+            return default;
+        };
+        match v.trim().parse::<f64>() {
+            Ok(s) if s > 0.0 && s <= 86400.0 => Duration::from_secs_f64(s),
+            _ => {
+                self.warn(
+                    k,
+                    &source,
+                    format!(
+                        "{v:?} is not a number of seconds above 0 and at most a day; using the default {}",
+                        k.default
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    /// A whole number in `range` (else the table's default, with a warning).
+    fn count_in(&mut self, name: &str, range: std::ops::RangeInclusive<u32>) -> u32 {
+        let k = knob(name);
+        let default = k.default.parse().expect("numeric default");
+        let Some((v, source)) = self.get(name) else {
+            return default;
+        };
+        match v.trim().parse::<u32>() {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                self.warn(
+                    k,
+                    &source,
+                    format!(
+                        "{v:?} is not a number from {} to {}; using the default {default}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    /// The first of `names` that is set and not blank, and which one it was.
+    fn first(&mut self, names: &[&'static str]) -> Option<Setting> {
+        names
+            .iter()
+            .find_map(|&key| self.trimmed(key).map(|value| Setting { key, value }))
+    }
+
+    /// The download's knobs.
+    fn download(&mut self) -> DownloadSettings {
+        let region = self.first(&["AWS_REGION", "AWS_DEFAULT_REGION"]);
+        let imds_endpoint = self.trimmed("AWS_EC2_METADATA_SERVICE_ENDPOINT");
+        let imds_ipv6 = self.imds_ipv6();
+        let imds_disabled = self.imds_disabled();
+        let imds_timeout = self.positive_seconds("AWS_METADATA_SERVICE_TIMEOUT");
+        let imds_attempts = self.count_in("AWS_METADATA_SERVICE_NUM_ATTEMPTS", 1..=10);
+        let s3_endpoint = self.trimmed("AWS_ENDPOINT_URL_S3");
+        let https_proxy = self.first(&["HTTPS_PROXY", "https_proxy"]);
+        let http_proxy = self.first(&["HTTP_PROXY", "http_proxy"]);
+        let no_proxy = self.first(&["NO_PROXY", "no_proxy"]).map(|s| s.value);
+        let cert_file = self.trimmed("SSL_CERT_FILE").map(PathBuf::from);
+        let cert_dirs = self.trimmed("SSL_CERT_DIR").map(|dirs| {
+            dirs.split(':')
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .collect()
+        });
+        DownloadSettings {
+            region,
+            imds_endpoint,
+            imds_ipv6,
+            imds_disabled,
+            imds_timeout,
+            imds_attempts,
+            s3_endpoint,
+            https_proxy,
+            http_proxy,
+            no_proxy,
+            cert_file,
+            cert_dirs,
+            connect_timeout: self.positive_seconds("ECS_INIT_DOWNLOAD_CONNECT_TIMEOUT_SECONDS"),
+            read_timeout: self.positive_seconds("ECS_INIT_DOWNLOAD_READ_TIMEOUT_SECONDS"),
+        }
+    }
+
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE`: `IPv6` or `IPv4` (any case); anything else is
+    /// a warning and means IPv4.
+    fn imds_ipv6(&mut self) -> bool {
+        let k = knob("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE");
+        let Some((v, source)) = self.get(k.name) else {
+            return false;
+        };
+        let Kind::Choice(words) = k.kind else {
+            unreachable!("{} is a choice", k.name)
+        };
+        match words.iter().find(|w| w.eq_ignore_ascii_case(v.trim())) {
+            Some(w) => *w == "IPv6",
+            None => {
+                self.warn(
+                    k,
+                    &source,
+                    format!("{v:?} is not one of {}; using IPv4", words.join("|")),
+                );
+                false
+            }
+        }
+    }
+
+    /// `AWS_EC2_METADATA_DISABLED`: only `true` (any case) turns instance metadata off, as the
+    /// AWS SDKs read it; another word that reads as true elsewhere (`1`, `t`) is named.
+    fn imds_disabled(&mut self) -> bool {
+        let k = knob("AWS_EC2_METADATA_DISABLED");
+        let Some((v, source)) = self.get(k.name) else {
+            return false;
+        };
+        let v = v.trim();
+        if v.eq_ignore_ascii_case("true") {
+            return true;
+        }
+        if parse_bool(v) != Some(false) {
+            self.warn(
+                k,
+                &source,
+                format!("{v:?}: only `true` turns instance metadata off (as the AWS SDKs read it); ignored"),
+            );
+        }
+        false
+    }
+
     /// A whole number of milliseconds, when set (anything else is a warning and unset).
     fn millis(&mut self, name: &str) -> Option<Duration> {
         let (v, source) = self.get(name)?;
@@ -700,8 +870,7 @@ impl Resolver<'_> {
     }
 
     /// `DOCKER_HOST` and the containerd knobs.
-    fn runtime_options(&mut self, paths: &Paths) -> RuntimeOptions {
-        let docker_host = self.text("DOCKER_HOST");
+    fn runtime_options(&mut self, paths: &Paths, docker_host: Option<PathBuf>) -> RuntimeOptions {
         let mut containerd = ContainerdOptions::default();
         if let Some(a) = self.trimmed("CONTAINERD_ADDRESS") {
             containerd.address = strip_unix(&a);
@@ -718,13 +887,31 @@ impl Resolver<'_> {
             .map(PathBuf::from)
             .unwrap_or_else(|| paths.var_log_ecs.join("containerd"));
         RuntimeOptions {
-            docker_host,
+            docker_socket: docker_host.unwrap_or_else(|| docker::DEFAULT_SOCKET.into()),
             containerd,
         }
     }
 
+    /// `DOCKER_HOST`'s socket. A value that is not `unix:///path` is an error (the Go tool
+    /// silently uses the default socket instead; the README lists the difference): the socket
+    /// is bind-mounted into the agent, and automatic selection must not pass over a Docker the
+    /// operator named.
+    fn docker_host(&mut self) -> Option<PathBuf> {
+        let k = knob("DOCKER_HOST");
+        let (v, source) = self.get(k.name)?;
+        let socket = docker::socket_of(&v);
+        if socket.is_none() {
+            self.errors.push(Self::problem(
+                k,
+                &source,
+                format!("{v:?} is not a unix socket (DOCKER_HOST=unix:///path/to/docker.sock)"),
+            ));
+        }
+        socket
+    }
+
     /// The knobs of the agent container.
-    fn agent(&mut self, files: &Config, docker_host: Option<String>) -> AgentSettings {
+    fn agent(&mut self, files: &Config, docker_host: Option<PathBuf>) -> AgentSettings {
         AgentSettings {
             log_driver: self.text("ECS_LOG_DRIVER"),
             log_opts: self.log_opts(),
@@ -743,7 +930,9 @@ impl Resolver<'_> {
                 .unwrap_or_else(|| crate::agent::CREDENTIALS_FETCHER_SOCKET.into()),
             gpu_support: self.bool("ECS_ENABLE_GPU_SUPPORT"),
             docker_host,
-            docker_host_in_files: files.file_entry("DOCKER_HOST").map(|e| e.value.clone()),
+            docker_host_in_files: files
+                .file_entry("DOCKER_HOST")
+                .and_then(|e| docker::socket_of(&e.value)),
         }
     }
 
@@ -818,7 +1007,8 @@ impl Settings {
         };
         let runtime: RuntimeRequest = r.choice("ECS_INIT_RUNTIME");
         let firewall: FirewallChoice = r.choice("ECS_INIT_FIREWALL");
-        let runtime_options = r.runtime_options(&paths);
+        let docker_host = r.docker_host();
+        let runtime_options = r.runtime_options(&paths, docker_host.clone());
         let runtime_wait = r.seconds("ECS_INIT_RUNTIME_WAIT_SECONDS");
         r.get("ECS_INIT_HOST_ROOT");
         let net = NetSettings {
@@ -827,10 +1017,12 @@ impl Settings {
             introspection_interface: r.interface(),
         };
         let log_level = r.log_level();
-        let agent = r.agent(&files, runtime_options.docker_host.clone());
+        let agent = r.agent(&files, docker_host);
         let nvml_library = r.trimmed("ECS_INIT_NVML_LIBRARY").map(PathBuf::from);
         let restart_delay = r.millis("ECS_INIT_RESTART_DELAY_MS");
-        // Knobs read as raw values by their own module (the download's): shown and kept too.
+        let download = r.download();
+        // The alternatives of a knob that was set under its other name (`https_proxy` when
+        // `HTTPS_PROXY` is set): shown, and their values kept for scrubbing.
         for k in KNOBS {
             if !r.shown.iter().any(|v| v.name == k.name) {
                 r.get(k.name);
@@ -861,6 +1053,7 @@ impl Settings {
             agent,
             nvml_library,
             restart_delay,
+            download,
             paths,
             files,
             shown,
@@ -901,13 +1094,6 @@ impl Settings {
                 .map(|(_, password)| password.to_string()),
         );
         secrets
-    }
-
-    /// The raw value of knob `name` when it is set (for modules that parse their own knobs,
-    /// like the download's). `name` must be in [`KNOBS`].
-    pub fn raw(&self, name: &str) -> Option<&str> {
-        knob(name);
-        self.raw.get(name).map(String::as_str)
     }
 
     /// `Ok` when nothing stops the actions that change the host.
@@ -995,11 +1181,15 @@ mod tests {
             "DOCKER_HOST=unix:///var/run/agent.sock\nECS_GMSA_SUPPORTED=true\n",
             &[],
         );
-        assert_eq!(s.runtime_options.docker_host, None);
+        assert_eq!(
+            s.runtime_options.docker_socket,
+            PathBuf::from(docker::DEFAULT_SOCKET)
+        );
+        assert_eq!(s.agent.docker_host, None);
         assert!(!s.agent.gmsa);
         assert_eq!(
-            s.agent.docker_host_in_files.as_deref(),
-            Some("unix:///var/run/agent.sock")
+            s.agent.docker_host_in_files,
+            Some(PathBuf::from("/var/run/agent.sock"))
         );
     }
 
@@ -1007,7 +1197,10 @@ mod tests {
     fn bad_values_are_named_warnings_or_errors() {
         let s = settings(
             "ECS_INIT_RUNTIME=Podman\nECS_SKIP_LOCALHOST_TRAFFIC_FILTER=yes\nECS_INIT_RUNTIME_WAIT_SECONDS=5s\nECS_LOGLEVEL=loud\n",
-            &[("ECS_INIT_FIREWALL", "firewalld")],
+            &[
+                ("ECS_INIT_FIREWALL", "firewalld"),
+                ("DOCKER_HOST", "tcp://127.0.0.1:2375"),
+            ],
         );
         let errors: Vec<String> = s.errors.iter().map(|e| e.to_string()).collect();
         assert_eq!(
@@ -1015,6 +1208,7 @@ mod tests {
             [
                 "/etc/ecs/ecs.config:1: ECS_INIT_RUNTIME: \"Podman\" is not one of auto|docker|containerd",
                 "ECS_INIT_FIREWALL: \"firewalld\" is not one of auto|iptables|nftables|none",
+                "DOCKER_HOST: \"tcp://127.0.0.1:2375\" is not a unix socket (DOCKER_HOST=unix:///path/to/docker.sock)",
             ]
         );
         assert!(s.check().is_err());

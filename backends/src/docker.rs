@@ -33,6 +33,16 @@ pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 /// [`DEFAULT_SOCKET`] as an endpoint.
 pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/docker.sock";
 
+/// The socket a `DOCKER_HOST` value names: `unix:///p` is `/p`. Anything else (blank, `unix://`
+/// alone, `tcp://…`, a bare path) names none: the Go ecs-init then uses [`DEFAULT_SOCKET`].
+/// The one reading of `DOCKER_HOST` (settings, the agent's bind mount and [`DockerRuntime`]).
+pub fn socket_of(host: &str) -> Option<PathBuf> {
+    host.trim()
+        .strip_prefix("unix://")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
 /// Per-request timeout for ordinary calls (bollard's own default).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Loading a large agent image on a slow disk can take minutes before dockerd answers.
@@ -63,28 +73,29 @@ impl DockerRuntime {
     /// `None` or an empty value means [`DEFAULT_ENDPOINT`]. Only `unix://` endpoints are
     /// accepted: ecs-init bind-mounts the socket into the agent, so TCP endpoints make no sense.
     pub fn connect(host: Option<&str>) -> Result<Self> {
-        let endpoint = match host.map(str::trim) {
-            None | Some("") => DEFAULT_ENDPOINT.to_string(),
-            Some(h) => h.to_string(),
-        };
-        let socket = match endpoint.strip_prefix("unix://") {
-            Some(path) if !path.is_empty() => PathBuf::from(path),
-            _ => {
-                return Err(RuntimeError::Connect {
+        match host.map(str::trim) {
+            None | Some("") => Ok(Self::at_socket(DEFAULT_SOCKET.into())),
+            Some(h) => socket_of(h)
+                .map(Self::at_socket)
+                .ok_or_else(|| RuntimeError::Connect {
                     runtime: RUNTIME,
-                    endpoint,
+                    endpoint: h.to_string(),
                     reason: "only unix:// endpoints (DOCKER_HOST=unix:///path/to/docker.sock) \
                              are supported"
                         .into(),
-                })
-            }
-        };
+                }),
+        }
+    }
+
+    /// A client for the daemon listening on `socket`, without contacting it.
+    pub fn at_socket(socket: PathBuf) -> Self {
+        let endpoint = format!("unix://{}", socket.display());
         tracing::debug!(%endpoint, "docker endpoint selected");
-        Ok(DockerRuntime {
+        DockerRuntime {
             endpoint,
             socket,
             client: OnceCell::new(),
-        })
+        }
     }
 
     /// The endpoint this runtime talks to (`unix:///...`).
@@ -749,9 +760,23 @@ mod tests {
 
     #[test]
     fn the_default_endpoint_is_the_default_socket() {
+        assert_eq!(socket_of(DEFAULT_ENDPOINT), Some(DEFAULT_SOCKET.into()));
+    }
+
+    #[test]
+    fn docker_host_values() {
         assert_eq!(
-            DEFAULT_ENDPOINT.strip_prefix("unix://"),
-            Some(DEFAULT_SOCKET)
+            socket_of(" unix:///run/d.sock "),
+            Some("/run/d.sock".into())
         );
+        for none in [
+            "",
+            "unix://",
+            "tcp://127.0.0.1:2375",
+            "/var/run/docker.sock",
+            "ssh://h",
+        ] {
+            assert_eq!(socket_of(none), None, "{none}");
+        }
     }
 }

@@ -26,7 +26,7 @@ use docker::DockerRuntime;
 use ecs_host::Backoff;
 use serde::Serialize;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -67,34 +67,29 @@ impl FromStr for RuntimeKind {
 }
 
 /// Connection settings of every backend; the launcher builds them from its settings.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeOptions {
-    /// `DOCKER_HOST` (`unix://…`); `None` means [`docker::DEFAULT_ENDPOINT`].
-    pub docker_host: Option<String>,
+    /// The Docker socket: the one `DOCKER_HOST` names ([`docker::socket_of`]), else
+    /// [`docker::DEFAULT_SOCKET`].
+    pub docker_socket: PathBuf,
     pub containerd: ContainerdOptions,
 }
 
-impl RuntimeOptions {
-    /// The Docker socket path `docker_host` names (the default socket when unset).
-    pub fn docker_socket(&self) -> String {
-        let endpoint = self
-            .docker_host
-            .as_deref()
-            .filter(|h| !h.is_empty())
-            .unwrap_or(docker::DEFAULT_ENDPOINT);
-        endpoint
-            .strip_prefix("unix://")
-            .unwrap_or(endpoint)
-            .to_string()
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            docker_socket: docker::DEFAULT_SOCKET.into(),
+            containerd: ContainerdOptions::default(),
+        }
     }
 }
 
 /// The factory: a client for `kind`. Never contacts the daemon (so `stop`, `post-stop` and
-/// `plan` work while it is down); fails only on settings that cannot work (a non-unix
-/// `DOCKER_HOST`, an invalid containerd namespace).
+/// `plan` work while it is down); fails only on settings that cannot work (an invalid
+/// containerd namespace).
 pub fn build(kind: RuntimeKind, opts: &RuntimeOptions) -> Result<Box<dyn Runtime>> {
     Ok(match kind {
-        RuntimeKind::Docker => Box::new(DockerRuntime::connect(opts.docker_host.as_deref())?),
+        RuntimeKind::Docker => Box::new(DockerRuntime::at_socket(opts.docker_socket.clone())),
         RuntimeKind::Containerd => {
             Box::new(ContainerdRuntime::with_options(opts.containerd.clone())?)
         }

@@ -137,17 +137,16 @@ pub async fn probe(
     ping_timeout: Duration,
 ) -> (Probe, Option<DockerRuntime>) {
     let mut answered = None;
-    if let Ok(d) = DockerRuntime::connect(opts.docker_host.as_deref()) {
-        if matches!(
-            tokio::time::timeout(ping_timeout, d.ping()).await,
-            Ok(Ok(_))
-        ) {
-            answered = Some(d);
-        }
+    let d = DockerRuntime::at_socket(opts.docker_socket.clone());
+    if matches!(
+        tokio::time::timeout(ping_timeout, d.ping()).await,
+        Ok(Ok(_))
+    ) {
+        answered = Some(d);
     }
     let probe = Probe {
         docker_answers: answered.is_some(),
-        docker_socket_exists: Path::new(&opts.docker_socket()).exists(),
+        docker_socket_exists: opts.docker_socket.exists(),
         dockerd_installed: dockerd_installed(exec),
         containerd_socket_exists: opts.containerd.address.exists(),
     };
@@ -165,7 +164,8 @@ pub async fn choose(
         Request::Named(_) => (Probe::default(), None),
     };
     let containerd = opts.containerd.address.display().to_string();
-    let selection = decide(request, &probe, (&opts.docker_socket(), &containerd))?;
+    let docker = opts.docker_socket.display().to_string();
+    let selection = decide(request, &probe, (&docker, &containerd))?;
     let runtime: Box<dyn Runtime> = match (selection.kind, probed_docker) {
         (RuntimeKind::Docker, Some(docker)) => Box::new(docker),
         (kind, _) => crate::build(kind, opts)?,

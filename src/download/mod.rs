@@ -34,19 +34,8 @@ pub const AGENT_VERSION: &str = "1.105.0";
 pub const DEFAULT_REGION: &str = "us-east-1";
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
 pub const DEFAULT_IMDS_ENDPOINT_IPV6: &str = "http://[fd00:ec2::254]";
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
-const DEFAULT_IMDS_TIMEOUT: Duration = Duration::from_secs(2);
-const DEFAULT_IMDS_ATTEMPTS: u32 = 3;
-pub const CONNECT_TIMEOUT_KEY: &str = "ECS_INIT_DOWNLOAD_CONNECT_TIMEOUT_SECONDS";
-pub const READ_TIMEOUT_KEY: &str = "ECS_INIT_DOWNLOAD_READ_TIMEOUT_SECONDS";
 
-/// A value and the variable it came from (for messages).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Setting {
-    pub key: &'static str,
-    pub value: String,
-}
+pub use crate::settings::Setting;
 
 /// Everything the download needs, resolved from the configuration by [`options`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,128 +68,36 @@ pub struct DownloadOptions {
     pub cache_dir: PathBuf,
     /// `std::env::consts::ARCH` of this build.
     pub arch: &'static str,
-    /// Values that could not be used (logged by pre-start, shown by `plan`).
-    pub warnings: Vec<String>,
 }
 
-/// Reads the download's raw settings, collecting a warning for each value that cannot be used.
-struct Reader<'a> {
-    settings: &'a Settings,
-    warnings: Vec<String>,
-}
-
-impl Reader<'_> {
-    /// The first of `keys` that is set and not blank.
-    fn first(&self, keys: &[&'static str]) -> Option<Setting> {
-        keys.iter().find_map(|k| {
-            let value = self
-                .settings
-                .raw(k)
-                .map(str::trim)
-                .filter(|v| !v.is_empty())?;
-            Some(Setting {
-                key: k,
-                value: value.to_string(),
-            })
-        })
-    }
-
-    fn value(&self, key: &'static str) -> Option<String> {
-        self.first(&[key]).map(|s| s.value)
-    }
-
-    fn is_true(&self, key: &'static str) -> bool {
-        self.first(&[key])
-            .is_some_and(|s| s.value.eq_ignore_ascii_case("true"))
-    }
-
-    /// A positive number of seconds (at most a day), else the default with a warning.
-    fn seconds(&mut self, key: &'static str, default: Duration) -> Duration {
-        let Some(s) = self.first(&[key]) else {
-            return default;
-        };
-        match s.value.parse::<f64>() {
-            Ok(v) if v > 0.0 && v.is_finite() && v <= 86400.0 => Duration::from_secs_f64(v),
-            _ => {
-                self.warnings.push(format!(
-                    "{key}={:?} is not a number of seconds; using {}",
-                    s.value,
-                    default.as_secs_f64()
-                ));
-                default
-            }
-        }
-    }
-
-    /// A count from 1 to 10, else the default with a warning.
-    fn count(&mut self, key: &'static str, default: u32) -> u32 {
-        let Some(s) = self.first(&[key]) else {
-            return default;
-        };
-        match s.value.parse::<u32>() {
-            Ok(n) if (1..=10).contains(&n) => n,
-            _ => {
-                self.warnings.push(format!(
-                    "{key}={:?} is not a number from 1 to 10; using {default}",
-                    s.value
-                ));
-                default
-            }
-        }
-    }
-
-    fn imds_endpoint(&self) -> String {
-        self.value("AWS_EC2_METADATA_SERVICE_ENDPOINT")
-            .unwrap_or_else(|| {
-                let ipv6 = self
-                    .first(&["AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE"])
-                    .is_some_and(|s| s.value.eq_ignore_ascii_case("ipv6"));
-                if ipv6 {
-                    DEFAULT_IMDS_ENDPOINT_IPV6
-                } else {
-                    DEFAULT_IMDS_ENDPOINT
-                }
-                .to_string()
-            })
-    }
-
-    fn trust(&self) -> TrustSettings {
-        TrustSettings {
-            cert_file: self.value("SSL_CERT_FILE").map(PathBuf::from),
-            cert_dirs: self.value("SSL_CERT_DIR").map(|dirs| {
-                dirs.split(':')
-                    .filter(|d| !d.is_empty())
-                    .map(PathBuf::from)
-                    .collect()
-            }),
-        }
-    }
-}
-
-/// The one place the download's settings are read (from the settings table).
+/// The download's options from the settings (values that could not be used are among the
+/// settings' warnings, with their file and line).
 pub fn options(settings: &Settings) -> DownloadOptions {
-    let mut r = Reader {
-        settings,
-        warnings: Vec::new(),
-    };
-    let connect_timeout = r.seconds(CONNECT_TIMEOUT_KEY, DEFAULT_CONNECT_TIMEOUT);
-    let read_timeout = r.seconds(READ_TIMEOUT_KEY, DEFAULT_READ_TIMEOUT);
-    let imds_timeout = r.seconds("AWS_METADATA_SERVICE_TIMEOUT", DEFAULT_IMDS_TIMEOUT);
-    let imds_attempts = r.count("AWS_METADATA_SERVICE_NUM_ATTEMPTS", DEFAULT_IMDS_ATTEMPTS);
+    let d = &settings.download;
     DownloadOptions {
-        region: r.first(&["AWS_REGION", "AWS_DEFAULT_REGION"]),
+        region: d.region.clone(),
         external: settings.agent.external,
-        imds_endpoint: r.imds_endpoint(),
-        imds_disabled: r.is_true("AWS_EC2_METADATA_DISABLED"),
-        imds_timeout,
-        imds_attempts,
-        s3_endpoint: r.value("AWS_ENDPOINT_URL_S3"),
-        https_proxy: r.first(&["HTTPS_PROXY", "https_proxy"]),
-        http_proxy: r.first(&["HTTP_PROXY", "http_proxy"]),
-        no_proxy: r.first(&["NO_PROXY", "no_proxy"]).map(|s| s.value),
-        trust: r.trust(),
-        connect_timeout,
-        read_timeout,
+        imds_endpoint: d.imds_endpoint.clone().unwrap_or_else(|| {
+            if d.imds_ipv6 {
+                DEFAULT_IMDS_ENDPOINT_IPV6
+            } else {
+                DEFAULT_IMDS_ENDPOINT
+            }
+            .to_string()
+        }),
+        imds_disabled: d.imds_disabled,
+        imds_timeout: d.imds_timeout,
+        imds_attempts: d.imds_attempts,
+        s3_endpoint: d.s3_endpoint.clone(),
+        https_proxy: d.https_proxy.clone(),
+        http_proxy: d.http_proxy.clone(),
+        no_proxy: d.no_proxy.clone(),
+        trust: TrustSettings {
+            cert_file: d.cert_file.clone(),
+            cert_dirs: d.cert_dirs.clone(),
+        },
+        connect_timeout: d.connect_timeout,
+        read_timeout: d.read_timeout,
         retry: Retry {
             attempts: 3,
             backoff: Duration::from_secs(1),
@@ -211,7 +108,6 @@ pub fn options(settings: &Settings) -> DownloadOptions {
         },
         cache_dir: settings.paths.var_cache_ecs.clone(),
         arch: std::env::consts::ARCH,
-        warnings: r.warnings,
     }
 }
 
@@ -367,9 +263,6 @@ impl DownloadOptions {
 /// Download the agent into the cache directory (see the module doc). On success the tarball is
 /// complete, verified and in place; on failure nothing in the cache directory has changed.
 pub async fn download(opts: &DownloadOptions) -> Result<Fetched, DownloadError> {
-    for w in &opts.warnings {
-        tracing::warn!("{w}");
-    }
     let object = object_name(opts.arch)?;
     let proxies = opts.proxies()?;
     let (region, region_from) = opts.region(&proxies).await?;
@@ -491,7 +384,6 @@ pub fn describe(opts: &DownloadOptions) -> serde_json::Value {
         "read_timeout_seconds": opts.read_timeout.as_secs_f64(),
         "attempts_per_request": opts.retry.attempts,
         "destination": opts.tarball(),
-        "warnings": opts.warnings,
     })
 }
 
@@ -519,17 +411,17 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    fn opts(env: &[(&str, &str)], file: &str) -> DownloadOptions {
+    fn settings(env: &[(&str, &str)], file: &str) -> Settings {
         let cfg = crate::config::Config::from_parts(&[("/etc/ecs/ecs.config".into(), file.into())]);
         let env = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>();
-        options(&Settings::resolve(
-            env,
-            crate::paths::Paths::under("/r"),
-            cfg,
-        ))
+        Settings::resolve(env, crate::paths::Paths::under("/r"), cfg)
+    }
+
+    fn opts(env: &[(&str, &str)], file: &str) -> DownloadOptions {
+        options(&settings(env, file))
     }
 
     #[test]
@@ -542,7 +434,10 @@ mod tests {
         assert_eq!(o.read_timeout, Duration::from_secs(30));
         assert_eq!(o.tarball(), PathBuf::from("/r/var/cache/ecs/ecs-agent.tar"));
         assert_eq!(o.trust, TrustSettings::default());
-        assert!(o.warnings.is_empty());
+        assert_eq!(
+            (o.imds_timeout, o.imds_attempts),
+            (Duration::from_secs(2), 3)
+        );
     }
 
     #[test]
@@ -552,12 +447,12 @@ mod tests {
                 ("AWS_DEFAULT_REGION", "eu-west-1"),
                 ("https_proxy", "proxy:3128"),
                 ("SSL_CERT_DIR", "/a::/b"),
-                (READ_TIMEOUT_KEY, "1.5"),
-                (CONNECT_TIMEOUT_KEY, "soon"),
+                ("ECS_INIT_DOWNLOAD_READ_TIMEOUT_SECONDS", "1.5"),
                 ("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "IPv6"),
             ],
             "AWS_REGION=ap-south-1\nNO_PROXY=169.254.169.254,169.254.170.2\nAWS_EC2_METADATA_DISABLED=TRUE\n",
         );
+        assert!(o.imds_disabled, "TRUE, any case");
         // AWS_REGION wins over AWS_DEFAULT_REGION, wherever each is set.
         assert_eq!(
             o.region,
@@ -576,14 +471,53 @@ mod tests {
         );
         assert_eq!(o.read_timeout, Duration::from_millis(1500));
         assert_eq!(o.connect_timeout, Duration::from_secs(10));
-        assert!(
-            o.warnings[0].contains(CONNECT_TIMEOUT_KEY),
-            "{:?}",
-            o.warnings
-        );
         let p = o.proxies().unwrap();
         assert_eq!(p.https.unwrap().port, 3128);
         assert!(p.no_proxy.bypass("169.254.170.2", 80));
+    }
+
+    /// Values that cannot be used fall back to the table's defaults, with a warning naming the
+    /// key and the file and line it came from.
+    #[test]
+    fn unusable_values_are_named_with_their_line() {
+        let s = settings(
+            &[("ECS_INIT_DOWNLOAD_CONNECT_TIMEOUT_SECONDS", "soon")],
+            "AWS_METADATA_SERVICE_TIMEOUT=0\nAWS_METADATA_SERVICE_NUM_ATTEMPTS=11\n\
+             AWS_EC2_METADATA_DISABLED=1\nAWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=v6\n\
+             ECS_INIT_DOWNLOAD_READ_TIMEOUT_SECONDS=90000\n",
+        );
+        let o = options(&s);
+        assert_eq!(o.connect_timeout, Duration::from_secs(10));
+        assert_eq!(o.read_timeout, Duration::from_secs(30));
+        assert_eq!(o.imds_timeout, Duration::from_secs(2));
+        assert_eq!(o.imds_attempts, 3);
+        assert!(
+            !o.imds_disabled,
+            "only `true` disables IMDS, as the AWS SDKs read it"
+        );
+        assert_eq!(o.imds_endpoint, DEFAULT_IMDS_ENDPOINT);
+        let w: Vec<String> = s.warnings.iter().map(|w| w.to_string()).collect();
+        let expect = [
+            ("ECS_INIT_DOWNLOAD_CONNECT_TIMEOUT_SECONDS", None),
+            ("AWS_METADATA_SERVICE_TIMEOUT", Some(1)),
+            ("AWS_METADATA_SERVICE_NUM_ATTEMPTS", Some(2)),
+            ("AWS_EC2_METADATA_DISABLED", Some(3)),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", Some(4)),
+            ("ECS_INIT_DOWNLOAD_READ_TIMEOUT_SECONDS", Some(5)),
+        ];
+        for (key, line) in expect {
+            let found = w.iter().find(|m| m.contains(key));
+            let found = found.unwrap_or_else(|| panic!("no warning for {key}: {w:#?}"));
+            if let Some(line) = line {
+                assert!(
+                    found.contains(&format!("/etc/ecs/ecs.config:{line}")),
+                    "{found}"
+                );
+            }
+        }
+        assert_eq!(w.len(), expect.len(), "{w:#?}");
+        let quiet = settings(&[], "AWS_EC2_METADATA_DISABLED=false\n");
+        assert!(quiet.warnings.is_empty(), "{:?}", quiet.warnings);
     }
 
     #[test]

@@ -100,6 +100,16 @@ impl Launcher {
         serde_json::from_str(&body).expect("report is JSON")
     }
 
+    /// The report if the agent answers it now: `None` while an agent is going away or coming
+    /// up (a connection reset between "introspection answers" and this request is a restart,
+    /// not a failure, for a caller that polls).
+    pub fn try_report(&self) -> Option<serde_json::Value> {
+        match http_get(INTROSPECTION, "/v1/report", Duration::from_secs(5)) {
+            Ok((200, body)) => serde_json::from_str(&body).ok(),
+            _ => None,
+        }
+    }
+
     /// Remove any `ecs-agent` container with the runtime's own tool (not through the code
     /// under test).
     pub fn force_remove_agent(&self) {
