@@ -14,16 +14,6 @@ pub const AGENT_NAME: &str = "ecs-agent";
 pub const CREDENTIALS_FETCHER_SOCKET: &str =
     "/var/credentials-fetcher/socket/credentials_fetcher.sock";
 pub const DEFAULT_APPARMOR_PROFILE: &str = "ecs-agent-default";
-const LOG_DRIVERS: &[&str] = &[
-    "awslogs",
-    "fluentd",
-    "gelf",
-    "json-file",
-    "journald",
-    "logentries",
-    "syslog",
-    "splunk",
-];
 
 /// Environment in insertion order where a later `set` replaces the value in place.
 #[derive(Default)]
@@ -49,13 +39,13 @@ pub fn paths_to_probe(settings: &Settings) -> Vec<PathBuf> {
     ]
 }
 
-/// Build the agent container spec. Problems that do not stop the agent (bad labels JSON, an
-/// unknown log driver) are returned as warnings naming the file, line and key.
+/// Build the agent container spec. Problems that do not stop the agent (bad labels JSON) are
+/// returned as warnings naming the file, line and key (the knobs' own are in the settings').
 pub fn build(settings: &Settings, facts: &HostFacts) -> (AgentSpec, Vec<Warning>) {
     let mut warnings = Vec::new();
     let knobs = &settings.agent;
     let labels = labels(settings, &mut warnings);
-    let log = log_config(settings, &mut warnings);
+    let log = log_config(settings);
     let spec = AgentSpec {
         image: AGENT_IMAGE.into(),
         name: AGENT_NAME.into(),
@@ -237,15 +227,7 @@ fn host_binds(external: bool, facts: &HostFacts) -> Vec<Mount> {
     mounts
 }
 
-fn knob_warning(key: &str, message: String) -> Warning {
-    Warning {
-        origin: None,
-        key: Some(key.into()),
-        message,
-    }
-}
-
-fn log_config(settings: &Settings, warnings: &mut Vec<Warning>) -> LogConfig {
+fn log_config(settings: &Settings) -> LogConfig {
     let knobs = &settings.agent;
     let mut log = LogConfig::default();
     if let Some(size) = knobs.log_file_size.as_deref() {
@@ -259,21 +241,11 @@ fn log_config(settings: &Settings, warnings: &mut Vec<Warning>) -> LogConfig {
     if let Some(num) = knobs.log_file_num.as_deref() {
         log.options.insert("max-file".into(), num.to_string());
     }
-    if let Some(driver) = knobs.log_driver.as_deref() {
-        if LOG_DRIVERS.contains(&driver) {
-            if driver != log.driver {
-                log.options.clear();
-            }
-            log.driver = driver.to_string();
-        } else {
-            warnings.push(knob_warning(
-                "ECS_LOG_DRIVER",
-                format!(
-                    "unknown log driver {driver:?} (want one of {}); using json-file",
-                    LOG_DRIVERS.join(", ")
-                ),
-            ));
+    if let Some(driver) = knobs.log_driver {
+        if driver != log.driver {
+            log.options.clear();
         }
+        log.driver = driver.to_string();
     }
     if let Some(map) = &knobs.log_opts {
         log.options = map.clone();
@@ -533,14 +505,16 @@ mod tests {
         );
         let (spec, w) = build(
             &Paths::under("/"),
-            &cfg("", &[("ECS_LOG_DRIVER", "bogus"), ("ECS_LOG_OPTS", "[1]")]),
+            &cfg("ECS_LOG_DRIVER=bogus\n", &[("ECS_LOG_OPTS", "[1]")]),
             &facts(),
         );
         assert_eq!(spec.log, LogConfig::default());
         assert_eq!(w.len(), 2);
-        assert!(w[0]
-            .to_string()
-            .starts_with("ECS_LOG_DRIVER: unknown log driver \"bogus\""));
+        assert!(
+            w[0].to_string()
+                .starts_with("/etc/ecs/ecs.config:1: ECS_LOG_DRIVER: unknown log driver \"bogus\""),
+            "{w:?}"
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{parse_bool, parse_string_map, Config, Origin, Warning};
+use crate::download::tls::TrustSettings;
 use crate::paths::Paths;
 
 /// What kind of value a knob takes (for the docs, and for parsing).
@@ -394,6 +395,18 @@ pub const KNOBS: &[Knob] = &[
     },
 ];
 
+/// The log drivers the agent container may use (`ECS_LOG_DRIVER`), as the Go tool allows.
+pub const LOG_DRIVERS: &[&str] = &[
+    "awslogs",
+    "fluentd",
+    "gelf",
+    "json-file",
+    "journald",
+    "logentries",
+    "syslog",
+    "splunk",
+];
+
 /// The row of `name` (a programming error when absent).
 pub fn knob(name: &str) -> &'static Knob {
     KNOBS
@@ -456,8 +469,8 @@ pub struct AgentSettings {
     pub privileged: bool,
     pub pid_host: bool,
     pub apparmor_profile: String,
-    /// `ECS_LOG_DRIVER` when set (validated by the spec builder).
-    pub log_driver: Option<String>,
+    /// `ECS_LOG_DRIVER` when set to one of [`LOG_DRIVERS`] (another value is a warning).
+    pub log_driver: Option<&'static str>,
     /// `ECS_LOG_OPTS` parsed; `None` when unset or invalid (a warning then).
     pub log_opts: Option<BTreeMap<String, String>>,
     pub log_file_size: Option<String>,
@@ -493,9 +506,8 @@ pub struct DownloadSettings {
     pub https_proxy: Option<Setting>,
     pub http_proxy: Option<Setting>,
     pub no_proxy: Option<String>,
-    pub cert_file: Option<PathBuf>,
-    /// `SSL_CERT_DIR`, split at `:`.
-    pub cert_dirs: Option<Vec<PathBuf>>,
+    /// `SSL_CERT_FILE`, `SSL_CERT_DIR` (split at `:`).
+    pub trust: TrustSettings,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
 }
@@ -742,13 +754,15 @@ impl Resolver<'_> {
         let https_proxy = self.first(&["HTTPS_PROXY", "https_proxy"]);
         let http_proxy = self.first(&["HTTP_PROXY", "http_proxy"]);
         let no_proxy = self.first(&["NO_PROXY", "no_proxy"]).map(|s| s.value);
-        let cert_file = self.trimmed("SSL_CERT_FILE").map(PathBuf::from);
-        let cert_dirs = self.trimmed("SSL_CERT_DIR").map(|dirs| {
-            dirs.split(':')
-                .filter(|d| !d.is_empty())
-                .map(PathBuf::from)
-                .collect()
-        });
+        let trust = TrustSettings {
+            cert_file: self.trimmed("SSL_CERT_FILE").map(PathBuf::from),
+            cert_dirs: self.trimmed("SSL_CERT_DIR").map(|dirs| {
+                dirs.split(':')
+                    .filter(|d| !d.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            }),
+        };
         DownloadSettings {
             region,
             imds_endpoint,
@@ -760,8 +774,7 @@ impl Resolver<'_> {
             https_proxy,
             http_proxy,
             no_proxy,
-            cert_file,
-            cert_dirs,
+            trust,
             connect_timeout: self.positive_seconds("ECS_INIT_DOWNLOAD_CONNECT_TIMEOUT_SECONDS"),
             read_timeout: self.positive_seconds("ECS_INIT_DOWNLOAD_READ_TIMEOUT_SECONDS"),
         }
@@ -913,7 +926,7 @@ impl Resolver<'_> {
     /// The knobs of the agent container.
     fn agent(&mut self, files: &Config, docker_host: Option<PathBuf>) -> AgentSettings {
         AgentSettings {
-            log_driver: self.text("ECS_LOG_DRIVER"),
+            log_driver: self.log_driver(),
             log_opts: self.log_opts(),
             log_file_size: self.text("ECS_INIT_DOCKER_LOG_FILE_SIZE"),
             log_file_num: self.text("ECS_INIT_DOCKER_LOG_FILE_NUM"),
@@ -934,6 +947,25 @@ impl Resolver<'_> {
                 .file_entry("DOCKER_HOST")
                 .and_then(|e| docker::socket_of(&e.value)),
         }
+    }
+
+    /// `ECS_LOG_DRIVER`: one of [`LOG_DRIVERS`], else a warning (the default driver is used).
+    fn log_driver(&mut self) -> Option<&'static str> {
+        let k = knob("ECS_LOG_DRIVER");
+        let (v, source) = self.get(k.name)?;
+        let found = LOG_DRIVERS.iter().find(|d| **d == v.trim()).copied();
+        if found.is_none() {
+            self.warn(
+                k,
+                &source,
+                format!(
+                    "unknown log driver {v:?} (want one of {}); using {}",
+                    LOG_DRIVERS.join(", "),
+                    k.default
+                ),
+            );
+        }
+        found
     }
 
     fn log_opts(&mut self) -> Option<BTreeMap<String, String>> {

@@ -50,6 +50,15 @@ fn wipe(ns: &str) {
 }
 
 impl Env {
+    /// The stand-in loaded as the agent image, and no container of the agent's name.
+    async fn agent_image_and_no_container(&self) {
+        self.rt
+            .load_image(&support::stand_in_tarball(support::AGENT_IMAGE))
+            .await
+            .unwrap();
+        self.rt.remove_container(NAME).await.unwrap();
+    }
+
     fn new(test: &str) -> Env {
         support::require_root();
         support::require_containerd();
@@ -244,11 +253,7 @@ fn run_report_stop_wait_inspect_remove() {
     std::fs::create_dir_all(data.path().join("rw")).unwrap();
     std::fs::create_dir_all(data.path().join("ro")).unwrap();
     rt_block(async {
-        env.rt
-            .load_image(&support::stand_in_tarball(support::AGENT_IMAGE))
-            .await
-            .unwrap();
-        env.rt.remove_container(NAME).await.unwrap();
+        env.agent_image_and_no_container().await;
         assert_eq!(env.rt.inspect(NAME).await.unwrap(), None);
         let mut s = spec(&[
             ("ECS_CLUSTER", "conformance"),
@@ -361,11 +366,7 @@ fn exit_code_and_logs_tail() {
     let env = Env::new("exit");
     let _lock = support::agent_lock();
     rt_block(async {
-        env.rt
-            .load_image(&support::stand_in_tarball(support::AGENT_IMAGE))
-            .await
-            .unwrap();
-        env.rt.remove_container(NAME).await.unwrap();
+        env.agent_image_and_no_container().await;
         env.rt
             .run(&spec(&[
                 ("STANDIN_EXIT_CODE", "3"),
@@ -415,11 +416,7 @@ fn log_rotates_at_max_size() {
     let env = Env::new("rotate");
     let _lock = support::agent_lock();
     rt_block(async {
-        env.rt
-            .load_image(&support::stand_in_tarball(support::AGENT_IMAGE))
-            .await
-            .unwrap();
-        env.rt.remove_container(NAME).await.unwrap();
+        env.agent_image_and_no_container().await;
         let mut s = spec(&[("STANDIN_EXIT_CODE", "0"), ("STANDIN_PRINT_LINES", "3000")]);
         s.log.options = BTreeMap::from([
             ("max-size".to_string(), "8k".to_string()),
@@ -459,11 +456,7 @@ fn leftover_container_is_removed_by_a_new_instance() {
     let env = Env::new("leftover");
     let _lock = support::agent_lock();
     rt_block(async {
-        env.rt
-            .load_image(&support::stand_in_tarball(support::AGENT_IMAGE))
-            .await
-            .unwrap();
-        env.rt.remove_container(NAME).await.unwrap();
+        env.agent_image_and_no_container().await;
         env.rt.run(&spec(&[])).await.unwrap();
         support::wait_for_http(
             support::INTROSPECTION_ADDR,

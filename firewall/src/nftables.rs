@@ -11,28 +11,31 @@
 //! rules are in the order the iptables backend's `-I` produces (bridge ACCEPT, block, localhost
 //! filter). Two backends' verdicts combine like two iptables tables: a DROP in either drops, an
 //! ACCEPT only ends our chain.
+use crate::exec::args;
 use crate::rules::{Family, Hook};
 use crate::{Firewall, FirewallError, Result, Rule, RuleSet, Scope};
 use async_trait::async_trait;
+use ecs_host::Exec;
 use nftables::batch::Batch;
 use nftables::expr::{
     BinaryOperation, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix,
     SetItem, CT,
 };
-use nftables::helper::{self, NftablesError};
 use nftables::schema::{Chain, NfListObject, NfObject, Nftables as NftDoc, Rule as NftRule, Table};
 use nftables::stmt::{Match, Operator, Statement, NAT};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use std::borrow::Cow;
 use std::net::SocketAddrV4;
+use std::sync::Arc;
 
 /// The name of our tables (one per family).
 pub const TABLE: &str = "ecs-init";
 
-/// The `nft` program. Batches are applied and listings read back with the `nftables`
-/// crate's helpers (JSON in, typed schema out).
+/// The `nft` program, run through the [`Exec`] seam: batches go in as the `nftables` crate's
+/// JSON schema on stdin (`nft -j -f -`), listings come back as JSON read with its typed schema.
 #[derive(Debug, Clone)]
 pub struct Nftables {
+    exec: Arc<dyn Exec>,
     program: String,
 }
 
@@ -492,40 +495,50 @@ pub(crate) fn parse_listing(json: &str) -> std::result::Result<NftDoc<'static>, 
 }
 
 impl Nftables {
-    /// `nft` at this path (the composition root resolves it on the search path).
-    pub fn new(program: impl Into<String>) -> Nftables {
+    /// `nft` at this path (the composition root resolves it on the search path), run by `exec`.
+    pub fn new(exec: Arc<dyn Exec>, program: impl Into<String>) -> Nftables {
         Nftables {
+            exec,
             program: program.into(),
         }
     }
 
-    fn error(&self, doing: &str, e: NftablesError) -> FirewallError {
-        match e {
-            NftablesError::NftExecution { inner, .. } => FirewallError::Spawn {
-                tool: self.program.clone(),
-                source: inner,
-            },
-            NftablesError::NftFailed { stderr, .. } => FirewallError::Command {
-                command: format!("{} -j {doing}", self.program),
-                stderr: stderr.trim().to_string(),
-            },
-            other => FirewallError::Other(format!("{} -j {doing}: {other}", self.program)),
+    /// `nft -j <args>` with `input` on stdin (or none): its stdout, or an error naming the
+    /// command and nft's complaint.
+    async fn nft(&self, a: &[&str], input: Option<&[u8]>) -> Result<String> {
+        let a = args(&[&["-j"], a].concat());
+        let out = match input {
+            Some(input) => self.exec.run_with_input(&self.program, &a, input).await,
+            None => self.exec.run(&self.program, &a).await,
         }
+        .map_err(|source| FirewallError::Spawn {
+            tool: self.program.clone(),
+            source,
+        })?;
+        if !out.success {
+            return Err(FirewallError::Command {
+                command: ecs_host::exec::command_line(&self.program, &a),
+                stderr: out.stderr,
+            });
+        }
+        Ok(out.stdout)
     }
 
     /// Send one batch (`nft -j -f -`): the kernel takes all of it or nothing.
     async fn send(&self, doc: &NftDoc<'_>) -> Result<()> {
-        tracing::debug!(batch = ?serde_json::to_string(doc).ok(), "nft -j -f -");
-        helper::apply_ruleset_with_args_async(doc, Some(&self.program), helper::DEFAULT_ARGS)
+        let json = serde_json::to_string(doc)
+            .map_err(|e| FirewallError::Other(format!("encoding the nft batch: {e}")))?;
+        tracing::debug!(batch = %json, "nft -j -f -");
+        self.nft(&["-f", "-"], Some(json.as_bytes()))
             .await
-            .map_err(|e| self.error("-f -", e))
+            .map(drop)
     }
 
     /// `nft -j <args>`, typed.
-    async fn list(&self, args: &[&str]) -> Result<NftDoc<'static>> {
-        helper::get_current_ruleset_with_args_async(Some(&self.program), args)
-            .await
-            .map_err(|e| self.error(&args.join(" "), e))
+    async fn list(&self, a: &[&str]) -> Result<NftDoc<'static>> {
+        let json = self.nft(a, None).await?;
+        parse_listing(&json)
+            .map_err(|e| FirewallError::Other(format!("{} -j {}: {e}", self.program, a.join(" "))))
     }
 }
 
@@ -581,14 +594,68 @@ impl Firewall for Nftables {
 mod tests {
     use super::*;
     use crate::RuleOptions;
+    use ecs_host::exec::FakeExec;
+    use ecs_host::Output;
 
     fn all_rules() -> RuleSet {
         RuleSet::build(&RuleOptions::every_rule())
     }
 
+    /// An `nft` that lists what nft 1.0.6 (Debian 12) lists after our batch was applied, and
+    /// takes every batch (or refuses it, with nft's complaint).
+    fn fake_nft(accept: bool) -> (Arc<FakeExec>, Nftables) {
+        let exec = Arc::new(FakeExec::new(&["nft"], move |_, a| {
+            Ok(match a.join(" ").as_str() {
+                "-j list tables" => {
+                    Output::ok(include_str!("../tests/fixtures/nft-list-tables.json"))
+                }
+                "-j list table ip ecs-init" => {
+                    Output::ok(include_str!("../tests/fixtures/nft-list-table-ip.json"))
+                }
+                "-j list table ip6 ecs-init" => {
+                    Output::ok(include_str!("../tests/fixtures/nft-list-table-ip6.json"))
+                }
+                "-j -f -" if accept => Output::ok(""),
+                "-j -f -" => {
+                    Output::failed(1, "Error: Could not process rule: Operation not permitted")
+                }
+                other => panic!("unexpected nft {other}"),
+            })
+        }));
+        (exec.clone(), Nftables::new(exec, "nft"))
+    }
+
+    /// Apply and remove are one `nft -j -f -` each, with the batch (the JSON of what `render`
+    /// shows) on stdin; a refused batch is an error naming the command and nft's words.
+    #[tokio::test]
+    async fn apply_and_remove_send_one_batch_each() {
+        let (exec, nft) = fake_nft(true);
+        nft.apply(&all_rules()).await.unwrap();
+        nft.remove(&all_rules()).await.unwrap();
+        assert_eq!(exec.calls(), ["nft -j -f -", "nft -j -f -"]);
+        let inputs = exec.inputs();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&inputs[0]).unwrap(),
+            serde_json::to_value(apply_batch(&all_rules()).0).unwrap()
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&inputs[1]).unwrap(),
+            serde_json::to_value(remove_batch().0).unwrap()
+        );
+        let (_, refusing) = fake_nft(false);
+        let err = refusing.apply(&all_rules()).await.unwrap_err().to_string();
+        assert!(
+            err.contains("nft -j -f -") && err.contains("Operation not permitted"),
+            "{err}"
+        );
+        let missing = Nftables::new(Arc::new(FakeExec::new(&[], |_, _| unreachable!())), "nft");
+        let err = missing.applied().await.unwrap_err();
+        assert!(matches!(err, FirewallError::Spawn { .. }), "{err:?}");
+    }
+
     #[test]
     fn renders_one_transaction_per_family() {
-        let lines = Nftables::new("nft").render(&all_rules());
+        let lines = fake_nft(true).1.render(&all_rules());
         assert_eq!(
             lines,
             [
@@ -643,38 +710,18 @@ mod tests {
 
     /// What nft 1.0.6 (Debian 12) lists back after this batch was applied, read with the
     /// typed schema: the shapes differ from what we send (prefixes, sets), and must decode.
-    #[test]
-    fn decodes_what_nft_lists() {
-        let set = all_rules();
-        let mut chains = Vec::new();
-        for (family, json) in [
-            (
-                Family::V4,
-                include_str!("../tests/fixtures/nft-list-table-ip.json"),
-            ),
-            (
-                Family::V6,
-                include_str!("../tests/fixtures/nft-list-table-ip6.json"),
-            ),
-        ] {
-            let doc = parse_listing(json).unwrap();
-            for hook in [Hook::NatPrerouting, Hook::NatOutput, Hook::FilterInput] {
-                let (name, ..) = chain_of(hook);
-                let found: Vec<Rule> = doc
-                    .objects
-                    .iter()
-                    .filter_map(|o| match o {
-                        NfObject::ListObject(NfListObject::Rule(r)) if r.chain == name => Some(r),
-                        _ => None,
-                    })
-                    .map(|r| decode_rule(family, name, &r.expr).expect("decodes"))
-                    .collect();
-                chains.push((family, hook, found));
-            }
-        }
-        assert_eq!(RuleSet::from_chains(&chains), set);
-        let tables = parse_listing(include_str!("../tests/fixtures/nft-list-tables.json")).unwrap();
-        assert_eq!(tables_in(&tables), [Family::V4, Family::V6]);
+    #[tokio::test]
+    async fn decodes_what_nft_lists() {
+        let (exec, nft) = fake_nft(true);
+        assert_eq!(nft.applied().await.unwrap(), all_rules());
+        assert_eq!(
+            exec.calls(),
+            [
+                "nft -j list tables",
+                "nft -j list table ip ecs-init",
+                "nft -j list table ip6 ecs-init"
+            ]
+        );
         assert!(parse_listing("not json").is_err());
     }
 }

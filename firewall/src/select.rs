@@ -56,7 +56,7 @@ impl Firewalls {
     pub fn build(&self, backend: Backend) -> Box<dyn Firewall> {
         match backend {
             Backend::Iptables => Box::new(Iptables::new(self.exec.clone())),
-            Backend::Nftables => Box::new(Nftables::new(self.nft())),
+            Backend::Nftables => Box::new(Nftables::new(self.exec.clone(), self.nft())),
             Backend::None => Box::new(NoFirewall),
         }
     }

@@ -5,9 +5,8 @@
 //! destination is only ever replaced by a complete, verified file.
 use md5::{Digest, Md5};
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread::JoinHandle;
@@ -17,9 +16,6 @@ use hyper::body::Bytes;
 
 use super::http::{with_retries, Attempt, Client, HttpError, Retry};
 use super::region::Source;
-
-/// The prefix of temp files: `<destination file name>.download-<pid>`.
-pub const TEMP_MARKER: &str = ".download-";
 
 /// Why one bucket did not give us the agent.
 #[derive(Debug)]
@@ -127,47 +123,6 @@ fn hex(bytes: &[u8]) -> String {
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
-}
-
-/// A temp file removed on drop unless it was renamed into place.
-struct TempFile {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.keep {
-            if let Err(e) = std::fs::remove_file(&self.path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(path = %self.path.display(), error = %e, "could not remove temp file");
-                }
-            }
-        }
-    }
-}
-
-/// Remove temp files an earlier, killed download left next to `dest`.
-pub fn remove_stale_temp_files(dest: &Path) {
-    let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else {
-        return;
-    };
-    let prefix = format!("{}{TEMP_MARKER}", name.to_string_lossy());
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with(&prefix) {
-            match std::fs::remove_file(e.path()) {
-                Ok(()) => {
-                    tracing::info!(path = %e.path().display(), "removed a stale partial download")
-                }
-                Err(err) => {
-                    tracing::warn!(path = %e.path().display(), error = %err, "could not remove a stale partial download")
-                }
-            }
-        }
-    }
 }
 
 fn free_space(dir: &Path) -> Option<u64> {
@@ -342,28 +297,18 @@ pub async fn from_source(
         url: source.md5.clone(),
         body: body.trim().to_string(),
     })?;
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp_path = dest.with_file_name(format!(
-        "{}{TEMP_MARKER}{}",
-        name.as_deref().unwrap_or("download"),
-        std::process::id()
-    ));
-    let mut tmp = TempFile {
-        path: tmp_path.clone(),
-        keep: false,
-    };
-    let created = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp.path)
-        .map_err(|source| SourceError::Local {
-            path: tmp_path.clone(),
-            what: "creating".into(),
+    // Created with O_EXCL under a random name, written through its descriptor only and renamed
+    // relative to the directory's: /var/cache/ecs is writable by the agent, and a symlink
+    // planted at a name must not be followed. Dropped on any failure, it removes itself.
+    let mut tmp =
+        ecs_host::files::TempFile::new(dest, 0o600).map_err(|source| SourceError::Local {
+            path: dest.to_path_buf(),
+            what: "creating a temp file for".into(),
             source,
         })?;
+    let tmp_path = tmp.path().to_path_buf();
     let started = Instant::now();
-    let (url, tmp_ref) = (source.tarball.as_str(), (&created, tmp_path.as_path()));
+    let (url, tmp_ref) = (source.tarball.as_str(), (&*tmp.file(), tmp_path.as_path()));
     let (actual, bytes) = with_retries(retry, "agent download", move || async move {
         stream_once(client, url, tmp_ref, progress).await
     })
@@ -377,18 +322,12 @@ pub async fn from_source(
             actual,
         });
     }
-    std::fs::rename(&tmp.path, dest).map_err(|e| SourceError::Local {
+    // fsync, rename into place, fsync the directory: the rename survives a crash too.
+    tmp.commit().map_err(|e| SourceError::Local {
         path: dest.to_path_buf(),
         what: format!("renaming {} to", tmp_path.display()),
         source: e,
     })?;
-    tmp.keep = true;
-    // The rename itself must survive a crash too.
-    if let Some(dir) = dest.parent() {
-        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not sync the cache directory");
-        }
-    }
     Ok(Fetched {
         url: source.tarball.clone(),
         path: dest.to_path_buf(),
@@ -458,20 +397,6 @@ mod tests {
     #[test]
     fn hex_and_md5() {
         assert_eq!(hex(&Md5::digest(b"")), "d41d8cd98f00b204e9800998ecf8427e");
-    }
-
-    #[test]
-    fn stale_temp_files_go() {
-        let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("ecs-agent.tar");
-        std::fs::write(dir.path().join("ecs-agent.tar.download-77"), "x").unwrap();
-        std::fs::write(dir.path().join("state"), "1").unwrap();
-        remove_stale_temp_files(&dest);
-        let left: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(left, ["state"]);
     }
 
     /// A plain-HTTP loopback server answering the `.md5` at once and the object in slow pieces.

@@ -26,7 +26,6 @@ use fetch::{Fetched, Progress, SourceError};
 use http::{Client, Retry};
 use proxy::{NoProxy, Proxies, ProxyUrl};
 use region::Source;
-use tls::TrustSettings;
 
 /// The agent version this release downloads when nothing is cached.
 pub const AGENT_VERSION: &str = "1.105.0";
@@ -35,32 +34,18 @@ pub const DEFAULT_REGION: &str = "us-east-1";
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
 pub const DEFAULT_IMDS_ENDPOINT_IPV6: &str = "http://[fd00:ec2::254]";
 
-pub use crate::settings::Setting;
+pub use crate::settings::{DownloadSettings, Setting};
 
 /// Everything the download needs, resolved from the configuration by [`options`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownloadOptions {
-    /// `AWS_REGION`, else `AWS_DEFAULT_REGION`.
-    pub region: Option<Setting>,
+    /// The download's knobs, as the settings resolved them.
+    pub knobs: DownloadSettings,
     /// `ECS_EXTERNAL=true`: not on EC2, so no instance metadata.
     pub external: bool,
-    /// IMDS base URL (`AWS_EC2_METADATA_SERVICE_ENDPOINT`, `…_ENDPOINT_MODE`).
+    /// IMDS base URL (`AWS_EC2_METADATA_SERVICE_ENDPOINT`, else the default of
+    /// `…_ENDPOINT_MODE`).
     pub imds_endpoint: String,
-    /// `AWS_EC2_METADATA_DISABLED=true`.
-    pub imds_disabled: bool,
-    /// `AWS_METADATA_SERVICE_TIMEOUT` (connect and read), `AWS_METADATA_SERVICE_NUM_ATTEMPTS`.
-    pub imds_timeout: Duration,
-    pub imds_attempts: u32,
-    /// `AWS_ENDPOINT_URL_S3`: path-style requests under this base URL.
-    pub s3_endpoint: Option<String>,
-    /// `HTTPS_PROXY`/`https_proxy`, `HTTP_PROXY`/`http_proxy`, `NO_PROXY`/`no_proxy`.
-    pub https_proxy: Option<Setting>,
-    pub http_proxy: Option<Setting>,
-    pub no_proxy: Option<String>,
-    /// `SSL_CERT_FILE`, `SSL_CERT_DIR`.
-    pub trust: TrustSettings,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
     /// Retries of each request.
     pub retry: Retry,
     pub progress: Progress,
@@ -73,31 +58,18 @@ pub struct DownloadOptions {
 /// The download's options from the settings (values that could not be used are among the
 /// settings' warnings, with their file and line).
 pub fn options(settings: &Settings) -> DownloadOptions {
-    let d = &settings.download;
+    let knobs = settings.download.clone();
     DownloadOptions {
-        region: d.region.clone(),
         external: settings.agent.external,
-        imds_endpoint: d.imds_endpoint.clone().unwrap_or_else(|| {
-            if d.imds_ipv6 {
+        imds_endpoint: knobs.imds_endpoint.clone().unwrap_or_else(|| {
+            if knobs.imds_ipv6 {
                 DEFAULT_IMDS_ENDPOINT_IPV6
             } else {
                 DEFAULT_IMDS_ENDPOINT
             }
             .to_string()
         }),
-        imds_disabled: d.imds_disabled,
-        imds_timeout: d.imds_timeout,
-        imds_attempts: d.imds_attempts,
-        s3_endpoint: d.s3_endpoint.clone(),
-        https_proxy: d.https_proxy.clone(),
-        http_proxy: d.http_proxy.clone(),
-        no_proxy: d.no_proxy.clone(),
-        trust: TrustSettings {
-            cert_file: d.cert_file.clone(),
-            cert_dirs: d.cert_dirs.clone(),
-        },
-        connect_timeout: d.connect_timeout,
-        read_timeout: d.read_timeout,
+        knobs,
         retry: Retry {
             attempts: 3,
             backoff: Duration::from_secs(1),
@@ -190,9 +162,9 @@ impl DownloadOptions {
                 .transpose()
         };
         Ok(Proxies {
-            http: parse(&self.http_proxy)?,
-            https: parse(&self.https_proxy)?,
-            no_proxy: NoProxy::parse(self.no_proxy.as_deref().unwrap_or("")),
+            http: parse(&self.knobs.http_proxy)?,
+            https: parse(&self.knobs.https_proxy)?,
+            no_proxy: NoProxy::parse(self.knobs.no_proxy.as_deref().unwrap_or("")),
         })
     }
 
@@ -204,7 +176,7 @@ impl DownloadOptions {
     /// The region when it needs no network: a setting, or the default when IMDS is not to be
     /// asked (`None`: IMDS decides).
     fn offline_region(&self) -> Result<Option<(String, RegionFrom)>, DownloadError> {
-        if let Some(s) = &self.region {
+        if let Some(s) = &self.knobs.region {
             if !region::valid_region(&s.value) {
                 return Err(DownloadError::BadRegion {
                     key: s.key.to_string(),
@@ -215,7 +187,7 @@ impl DownloadOptions {
         }
         let why = if self.external {
             "ECS_EXTERNAL=true (no instance metadata off EC2) and neither AWS_REGION nor AWS_DEFAULT_REGION is set"
-        } else if self.imds_disabled {
+        } else if self.knobs.imds_disabled {
             "AWS_EC2_METADATA_DISABLED=true and neither AWS_REGION nor AWS_DEFAULT_REGION is set"
         } else {
             return Ok(None);
@@ -236,12 +208,12 @@ impl DownloadOptions {
         }
         let client = Client::new(
             proxies.clone(),
-            self.trust.clone(),
-            self.imds_timeout,
-            self.imds_timeout,
+            self.knobs.trust.clone(),
+            self.knobs.imds_timeout,
+            self.knobs.imds_timeout,
         );
         let retry = Retry {
-            attempts: self.imds_attempts,
+            attempts: self.knobs.imds_attempts,
             backoff: Duration::from_millis(200),
         };
         match imds::region(&client, &self.imds_endpoint, retry).await {
@@ -266,7 +238,7 @@ pub async fn download(opts: &DownloadOptions) -> Result<Fetched, DownloadError> 
     let object = object_name(opts.arch)?;
     let proxies = opts.proxies()?;
     let (region, region_from) = opts.region(&proxies).await?;
-    let sources = region::sources(&region, &object, opts.s3_endpoint.as_deref());
+    let sources = region::sources(&region, &object, opts.knobs.s3_endpoint.as_deref());
     tracing::info!(%region, from = %region_from, object, "downloading the agent: nothing is cached");
     {
         use std::os::unix::fs::DirBuilderExt;
@@ -280,12 +252,14 @@ pub async fn download(opts: &DownloadOptions) -> Result<Fetched, DownloadError> 
             })?;
     }
     let dest = opts.tarball();
-    fetch::remove_stale_temp_files(&dest);
+    for stale in ecs_host::files::remove_stale_temp_files(&dest) {
+        tracing::info!(path = %stale.display(), "removed a stale partial download");
+    }
     let client = Client::new(
         proxies,
-        opts.trust.clone(),
-        opts.connect_timeout,
-        opts.read_timeout,
+        opts.knobs.trust.clone(),
+        opts.knobs.connect_timeout,
+        opts.knobs.read_timeout,
     );
     let mut failures = Vec::new();
     for source in &sources {
@@ -345,7 +319,7 @@ pub fn describe(opts: &DownloadOptions) -> serde_json::Value {
         (_, Err(e)) => (json!({"error": e.to_string()}), json!(null)),
         (Ok(obj), Ok(Some((r, from)))) => (
             json!({"name": r, "from": from.to_string()}),
-            json!(region::sources(&r, obj, opts.s3_endpoint.as_deref())),
+            json!(region::sources(&r, obj, opts.knobs.s3_endpoint.as_deref())),
         ),
         (Ok(obj), Ok(None)) => (
             json!({
@@ -355,7 +329,7 @@ pub fn describe(opts: &DownloadOptions) -> serde_json::Value {
                     opts.imds_endpoint
                 ),
             }),
-            json!(sources_template(obj, opts.s3_endpoint.as_deref())),
+            json!(sources_template(obj, opts.knobs.s3_endpoint.as_deref())),
         ),
     };
     json!({
@@ -365,23 +339,23 @@ pub fn describe(opts: &DownloadOptions) -> serde_json::Value {
         "region": region,
         "sources": sources,
         "instance_metadata": {
-            "disabled": opts.imds_disabled || opts.external,
+            "disabled": opts.knobs.imds_disabled || opts.external,
             "token_url": imds::url(&opts.imds_endpoint, imds::TOKEN_PATH),
             "region_url": imds::url(&opts.imds_endpoint, imds::REGION_PATH),
-            "timeout_seconds": opts.imds_timeout.as_secs_f64(),
-            "attempts": opts.imds_attempts,
+            "timeout_seconds": opts.knobs.imds_timeout.as_secs_f64(),
+            "attempts": opts.knobs.imds_attempts,
         },
         "proxy": {
-            "https": proxy(&opts.https_proxy),
-            "http": proxy(&opts.http_proxy),
-            "no_proxy": opts.no_proxy,
+            "https": proxy(&opts.knobs.https_proxy),
+            "http": proxy(&opts.knobs.http_proxy),
+            "no_proxy": opts.knobs.no_proxy,
         },
         "trust": {
-            "files": opts.trust.files(),
-            "directories": opts.trust.dirs(),
+            "files": opts.knobs.trust.files(),
+            "directories": opts.knobs.trust.dirs(),
         },
-        "connect_timeout_seconds": opts.connect_timeout.as_secs_f64(),
-        "read_timeout_seconds": opts.read_timeout.as_secs_f64(),
+        "connect_timeout_seconds": opts.knobs.connect_timeout.as_secs_f64(),
+        "read_timeout_seconds": opts.knobs.read_timeout.as_secs_f64(),
         "attempts_per_request": opts.retry.attempts,
         "destination": opts.tarball(),
     })
@@ -427,15 +401,15 @@ mod tests {
     #[test]
     fn defaults() {
         let o = opts(&[], "");
-        assert_eq!(o.region, None);
+        assert_eq!(o.knobs.region, None);
         assert_eq!(o.imds_endpoint, DEFAULT_IMDS_ENDPOINT);
-        assert!(!o.imds_disabled && !o.external);
-        assert_eq!(o.connect_timeout, Duration::from_secs(10));
-        assert_eq!(o.read_timeout, Duration::from_secs(30));
+        assert!(!o.knobs.imds_disabled && !o.external);
+        assert_eq!(o.knobs.connect_timeout, Duration::from_secs(10));
+        assert_eq!(o.knobs.read_timeout, Duration::from_secs(30));
         assert_eq!(o.tarball(), PathBuf::from("/r/var/cache/ecs/ecs-agent.tar"));
-        assert_eq!(o.trust, TrustSettings::default());
+        assert_eq!(o.knobs.trust, tls::TrustSettings::default());
         assert_eq!(
-            (o.imds_timeout, o.imds_attempts),
+            (o.knobs.imds_timeout, o.knobs.imds_attempts),
             (Duration::from_secs(2), 3)
         );
     }
@@ -452,25 +426,28 @@ mod tests {
             ],
             "AWS_REGION=ap-south-1\nNO_PROXY=169.254.169.254,169.254.170.2\nAWS_EC2_METADATA_DISABLED=TRUE\n",
         );
-        assert!(o.imds_disabled, "TRUE, any case");
+        assert!(o.knobs.imds_disabled, "TRUE, any case");
         // AWS_REGION wins over AWS_DEFAULT_REGION, wherever each is set.
         assert_eq!(
-            o.region,
+            o.knobs.region,
             Some(Setting {
                 key: "AWS_REGION",
                 value: "ap-south-1".into()
             })
         );
-        assert_eq!(o.https_proxy.as_ref().unwrap().key, "https_proxy");
-        assert_eq!(o.no_proxy.as_deref(), Some("169.254.169.254,169.254.170.2"));
-        assert!(o.imds_disabled);
+        assert_eq!(o.knobs.https_proxy.as_ref().unwrap().key, "https_proxy");
+        assert_eq!(
+            o.knobs.no_proxy.as_deref(),
+            Some("169.254.169.254,169.254.170.2")
+        );
+        assert!(o.knobs.imds_disabled);
         assert_eq!(o.imds_endpoint, DEFAULT_IMDS_ENDPOINT_IPV6);
         assert_eq!(
-            o.trust.cert_dirs,
+            o.knobs.trust.cert_dirs,
             Some(vec![PathBuf::from("/a"), PathBuf::from("/b")])
         );
-        assert_eq!(o.read_timeout, Duration::from_millis(1500));
-        assert_eq!(o.connect_timeout, Duration::from_secs(10));
+        assert_eq!(o.knobs.read_timeout, Duration::from_millis(1500));
+        assert_eq!(o.knobs.connect_timeout, Duration::from_secs(10));
         let p = o.proxies().unwrap();
         assert_eq!(p.https.unwrap().port, 3128);
         assert!(p.no_proxy.bypass("169.254.170.2", 80));
@@ -487,12 +464,12 @@ mod tests {
              ECS_INIT_DOWNLOAD_READ_TIMEOUT_SECONDS=90000\n",
         );
         let o = options(&s);
-        assert_eq!(o.connect_timeout, Duration::from_secs(10));
-        assert_eq!(o.read_timeout, Duration::from_secs(30));
-        assert_eq!(o.imds_timeout, Duration::from_secs(2));
-        assert_eq!(o.imds_attempts, 3);
+        assert_eq!(o.knobs.connect_timeout, Duration::from_secs(10));
+        assert_eq!(o.knobs.read_timeout, Duration::from_secs(30));
+        assert_eq!(o.knobs.imds_timeout, Duration::from_secs(2));
+        assert_eq!(o.knobs.imds_attempts, 3);
         assert!(
-            !o.imds_disabled,
+            !o.knobs.imds_disabled,
             "only `true` disables IMDS, as the AWS SDKs read it"
         );
         assert_eq!(o.imds_endpoint, DEFAULT_IMDS_ENDPOINT);

@@ -164,24 +164,26 @@ impl Launcher {
             .count()
     }
 
+    /// The runtime's own tool (not the code under test): `docker <docker…>`, or
+    /// `ctr -n <this test's namespace> <ctr…>`.
+    fn runtime_tool(&self, docker: &[&str], ctr: &[&str]) -> std::process::Output {
+        match self.runtime {
+            "docker" => Command::new("docker").args(docker).output(),
+            _ => Command::new("ctr")
+                .args(["-n", &self.containerd_namespace()])
+                .args(ctr)
+                .output(),
+        }
+        .expect("run the runtime's tool")
+    }
+
     /// The runtime's own description of the agent container (`docker inspect`, `ctr containers
     /// info`), as JSON.
     pub fn runtime_inspect(&self) -> serde_json::Value {
-        let out = match self.runtime {
-            "docker" => Command::new("docker")
-                .args(["inspect", "ecs-agent"])
-                .output(),
-            _ => Command::new("ctr")
-                .args([
-                    "-n",
-                    &self.containerd_namespace(),
-                    "containers",
-                    "info",
-                    "ecs-agent",
-                ])
-                .output(),
-        }
-        .expect("inspect with the runtime's tool");
+        let out = self.runtime_tool(
+            &["inspect", "ecs-agent"],
+            &["containers", "info", "ecs-agent"],
+        );
         assert!(
             out.status.success(),
             "inspect: {}",
@@ -196,28 +198,15 @@ impl Launcher {
 
     /// How many containers named exactly `ecs-agent` the runtime has.
     pub fn agent_containers(&self) -> usize {
-        let out = match self.runtime {
-            "docker" => Command::new("docker")
-                .args([
-                    "ps",
-                    "-a",
-                    "--filter",
-                    "name=^/ecs-agent$",
-                    "--format",
-                    "{{.Names}}",
-                ])
-                .output(),
-            _ => Command::new("ctr")
-                .args([
-                    "-n",
-                    &self.containerd_namespace(),
-                    "containers",
-                    "list",
-                    "-q",
-                ])
-                .output(),
-        }
-        .expect("list containers");
+        let docker = [
+            "ps",
+            "-a",
+            "--filter",
+            "name=^/ecs-agent$",
+            "--format",
+            "{{.Names}}",
+        ];
+        let out = self.runtime_tool(&docker, &["containers", "list", "-q"]);
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| l.trim() == "ecs-agent")

@@ -2,8 +2,8 @@
 //!
 //! Modelled on youki's `syscall` module: callers receive an `&dyn Exec` (or an `Arc`) from the
 //! composition root and never spawn programs themselves, so the decisions around a program's
-//! answers (iptables' converge and rollback, the firewall probes, AppArmor loading, realm
-//! membership) are unit-tested with [`FakeExec`], and the real programs are exercised by the
+//! answers (iptables' converge and rollback, nft's batches and listings, the firewall probes,
+//! AppArmor loading, realm membership) are unit-tested with [`FakeExec`], and the real programs are exercised by the
 //! integration suites through [`SystemExec`].
 use async_trait::async_trait;
 use std::ffi::OsString;
@@ -71,6 +71,13 @@ pub fn command_line(program: &str, args: &[String]) -> String {
 pub trait Exec: Send + Sync + fmt::Debug {
     /// Run `program args…` to completion with stdin from `/dev/null`.
     async fn run(&self, program: &str, args: &[String]) -> io::Result<Output>;
+    /// Run `program args…` to completion with `input` as its stdin (`nft -j -f -`).
+    async fn run_with_input(
+        &self,
+        program: &str,
+        args: &[String],
+        input: &[u8],
+    ) -> io::Result<Output>;
     /// The same, blocking (for probes made outside the async runtime).
     fn run_blocking(&self, program: &str, args: &[String]) -> io::Result<Output>;
     /// Where `name` is found on the search path, if it is installed.
@@ -121,6 +128,32 @@ impl Exec for SystemExec {
         Ok(Output::from_std(out))
     }
 
+    async fn run_with_input(
+        &self,
+        program: &str,
+        args: &[String],
+        input: &[u8],
+    ) -> io::Result<Output> {
+        use tokio::io::AsyncWriteExt;
+        tracing::debug!(command = %command_line(program, args), bytes = input.len(), "running with input");
+        let mut cmd = tokio::process::Command::from(self.command(program, args));
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        // Written while the output is collected, so a program that answers before reading all
+        // of its input cannot deadlock on a full pipe; a program that exits early (EPIPE) is
+        // judged by its exit status.
+        let write = async move {
+            let _ = stdin.write_all(input).await;
+            drop(stdin);
+        };
+        let (_, out) = tokio::join!(write, child.wait_with_output());
+        Ok(Output::from_std(out?))
+    }
+
     fn run_blocking(&self, program: &str, args: &[String]) -> io::Result<Output> {
         tracing::debug!(command = %command_line(program, args), "running");
         Ok(Output::from_std(self.command(program, args).output()?))
@@ -156,11 +189,13 @@ mod fake {
     type Handler = Box<dyn Fn(&str, &[String]) -> io::Result<Output> + Send + Sync>;
 
     /// A recording, scripted [`Exec`] for unit tests: every call is recorded as its command
-    /// line, and a handler decides the answer (it may keep state, e.g. model a rule table).
+    /// line (and its stdin, if any), and a handler decides the answer (it may keep state, e.g.
+    /// model a rule table).
     pub struct FakeExec {
         handler: Handler,
         installed: Vec<String>,
         calls: Mutex<Vec<String>>,
+        inputs: Mutex<Vec<String>>,
     }
 
     impl fmt::Debug for FakeExec {
@@ -182,12 +217,18 @@ mod fake {
                 handler: Box::new(handler),
                 installed: installed.iter().map(|s| s.to_string()).collect(),
                 calls: Mutex::new(Vec::new()),
+                inputs: Mutex::new(Vec::new()),
             }
         }
 
         /// Every command line run so far, in order.
         pub fn calls(&self) -> Vec<String> {
             self.calls.lock().unwrap().clone()
+        }
+
+        /// The stdin of every [`Exec::run_with_input`] so far, in order.
+        pub fn inputs(&self) -> Vec<String> {
+            self.inputs.lock().unwrap().clone()
         }
 
         fn answer(&self, program: &str, args: &[String]) -> io::Result<Output> {
@@ -209,6 +250,18 @@ mod fake {
     #[async_trait]
     impl Exec for FakeExec {
         async fn run(&self, program: &str, args: &[String]) -> io::Result<Output> {
+            self.answer(program, args)
+        }
+        async fn run_with_input(
+            &self,
+            program: &str,
+            args: &[String],
+            input: &[u8],
+        ) -> io::Result<Output> {
+            self.inputs
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(input).into_owned());
             self.answer(program, args)
         }
         fn run_blocking(&self, program: &str, args: &[String]) -> io::Result<Output> {
@@ -266,6 +319,36 @@ mod tests {
         assert_eq!(other.find("ecs-host-test-tool"), None);
         let err = other.run("ecs-host-test-tool", &[]).await.unwrap_err();
         assert!(is_not_found(&err), "{err}");
+        let err = other
+            .run_with_input("ecs-host-test-tool", &[], b"x")
+            .await
+            .unwrap_err();
+        assert!(is_not_found(&err), "{err}");
+    }
+
+    #[tokio::test]
+    async fn input_reaches_stdin_and_a_large_one_cannot_deadlock() {
+        let exec = SystemExec::new(None);
+        // Reads everything, then answers with its length and the first line.
+        let script = args(&["-c", "wc -c; exit 4"]);
+        let out = exec
+            .run_with_input("sh", &script, b"hello\n")
+            .await
+            .unwrap();
+        assert_eq!((out.code, out.stdout.trim()), (Some(4), "6"));
+        // 4 MiB: far over a pipe's buffer, echoed back whole while still being written.
+        let big = vec![b'a'; 4 << 20];
+        let out = exec
+            .run_with_input("sh", &args(&["-c", "cat"]), &big)
+            .await
+            .unwrap();
+        assert_eq!(out.stdout.len(), big.len());
+        // A program that exits without reading: judged by its status, not by the broken pipe.
+        let out = exec
+            .run_with_input("sh", &args(&["-c", "echo no >&2; exit 1"]), &big)
+            .await
+            .unwrap();
+        assert_eq!((out.code, out.stderr.as_str()), (Some(1), "no"));
     }
 
     #[test]
@@ -279,6 +362,14 @@ mod tests {
         );
         assert!(is_not_found(&fake.run_blocking("nft", &[]).unwrap_err()));
         assert_eq!(fake.calls(), ["iptables -S", "nft"]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let out = rt
+            .block_on(fake.run_with_input("iptables", &args(&["-f", "-"]), b"batch"))
+            .unwrap();
+        assert_eq!(out.stdout, "-f,-");
+        assert_eq!(fake.inputs(), ["batch"]);
         assert!(fake.find("iptables").is_some() && fake.find("nft").is_none());
     }
 }

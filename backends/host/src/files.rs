@@ -179,6 +179,36 @@ pub fn read_to_string(path: &Path) -> io::Result<String> {
     })
 }
 
+/// The name prefix of the [`TempFile`]s of a file named `name`: `.<name>.tmp-`.
+fn temp_prefix(name: &std::ffi::OsStr) -> String {
+    format!(".{}.tmp-", name.to_string_lossy())
+}
+
+/// Remove the [`TempFile`]s of `path` that a killed process left behind (it could not remove
+/// them itself); returns what was removed. Only for callers that are the one writer of `path`
+/// (the launcher's actions hold the host lock).
+pub fn remove_stale_temp_files(path: &Path) -> Vec<std::path::PathBuf> {
+    let Ok((dir, name)) = split(path) else {
+        return Vec::new();
+    };
+    let prefix = temp_prefix(name);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => removed.push(e.path()),
+                Err(err) => {
+                    tracing::warn!(path = %e.path().display(), error = %err, "could not remove a stale temp file")
+                }
+            }
+        }
+    }
+    removed
+}
+
 /// A fresh temporary file next to `path`, created with `O_EXCL` under a random name, and its
 /// name. Used by [`write_atomic`] and by callers that stream large files (downloads).
 pub struct TempFile {
@@ -198,8 +228,8 @@ impl TempFile {
         let target = c_name(name)?;
         for _ in 0..16 {
             let tmp_name = format!(
-                ".{}.tmp-{}-{:016x}",
-                name.to_string_lossy(),
+                "{}{}-{:016x}",
+                temp_prefix(name),
                 std::process::id(),
                 fastrand::u64(..)
             );
@@ -307,6 +337,25 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn stale_temp_files_of_one_file_go_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("ecs-agent.tar");
+        // A temp file as a killed writer leaves it: created, never committed.
+        let left = TempFile::new(&dest, 0o600).unwrap();
+        let stale = left.path().to_path_buf();
+        std::mem::forget(left);
+        std::fs::write(dir.path().join("state"), "1").unwrap();
+        std::fs::write(dir.path().join(".state.tmp-1-0"), "other file's").unwrap();
+        assert_eq!(remove_stale_temp_files(&dest), [stale]);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".state.tmp-1-0", "state"]);
     }
 
     #[test]

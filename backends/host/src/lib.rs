@@ -1,6 +1,6 @@
 //! Host primitives shared by every crate of the launcher.
 //!
-//! * [`exec`]: the seam for every external program the launcher runs (iptables,
+//! * [`exec`]: the seam for every external program the launcher runs (iptables, nft,
 //!   apparmor_parser, realm, …): one trait, a real implementation and a recording double, so
 //!   the decisions around those programs are unit-tested without touching the host.
 //! * [`files`]: creating and replacing files in directories the agent container can write
