@@ -9,8 +9,9 @@
 //! environment: [`Settings::from_process`] takes the one snapshot.
 //!
 //! Values that cannot be used are warnings naming the file, line and key (booleans that fail
-//! to parse are false, like the Go tool's), or errors for choices the launcher cannot guess
-//! (`ECS_INIT_RUNTIME`, `ECS_INIT_FIREWALL`). Errors stop `pre-start`, `start`, `plan` and
+//! to parse are false, like the Go tool's), or errors for values the launcher cannot guess
+//! around (`ECS_INIT_RUNTIME`, `ECS_INIT_FIREWALL`, a `DOCKER_HOST` that is not a unix socket,
+//! an impossible `ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME`). Errors stop `pre-start`, `start`, `plan` and
 //! `reload-cache` before anything changes; `stop` and `post-stop` only warn and work from the
 //! records (see the actions).
 use ecs_backends::containerd::{self, ContainerdOptions};
@@ -286,7 +287,7 @@ pub const KNOBS: &[Knob] = &[
         kind: Kind::Bool,
         default: "false",
         scope: Scope::Anywhere,
-        doc: "`true`: never ask instance metadata for the region (the default region us-east-1, with a warning)",
+        doc: "`true` (any case; only that word, as the AWS SDKs read it): never ask instance metadata for the region (the default region us-east-1, with a warning)",
     },
     Knob {
         name: "AWS_METADATA_SERVICE_TIMEOUT",
@@ -911,7 +912,7 @@ impl Resolver<'_> {
     /// operator named.
     fn docker_host(&mut self) -> Option<PathBuf> {
         let k = knob("DOCKER_HOST");
-        let (v, source) = self.get(k.name)?;
+        let (v, source) = self.get(k.name).filter(|(v, _)| !v.trim().is_empty())?;
         let socket = docker::socket_of(&v);
         if socket.is_none() {
             self.errors.push(Self::problem(
@@ -1219,6 +1220,13 @@ mod tests {
         );
         assert_eq!(s.agent.docker_host, None);
         assert!(!s.agent.gmsa);
+        // Blank is unset (the default socket), not an error.
+        let blank = settings("", &[("DOCKER_HOST", "  ")]);
+        assert!(blank.errors.is_empty(), "{:?}", blank.errors);
+        assert_eq!(
+            blank.runtime_options.docker_socket,
+            PathBuf::from(docker::DEFAULT_SOCKET)
+        );
         assert_eq!(
             s.agent.docker_host_in_files,
             Some(PathBuf::from("/var/run/agent.sock"))

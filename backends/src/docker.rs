@@ -1,8 +1,9 @@
 //! The Docker Engine backend, over the Engine API on a unix socket (bollard).
 //!
 //! The client is created lazily on first use: ecs-init's `stop`/`post-stop` and the launcher's
-//! `plan` must work while dockerd is down, so [`DockerRuntime::connect`] only validates the
-//! endpoint. The first call that needs the daemon connects and negotiates the API version
+//! `plan` must work while dockerd is down, so [`DockerRuntime::at_socket`] (and
+//! [`DockerRuntime::connect`], which validates a `DOCKER_HOST` first) contacts nothing. The first
+//! call that needs the daemon connects and negotiates the API version
 //! (dockerd 20.10 speaks 1.41, bollard defaults to a newer one); a failed attempt is not cached,
 //! so a later call retries once the daemon is back.
 
@@ -34,12 +35,13 @@ pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/docker.sock";
 
 /// The socket a `DOCKER_HOST` value names: `unix:///p` is `/p`. Anything else (blank, `unix://`
-/// alone, `tcp://…`, a bare path) names none: the Go ecs-init then uses [`DEFAULT_SOCKET`].
-/// The one reading of `DOCKER_HOST` (settings, the agent's bind mount and [`DockerRuntime`]).
+/// alone or with a relative path or `/`, `tcp://…`, a bare path) names none: the Go ecs-init
+/// then uses [`DEFAULT_SOCKET`]. The one reading of `DOCKER_HOST` (settings, the agent's bind
+/// mount and [`DockerRuntime`]).
 pub fn socket_of(host: &str) -> Option<PathBuf> {
     host.trim()
         .strip_prefix("unix://")
-        .filter(|p| !p.is_empty())
+        .filter(|p| p.starts_with('/') && *p != "/")
         .map(PathBuf::from)
 }
 
@@ -772,6 +774,8 @@ mod tests {
         for none in [
             "",
             "unix://",
+            "unix:///",
+            "unix://docker.sock",
             "tcp://127.0.0.1:2375",
             "/var/run/docker.sock",
             "ssh://h",

@@ -651,6 +651,8 @@ mod tests {
         let missing = Nftables::new(Arc::new(FakeExec::new(&[], |_, _| unreachable!())), "nft");
         let err = missing.applied().await.unwrap_err();
         assert!(matches!(err, FirewallError::Spawn { .. }), "{err:?}");
+        let err = missing.apply(&all_rules()).await.unwrap_err();
+        assert!(matches!(err, FirewallError::Spawn { .. }), "{err:?}");
     }
 
     #[test]

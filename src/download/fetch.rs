@@ -165,6 +165,13 @@ async fn stream_once(
         what: what.to_string(),
         source,
     };
+    // The file created with O_EXCL, never opened again by name: /var/cache/ecs is writable by
+    // the agent, and a symlink planted at the name between attempts must not be followed.
+    // Emptied first, so an earlier attempt's bytes do not count against the free space.
+    let mut file = created.try_clone().map_err(|e| local("opening", e))?;
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .map_err(|e| local("emptying", e))?;
     let mut resp = client.get(url).await?;
     if let (Some(len), Some(dir)) = (resp.content_length, tmp.parent()) {
         if let Some(available) = free_space(dir) {
@@ -177,12 +184,6 @@ async fn stream_once(
             }
         }
     }
-    // The file created with O_EXCL, never opened again by name: /var/cache/ecs is writable by
-    // the agent, and a symlink planted at the name between attempts must not be followed.
-    let mut file = created.try_clone().map_err(|e| local("opening", e))?;
-    file.set_len(0)
-        .and_then(|()| file.rewind())
-        .map_err(|e| local("emptying", e))?;
     let mut sink = Sink::start(file).map_err(|e| local("starting the hashing thread for", e))?;
     let started = Instant::now();
     let mut last_report = started;
@@ -325,7 +326,7 @@ pub async fn from_source(
     // fsync, rename into place, fsync the directory: the rename survives a crash too.
     tmp.commit().map_err(|e| SourceError::Local {
         path: dest.to_path_buf(),
-        what: format!("renaming {} to", tmp_path.display()),
+        what: format!("syncing {} and renaming it to", tmp_path.display()),
         source: e,
     })?;
     Ok(Fetched {

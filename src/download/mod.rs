@@ -232,6 +232,30 @@ impl DownloadOptions {
     }
 }
 
+/// Earlier builds named a partial download `ecs-agent.tar.download-<pid>`; one a killed
+/// launcher left is removed too (it can be hundreds of MB).
+fn remove_legacy_partial_downloads(cache_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(cache_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if name
+            .to_string_lossy()
+            .starts_with("ecs-agent.tar.download-")
+        {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %e.path().display(), "removed a stale partial download")
+                }
+                Err(err) => {
+                    tracing::warn!(path = %e.path().display(), error = %err, "could not remove a stale partial download")
+                }
+            }
+        }
+    }
+}
+
 /// Download the agent into the cache directory (see the module doc). On success the tarball is
 /// complete, verified and in place; on failure nothing in the cache directory has changed.
 pub async fn download(opts: &DownloadOptions) -> Result<Fetched, DownloadError> {
@@ -255,6 +279,7 @@ pub async fn download(opts: &DownloadOptions) -> Result<Fetched, DownloadError> 
     for stale in ecs_host::files::remove_stale_temp_files(&dest) {
         tracing::info!(path = %stale.display(), "removed a stale partial download");
     }
+    remove_legacy_partial_downloads(&opts.cache_dir);
     let client = Client::new(
         proxies,
         opts.knobs.trust.clone(),
@@ -520,6 +545,21 @@ mod tests {
         );
         let err = r(&[("AWS_REGION", "eu west")]).unwrap_err().to_string();
         assert_eq!(err, "AWS_REGION=\"eu west\" is not a valid AWS region name");
+    }
+
+    #[test]
+    fn partial_downloads_of_earlier_builds_go() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["ecs-agent.tar.download-77", "ecs-agent.tar", "state"] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        remove_legacy_partial_downloads(dir.path());
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["ecs-agent.tar", "state"]);
     }
 
     #[test]

@@ -282,7 +282,9 @@ impl TempFile {
         self.file.as_mut().expect("open until committed")
     }
 
-    /// fsync the data, rename over the target, fsync the directory.
+    /// fsync the data, rename over the target, fsync the directory. An error means the target
+    /// is as it was; once the rename is done, a failed directory fsync is only a warning (the
+    /// new file is in place and complete, only its name's durability across a crash is unsure).
     pub fn commit(mut self) -> io::Result<()> {
         let file = self.file.take().expect("open until committed");
         file.sync_all()?;
@@ -301,7 +303,10 @@ impl TempFile {
         }
         // The rename is done: nothing to clean up any more.
         self.name = CString::default();
-        self.dir.sync_all()
+        if let Err(e) = self.dir.sync_all() {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not sync the directory after a rename");
+        }
+        Ok(())
     }
 }
 
@@ -309,7 +314,12 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.name.as_bytes().is_empty() {
             // SAFETY: unlinkat with a valid directory fd and a NUL-terminated name.
-            unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.name.as_ptr(), 0) };
+            if unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.name.as_ptr(), 0) } != 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %self.path.display(), error = %e, "could not remove a temp file");
+                }
+            }
         }
     }
 }
