@@ -234,27 +234,7 @@ impl DownloadOptions {
 
 /// Earlier builds named a partial download `ecs-agent.tar.download-<pid>`; one a killed
 /// launcher left is removed too (it can be hundreds of MB).
-fn remove_legacy_partial_downloads(cache_dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(cache_dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        if name
-            .to_string_lossy()
-            .starts_with("ecs-agent.tar.download-")
-        {
-            match std::fs::remove_file(e.path()) {
-                Ok(()) => {
-                    tracing::info!(path = %e.path().display(), "removed a stale partial download")
-                }
-                Err(err) => {
-                    tracing::warn!(path = %e.path().display(), error = %err, "could not remove a stale partial download")
-                }
-            }
-        }
-    }
-}
+const LEGACY_PARTIAL_PREFIX: &str = "ecs-agent.tar.download-";
 
 /// Download the agent into the cache directory (see the module doc). On success the tarball is
 /// complete, verified and in place; on failure nothing in the cache directory has changed.
@@ -276,10 +256,16 @@ pub async fn download(opts: &DownloadOptions) -> Result<Fetched, DownloadError> 
             })?;
     }
     let dest = opts.tarball();
-    for stale in ecs_host::files::remove_stale_temp_files(&dest) {
-        tracing::info!(path = %stale.display(), "removed a stale partial download");
+    // A killed launcher's partial download (under earlier builds' name too).
+    let stale = ecs_host::files::remove_stale_temp_files(&dest)
+        .into_iter()
+        .chain(ecs_host::files::remove_named(
+            &opts.cache_dir,
+            LEGACY_PARTIAL_PREFIX,
+        ));
+    for path in stale {
+        tracing::info!(path = %path.display(), "removed a stale partial download");
     }
-    remove_legacy_partial_downloads(&opts.cache_dir);
     let client = Client::new(
         proxies,
         opts.knobs.trust.clone(),
@@ -545,21 +531,6 @@ mod tests {
         );
         let err = r(&[("AWS_REGION", "eu west")]).unwrap_err().to_string();
         assert_eq!(err, "AWS_REGION=\"eu west\" is not a valid AWS region name");
-    }
-
-    #[test]
-    fn partial_downloads_of_earlier_builds_go() {
-        let dir = tempfile::tempdir().unwrap();
-        for name in ["ecs-agent.tar.download-77", "ecs-agent.tar", "state"] {
-            std::fs::write(dir.path().join(name), "x").unwrap();
-        }
-        remove_legacy_partial_downloads(dir.path());
-        let mut left: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        assert_eq!(left, ["ecs-agent.tar", "state"]);
     }
 
     #[test]

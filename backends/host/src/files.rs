@@ -188,20 +188,25 @@ fn temp_prefix(name: &std::ffi::OsStr) -> String {
 /// them itself); returns what was removed. Only for callers that are the one writer of `path`
 /// (the launcher's actions hold the host lock).
 pub fn remove_stale_temp_files(path: &Path) -> Vec<std::path::PathBuf> {
-    let Ok((dir, name)) = split(path) else {
-        return Vec::new();
-    };
-    let prefix = temp_prefix(name);
+    match split(path) {
+        Ok((dir, name)) => remove_named(dir, &temp_prefix(name)),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Remove the files in `dir` whose names start with `prefix` (a symlink is removed, not
+/// followed); returns what was removed, and logs what could not be.
+pub fn remove_named(dir: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut removed = Vec::new();
     for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with(&prefix) {
+        if e.file_name().to_string_lossy().starts_with(prefix) {
             match std::fs::remove_file(e.path()) {
                 Ok(()) => removed.push(e.path()),
                 Err(err) => {
-                    tracing::warn!(path = %e.path().display(), error = %err, "could not remove a stale temp file")
+                    tracing::warn!(path = %e.path().display(), error = %err, "could not remove a stale file")
                 }
             }
         }
@@ -359,7 +364,12 @@ mod tests {
         std::mem::forget(left);
         std::fs::write(dir.path().join("state"), "1").unwrap();
         std::fs::write(dir.path().join(".state.tmp-1-0"), "other file's").unwrap();
+        std::fs::write(dir.path().join("ecs-agent.tar.download-77"), "x").unwrap();
         assert_eq!(remove_stale_temp_files(&dest), [stale]);
+        assert_eq!(
+            remove_named(dir.path(), "ecs-agent.tar.download-"),
+            [dir.path().join("ecs-agent.tar.download-77")]
+        );
         let mut names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
