@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{parse_bool, parse_string_map, Config, Origin, Warning};
-use crate::download::tls::TrustSettings;
+use crate::download::{self, tls::TrustSettings};
 use crate::paths::Paths;
 
 /// What kind of value a knob takes (for the docs, and for parsing).
@@ -495,10 +495,9 @@ pub struct Setting {
 pub struct DownloadSettings {
     /// `AWS_REGION`, else `AWS_DEFAULT_REGION`.
     pub region: Option<Setting>,
-    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT`.
-    pub imds_endpoint: Option<String>,
-    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6`.
-    pub imds_ipv6: bool,
+    /// The IMDS base URL: `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else the default of
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE` (IPv4 or IPv6).
+    pub imds_endpoint: String,
     /// `AWS_EC2_METADATA_DISABLED=true` (only `true`, any case, as the AWS SDKs read it).
     pub imds_disabled: bool,
     pub imds_timeout: Duration,
@@ -666,74 +665,47 @@ impl Resolver<'_> {
         })
     }
 
+    /// The value parsed by `parse`, else the table's default (parsed the same way) with a
+    /// warning that the value is not `what`.
+    fn parsed<T>(&mut self, name: &str, what: &str, parse: impl Fn(&str) -> Option<T>) -> T {
+        let k = knob(name);
+        let default = parse(k.default).expect("the table's default parses");
+        let Some((v, source)) = self.get(name) else {
+            return default;
+        };
+        parse(v.trim()).unwrap_or_else(|| {
+            self.warn(
+                k,
+                &source,
+                format!("{v:?} is not {what}; using the default {}", k.default),
+            );
+            default
+        })
+    }
+
+    /// A whole number of seconds.
     fn seconds(&mut self, name: &str) -> Duration {
-        let k = knob(name);
-        let default = Duration::from_secs(k.default.parse().expect("numeric default"));
-        let Some((v, source)) = self.get(name) else {
-            return default;
-        };
-        match v.trim().parse::<u64>() {
-            Ok(s) => Duration::from_secs(s),
-            Err(_) => {
-                self.warn(
-                    k,
-                    &source,
-                    format!(
-                        "{v:?} is not a whole number of seconds; using the default {}",
-                        k.default
-                    ),
-                );
-                default
-            }
-        }
+        self.parsed(name, "a whole number of seconds", |v| {
+            v.parse().ok().map(Duration::from_secs)
+        })
     }
 
-    /// A positive number of seconds, fractions allowed, at most a day (else the table's default,
-    /// with a warning).
+    /// A positive number of seconds, fractions allowed, at most a day.
     fn positive_seconds(&mut self, name: &str) -> Duration {
-        let k = knob(name);
-        let default = Duration::from_secs(k.default.parse().expect("numeric default"));
-        let Some((v, source)) = self.get(name) else {
-            return default;
-        };
-        match v.trim().parse::<f64>() {
-            Ok(s) if s > 0.0 && s <= 86400.0 => Duration::from_secs_f64(s),
-            _ => {
-                self.warn(
-                    k,
-                    &source,
-                    format!(
-                        "{v:?} is not a number of seconds above 0 and at most a day; using the default {}",
-                        k.default
-                    ),
-                );
-                default
-            }
-        }
+        self.parsed(name, "a number of seconds above 0 and at most a day", |v| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|s| *s > 0.0 && *s <= 86400.0)
+                .map(Duration::from_secs_f64)
+        })
     }
 
-    /// A whole number in `range` (else the table's default, with a warning).
+    /// A whole number in `range`.
     fn count_in(&mut self, name: &str, range: std::ops::RangeInclusive<u32>) -> u32 {
-        let k = knob(name);
-        let default = k.default.parse().expect("numeric default");
-        let Some((v, source)) = self.get(name) else {
-            return default;
-        };
-        match v.trim().parse::<u32>() {
-            Ok(n) if range.contains(&n) => n,
-            _ => {
-                self.warn(
-                    k,
-                    &source,
-                    format!(
-                        "{v:?} is not a number from {} to {}; using the default {default}",
-                        range.start(),
-                        range.end()
-                    ),
-                );
-                default
-            }
-        }
+        let what = format!("a number from {} to {}", range.start(), range.end());
+        self.parsed(name, &what, |v| {
+            v.parse().ok().filter(|n| range.contains(n))
+        })
     }
 
     /// The first of `names` that is set and not blank, and which one it was.
@@ -746,8 +718,16 @@ impl Resolver<'_> {
     /// The download's knobs.
     fn download(&mut self) -> DownloadSettings {
         let region = self.first(&["AWS_REGION", "AWS_DEFAULT_REGION"]);
-        let imds_endpoint = self.trimmed("AWS_EC2_METADATA_SERVICE_ENDPOINT");
-        let imds_ipv6 = self.imds_ipv6();
+        let explicit = self.trimmed("AWS_EC2_METADATA_SERVICE_ENDPOINT");
+        let ipv6 = self.imds_ipv6();
+        let imds_endpoint = explicit.unwrap_or_else(|| {
+            if ipv6 {
+                download::DEFAULT_IMDS_ENDPOINT_IPV6
+            } else {
+                download::DEFAULT_IMDS_ENDPOINT
+            }
+            .to_string()
+        });
         let imds_disabled = self.imds_disabled();
         let imds_timeout = self.positive_seconds("AWS_METADATA_SERVICE_TIMEOUT");
         let imds_attempts = self.count_in("AWS_METADATA_SERVICE_NUM_ATTEMPTS", 1..=10);
@@ -767,7 +747,6 @@ impl Resolver<'_> {
         DownloadSettings {
             region,
             imds_endpoint,
-            imds_ipv6,
             imds_disabled,
             imds_timeout,
             imds_attempts,

@@ -6,17 +6,33 @@ use ecs_host::{Exec, Output};
 
 /// Run a tool and wait for it. `Err` only when it cannot be started at all.
 pub(crate) async fn run(exec: &dyn Exec, program: &str, args: &[String]) -> Result<Output> {
-    exec.run(program, args)
-        .await
-        .map_err(|source| FirewallError::Spawn {
-            tool: program.to_string(),
-            source,
-        })
+    spawned(program, exec.run(program, args).await)
 }
 
 /// Run a tool and require success.
 pub(crate) async fn run_ok(exec: &dyn Exec, program: &str, args: &[String]) -> Result<Output> {
-    let out = run(exec, program, args).await?;
+    succeeded(program, args, run(exec, program, args).await?)
+}
+
+/// Run a tool with `input` on its stdin and require success.
+pub(crate) async fn run_ok_with_input(
+    exec: &dyn Exec,
+    program: &str,
+    args: &[String],
+    input: &[u8],
+) -> Result<Output> {
+    let out = spawned(program, exec.run_with_input(program, args, input).await)?;
+    succeeded(program, args, out)
+}
+
+fn spawned(program: &str, started: std::io::Result<Output>) -> Result<Output> {
+    started.map_err(|source| FirewallError::Spawn {
+        tool: program.to_string(),
+        source,
+    })
+}
+
+fn succeeded(program: &str, args: &[String], out: Output) -> Result<Output> {
     if out.success {
         Ok(out)
     } else {

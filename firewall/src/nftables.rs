@@ -11,7 +11,7 @@
 //! rules are in the order the iptables backend's `-I` produces (bridge ACCEPT, block, localhost
 //! filter). Two backends' verdicts combine like two iptables tables: a DROP in either drops, an
 //! ACCEPT only ends our chain.
-use crate::exec::args;
+use crate::exec::{args, run_ok, run_ok_with_input};
 use crate::rules::{Family, Hook};
 use crate::{Firewall, FirewallError, Result, Rule, RuleSet, Scope};
 use async_trait::async_trait;
@@ -506,21 +506,11 @@ impl Nftables {
     /// `nft -j <args>` with `input` on stdin (or none): its stdout, or an error naming the
     /// command and nft's complaint.
     async fn nft(&self, a: &[&str], input: Option<&[u8]>) -> Result<String> {
-        let a = args(&[&["-j"], a].concat());
+        let (exec, a) = (self.exec.as_ref(), args(&[&["-j"], a].concat()));
         let out = match input {
-            Some(input) => self.exec.run_with_input(&self.program, &a, input).await,
-            None => self.exec.run(&self.program, &a).await,
-        }
-        .map_err(|source| FirewallError::Spawn {
-            tool: self.program.clone(),
-            source,
-        })?;
-        if !out.success {
-            return Err(FirewallError::Command {
-                command: ecs_host::exec::command_line(&self.program, &a),
-                stderr: out.stderr,
-            });
-        }
+            Some(input) => run_ok_with_input(exec, &self.program, &a, input).await?,
+            None => run_ok(exec, &self.program, &a).await?,
+        };
         Ok(out.stdout)
     }
 

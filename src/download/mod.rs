@@ -43,9 +43,6 @@ pub struct DownloadOptions {
     pub knobs: DownloadSettings,
     /// `ECS_EXTERNAL=true`: not on EC2, so no instance metadata.
     pub external: bool,
-    /// IMDS base URL (`AWS_EC2_METADATA_SERVICE_ENDPOINT`, else the default of
-    /// `…_ENDPOINT_MODE`).
-    pub imds_endpoint: String,
     /// Retries of each request.
     pub retry: Retry,
     pub progress: Progress,
@@ -58,18 +55,9 @@ pub struct DownloadOptions {
 /// The download's options from the settings (values that could not be used are among the
 /// settings' warnings, with their file and line).
 pub fn options(settings: &Settings) -> DownloadOptions {
-    let knobs = settings.download.clone();
     DownloadOptions {
         external: settings.agent.external,
-        imds_endpoint: knobs.imds_endpoint.clone().unwrap_or_else(|| {
-            if knobs.imds_ipv6 {
-                DEFAULT_IMDS_ENDPOINT_IPV6
-            } else {
-                DEFAULT_IMDS_ENDPOINT
-            }
-            .to_string()
-        }),
-        knobs,
+        knobs: settings.download.clone(),
         retry: Retry {
             attempts: 3,
             backoff: Duration::from_secs(1),
@@ -216,7 +204,7 @@ impl DownloadOptions {
             attempts: self.knobs.imds_attempts,
             backoff: Duration::from_millis(200),
         };
-        match imds::region(&client, &self.imds_endpoint, retry).await {
+        match imds::region(&client, &self.knobs.imds_endpoint, retry).await {
             Ok((r, _)) if !region::valid_region(&r) => {
                 Err(DownloadError::BadImdsRegion { value: r })
             }
@@ -337,7 +325,7 @@ pub fn describe(opts: &DownloadOptions) -> serde_json::Value {
                 "name": null,
                 "from": format!(
                     "instance metadata at {} (IMDSv2, IMDSv1 when the token is refused; {DEFAULT_REGION} when it does not answer); not asked by plan",
-                    opts.imds_endpoint
+                    opts.knobs.imds_endpoint
                 ),
             }),
             json!(sources_template(obj, opts.knobs.s3_endpoint.as_deref())),
@@ -351,8 +339,8 @@ pub fn describe(opts: &DownloadOptions) -> serde_json::Value {
         "sources": sources,
         "instance_metadata": {
             "disabled": opts.knobs.imds_disabled || opts.external,
-            "token_url": imds::url(&opts.imds_endpoint, imds::TOKEN_PATH),
-            "region_url": imds::url(&opts.imds_endpoint, imds::REGION_PATH),
+            "token_url": imds::url(&opts.knobs.imds_endpoint, imds::TOKEN_PATH),
+            "region_url": imds::url(&opts.knobs.imds_endpoint, imds::REGION_PATH),
             "timeout_seconds": opts.knobs.imds_timeout.as_secs_f64(),
             "attempts": opts.knobs.imds_attempts,
         },
@@ -413,7 +401,7 @@ mod tests {
     fn defaults() {
         let o = opts(&[], "");
         assert_eq!(o.knobs.region, None);
-        assert_eq!(o.imds_endpoint, DEFAULT_IMDS_ENDPOINT);
+        assert_eq!(o.knobs.imds_endpoint, DEFAULT_IMDS_ENDPOINT);
         assert!(!o.knobs.imds_disabled && !o.external);
         assert_eq!(o.knobs.connect_timeout, Duration::from_secs(10));
         assert_eq!(o.knobs.read_timeout, Duration::from_secs(30));
@@ -452,7 +440,7 @@ mod tests {
             Some("169.254.169.254,169.254.170.2")
         );
         assert!(o.knobs.imds_disabled);
-        assert_eq!(o.imds_endpoint, DEFAULT_IMDS_ENDPOINT_IPV6);
+        assert_eq!(o.knobs.imds_endpoint, DEFAULT_IMDS_ENDPOINT_IPV6);
         assert_eq!(
             o.knobs.trust.cert_dirs,
             Some(vec![PathBuf::from("/a"), PathBuf::from("/b")])
@@ -483,7 +471,7 @@ mod tests {
             !o.knobs.imds_disabled,
             "only `true` disables IMDS, as the AWS SDKs read it"
         );
-        assert_eq!(o.imds_endpoint, DEFAULT_IMDS_ENDPOINT);
+        assert_eq!(o.knobs.imds_endpoint, DEFAULT_IMDS_ENDPOINT);
         let w: Vec<String> = s.warnings.iter().map(|w| w.to_string()).collect();
         let expect = [
             ("ECS_INIT_DOWNLOAD_CONNECT_TIMEOUT_SECONDS", None),
