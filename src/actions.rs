@@ -1,8 +1,8 @@
 //! The actions of the command line, each working with the parts the composition root built
 //! ([`Host`]): `pre-start`, `start`, `stop`, `post-stop`, `reload-cache`.
 use anyhow::Context as _;
-use ecs_backends::select::Selection;
-use ecs_backends::Runtime;
+use ecs_runtime::select::Selection;
+use ecs_runtime::Runtime;
 use ecs_firewall::Firewall;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ pub fn log_warnings(warnings: &[Warning]) {
 
 /// Wait for the chosen runtime to answer, then record it for `stop` and `status`.
 async fn make_ready(host: &Host, selection: &Selection, rt: &dyn Runtime) -> anyhow::Result<()> {
-    let info = ecs_backends::wait_ready(rt, host.settings.runtime_wait).await?;
+    let info = ecs_runtime::wait_ready(rt, host.settings.runtime_wait).await?;
     tracing::info!(runtime = %info.runtime, version = %info.version, endpoint = %info.endpoint, "runtime answers");
     records::record_runtime(&host.settings.paths, selection).with_context(|| {
         format!(
@@ -40,7 +40,7 @@ async fn ready_runtime(host: &Host) -> anyhow::Result<Box<dyn Runtime>> {
 /// On containerd the agent still needs a Docker-compatible API for tasks: say so plainly once
 /// when nothing answers where it will look.
 async fn warn_without_docker_api(host: &Host, selection: &Selection) {
-    if selection.kind != ecs_backends::RuntimeKind::Containerd {
+    if selection.kind != ecs_runtime::RuntimeKind::Containerd {
         return;
     }
     if let Some(w) = host.docker_api_for_agent().await.warning {
@@ -157,12 +157,12 @@ fn warn_about_settings(host: &Host) {
 
 /// The (redacted) spec at debug level once, then only a digest line at each restart: the whole
 /// spec at every restart of a crash loop fills the log.
-fn log_spec(spec: &ecs_backends::AgentSpec, last: &mut Option<String>) {
+fn log_spec(spec: &ecs_runtime::AgentSpec, last: &mut Option<String>) {
     if !tracing::enabled!(tracing::Level::DEBUG) {
         return; // at every agent restart: no formatting and hashing for nobody
     }
     let text = format!("{spec:?}");
-    let digest = ecs_backends::archive::digest_of(text.as_bytes());
+    let digest = ecs_runtime::archive::digest_of(text.as_bytes());
     match last.as_deref() {
         None => tracing::debug!(?spec, %digest, "agent container spec"),
         Some(d) if d == digest => tracing::debug!(%digest, "agent container spec unchanged"),

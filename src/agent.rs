@@ -1,6 +1,6 @@
 //! Turn configuration and host facts into the runtime-neutral agent container spec
 //! (UPSTREAM-BEHAVIOUR.md §4). Pure: no I/O, so every decision is unit-tested.
-use ecs_backends::{AgentSpec, LogConfig, Mount, NamespaceMode};
+use ecs_runtime::{AgentSpec, LogConfig, Mount, NamespaceMode};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -195,7 +195,7 @@ fn runtime_socket_bind(settings: &Settings) -> Mount {
             let target = knobs
                 .docker_host_in_files
                 .as_deref()
-                .unwrap_or(Path::new(ecs_backends::docker::DEFAULT_SOCKET));
+                .unwrap_or(Path::new(ecs_runtime::docker::DEFAULT_SOCKET));
             Mount::rw(sock, target)
         }
         None => Mount::rw("/var/run", "/var/run"),

@@ -5,9 +5,9 @@
 //! exist and be non-empty to count as cached at all; an uncached host downloads the agent first
 //! (an [`AgentSource`]: [`crate::download`]). A failed download or load changes neither the state
 //! file nor any image already in the runtime.
-use ecs_backends::archive;
-use ecs_backends::reference::familiar_reference;
-use ecs_backends::{Runtime, RuntimeError};
+use ecs_runtime::archive;
+use ecs_runtime::reference::familiar_reference;
+use ecs_runtime::{Runtime, RuntimeError};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 

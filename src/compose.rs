@@ -2,8 +2,8 @@
 //! [`Settings`] — the [`Exec`] every external program goes through, the firewall factory, the
 //! runtime clients — and handed to the actions. Nothing below reads the environment or picks a
 //! concrete backend itself.
-use ecs_backends::select::{self as runtime_select, Selection};
-use ecs_backends::{AgentSpec, Runtime, RuntimeKind};
+use ecs_runtime::select::{self as runtime_select, Selection};
+use ecs_runtime::{AgentSpec, Runtime, RuntimeKind};
 use ecs_firewall::Firewalls;
 use ecs_host::{Exec, SystemExec};
 use std::sync::Arc;
@@ -38,7 +38,7 @@ impl Host {
 
     /// A client for `kind` (never contacts the daemon).
     pub fn runtime(&self, kind: RuntimeKind) -> anyhow::Result<Box<dyn Runtime>> {
-        Ok(ecs_backends::build(kind, &self.settings.runtime_options)?)
+        Ok(ecs_runtime::build(kind, &self.settings.runtime_options)?)
     }
 
     /// The runtime chosen now (explicit setting or probe), with a client for it.
@@ -73,7 +73,7 @@ impl Host {
     /// `ECS_INIT_RUNTIME`, when it explicitly names a runtime other than `recorded`'s.
     pub fn configured_other_runtime(&self, recorded: &Selection) -> Option<RuntimeKind> {
         match self.settings.runtime {
-            ecs_backends::select::Request::Named(k) if k != recorded.kind => Some(k),
+            ecs_runtime::select::Request::Named(k) if k != recorded.kind => Some(k),
             _ => None,
         }
     }
@@ -114,7 +114,7 @@ pub struct DockerApi {
 impl Host {
     /// Probe the Docker API endpoint the agent will see (`DOCKER_HOST` or the default).
     pub async fn docker_api_for_agent(&self) -> DockerApi {
-        let docker = ecs_backends::docker::DockerRuntime::at_socket(
+        let docker = ecs_runtime::docker::DockerRuntime::at_socket(
             self.settings.runtime_options.docker_socket.clone(),
         );
         let endpoint = docker.endpoint().to_string();

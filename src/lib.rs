@@ -1,5 +1,5 @@
 //! amazon-ecs-init: the core launcher. It turns configuration into an agent container spec and a
-//! firewall rule set, and drives a [`ecs_backends::Runtime`] and an [`ecs_firewall::Firewall`];
+//! firewall rule set, and drives a [`ecs_runtime::Runtime`] and an [`ecs_firewall::Firewall`];
 //! it never speaks Docker, containerd, iptables or nft itself.
 //!
 //! Exit codes: 0 success; 1 usage; 5 the agent exited with the terminal code 5; 255 any other
@@ -23,7 +23,8 @@ pub mod records;
 pub mod report;
 pub mod settings;
 pub mod supervise;
-pub mod time;
+/// UTC time formatting and parsing (std-only, shared with `ecs-agent-init`).
+pub use ecs_common::time;
 
 #[cfg(test)]
 mod testing;

@@ -141,7 +141,7 @@ fn scrub_with<'a>(text: &'a str, secrets: &[String]) -> std::borrow::Cow<'a, str
     let mut out = std::borrow::Cow::Borrowed(text);
     for secret in secrets {
         if out.contains(secret.as_str()) {
-            out = std::borrow::Cow::Owned(out.replace(secret.as_str(), ecs_backends::REDACTED));
+            out = std::borrow::Cow::Owned(out.replace(secret.as_str(), ecs_runtime::REDACTED));
         }
     }
     out
@@ -172,7 +172,7 @@ pub fn init(
         .with_targets(
             [
                 "amazon_ecs_init",
-                "ecs_backends",
+                "ecs_runtime",
                 "ecs_firewall",
                 "ecs_host",
             ]
@@ -425,7 +425,7 @@ mod tests {
         let line = "level=error msg=\"create failed: env AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG, token tok-123\"";
         let out = scrub_with(line, &secrets);
         assert!(!out.contains("wJalr") && !out.contains("tok-123"), "{out}");
-        assert_eq!(out.matches(ecs_backends::REDACTED).count(), 2, "{out}");
+        assert_eq!(out.matches(ecs_runtime::REDACTED).count(), 2, "{out}");
         assert!(matches!(
             scrub_with("nothing here", &secrets),
             std::borrow::Cow::Borrowed(_)

@@ -1,6 +1,6 @@
 //! The runtime record: which runtime `start` used, for `stop` and `status` (the firewall
 //! backend's record is kept by the firewall crate). Both use [`ecs_host::Record`]'s format.
-use ecs_backends::select::Selection;
+use ecs_runtime::select::Selection;
 use ecs_host::Record;
 
 use crate::paths::Paths;
@@ -66,7 +66,7 @@ pub fn recorded_runtime(paths: &Paths) -> Option<Selection> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ecs_backends::RuntimeKind;
+    use ecs_runtime::RuntimeKind;
 
     #[test]
     fn record_round_trip() {

@@ -1,6 +1,6 @@
 //! The two read-only actions: `plan` (what would be done, as JSON) and `status` (what is
 //! running now). Both work without a running runtime, and neither changes the host.
-use ecs_backends::Runtime;
+use ecs_runtime::Runtime;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -120,7 +120,7 @@ pub async fn status(host: &Host) -> anyhow::Result<i32> {
                     );
                 }
                 running = describe_agent(rt.as_ref(), &mut out).await;
-                if selection.kind == ecs_backends::RuntimeKind::Containerd {
+                if selection.kind == ecs_runtime::RuntimeKind::Containerd {
                     let api = host.docker_api_for_agent().await;
                     out += &match api.warning {
                         None => format!(

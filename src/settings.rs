@@ -14,10 +14,10 @@
 //! an impossible `ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME`). Errors stop `pre-start`, `start`, `plan` and
 //! `reload-cache` before anything changes; `stop` and `post-stop` only warn and work from the
 //! records (see the actions).
-use ecs_backends::containerd::{self, ContainerdOptions};
-use ecs_backends::docker;
-use ecs_backends::select::Request as RuntimeRequest;
-use ecs_backends::RuntimeOptions;
+use ecs_runtime::containerd::{self, ContainerdOptions};
+use ecs_runtime::docker;
+use ecs_runtime::select::Request as RuntimeRequest;
+use ecs_runtime::RuntimeOptions;
 use ecs_firewall::Choice as FirewallChoice;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -103,7 +103,7 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         name: "DOCKER_HOST",
         kind: Kind::Text,
-        default: ecs_backends::docker::DEFAULT_ENDPOINT,
+        default: ecs_runtime::docker::DEFAULT_ENDPOINT,
         scope: Scope::Process,
         doc: "Docker endpoint (unix sockets only); bind-mounted into the agent",
     },
@@ -588,7 +588,7 @@ impl Resolver<'_> {
             .unwrap_or_else(|| value.to_string());
         self.shown.push(Shown {
             name: k.name,
-            value: ecs_backends::redacted_pair(k.name, &value)
+            value: ecs_runtime::redacted_pair(k.name, &value)
                 .split_once('=')
                 .map(|(_, v)| v.to_string())
                 .unwrap_or_default(),
@@ -1095,7 +1095,7 @@ impl Settings {
         let mut secrets: Vec<String> = files
             .chain(process)
             .chain(opts)
-            .filter(|(k, v)| ecs_backends::is_secret_key(k) && !v.is_empty())
+            .filter(|(k, v)| ecs_runtime::is_secret_key(k) && !v.is_empty())
             .map(|(_, v)| v.to_string())
             .collect();
         // Passwords in proxy URLs.
@@ -1164,7 +1164,7 @@ mod tests {
         );
         assert_eq!(
             s.runtime,
-            RuntimeRequest::Named(ecs_backends::RuntimeKind::Containerd)
+            RuntimeRequest::Named(ecs_runtime::RuntimeKind::Containerd)
         );
         let c = &s.runtime_options.containerd;
         assert_eq!(c.address, PathBuf::from("/run/c.sock"));

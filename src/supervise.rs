@@ -10,7 +10,7 @@
 //!
 //! Unlike the Go tool, the backoff is reset once the agent has run healthily for a while, so a
 //! crash a week after the last one restarts in 500 ms, not 15 s.
-use ecs_backends::{AgentSpec, Runtime, RuntimeError};
+use ecs_runtime::{AgentSpec, Runtime, RuntimeError};
 use ecs_host::Backoff;
 use std::future::Future;
 use std::time::Duration;
@@ -159,7 +159,7 @@ impl Supervisor<'_> {
         let name = spec.name.clone();
         // A daemon restart between two agent runs must not end ecs-init.
         if !*runtime_checked {
-            let ready = ecs_backends::wait_ready(self.runtime, self.runtime_deadline);
+            let ready = ecs_runtime::wait_ready(self.runtime, self.runtime_deadline);
             match self.shutdown.guard(ready).await {
                 None => return Ok(Next::Exit(self.shut_down(None).await)),
                 Some(r) => r.map_err(SuperviseError::Start)?,

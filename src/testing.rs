@@ -1,7 +1,7 @@
 //! A recording, scripted [`Runtime`] for unit tests of the launcher's decisions (never used
 //! to claim a daemon-facing feature works: those are tested against the real daemons).
 use async_trait::async_trait;
-use ecs_backends::{AgentSpec, ContainerState, Result, Runtime, RuntimeError, RuntimeInfo};
+use ecs_runtime::{AgentSpec, ContainerState, Result, Runtime, RuntimeError, RuntimeInfo};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -149,7 +149,7 @@ impl Runtime for FakeRuntime {
     /// image (unless told to keep the old one, as a broken runtime might).
     async fn load_image(&self, tarball: &Path) -> Result<Vec<String>> {
         self.record("load_image");
-        let images = ecs_backends::archive::verify_file(tarball).map_err(|reason| {
+        let images = ecs_runtime::archive::verify_file(tarball).map_err(|reason| {
             RuntimeError::BadTarball {
                 path: tarball.to_path_buf(),
                 reason,

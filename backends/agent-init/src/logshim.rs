@@ -140,13 +140,13 @@ impl Log {
 
 /// RFC 3339 UTC with nanoseconds, e.g. `2024-05-01T12:00:00.123456789Z`.
 pub fn rfc3339_now() -> String {
-    crate::time::rfc3339_nanos(SystemTime::now())
+    ecs_common::time::rfc3339_nanos(SystemTime::now())
 }
 
 fn entry(line: &[u8], stream: &str) -> Vec<u8> {
     let mut out = String::with_capacity(line.len() + 80);
     out.push_str("{\"log\":\"");
-    crate::json::escape_into(&mut out, &String::from_utf8_lossy(line));
+    ecs_common::json::escape_into(&mut out, &String::from_utf8_lossy(line));
     out.push_str("\",\"stream\":\"");
     out.push_str(stream);
     out.push_str("\",\"time\":\"");

@@ -14,16 +14,11 @@
 //!   rotates it at `max-size`, keeping `max-file` files, so the agent's output stays bounded and
 //!   survives the launcher (a FIFO would die with it).
 //!
-//! It depends on `std` and `libc` only and is built as a static executable, because it must run
+//! It depends on `std`, `libc` and the std-only `ecs-common` only and is built as a static executable, because it must run
 //! inside an arbitrary image (the agent image has no libc of its own to speak of).
 
 mod init;
-mod json;
 mod logshim;
-/// The launcher's std-only time formatting (one civil-date algorithm for the whole project).
-#[allow(dead_code)]
-#[path = "../../../src/time.rs"]
-mod time;
 
 use std::ffi::OsString;
 

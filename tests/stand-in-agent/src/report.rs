@@ -1,15 +1,10 @@
 //! The "what I see from inside" report, as hand-written JSON (no serde: the binary stays small
-//! and depends on `std` and `libc` only).
+//! and depends on `std`, `libc` and the std-only `ecs-common` only).
 
 use std::fs;
 
-/// Capability names by bit number, shared with the containerd backend.
-#[path = "../../../backends/src/caps.rs"]
-mod caps;
-/// The JSON string escaper, shared with ecs-agent-init's log shim.
-#[path = "../../../backends/agent-init/src/json.rs"]
-mod json;
-use caps::CAPABILITIES as CAP_NAMES;
+use ecs_common::caps::CAPABILITIES as CAP_NAMES;
+use ecs_common::json;
 /// Namespaces reported for this process and for PID 1.
 const NAMESPACES: [&str; 7] = ["net", "pid", "user", "mnt", "ipc", "uts", "cgroup"];
 

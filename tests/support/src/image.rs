@@ -111,7 +111,7 @@ pub fn split_reference(reference: &str) -> io::Result<(String, String)> {
 /// launcher's own normalisation, for tag references only.
 pub fn normalize_reference(reference: &str) -> io::Result<String> {
     split_reference(reference)?;
-    Ok(ecs_backends::reference::normalize(reference))
+    Ok(ecs_runtime::reference::normalize(reference))
 }
 
 fn header(path: &str, size: u64, mode: u32, kind: tar::EntryType) -> io::Result<tar::Header> {

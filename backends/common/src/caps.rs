@@ -1,8 +1,8 @@
 //! Linux capability names by bit number (`linux/capability.h`).
 //!
 //! One table for the containerd backend (a privileged container gets all of them) and the
-//! stand-in agent (which decodes `/proc/self/status` masks into names). The stand-in includes
-//! this file by path, since it builds statically from `std` and `libc` alone.
+//! stand-in agent (which decodes `/proc/self/status` masks into names). Both get it from this
+//! std-only crate, since the stand-in builds statically from `std` and `libc` alone.
 
 /// Capability names, index = capability number.
 pub const CAPABILITIES: [&str; 41] = [

@@ -1,6 +1,6 @@
 //! JSON string escaping for hand-written JSON (the log shim's json-file lines). No serde: the
-//! binary is static and depends on `std` and `libc` only. The stand-in agent includes this
-//! file by path for its report, so there is one escaper.
+//! binary is static and depends on `std` and `libc` only. The stand-in agent uses the same
+//! escaper for its report.
 
 /// Append `s` to `out` escaped for the inside of a JSON string literal.
 pub fn escape_into(out: &mut String, s: &str) {

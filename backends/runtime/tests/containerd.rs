@@ -4,8 +4,8 @@
 //! cleans both up; tests that run the agent container hold `agent_lock()` (host network, fixed
 //! ports). The static `ecs-agent-init` is built once into `target/agent-init-static`.
 
-use ecs_backends::containerd::{ContainerdOptions, ContainerdRuntime};
-use ecs_backends::{AgentSpec, Mount, NamespaceMode, Runtime, RuntimeError};
+use ecs_runtime::containerd::{ContainerdOptions, ContainerdRuntime};
+use ecs_runtime::{AgentSpec, Mount, NamespaceMode, Runtime, RuntimeError};
 use ecs_test_support as support;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -135,7 +135,7 @@ fn import_docker_save_both_names_and_idempotent() {
             .unwrap());
         assert!(!env.rt.image_present("amazon/other:latest").await.unwrap());
         // The image ID is the archive's config digest, as on Docker.
-        let archive = ecs_backends::archive::verify_file(&tar).unwrap();
+        let archive = ecs_runtime::archive::verify_file(&tar).unwrap();
         assert_eq!(
             env.rt.image_id(support::AGENT_IMAGE).await.unwrap(),
             Some(archive[0].config_digest.clone())

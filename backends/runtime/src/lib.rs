@@ -6,7 +6,8 @@
 
 /// Image archives: read and verified by [`ecs_formats::archive`].
 pub use ecs_formats::archive;
-pub mod caps;
+/// Linux capability names (shared with the stand-in agent).
+pub use ecs_common::caps;
 pub mod containerd;
 pub mod docker;
 pub mod error;

@@ -1,6 +1,6 @@
 //! Time formatting and parsing in UTC without a time-zone database (RFC 3339 is all we need:
 //! our log lines, and the start times runtimes report). Std only: the static ecs-agent-init
-//! includes this file by path for its container log timestamps.
+//! uses it for its container log timestamps.
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// RFC 3339 UTC with second precision, e.g. `2026-11-27T17:49:56Z`.

@@ -7,8 +7,8 @@
 
 use bollard::query_parameters::CreateContainerOptionsBuilder;
 use bollard::Docker;
-use ecs_backends::docker::DockerRuntime;
-use ecs_backends::{AgentSpec, LogConfig, Mount, NamespaceMode, Runtime, RuntimeError};
+use ecs_runtime::docker::DockerRuntime;
+use ecs_runtime::{AgentSpec, LogConfig, Mount, NamespaceMode, Runtime, RuntimeError};
 use ecs_test_support as support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -154,7 +154,7 @@ async fn image_id_is_the_config_digest() {
     let reference = "ecs-dkt/id:v1";
     let tarball = support::stand_in_tarball(reference);
     rt.load_image(&tarball).await.unwrap();
-    let images = ecs_backends::archive::verify_file(&tarball).unwrap();
+    let images = ecs_runtime::archive::verify_file(&tarball).unwrap();
     assert_eq!(
         rt.image_id(reference).await.unwrap(),
         Some(images[0].config_digest.clone())
