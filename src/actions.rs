@@ -1,9 +1,9 @@
 //! The actions of the command line, each working with the parts the composition root built
 //! ([`Host`]): `pre-start`, `start`, `stop`, `post-stop`, `reload-cache`.
 use anyhow::Context as _;
-use ecs_runtime::select::Selection;
-use ecs_runtime::Runtime;
 use ecs_firewall::Firewall;
+use ecs_runtime::Runtime;
+use ecs_runtime::Selection;
 use std::time::Duration;
 
 use crate::compose::{spec_of, Host};
@@ -37,10 +37,10 @@ async fn ready_runtime(host: &Host) -> anyhow::Result<Box<dyn Runtime>> {
     Ok(rt)
 }
 
-/// On containerd the agent still needs a Docker-compatible API for tasks: say so plainly once
-/// when nothing answers where it will look.
+/// On a runtime other than Docker (containerd) the agent still needs a Docker-compatible API for
+/// tasks: say so plainly once when nothing answers where it will look.
 async fn warn_without_docker_api(host: &Host, selection: &Selection) {
-    if selection.kind != ecs_runtime::RuntimeKind::Containerd {
+    if !selection.kind.backend().agent_needs_docker_api() {
         return;
     }
     if let Some(w) = host.docker_api_for_agent().await.warning {
@@ -102,12 +102,12 @@ pub async fn pre_start(host: &Host) -> anyhow::Result<()> {
     }
     // All-or-nothing and idempotent (the firewall crate's contract).
     let net = host.net_config();
-    let selection = host.firewalls.select(host.settings.firewall).await?;
-    tracing::info!(firewall = %selection.backend, reason = %selection.reason, "firewall backend chosen");
-    let firewall = host.firewalls.build(selection.backend);
-    let plan = ecs_firewall::plan_network(&net, selection, firewall.as_ref());
-    let previous = ecs_firewall::recorded_backend(&net.state_dir).map(|b| host.firewalls.build(b));
-    ecs_firewall::setup_network(&net, &plan, firewall.as_ref(), previous.as_deref()).await?;
+    let selection = host.firewalls.choose(host.settings.firewall).await?;
+    tracing::info!(firewall = %selection.kind, reason = %selection.reason, "firewall backend chosen");
+    let firewall = host.firewalls.build(selection.kind);
+    let plan = ecs_hostnet::plan_network(&net, selection, firewall.as_ref());
+    let previous = ecs_hostnet::recorded_backend(&net.state_dir).map(|b| host.firewalls.build(b));
+    ecs_hostnet::setup_network(&net, &plan, firewall.as_ref(), previous.as_deref()).await?;
     Ok(())
 }
 
@@ -190,7 +190,7 @@ pub async fn post_stop(host: &Host) -> anyhow::Result<()> {
     warn_about_settings(host);
     let _lock = locks::host_changes(&host.settings.paths).await?;
     let net = host.net_config();
-    let backends = ecs_firewall::teardown_backends(
+    let backends = ecs_hostnet::teardown_backends(
         &host.firewalls,
         &net.state_dir,
         Some(host.settings.firewall),
@@ -200,7 +200,7 @@ pub async fn post_stop(host: &Host) -> anyhow::Result<()> {
         .into_iter()
         .map(|b| host.firewalls.build(b))
         .collect();
-    ecs_firewall::teardown_network(&net, &firewalls).await?;
+    ecs_hostnet::teardown_network(&net, &firewalls).await?;
     tracing::info!("host network changes removed");
     Ok(())
 }

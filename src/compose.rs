@@ -2,10 +2,9 @@
 //! [`Settings`] — the [`Exec`] every external program goes through, the firewall factory, the
 //! runtime clients — and handed to the actions. Nothing below reads the environment or picks a
 //! concrete backend itself.
-use ecs_runtime::select::{self as runtime_select, Selection};
-use ecs_runtime::{AgentSpec, Runtime, RuntimeKind};
 use ecs_firewall::Firewalls;
 use ecs_host::{Exec, SystemExec};
+use ecs_runtime::{AgentSpec, DockerApi, Runtime, RuntimeKind, Runtimes, Selection};
 use std::sync::Arc;
 
 use crate::config::Warning;
@@ -17,6 +16,7 @@ use crate::settings::Settings;
 pub struct Host {
     pub settings: Settings,
     pub exec: Arc<dyn Exec>,
+    pub runtimes: Runtimes,
     pub firewalls: Firewalls,
 }
 
@@ -30,6 +30,7 @@ impl Host {
     /// With an [`Exec`] of the caller's (tests use a recording double).
     pub fn with_exec(settings: Settings, exec: Arc<dyn Exec>) -> Host {
         Host {
+            runtimes: Runtimes::new(settings.runtime_options.clone(), exec.clone()),
             firewalls: Firewalls::new(exec.clone()),
             exec,
             settings,
@@ -38,17 +39,12 @@ impl Host {
 
     /// A client for `kind` (never contacts the daemon).
     pub fn runtime(&self, kind: RuntimeKind) -> anyhow::Result<Box<dyn Runtime>> {
-        Ok(ecs_runtime::build(kind, &self.settings.runtime_options)?)
+        Ok(self.runtimes.build(kind)?)
     }
 
     /// The runtime chosen now (explicit setting or probe), with a client for it.
     pub async fn choose_runtime(&self) -> anyhow::Result<(Selection, Box<dyn Runtime>)> {
-        let (selection, rt) = runtime_select::choose(
-            self.settings.runtime,
-            &self.settings.runtime_options,
-            self.exec.as_ref(),
-        )
-        .await?;
+        let (selection, rt) = self.runtimes.choose(self.settings.runtime).await?;
         tracing::info!(runtime = %selection.kind, reason = %selection.reason, "container runtime selected");
         Ok((selection, rt))
     }
@@ -73,7 +69,7 @@ impl Host {
     /// `ECS_INIT_RUNTIME`, when it explicitly names a runtime other than `recorded`'s.
     pub fn configured_other_runtime(&self, recorded: &Selection) -> Option<RuntimeKind> {
         match self.settings.runtime {
-            ecs_runtime::select::Request::Named(k) if k != recorded.kind => Some(k),
+            ecs_runtime::Request::Named(k) if k != recorded.kind => Some(k),
             _ => None,
         }
     }
@@ -89,9 +85,9 @@ impl Host {
     }
 
     /// What the host network setup needs from the configuration.
-    pub fn net_config(&self) -> ecs_firewall::NetConfig {
+    pub fn net_config(&self) -> ecs_hostnet::NetConfig {
         let net = &self.settings.net;
-        ecs_firewall::NetConfig {
+        ecs_hostnet::NetConfig {
             skip_localhost_filter: net.skip_localhost_filter,
             allow_offhost_introspection: net.allow_offhost_introspection,
             introspection_interface: net.introspection_interface.clone(),
@@ -101,40 +97,10 @@ impl Host {
     }
 }
 
-/// Whether the Docker API the agent will use answers (the agent manages tasks through a Docker
-/// API: on a containerd-only host, without one, it cannot run tasks).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DockerApi {
-    pub endpoint: String,
-    pub answers: bool,
-    /// Why it does not, and what that means.
-    pub warning: Option<String>,
-}
-
 impl Host {
     /// Probe the Docker API endpoint the agent will see (`DOCKER_HOST` or the default).
     pub async fn docker_api_for_agent(&self) -> DockerApi {
-        let docker = ecs_runtime::docker::DockerRuntime::at_socket(
-            self.settings.runtime_options.docker_socket.clone(),
-        );
-        let endpoint = docker.endpoint().to_string();
-        let probe = docker.ping();
-        let error = match tokio::time::timeout(std::time::Duration::from_secs(2), probe).await {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some("no answer within 2 s".to_string()),
-        };
-        DockerApi {
-            warning: error.as_ref().map(|e| {
-                format!(
-                    "nothing answers the Docker API at {endpoint} ({e}): the agent runs on containerd, \
-                     but it manages tasks through a Docker-compatible API, so it will not be able to \
-                     run tasks on this host until one answers there (set DOCKER_HOST to one)"
-                )
-            }),
-            answers: error.is_none(),
-            endpoint,
-        }
+        self.runtimes.docker_api_for_agent().await
     }
 }
 

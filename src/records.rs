@@ -1,7 +1,7 @@
 //! The runtime record: which runtime `start` used, for `stop` and `status` (the firewall
 //! backend's record is kept by the firewall crate). Both use [`ecs_host::Record`]'s format.
-use ecs_runtime::select::Selection;
 use ecs_host::Record;
+use ecs_runtime::Selection;
 
 use crate::paths::Paths;
 
@@ -66,7 +66,6 @@ pub fn recorded_runtime(paths: &Paths) -> Option<Selection> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ecs_runtime::RuntimeKind;
 
     #[test]
     fn record_round_trip() {
@@ -76,18 +75,21 @@ mod tests {
         record_runtime(
             &paths,
             &Selection {
-                kind: RuntimeKind::Containerd,
+                kind: ecs_runtime::containerd::KIND,
                 reason: "x".into(),
             },
         )
         .unwrap();
         assert_eq!(
             recorded_runtime(&paths).unwrap().kind,
-            RuntimeKind::Containerd
+            ecs_runtime::containerd::KIND
         );
         // Records of earlier releases hold only the name.
         std::fs::write(paths.runtime_record(), "docker\n").unwrap();
-        assert_eq!(recorded_runtime(&paths).unwrap().kind, RuntimeKind::Docker);
+        assert_eq!(
+            recorded_runtime(&paths).unwrap().kind,
+            ecs_runtime::docker::KIND
+        );
         std::fs::write(paths.runtime_record(), "podman\n").unwrap();
         assert!(recorded_runtime(&paths).is_none());
     }

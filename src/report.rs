@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime};
 
 use crate::compose::Host;
 use crate::{agent, cache, download, time};
-use ecs_firewall::Backend;
 
 /// Print the resolved plan as JSON on stdout (secret values redacted).
 pub async fn plan(host: &Host) -> anyhow::Result<()> {
@@ -26,18 +25,24 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
         }),
         Err(e) => json!({"name": null, "reason": crate::describe(&e)}),
     };
-    let network = match host.firewalls.select(settings.firewall).await {
+    let network = match host.firewalls.choose(settings.firewall).await {
         Ok(selection) => {
-            let firewall = host.firewalls.build(selection.backend);
-            let plan = ecs_firewall::plan_network(&host.net_config(), selection, firewall.as_ref());
+            let firewall = host.firewalls.build(selection.kind);
+            let plan = ecs_hostnet::plan_network(&host.net_config(), selection, firewall.as_ref());
             // The exact commands of each real backend for these rules, not only the chosen one,
             // so an operator can compare before forcing ECS_INIT_FIREWALL.
-            let by_backend = json!({
-                "iptables": host.firewalls.build(Backend::Iptables).render(&plan.rules),
-                "nftables": host.firewalls.build(Backend::Nftables).render(&plan.rules),
-            });
+            let by_backend: serde_json::Map<String, serde_json::Value> = ecs_firewall::BACKENDS
+                .iter()
+                .filter(|k| k.backend().puts_rules())
+                .map(|k| {
+                    (
+                        k.to_string(),
+                        json!(host.firewalls.build(*k).render(&plan.rules)),
+                    )
+                })
+                .collect();
             let mut v = json!(plan);
-            v["rendered_by_backend"] = by_backend;
+            v["rendered_by_backend"] = by_backend.into();
             v
         }
         Err(e) => json!({"error": e.to_string()}),
@@ -120,7 +125,7 @@ pub async fn status(host: &Host) -> anyhow::Result<i32> {
                     );
                 }
                 running = describe_agent(rt.as_ref(), &mut out).await;
-                if selection.kind == ecs_runtime::RuntimeKind::Containerd {
+                if selection.kind.backend().agent_needs_docker_api() {
                     let api = host.docker_api_for_agent().await;
                     out += &match api.warning {
                         None => format!(

@@ -14,11 +14,11 @@
 //! an impossible `ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME`). Errors stop `pre-start`, `start`, `plan` and
 //! `reload-cache` before anything changes; `stop` and `post-stop` only warn and work from the
 //! records (see the actions).
+use ecs_firewall::Request as FirewallRequest;
 use ecs_runtime::containerd::{self, ContainerdOptions};
 use ecs_runtime::docker;
 use ecs_runtime::select::Request as RuntimeRequest;
 use ecs_runtime::RuntimeOptions;
-use ecs_firewall::Choice as FirewallChoice;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -31,12 +31,13 @@ use crate::download::{self, tls::TrustSettings};
 use crate::paths::Paths;
 
 /// What kind of value a knob takes (for the docs, and for parsing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum Kind {
     /// Go's `strconv.ParseBool`.
     Bool,
-    /// One of these words (case-insensitive).
-    Choice(&'static [&'static str]),
+    /// One of these words (case-insensitive); a function, so that a backend's choice lists
+    /// the names in its seam's registry.
+    Choice(fn() -> Vec<&'static str>),
     /// A whole number of seconds.
     Seconds,
     /// A whole number.
@@ -52,7 +53,7 @@ impl Kind {
     pub fn describe(self) -> String {
         match self {
             Kind::Bool => "boolean".into(),
-            Kind::Choice(words) => words.join(" \\| "),
+            Kind::Choice(words) => words().join(" \\| "),
             Kind::Seconds => "seconds".into(),
             Kind::Count => "number".into(),
             Kind::Path => "path".into(),
@@ -88,14 +89,14 @@ const BOOL_FALSE: &str = "false";
 pub const KNOBS: &[Knob] = &[
     Knob {
         name: "ECS_INIT_RUNTIME",
-        kind: Kind::Choice(&["auto", "docker", "containerd"]),
+        kind: Kind::Choice(RuntimeRequest::words),
         default: "auto",
         scope: Scope::Anywhere,
         doc: "container runtime of the agent; `auto`: Docker when its socket answers or dockerd is installed, else containerd",
     },
     Knob {
         name: "ECS_INIT_FIREWALL",
-        kind: Kind::Choice(&["auto", "iptables", "nftables", "none"]),
+        kind: Kind::Choice(FirewallRequest::words),
         default: "auto",
         scope: Scope::Anywhere,
         doc: "firewall backend; `none`: the operator manages the firewall; `auto`: keep the backend that already holds our rules, else a working iptables, else nft",
@@ -172,7 +173,7 @@ pub const KNOBS: &[Knob] = &[
     },
     Knob {
         name: "ECS_LOGLEVEL",
-        kind: Kind::Choice(&["debug", "info", "warn", "error", "crit", "none"]),
+        kind: Kind::Choice(|| vec!["debug", "info", "warn", "error", "crit", "none"]),
         default: "info",
         scope: Scope::Anywhere,
         doc: "launcher log level",
@@ -277,7 +278,7 @@ pub const KNOBS: &[Knob] = &[
     },
     Knob {
         name: "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
-        kind: Kind::Choice(&["IPv4", "IPv6"]),
+        kind: Kind::Choice(|| vec!["IPv4", "IPv6"]),
         default: "IPv4",
         scope: Scope::Anywhere,
         doc: "`IPv6`: instance metadata at `http://[fd00:ec2::254]`",
@@ -522,7 +523,7 @@ pub struct Settings {
     /// The env files: the agent's environment and labels.
     pub files: Config,
     pub runtime: RuntimeRequest,
-    pub firewall: FirewallChoice,
+    pub firewall: FirewallRequest,
     pub runtime_options: RuntimeOptions,
     pub runtime_wait: Duration,
     pub net: NetSettings,
@@ -656,6 +657,7 @@ impl Resolver<'_> {
             let Kind::Choice(words) = k.kind else {
                 unreachable!("{name} is a choice")
             };
+            let words = words();
             self.errors.push(Self::problem(
                 k,
                 &source,
@@ -770,6 +772,7 @@ impl Resolver<'_> {
         let Kind::Choice(words) = k.kind else {
             unreachable!("{} is a choice", k.name)
         };
+        let words = words();
         match words.iter().find(|w| w.eq_ignore_ascii_case(v.trim())) {
             Some(w) => *w == "IPv6",
             None => {
@@ -829,6 +832,7 @@ impl Resolver<'_> {
         let Kind::Choice(words) = k.kind else {
             unreachable!()
         };
+        let words = words();
         let lower = v.trim().to_ascii_lowercase();
         match words.iter().find(|w| **w == lower) {
             Some(w) => w,
@@ -1018,7 +1022,7 @@ impl Settings {
             errors: Vec::new(),
         };
         let runtime: RuntimeRequest = r.choice("ECS_INIT_RUNTIME");
-        let firewall: FirewallChoice = r.choice("ECS_INIT_FIREWALL");
+        let firewall: FirewallRequest = r.choice("ECS_INIT_FIREWALL");
         let docker_host = r.docker_host();
         let runtime_options = r.runtime_options(&paths, docker_host.clone());
         let runtime_wait = r.seconds("ECS_INIT_RUNTIME_WAIT_SECONDS");
@@ -1164,7 +1168,7 @@ mod tests {
         );
         assert_eq!(
             s.runtime,
-            RuntimeRequest::Named(ecs_runtime::RuntimeKind::Containerd)
+            RuntimeRequest::Named(ecs_runtime::containerd::KIND)
         );
         let c = &s.runtime_options.containerd;
         assert_eq!(c.address, PathBuf::from("/run/c.sock"));
@@ -1279,7 +1283,7 @@ mod tests {
             PathBuf::from("/tmp/r/var/log/ecs/containerd")
         );
         assert_eq!(s.runtime, RuntimeRequest::Auto);
-        assert_eq!(s.firewall, FirewallChoice::Auto);
+        assert_eq!(s.firewall, FirewallRequest::Auto);
         assert!(s.check().is_ok());
     }
 

@@ -10,8 +10,8 @@
 //!
 //! Unlike the Go tool, the backoff is reset once the agent has run healthily for a while, so a
 //! crash a week after the last one restarts in 500 ms, not 15 s.
-use ecs_runtime::{AgentSpec, Runtime, RuntimeError};
 use ecs_host::Backoff;
+use ecs_runtime::{AgentSpec, Runtime, RuntimeError};
 use std::future::Future;
 use std::time::Duration;
 

@@ -8,6 +8,7 @@
 //! differ, and `-S` prints the same lines for both.
 use crate::exec::{self, is_not_found};
 use crate::rules::{Family, Hook, Position, CREDENTIALS_ENDPOINT, INTROSPECTION_PORT};
+use crate::select::{Availability, Backend, FirewallKind};
 use crate::{Firewall, FirewallError, Result, Rule, RuleSet, Scope};
 use async_trait::async_trait;
 use ecs_host::exec::command_line;
@@ -184,6 +185,68 @@ fn parse_rule(family: Family, hook: Hook, line: &str) -> Option<Rule> {
             }
         }
         _ => None,
+    }
+}
+
+/// iptables' entry in the firewall registry ([`crate::BACKENDS`]).
+pub const KIND: FirewallKind = FirewallKind(&IptablesBackend);
+
+/// The iptables backend: its name, probe and constructor.
+pub struct IptablesBackend;
+
+#[async_trait]
+impl Backend for IptablesBackend {
+    fn name(&self) -> &'static str {
+        "iptables"
+    }
+
+    fn puts_rules(&self) -> bool {
+        true
+    }
+
+    /// `iptables -V` (which variant), then `iptables -w -t nat -S PREROUTING` (kernel support
+    /// present, and whether our credentials DNAT rule is there). Read-only.
+    async fn probe(&self, exec: &dyn Exec) -> Availability {
+        let mut variant = None;
+        if exec.find("iptables").is_some() {
+            if let Ok(out) = exec.run("iptables", &exec::args(&["-V"])).await {
+                if out.success && out.stdout.starts_with("iptables v") {
+                    variant = Some(if out.stdout.contains("nf_tables") {
+                        "the nf_tables variant"
+                    } else {
+                        "the legacy variant"
+                    });
+                }
+            }
+        }
+        let Some(variant) = variant else {
+            return Availability {
+                unusable_because: "iptables is not installed".into(),
+                ..Availability::default()
+            };
+        };
+        let (mut usable, mut holds_ours) = (false, false);
+        let listing = exec::args(&["-w", "-t", "nat", "-S", "PREROUTING"]);
+        if let Ok(out) = exec.run("iptables", &listing).await {
+            usable = out.success;
+            holds_ours = out.success
+                && out.stdout.lines().any(|l| {
+                    l.starts_with("-A PREROUTING -d 169.254.170.2/32 ") && l.contains("-j DNAT")
+                });
+        }
+        Availability {
+            usable,
+            holds_ours,
+            ours_in: format!("iptables ({variant})"),
+            usable_because: format!(
+                "iptables is installed and working ({variant}), as the existing ecs-init uses"
+            ),
+            unusable_because: "iptables is installed but not usable".into(),
+        }
+    }
+
+    fn build(&self, exec: Arc<dyn Exec>) -> Box<dyn Firewall> {
+        Box::new(Iptables::new(exec))
     }
 }
 

@@ -8,7 +8,6 @@
 
 pub mod error;
 mod exec;
-pub mod hostnet;
 pub mod iptables;
 pub mod nftables;
 pub mod none;
@@ -16,16 +15,13 @@ pub mod rules;
 pub mod select;
 
 pub use error::{FirewallError, Result};
-pub use hostnet::{
-    plan_network, recorded_backend, setup_network, teardown_backends, teardown_network, HostFacts,
-    NetConfig, NetError, NetPlan, SysctlChange,
-};
 pub use iptables::Iptables;
 pub use nftables::Nftables;
 pub use none::NoFirewall;
 pub use rules::{interface_pattern, Family, Hook, Position, Rule, RuleOptions, RuleSet, Scope};
 pub use select::{
-    Backend, Choice, Firewalls, HostProbe, NoFirewallTool, Selection, UnknownFirewall,
+    Availability, Backend as FirewallBackend, FirewallKind, Firewalls, NoFirewallTool, Request,
+    Selection, UnknownFirewall, BACKENDS,
 };
 
 use async_trait::async_trait;

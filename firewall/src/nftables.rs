@@ -13,6 +13,7 @@
 //! ACCEPT only ends our chain.
 use crate::exec::{args, run_ok, run_ok_with_input};
 use crate::rules::{Family, Hook};
+use crate::select::{Availability, Backend, FirewallKind};
 use crate::{Firewall, FirewallError, Result, Rule, RuleSet, Scope};
 use async_trait::async_trait;
 use ecs_host::Exec;
@@ -492,6 +493,52 @@ pub(crate) fn tables_in(doc: &NftDoc<'_>) -> Vec<Family> {
 /// Parse `nft -j` output with the crate's typed schema.
 pub(crate) fn parse_listing(json: &str) -> std::result::Result<NftDoc<'static>, String> {
     serde_json::from_str(json).map_err(|e| format!("unexpected `nft -j` output: {e}"))
+}
+
+/// nftables' entry in the firewall registry ([`crate::BACKENDS`]).
+pub const KIND: FirewallKind = FirewallKind(&NftablesBackend);
+
+/// The nftables backend: its name, probe and constructor.
+pub struct NftablesBackend;
+
+#[async_trait]
+impl Backend for NftablesBackend {
+    fn name(&self) -> &'static str {
+        "nftables"
+    }
+
+    fn puts_rules(&self) -> bool {
+        true
+    }
+
+    /// `nft -j list tables`: whether nft works, and whether one of our tables exists. Read-only.
+    async fn probe(&self, exec: &dyn Exec) -> Availability {
+        let mut found = Availability {
+            ours_in: format!("nftables table {TABLE}"),
+            usable_because: "nft is available".into(),
+            unusable_because: "nft is not installed".into(),
+            ..Availability::default()
+        };
+        if exec.find("nft").is_some() {
+            found.unusable_because = "nft is installed but not usable".into();
+            if let Ok(out) = exec.run("nft", &args(&["-j", "list", "tables"])).await {
+                found.usable = out.success;
+                found.holds_ours = out.success
+                    && parse_listing(&out.stdout).is_ok_and(|doc| !tables_in(&doc).is_empty());
+            }
+        }
+        found
+    }
+
+    /// `nft` as found on the search path (the bare name when it is not installed, so that the
+    /// error names it).
+    fn build(&self, exec: Arc<dyn Exec>) -> Box<dyn Firewall> {
+        let program = exec
+            .find("nft")
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "nft".into());
+        Box::new(Nftables::new(exec, program))
+    }
 }
 
 impl Nftables {

@@ -1,6 +1,34 @@
 //! The `none` backend: for hosts where the operator manages the firewall.
+use crate::select::{Availability, Backend, FirewallKind};
 use crate::{Firewall, Result, RuleSet};
 use async_trait::async_trait;
+use ecs_host::Exec;
+use std::sync::Arc;
+
+/// `none`'s entry in the firewall registry ([`crate::BACKENDS`]).
+pub const KIND: FirewallKind = FirewallKind(&NoneBackend);
+
+/// The `none` backend: only ever chosen by name.
+pub struct NoneBackend;
+
+#[async_trait]
+impl Backend for NoneBackend {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+
+    fn puts_rules(&self) -> bool {
+        false
+    }
+
+    async fn probe(&self, _: &dyn Exec) -> Availability {
+        Availability::default()
+    }
+
+    fn build(&self, _: Arc<dyn Exec>) -> Box<dyn Firewall> {
+        Box::new(NoFirewall)
+    }
+}
 
 /// Applies nothing, removes nothing, reports nothing applied.
 #[derive(Debug, Default)]

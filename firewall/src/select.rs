@@ -1,33 +1,214 @@
-//! Choosing the firewall backend once, at start-up: by name (`ECS_INIT_FIREWALL`) or, for
-//! `auto`, by probing the host. The choice always comes with a reason, which is logged, shown by
-//! `plan` and recorded next to the backend name.
-use crate::exec::args;
-use crate::iptables::Iptables;
-use crate::nftables::{parse_listing, tables_in, Nftables};
-use crate::{Firewall, NoFirewall};
+//! The registry of firewall backends and the choice among them, made once at start-up: by name
+//! (`ECS_INIT_FIREWALL`) or, for `auto`, by asking every backend in [`BACKENDS`] to probe the
+//! host. Each backend module owns its entry (its name, its probe, its constructor), so adding
+//! a firewall is one module plus one line in [`BACKENDS`]; selection, teardown, `plan` and the
+//! settings' word list iterate that list. The choice always comes with a reason, which is
+//! logged, shown by `plan` and recorded next to the backend name.
+use crate::Firewall;
+use async_trait::async_trait;
 use ecs_host::Exec;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 use std::sync::Arc;
 
-/// A backend that can put rules into the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    Iptables,
-    Nftables,
-    None,
+/// Every firewall backend, in the order `auto` prefers them.
+pub static BACKENDS: [FirewallKind; 3] = [
+    crate::iptables::KIND,
+    crate::nftables::KIND,
+    crate::none::KIND,
+];
+
+/// A firewall backend's entry in the registry.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// The name operators write (`ECS_INIT_FIREWALL`), logged, recorded and shown by `plan`.
+    fn name(&self) -> &'static str;
+    /// Whether it puts rules into the kernel (`none` does not): only these are chosen by
+    /// `auto`, rendered by `plan` and swept by a teardown without a record.
+    fn puts_rules(&self) -> bool;
+    /// Look at the host, read-only, for `auto` and for a teardown without a record.
+    async fn probe(&self, exec: &dyn Exec) -> Availability;
+    /// The backend object, running its tools through `exec`.
+    fn build(&self, exec: Arc<dyn Exec>) -> Box<dyn Firewall>;
 }
 
-impl Backend {
+/// What a backend's probe found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Availability {
+    /// Its tool works on this kernel.
+    pub usable: bool,
+    /// Rules of ours are in place through it already.
+    pub holds_ours: bool,
+    /// Where (for the reason: "rules of ours already exist in …").
+    pub ours_in: String,
+    /// Why it can be used (e.g. "nft is available").
+    pub usable_because: String,
+    /// Why not (e.g. "iptables is not installed"), said when a later backend is chosen.
+    pub unusable_because: String,
+}
+
+/// A firewall backend, by its registry entry: compared, hashed, printed and serialised by name.
+#[derive(Clone, Copy)]
+pub struct FirewallKind(pub &'static dyn Backend);
+
+impl FirewallKind {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Iptables => "iptables",
-            Backend::Nftables => "nftables",
-            Backend::None => "none",
+        self.0.name()
+    }
+
+    /// The registry entry.
+    pub fn backend(self) -> &'static dyn Backend {
+        self.0
+    }
+
+    /// Every backend's name, in registry order.
+    pub fn names() -> Vec<&'static str> {
+        BACKENDS.iter().map(|k| k.as_str()).collect()
+    }
+}
+
+impl PartialEq for FirewallKind {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for FirewallKind {}
+
+impl Hash for FirewallKind {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl fmt::Debug for FirewallKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for FirewallKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for FirewallKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl FromStr for FirewallKind {
+    type Err = UnknownFirewall;
+    /// Exactly a backend's name (case-insensitive).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        BACKENDS
+            .iter()
+            .copied()
+            .find(|k| k.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| UnknownFirewall(s.to_string()))
+    }
+}
+
+/// What `ECS_INIT_FIREWALL` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Request {
+    #[default]
+    Auto,
+    Named(FirewallKind),
+}
+
+impl Request {
+    /// The words `ECS_INIT_FIREWALL` accepts: `auto` and every backend's name.
+    pub fn words() -> Vec<&'static str> {
+        let mut words = vec!["auto"];
+        words.extend(FirewallKind::names());
+        words
+    }
+}
+
+impl FromStr for Request {
+    type Err = UnknownFirewall;
+    /// Case-insensitive; empty means `auto` (the variable set to nothing).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(Request::Auto),
+            v => v
+                .parse()
+                .map(Request::Named)
+                .map_err(|_| UnknownFirewall(s.to_string())),
         }
     }
+}
+
+/// `ECS_INIT_FIREWALL` has a value we do not know. Raised before anything is changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownFirewall(pub String);
+
+impl fmt::Display for UnknownFirewall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let words = Request::words();
+        let (last, rest) = words.split_last().expect("auto is always a word");
+        write!(
+            f,
+            "unknown ECS_INIT_FIREWALL value {:?}: expected {} or {last}",
+            self.0,
+            rest.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownFirewall {}
+
+/// A backend and why it was chosen.
+pub type Selection = ecs_host::Selection<FirewallKind>;
+
+/// Nothing usable was found for `auto`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ECS_INIT_FIREWALL=auto: neither a working iptables nor nft was found on PATH; install one, or set ECS_INIT_FIREWALL=none if the operator manages the firewall")]
+pub struct NoFirewallTool;
+
+/// One backend's finding, as [`decide`] weighs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub kind: FirewallKind,
+    pub availability: Availability,
+}
+
+/// Decide. Explicit names win; `auto` keeps whatever already holds our rules (so a restart
+/// never ends up with two copies in two backends; the registry's order breaks a tie), then
+/// takes the first usable backend in the registry's order: iptables like the existing ecs-init
+/// (its rules stay visible in `iptables -S`, and a legacy-iptables host must not get rules it
+/// cannot list), nftables where iptables is absent or unusable.
+pub fn decide(request: Request, findings: &[Finding]) -> Result<Selection, NoFirewallTool> {
+    if let Request::Named(kind) = request {
+        return Ok(Selection::new(kind, format!("ECS_INIT_FIREWALL={kind}")));
+    }
+    let candidates = || findings.iter().filter(|f| f.kind.backend().puts_rules());
+    if let Some(f) = candidates().find(|f| f.availability.usable && f.availability.holds_ours) {
+        return Ok(Selection::new(
+            f.kind,
+            format!(
+                "auto: rules of ours already exist in {}",
+                f.availability.ours_in
+            ),
+        ));
+    }
+    let mut passed_over = Vec::new();
+    for f in candidates() {
+        if f.availability.usable {
+            passed_over.push(f.availability.usable_because.as_str());
+            return Ok(Selection::new(
+                f.kind,
+                format!("auto: {}", passed_over.join("; ")),
+            ));
+        }
+        passed_over.push(f.availability.unusable_because.as_str());
+    }
+    Err(NoFirewallTool)
 }
 
 /// The factory of firewall backends. The composition root makes one (with the [`Exec`] every
@@ -43,300 +224,65 @@ impl Firewalls {
         Firewalls { exec }
     }
 
-    /// `nft` as found on the search path (the bare name when it is not installed, so that the
-    /// error names it).
-    fn nft(&self) -> String {
-        self.exec
-            .find("nft")
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "nft".into())
+    /// The backend object for `kind` (its registry entry's constructor).
+    pub fn build(&self, kind: FirewallKind) -> Box<dyn Firewall> {
+        kind.backend().build(self.exec.clone())
     }
 
-    /// The backend object for this name.
-    pub fn build(&self, backend: Backend) -> Box<dyn Firewall> {
-        match backend {
-            Backend::Iptables => Box::new(Iptables::new(self.exec.clone())),
-            Backend::Nftables => Box::new(Nftables::new(self.exec.clone(), self.nft())),
-            Backend::None => Box::new(NoFirewall),
+    /// Every backend that puts rules into the kernel, with what its probe found (read-only).
+    pub async fn probe(&self) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        for kind in BACKENDS.iter().copied() {
+            if kind.backend().puts_rules() {
+                let availability = kind.backend().probe(self.exec.as_ref()).await;
+                findings.push(Finding { kind, availability });
+            }
         }
+        findings
     }
 
-    /// Look at the host (read-only); see [`HostProbe::probe`].
-    pub async fn probe(&self) -> HostProbe {
-        HostProbe::probe(self.exec.as_ref()).await
-    }
-
-    /// Choose the backend for `choice`, probing the host only for `auto`.
-    pub async fn select(&self, choice: Choice) -> Result<Selection, NoFirewallTool> {
-        let probe = match choice {
-            Choice::Named(_) => HostProbe::default(),
-            Choice::Auto => self.probe().await,
+    /// Choose the backend for `request`, probing the host only for `auto`.
+    pub async fn choose(&self, request: Request) -> Result<Selection, NoFirewallTool> {
+        let findings = match request {
+            Request::Named(_) => Vec::new(),
+            Request::Auto => self.probe().await,
         };
-        choose(choice, || probe)
+        decide(request, &findings)
     }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Backend {
-    type Err = UnknownFirewall;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "iptables" => Ok(Backend::Iptables),
-            "nftables" => Ok(Backend::Nftables),
-            "none" => Ok(Backend::None),
-            other => Err(UnknownFirewall(other.to_string())),
-        }
-    }
-}
-
-/// What `ECS_INIT_FIREWALL` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Choice {
-    #[default]
-    Auto,
-    Named(Backend),
-}
-
-/// `ECS_INIT_FIREWALL` has a value we do not know. Raised before anything is changed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown ECS_INIT_FIREWALL value {0:?}: expected auto, iptables, nftables or none")]
-pub struct UnknownFirewall(pub String);
-
-impl FromStr for Choice {
-    type Err = UnknownFirewall;
-    /// Case-insensitive; empty means `auto` (the variable set to nothing).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let v = s.trim().to_ascii_lowercase();
-        match v.as_str() {
-            "" | "auto" => Ok(Choice::Auto),
-            _ => v
-                .parse()
-                .map(Choice::Named)
-                .map_err(|_| UnknownFirewall(s.to_string())),
-        }
-    }
-}
-
-/// Which iptables the host's `iptables` is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IptablesVariant {
-    /// iptables-nft: xtables syntax on top of nf_tables.
-    Nft,
-    /// iptables-legacy: the old x_tables kernel interface.
-    Legacy,
-}
-
-/// What the host has, as far as the choice is concerned. Probed read-only.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct HostProbe {
-    /// `iptables -V` ran; its variant.
-    pub iptables: Option<IptablesVariant>,
-    /// `iptables -S` works (kernel support present) — false when the binary is masked/broken.
-    pub iptables_usable: bool,
-    /// Our credentials DNAT rule is in iptables' nat PREROUTING.
-    pub iptables_has_ours: bool,
-    /// `nft list tables` works.
-    pub nft_usable: bool,
-    /// One of our `ecs-init` tables exists.
-    pub nft_has_ours: bool,
-}
-
-impl HostProbe {
-    /// Look at the host: which tools exist and work, which variant iptables is, and whether
-    /// rules of ours are already in place. Runs only read-only commands.
-    pub async fn probe(exec: &dyn Exec) -> HostProbe {
-        let mut p = HostProbe::default();
-        if exec.find("iptables").is_some() {
-            if let Ok(out) = exec.run("iptables", &args(&["-V"])).await {
-                if out.success && out.stdout.starts_with("iptables v") {
-                    p.iptables = Some(if out.stdout.contains("nf_tables") {
-                        IptablesVariant::Nft
-                    } else {
-                        IptablesVariant::Legacy
-                    });
-                }
-            }
-        }
-        if p.iptables.is_some() {
-            let listing = args(&["-w", "-t", "nat", "-S", "PREROUTING"]);
-            if let Ok(out) = exec.run("iptables", &listing).await {
-                p.iptables_usable = out.success;
-                p.iptables_has_ours = out.success
-                    && out.stdout.lines().any(|l| {
-                        l.starts_with("-A PREROUTING -d 169.254.170.2/32 ") && l.contains("-j DNAT")
-                    });
-            }
-        }
-        if exec.find("nft").is_some() {
-            if let Ok(out) = exec.run("nft", &args(&["-j", "list", "tables"])).await {
-                p.nft_usable = out.success;
-                p.nft_has_ours = out.success
-                    && parse_listing(&out.stdout).is_ok_and(|doc| !tables_in(&doc).is_empty());
-            }
-        }
-        p
-    }
-}
-
-/// A choice and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Selection {
-    pub backend: Backend,
-    pub reason: String,
-}
-
-/// Nothing usable was found for `auto`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("ECS_INIT_FIREWALL=auto: neither a working iptables nor nft was found on PATH; install one, or set ECS_INIT_FIREWALL=none if the operator manages the firewall")]
-pub struct NoFirewallTool;
-
-fn variant_word(v: Option<IptablesVariant>) -> &'static str {
-    match v {
-        Some(IptablesVariant::Nft) => "the nf_tables variant",
-        Some(IptablesVariant::Legacy) => "the legacy variant",
-        None => "unknown variant",
-    }
-}
-
-/// Decide. Explicit names win; `auto` keeps whatever already holds our rules (so a restart
-/// never ends up with two copies in two backends), then prefers iptables like the existing
-/// ecs-init (its rules stay visible in `iptables -S`, and a legacy-iptables host must not get
-/// rules it cannot list), and uses nftables where iptables is absent or unusable.
-pub fn choose(
-    choice: Choice,
-    probe: impl FnOnce() -> HostProbe,
-) -> Result<Selection, NoFirewallTool> {
-    let p = match choice {
-        Choice::Named(b) => {
-            return Ok(Selection {
-                backend: b,
-                reason: format!("ECS_INIT_FIREWALL={b}"),
-            })
-        }
-        Choice::Auto => probe(),
-    };
-    let pick = |backend: Backend, reason: String| Ok(Selection { backend, reason });
-    if p.nft_has_ours && p.nft_usable && !p.iptables_has_ours {
-        return pick(
-            Backend::Nftables,
-            "auto: rules of ours already exist in nftables table ecs-init".into(),
-        );
-    }
-    if p.iptables_has_ours && p.iptables_usable {
-        return pick(
-            Backend::Iptables,
-            format!(
-                "auto: rules of ours already exist in iptables ({})",
-                variant_word(p.iptables)
-            ),
-        );
-    }
-    if p.iptables_usable {
-        return pick(
-            Backend::Iptables,
-            format!(
-                "auto: iptables is installed and working ({}), as the existing ecs-init uses",
-                variant_word(p.iptables)
-            ),
-        );
-    }
-    if p.nft_usable {
-        let why = if p.iptables.is_some() {
-            "iptables is installed but not usable"
-        } else {
-            "iptables is not installed"
-        };
-        return pick(Backend::Nftables, format!("auto: {why}; nft is available"));
-    }
-    Err(NoFirewallTool)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn probe(f: impl Fn(&mut HostProbe)) -> impl FnOnce() -> HostProbe {
-        let mut p = HostProbe::default();
-        f(&mut p);
-        move || p
-    }
-
-    #[test]
-    fn parses_the_setting() {
-        assert_eq!("auto".parse(), Ok(Choice::Auto));
-        assert_eq!("".parse(), Ok(Choice::Auto));
-        assert_eq!("NFTables".parse(), Ok(Choice::Named(Backend::Nftables)));
-        assert_eq!("none".parse(), Ok(Choice::Named(Backend::None)));
-        let err = "firewalld".parse::<Choice>().unwrap_err();
-        assert_eq!(err, UnknownFirewall("firewalld".into()));
-        assert!(err.to_string().contains("ECS_INIT_FIREWALL"));
-    }
-
-    #[test]
-    fn explicit_names_do_not_probe() {
-        let s = choose(Choice::Named(Backend::None), || panic!("probed")).unwrap();
-        assert_eq!(s.backend, Backend::None);
-        assert_eq!(s.reason, "ECS_INIT_FIREWALL=none");
-    }
-
-    #[test]
-    fn auto_decisions() {
-        let both = |p: &mut HostProbe| {
-            p.iptables = Some(IptablesVariant::Nft);
-            p.iptables_usable = true;
-            p.nft_usable = true;
-        };
-        let s = choose(Choice::Auto, probe(both)).unwrap();
-        assert_eq!(s.backend, Backend::Iptables);
-        assert!(s.reason.contains("nf_tables"), "{}", s.reason);
-
-        let s = choose(
-            Choice::Auto,
-            probe(|p| {
-                both(p);
-                p.nft_has_ours = true;
-            }),
-        )
-        .unwrap();
-        assert_eq!(s.backend, Backend::Nftables);
-        assert!(s.reason.contains("already exist"), "{}", s.reason);
-
-        let s = choose(
-            Choice::Auto,
-            probe(|p| {
-                both(p);
-                p.iptables = Some(IptablesVariant::Legacy);
-                p.iptables_has_ours = true;
-                p.nft_has_ours = true;
-            }),
-        )
-        .unwrap();
-        assert_eq!(s.backend, Backend::Iptables);
-        assert!(s.reason.contains("legacy"), "{}", s.reason);
-
-        let s = choose(
-            Choice::Auto,
-            probe(|p| {
-                p.iptables = Some(IptablesVariant::Legacy);
-                p.nft_usable = true;
-            }),
-        )
-        .unwrap();
-        assert_eq!(s.backend, Backend::Nftables);
-        assert!(s.reason.contains("not usable"), "{}", s.reason);
-
-        assert_eq!(choose(Choice::Auto, probe(|_| {})), Err(NoFirewallTool));
-    }
-
+    use crate::iptables::KIND as IPTABLES;
+    use crate::nftables::KIND as NFTABLES;
+    use crate::none::KIND as NONE;
     use ecs_host::exec::FakeExec;
     use ecs_host::Output;
 
+    #[test]
+    fn parses_the_setting() {
+        assert_eq!("auto".parse(), Ok(Request::Auto));
+        assert_eq!("".parse(), Ok(Request::Auto));
+        assert_eq!("NFTables".parse(), Ok(Request::Named(NFTABLES)));
+        assert_eq!("none".parse(), Ok(Request::Named(NONE)));
+        let err = "firewalld".parse::<Request>().unwrap_err();
+        assert_eq!(err, UnknownFirewall("firewalld".into()));
+        assert_eq!(
+            err.to_string(),
+            "unknown ECS_INIT_FIREWALL value \"firewalld\": expected auto, iptables, nftables or none"
+        );
+        assert_eq!(FirewallKind::names(), ["iptables", "nftables", "none"]);
+    }
+
+    #[test]
+    fn explicit_names_win() {
+        let s = decide(Request::Named(NONE), &[]).unwrap();
+        assert_eq!(s.kind, NONE);
+        assert_eq!(s.reason, "ECS_INIT_FIREWALL=none");
+    }
+
+    /// What the two netfilter backends' probes find on a host with these tools' answers.
     fn host(installed: &[&str], iptables_v: &str, prerouting: &str, nft_tables: &str) -> FakeExec {
         let (v, pre, nft) = (
             iptables_v.to_string(),
@@ -359,20 +305,66 @@ mod tests {
 
     const NO_TABLES: &str =
         r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}}]}"#;
+    const OURS: &str = "-P PREROUTING ACCEPT\n-A PREROUTING -d 169.254.170.2/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:51679\n";
+    const NFT_V: &str = "iptables v1.8.9 (nf_tables)\n";
+    const LEGACY_V: &str = "iptables v1.8.9 (legacy)\n";
+    fn our_tables() -> &'static str {
+        include_str!("../tests/fixtures/nft-list-tables.json")
+    }
+
+    async fn chosen(exec: FakeExec) -> Result<Selection, NoFirewallTool> {
+        Firewalls::new(Arc::new(exec)).choose(Request::Auto).await
+    }
+
+    #[tokio::test]
+    async fn auto_decisions() {
+        // Both usable, none holds ours: iptables, naming its variant.
+        let s = chosen(host(&["iptables", "nft"], NFT_V, "", NO_TABLES))
+            .await
+            .unwrap();
+        assert_eq!(s.kind, IPTABLES);
+        assert!(s.reason.contains("nf_tables"), "{}", s.reason);
+
+        // Ours in nftables only: keep nftables.
+        let s = chosen(host(&["iptables", "nft"], NFT_V, "", our_tables()))
+            .await
+            .unwrap();
+        assert_eq!(s.kind, NFTABLES);
+        assert!(s.reason.contains("already exist"), "{}", s.reason);
+
+        // Ours in both: iptables (legacy), the registry's order.
+        let s = chosen(host(&["iptables", "nft"], LEGACY_V, OURS, our_tables()))
+            .await
+            .unwrap();
+        assert_eq!(s.kind, IPTABLES);
+        assert!(s.reason.contains("legacy"), "{}", s.reason);
+
+        // iptables installed but broken: nftables, saying why.
+        let s = chosen(host(&["iptables", "nft"], LEGACY_V, "broken", NO_TABLES))
+            .await
+            .unwrap();
+        assert_eq!(s.kind, NFTABLES);
+        assert_eq!(
+            s.reason,
+            "auto: iptables is installed but not usable; nft is available"
+        );
+        let s = chosen(host(&["nft"], "", "", NO_TABLES)).await.unwrap();
+        assert_eq!(
+            s.reason,
+            "auto: iptables is not installed; nft is available"
+        );
+
+        assert_eq!(chosen(host(&[], "", "", "")).await, Err(NoFirewallTool));
+    }
 
     #[tokio::test]
     async fn probes_read_the_tools_answers() {
-        let ours = "-P PREROUTING ACCEPT\n-A PREROUTING -d 169.254.170.2/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:51679\n";
-        let exec = host(
-            &["iptables", "nft"],
-            "iptables v1.8.9 (nf_tables)\n",
-            ours,
-            NO_TABLES,
-        );
-        let p = HostProbe::probe(&exec).await;
-        assert_eq!(p.iptables, Some(IptablesVariant::Nft));
-        assert!(p.iptables_usable && p.iptables_has_ours);
-        assert!(p.nft_usable && !p.nft_has_ours);
+        let exec = Arc::new(host(&["iptables", "nft"], NFT_V, OURS, NO_TABLES));
+        let findings = Firewalls::new(exec.clone()).probe().await;
+        let kinds: Vec<_> = findings.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, [IPTABLES, NFTABLES], "none is never probed");
+        assert!(findings[0].availability.usable && findings[0].availability.holds_ours);
+        assert!(findings[1].availability.usable && !findings[1].availability.holds_ours);
         // Every probe is read-only.
         assert_eq!(
             exec.calls(),
@@ -383,46 +375,34 @@ mod tests {
             ]
         );
 
-        let exec = host(
-            &["iptables", "nft"],
-            "iptables v1.8.9 (legacy)\n",
-            "broken",
-            include_str!("../tests/fixtures/nft-list-tables.json"),
-        );
-        let p = HostProbe::probe(&exec).await;
-        assert_eq!(p.iptables, Some(IptablesVariant::Legacy));
-        assert!(!p.iptables_usable && !p.iptables_has_ours);
-        assert!(p.nft_usable && p.nft_has_ours);
-        assert_eq!(
-            choose(Choice::Auto, || p).unwrap().backend,
-            Backend::Nftables
-        );
+        let exec = Arc::new(host(&["iptables", "nft"], LEGACY_V, "broken", our_tables()));
+        let findings = Firewalls::new(exec).probe().await;
+        assert!(findings[0].availability.ours_in.contains("legacy"));
+        assert!(!findings[0].availability.usable && !findings[0].availability.holds_ours);
+        assert!(findings[1].availability.usable && findings[1].availability.holds_ours);
+        assert_eq!(decide(Request::Auto, &findings).unwrap().kind, NFTABLES);
 
         // Nothing installed: nothing run, nothing usable.
-        let exec = host(&[], "", "", "");
-        let p = HostProbe::probe(&exec).await;
-        assert_eq!(p, HostProbe::default());
+        let exec = Arc::new(host(&[], "", "", ""));
+        let findings = Firewalls::new(exec.clone()).probe().await;
+        assert!(findings.iter().all(|f| !f.availability.usable));
         assert!(exec.calls().is_empty());
     }
 
     #[tokio::test]
-    async fn the_factory_selects_without_probing_for_named_backends() {
-        let exec = Arc::new(host(
-            &["iptables"],
-            "iptables v1.8.9 (nf_tables)\n",
-            "",
-            NO_TABLES,
-        ));
+    async fn the_factory_chooses_without_probing_for_named_backends() {
+        let exec = Arc::new(host(&["iptables"], NFT_V, "", NO_TABLES));
         let firewalls = Firewalls::new(exec.clone());
-        let s = firewalls
-            .select(Choice::Named(Backend::Nftables))
-            .await
-            .unwrap();
-        assert_eq!(s.backend, Backend::Nftables);
+        let s = firewalls.choose(Request::Named(NFTABLES)).await.unwrap();
+        assert_eq!(s.kind, NFTABLES);
         assert!(exec.calls().is_empty());
-        assert_eq!(firewalls.build(s.backend).name(), "nftables");
-        let s = firewalls.select(Choice::Auto).await.unwrap();
-        assert_eq!(s.backend, Backend::Iptables);
-        assert_eq!(firewalls.build(s.backend).name(), "iptables");
+        assert_eq!(firewalls.build(s.kind).name(), "nftables");
+        let s = firewalls.choose(Request::Auto).await.unwrap();
+        assert_eq!(s.kind, IPTABLES);
+        assert_eq!(firewalls.build(s.kind).name(), "iptables");
+        // Every registry entry builds the backend of its own name.
+        for kind in BACKENDS {
+            assert_eq!(firewalls.build(kind).name(), kind.as_str());
+        }
     }
 }

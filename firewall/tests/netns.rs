@@ -14,7 +14,7 @@
 //! Addresses are documentation ranges (198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32) that
 //! exist only inside these namespaces.
 use ecs_firewall::{
-    Backend, Choice, Family, Firewall, Firewalls, Rule, RuleOptions, RuleSet, Scope,
+    Family, Firewall, FirewallKind, Firewalls, Request, Rule, RuleOptions, RuleSet, Scope,
 };
 use ecs_host::{Exec, SystemExec};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -109,10 +109,9 @@ fn firewalls() -> Firewalls {
 }
 
 fn backend(name: &str) -> Box<dyn Firewall> {
-    match name {
-        "iptables" => firewalls().build(Backend::Iptables),
-        "nftables" => firewalls().build(Backend::Nftables),
-        other => panic!("backend {other}"),
+    match name.parse::<FirewallKind>() {
+        Ok(kind) if kind.backend().puts_rules() => firewalls().build(kind),
+        _ => panic!("backend {name}"),
     }
 }
 
@@ -146,7 +145,7 @@ fn fw_role(name: &str, op: &str, json: &str) -> i32 {
 
 fn net_role(op: &str, json: &str) -> i32 {
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
-    let cfg = ecs_firewall::NetConfig {
+    let cfg = ecs_hostnet::NetConfig {
         skip_localhost_filter: v["skip"].as_bool().unwrap_or(false),
         allow_offhost_introspection: v["allow"].as_bool().unwrap_or(false),
         introspection_interface: v["iface"].as_str().map(str::to_string),
@@ -154,7 +153,7 @@ fn net_role(op: &str, json: &str) -> i32 {
         proc_sys: PathBuf::from("/proc/sys"),
     };
     // The launcher validates ECS_INIT_FIREWALL before anything else; so does this glue.
-    let choice: Choice = match v["firewall"].as_str().unwrap().parse() {
+    let choice: Request = match v["firewall"].as_str().unwrap().parse() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -166,13 +165,13 @@ fn net_role(op: &str, json: &str) -> i32 {
     let result: Result<String, String> = rt.block_on(async {
         match op {
             "setup" | "plan" => {
-                let selection = firewalls.select(choice).await.map_err(|e| e.to_string())?;
-                let fw = firewalls.build(selection.backend);
-                let plan = ecs_firewall::plan_network(&cfg, selection, fw.as_ref());
+                let selection = firewalls.choose(choice).await.map_err(|e| e.to_string())?;
+                let fw = firewalls.build(selection.kind);
+                let plan = ecs_hostnet::plan_network(&cfg, selection, fw.as_ref());
                 if op == "setup" {
                     let previous =
-                        ecs_firewall::recorded_backend(&cfg.state_dir).map(|b| firewalls.build(b));
-                    ecs_firewall::setup_network(&cfg, &plan, fw.as_ref(), previous.as_deref())
+                        ecs_hostnet::recorded_backend(&cfg.state_dir).map(|b| firewalls.build(b));
+                    ecs_hostnet::setup_network(&cfg, &plan, fw.as_ref(), previous.as_deref())
                         .await
                         .map_err(|e| e.to_string())?;
                 }
@@ -180,10 +179,10 @@ fn net_role(op: &str, json: &str) -> i32 {
             }
             "teardown" => {
                 let backends =
-                    ecs_firewall::teardown_backends(&firewalls, &cfg.state_dir, Some(choice)).await;
+                    ecs_hostnet::teardown_backends(&firewalls, &cfg.state_dir, Some(choice)).await;
                 let fws: Vec<Box<dyn Firewall>> =
                     backends.into_iter().map(|b| firewalls.build(b)).collect();
-                ecs_firewall::teardown_network(&cfg, &fws)
+                ecs_hostnet::teardown_network(&cfg, &fws)
                     .await
                     .map(|_| String::new())
                     .map_err(|e| e.to_string())

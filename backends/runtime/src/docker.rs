@@ -8,7 +8,10 @@
 //! so a later call retries once the daemon is back.
 
 use crate::reference::familiar_reference;
-use crate::{AgentSpec, ContainerState, NamespaceMode, Result, Runtime, RuntimeError, RuntimeInfo};
+use crate::{
+    AgentSpec, ContainerState, NamespaceMode, Presence, Probed, Result, Runtime,
+    RuntimeBackend as Backend, RuntimeError, RuntimeInfo, RuntimeKind, RuntimeOptions,
+};
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
@@ -19,6 +22,7 @@ use bollard::query_parameters::{
 };
 use bollard::{ClientVersion, Docker, API_DEFAULT_VERSION};
 use bytes::{Bytes, BytesMut};
+use ecs_host::Exec;
 use futures_util::{StreamExt, TryStreamExt};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +32,83 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::OnceCell;
 
 const RUNTIME: &str = "docker";
+
+/// Docker's entry in the runtime registry ([`crate::BACKENDS`]).
+pub const KIND: RuntimeKind = RuntimeKind(&DockerBackend);
+
+/// The Docker Engine backend: its name, probe and constructor.
+pub struct DockerBackend;
+
+#[async_trait]
+impl Backend for DockerBackend {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn agent_needs_docker_api(&self) -> bool {
+        false
+    }
+
+    /// A ping of at most `ping_timeout`, whether the socket exists, whether dockerd is
+    /// installed. When Docker answered, its connected client comes back too.
+    async fn probe(
+        &self,
+        opts: &RuntimeOptions,
+        exec: &dyn Exec,
+        ping_timeout: Duration,
+    ) -> Probed {
+        let client = DockerRuntime::at_socket(opts.docker_socket.clone());
+        let answers = matches!(
+            tokio::time::timeout(ping_timeout, client.ping()).await,
+            Ok(Ok(_))
+        );
+        let (presence, reason) = presence(
+            answers,
+            opts.docker_socket.exists(),
+            dockerd_installed(exec),
+        );
+        let mut probed = Probed::new(presence, reason);
+        if answers {
+            probed.client = Some(Box::new(client));
+        }
+        probed
+    }
+
+    fn build(&self, opts: &RuntimeOptions) -> Result<Box<dyn Runtime>> {
+        Ok(Box::new(DockerRuntime::at_socket(
+            opts.docker_socket.clone(),
+        )))
+    }
+}
+
+/// How ready Docker looks: answering; installed with its socket (restarting); only installed.
+/// A socket without dockerd installed is stale (not a Docker host).
+pub(crate) fn presence(
+    answers: bool,
+    socket_exists: bool,
+    installed: bool,
+) -> (Presence, &'static str) {
+    match (answers, socket_exists, installed) {
+        (true, _, _) => (Presence::Answers, "the Docker socket answers"),
+        (false, true, true) => (
+            Presence::Starting,
+            "dockerd is installed and its socket exists (not answering yet)",
+        ),
+        (false, false, true) => (
+            Presence::Installed,
+            "dockerd is installed (not running yet)",
+        ),
+        (false, _, false) => (Presence::Absent, "dockerd is not installed"),
+    }
+}
+
+/// Is `dockerd` installed: on the search path, or in the usual system directories.
+fn dockerd_installed(exec: &dyn Exec) -> bool {
+    exec.find("dockerd").is_some()
+        || ["/usr/bin", "/usr/sbin", "/usr/local/bin"]
+            .iter()
+            .any(|d| Path::new(d).join("dockerd").is_file())
+}
 
 /// The socket used when `DOCKER_HOST` is unset (same as the Go ecs-init).
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";

@@ -4,68 +4,32 @@
 //! [`Runtime`] backend turns that description into a running container. Backends never read
 //! `ecs.config`; everything they need is in the spec or in their own connection settings.
 
-/// Image archives: read and verified by [`ecs_formats::archive`].
-pub use ecs_formats::archive;
 /// Linux capability names (shared with the stand-in agent).
 pub use ecs_common::caps;
+/// Image archives: read and verified by [`ecs_formats::archive`].
+pub use ecs_formats::archive;
 pub mod containerd;
 pub mod docker;
 pub mod error;
+pub mod kind;
 pub mod reference;
 pub mod select;
 pub mod spec;
 
 pub use error::{Result, RuntimeError};
+pub use kind::{Backend as RuntimeBackend, Presence, Probed, RuntimeKind, BACKENDS};
+pub use select::{DockerApi, Request, Runtimes, Selection};
 pub use spec::{
     is_secret_key, redacted_entry, redacted_pair, AgentSpec, LogConfig, Mount, NamespaceMode,
     REDACTED,
 };
 
 use async_trait::async_trait;
-use containerd::{ContainerdOptions, ContainerdRuntime};
-use docker::DockerRuntime;
+use containerd::ContainerdOptions;
 use ecs_host::Backoff;
 use serde::Serialize;
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
-
-/// The runtime backends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RuntimeKind {
-    Docker,
-    Containerd,
-}
-
-impl RuntimeKind {
-    pub const ALL: [RuntimeKind; 2] = [RuntimeKind::Docker, RuntimeKind::Containerd];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RuntimeKind::Docker => "docker",
-            RuntimeKind::Containerd => "containerd",
-        }
-    }
-}
-
-impl fmt::Display for RuntimeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for RuntimeKind {
-    type Err = select::UnknownRuntime;
-    /// Exactly a backend's name (case-insensitive).
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        RuntimeKind::ALL
-            .into_iter()
-            .find(|k| k.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| select::UnknownRuntime(s.to_string()))
-    }
-}
 
 /// Connection settings of every backend; the launcher builds them from its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,18 +47,6 @@ impl Default for RuntimeOptions {
             containerd: ContainerdOptions::default(),
         }
     }
-}
-
-/// The factory: a client for `kind`. Never contacts the daemon (so `stop`, `post-stop` and
-/// `plan` work while it is down); fails only on settings that cannot work (an invalid
-/// containerd namespace).
-pub fn build(kind: RuntimeKind, opts: &RuntimeOptions) -> Result<Box<dyn Runtime>> {
-    Ok(match kind {
-        RuntimeKind::Docker => Box::new(DockerRuntime::at_socket(opts.docker_socket.clone())),
-        RuntimeKind::Containerd => {
-            Box::new(ContainerdRuntime::with_options(opts.containerd.clone())?)
-        }
-    })
 }
 
 /// What a runtime says about itself when it answers a ping.

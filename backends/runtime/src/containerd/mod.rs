@@ -20,7 +20,10 @@ pub mod oci;
 mod unpack;
 
 use crate::spec::AgentSpec;
-use crate::{ContainerState, Result, Runtime, RuntimeError, RuntimeInfo};
+use crate::{
+    ContainerState, Presence, Probed, Result, Runtime, RuntimeBackend as Backend, RuntimeError,
+    RuntimeInfo, RuntimeKind, RuntimeOptions,
+};
 use async_trait::async_trait;
 use containerd_client::services::v1::{
     container::Runtime as ContainerRuntimeInfo, containers_client::ContainersClient,
@@ -31,9 +34,52 @@ use containerd_client::services::v1::{
 };
 use containerd_client::tonic::{transport::Channel, Code, Request, Status};
 use containerd_client::types::v1::Status as TaskStatus;
+use ecs_host::Exec;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// containerd's entry in the runtime registry ([`crate::BACKENDS`]).
+pub const KIND: RuntimeKind = RuntimeKind(&ContainerdBackend);
+
+/// The containerd backend: its name, probe and constructor.
+pub struct ContainerdBackend;
+
+#[async_trait]
+impl Backend for ContainerdBackend {
+    fn name(&self) -> &'static str {
+        "containerd"
+    }
+
+    /// The agent creates task containers through the Docker API only.
+    fn agent_needs_docker_api(&self) -> bool {
+        true
+    }
+
+    /// Whether the socket exists (containerd is not asked: Docker, when it answers, wins).
+    async fn probe(&self, opts: &RuntimeOptions, _: &dyn Exec, _: Duration) -> Probed {
+        let (presence, reason) = presence(opts.containerd.address.exists());
+        Probed::new(presence, reason)
+    }
+
+    fn build(&self, opts: &RuntimeOptions) -> Result<Box<dyn Runtime>> {
+        Ok(Box::new(ContainerdRuntime::with_options(
+            opts.containerd.clone(),
+        )?))
+    }
+}
+
+/// How ready containerd looks: its socket exists, or nothing.
+pub(crate) fn presence(socket_exists: bool) -> (Presence, &'static str) {
+    if socket_exists {
+        (
+            Presence::Socket,
+            "Docker does not answer and the containerd socket exists",
+        )
+    } else {
+        (Presence::Absent, "the containerd socket does not exist")
+    }
+}
 
 /// Default containerd socket.
 pub const DEFAULT_ADDRESS: &str = "/run/containerd/containerd.sock";

@@ -6,9 +6,8 @@
 //! sysctls through `<proc_sys>/net/...` (per-netns), host facts through `<proc>/net/...`
 //! (`proc` = the parent of `proc_sys`), the route through rtnetlink. Nothing shells out except
 //! the firewall tools themselves.
-use crate::rules::{RuleOptions, RuleSet, CREDENTIALS_ENDPOINT};
-use crate::select::{Backend, Choice, Firewalls, Selection};
-use crate::{Firewall, FirewallError};
+use ecs_firewall::rules::{RuleOptions, RuleSet, CREDENTIALS_ENDPOINT};
+use ecs_firewall::{Firewall, FirewallError, FirewallKind, Firewalls, Request, Selection};
 use ecs_host::Record;
 use rtnetlink::packet_route::route::RouteScope;
 use serde::Serialize;
@@ -59,7 +58,7 @@ pub struct SysctlChange {
 
 /// The host facts the rule set and the changes depend on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HostFacts {
+pub struct NetFacts {
     /// Docker's default bridge, when it exists.
     pub bridge: Option<String>,
     /// The host has IPv6 addresses.
@@ -75,7 +74,7 @@ pub struct NetPlan {
     pub firewall: String,
     /// Why that backend.
     pub reason: String,
-    pub facts: HostFacts,
+    pub facts: NetFacts,
     pub rules: RuleSet,
     /// The exact commands / nft statements the backend issues for `rules`.
     pub rendered: Vec<String>,
@@ -124,7 +123,7 @@ fn proc_root(cfg: &NetConfig) -> PathBuf {
 /// The bridge exists when `<proc_sys>/net/ipv4/conf/docker0` does (every interface has one, and
 /// unlike `/sys/class/net` it always follows the caller's namespace); IPv6 is present when
 /// `<proc>/net/if_inet6` lists an address; the default route is read from `<proc>/net/route`.
-pub fn host_facts(cfg: &NetConfig) -> HostFacts {
+pub fn host_facts(cfg: &NetConfig) -> NetFacts {
     let proc = proc_root(cfg);
     let bridge = cfg
         .proc_sys
@@ -138,7 +137,7 @@ pub fn host_facts(cfg: &NetConfig) -> HostFacts {
     let ipv4_default_route = std::fs::read_to_string(proc.join("net/route"))
         .map(|s| has_default_route(&s))
         .unwrap_or(false);
-    HostFacts {
+    NetFacts {
         bridge,
         ipv6,
         ipv4_default_route,
@@ -154,7 +153,7 @@ fn has_default_route(table: &str) -> bool {
 }
 
 /// The rule options for this config on this host.
-pub fn rule_options(cfg: &NetConfig, facts: &HostFacts) -> RuleOptions {
+pub fn rule_options(cfg: &NetConfig, facts: &NetFacts) -> RuleOptions {
     RuleOptions {
         skip_localhost_filter: cfg.skip_localhost_filter,
         allow_offhost_introspection: cfg.allow_offhost_introspection,
@@ -190,7 +189,7 @@ pub fn plan_network(cfg: &NetConfig, selection: Selection, firewall: &dyn Firewa
         vec![lo_route_text()]
     };
     NetPlan {
-        firewall: selection.backend.to_string(),
+        firewall: selection.kind.to_string(),
         reason: selection.reason,
         facts,
         rules,
@@ -217,7 +216,7 @@ fn read_record(state_dir: &Path) -> Option<Record> {
 }
 
 /// The backend recorded by the last pre-start, if any.
-pub fn recorded_backend(state_dir: &Path) -> Option<Backend> {
+pub fn recorded_backend(state_dir: &Path) -> Option<FirewallKind> {
     read_record(state_dir)?.name.parse().ok()
 }
 
@@ -226,22 +225,18 @@ pub fn recorded_backend(state_dir: &Path) -> Option<Backend> {
 pub async fn teardown_backends(
     firewalls: &Firewalls,
     state_dir: &Path,
-    choice: Option<Choice>,
-) -> Vec<Backend> {
-    match (recorded_backend(state_dir), choice) {
+    request: Option<Request>,
+) -> Vec<FirewallKind> {
+    match (recorded_backend(state_dir), request) {
         (Some(b), _) => vec![b],
-        (None, Some(Choice::Named(b))) => vec![b],
-        (None, _) => {
-            let p = firewalls.probe().await;
-            let mut v = Vec::new();
-            if p.iptables_usable {
-                v.push(Backend::Iptables);
-            }
-            if p.nft_usable {
-                v.push(Backend::Nftables);
-            }
-            v
-        }
+        (None, Some(Request::Named(b))) => vec![b],
+        (None, _) => firewalls
+            .probe()
+            .await
+            .into_iter()
+            .filter(|f| f.availability.usable)
+            .map(|f| f.kind)
+            .collect(),
     }
 }
 
@@ -480,8 +475,8 @@ pub async fn teardown_network(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::NoFirewall;
     use async_trait::async_trait;
+    use ecs_firewall::NoFirewall;
 
     fn fake_proc(bridge: bool, ipv6: bool, default_route: bool) -> (tempfile::TempDir, NetConfig) {
         let dir = tempfile::tempdir().unwrap();
@@ -516,7 +511,7 @@ mod tests {
 
     fn none_selection() -> Selection {
         Selection {
-            backend: Backend::None,
+            kind: ecs_firewall::none::KIND,
             reason: "ECS_INIT_FIREWALL=none".into(),
         }
     }
@@ -526,7 +521,7 @@ mod tests {
         let (_d, cfg) = fake_proc(true, true, true);
         assert_eq!(
             host_facts(&cfg),
-            HostFacts {
+            NetFacts {
                 bridge: Some("docker0".into()),
                 ipv6: true,
                 ipv4_default_route: true
@@ -535,7 +530,7 @@ mod tests {
         let (_d, cfg) = fake_proc(false, false, false);
         assert_eq!(
             host_facts(&cfg),
-            HostFacts {
+            NetFacts {
                 bridge: None,
                 ipv6: false,
                 ipv4_default_route: false
@@ -573,16 +568,16 @@ mod tests {
         fn name(&self) -> &'static str {
             "iptables"
         }
-        async fn apply(&self, _: &RuleSet) -> crate::Result<()> {
+        async fn apply(&self, _: &RuleSet) -> ecs_firewall::Result<()> {
             Err(FirewallError::Command {
                 command: "iptables -w -t filter -I INPUT …".into(),
                 stderr: "no such interface".into(),
             })
         }
-        async fn remove(&self, _: &RuleSet) -> crate::Result<()> {
+        async fn remove(&self, _: &RuleSet) -> ecs_firewall::Result<()> {
             Ok(())
         }
-        async fn applied(&self) -> crate::Result<RuleSet> {
+        async fn applied(&self) -> ecs_firewall::Result<RuleSet> {
             Ok(RuleSet::default())
         }
         fn render(&self, _: &RuleSet) -> Vec<String> {
@@ -620,7 +615,10 @@ mod tests {
         let record = Record::read(&record_path(&cfg.state_dir)).unwrap().unwrap();
         assert_eq!(record.name, "none");
         assert_eq!(record.extras[FOUND_ROUTE_LOCALNET], "0");
-        assert_eq!(recorded_backend(&cfg.state_dir), Some(Backend::None));
+        assert_eq!(
+            recorded_backend(&cfg.state_dir),
+            Some(ecs_firewall::none::KIND)
+        );
         // A failure now restores the record as it was (still naming the original value).
         let _ = setup_network(&cfg, &plan, &Refusing, None)
             .await

@@ -1,0 +1,148 @@
+//! The registry of runtime backends: one list ([`BACKENDS`]) that selection, the settings' word
+//! list, `plan`/`status` and the records all iterate. Each backend module owns its entry (its
+//! name, its probe, its constructor, and whether the agent it runs needs a Docker API beside
+//! it), so adding a runtime is one module plus one line in [`BACKENDS`].
+use crate::{Result, Runtime, RuntimeOptions};
+use async_trait::async_trait;
+use ecs_host::Exec;
+use serde::{Serialize, Serializer};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Every runtime backend, in the order `auto` prefers them when two look equally ready.
+pub static BACKENDS: [RuntimeKind; 2] = [crate::docker::KIND, crate::containerd::KIND];
+
+/// A runtime backend's entry in the registry.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// The name operators write (`ECS_INIT_RUNTIME`), logged, recorded and shown by `plan`.
+    fn name(&self) -> &'static str;
+    /// Whether the ECS agent, run on this backend, still needs a Docker API beside it for the
+    /// tasks it places (the agent creates task containers through the Docker API only).
+    fn agent_needs_docker_api(&self) -> bool;
+    /// Look at the host, read-only, for `auto` (a ping takes at most `ping_timeout`).
+    async fn probe(&self, opts: &RuntimeOptions, exec: &dyn Exec, ping_timeout: Duration)
+        -> Probed;
+    /// A client; never contacts the daemon (so `stop`, `post-stop` and `plan` work while it is
+    /// down); fails only on settings that cannot work.
+    fn build(&self, opts: &RuntimeOptions) -> Result<Box<dyn Runtime>>;
+}
+
+/// How ready a runtime looks on this host; `auto` takes the readiest (list order breaks ties).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Presence {
+    /// Nothing of it here (a stale socket of an uninstalled daemon counts as nothing).
+    Absent,
+    /// Installed, not running yet.
+    Installed,
+    /// Its socket exists (the daemon is not asked).
+    Socket,
+    /// Installed and its socket exists, not answering yet (restarting).
+    Starting,
+    /// It answered a ping.
+    Answers,
+}
+
+/// What a backend's probe found.
+pub struct Probed {
+    pub presence: Presence,
+    /// Why, in words, for the selection's reason.
+    pub reason: String,
+    /// A client that is already connected, when the probe made one (saves a second connect).
+    pub client: Option<Box<dyn Runtime>>,
+}
+
+impl Probed {
+    pub fn new(presence: Presence, reason: impl Into<String>) -> Probed {
+        Probed {
+            presence,
+            reason: reason.into(),
+            client: None,
+        }
+    }
+}
+
+/// A runtime backend, by its registry entry: compared, hashed, printed and serialised by name.
+#[derive(Clone, Copy)]
+pub struct RuntimeKind(pub &'static dyn Backend);
+
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        self.0.name()
+    }
+
+    /// The registry entry.
+    pub fn backend(self) -> &'static dyn Backend {
+        self.0
+    }
+
+    /// Every backend's name, in registry order.
+    pub fn names() -> Vec<&'static str> {
+        BACKENDS.iter().map(|k| k.as_str()).collect()
+    }
+}
+
+impl PartialEq for RuntimeKind {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RuntimeKind {}
+
+impl Hash for RuntimeKind {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl fmt::Debug for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for RuntimeKind {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl FromStr for RuntimeKind {
+    type Err = crate::select::UnknownRuntime;
+    /// Exactly a backend's name (case-insensitive).
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        BACKENDS
+            .iter()
+            .copied()
+            .find(|k| k.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| crate::select::UnknownRuntime(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_parse_back() {
+        let names = RuntimeKind::names();
+        for (i, n) in names.iter().enumerate() {
+            assert!(!names[..i].contains(n), "{n} twice");
+            assert_eq!(n.parse::<RuntimeKind>().unwrap().as_str(), *n);
+            assert_eq!(
+                n.to_uppercase().parse::<RuntimeKind>().unwrap().as_str(),
+                *n
+            );
+        }
+        assert_eq!(names, ["docker", "containerd"]);
+    }
+}
