@@ -1,5 +1,5 @@
 //! Turn configuration and host facts into the runtime-neutral agent container spec
-//! (UPSTREAM-BEHAVIOUR.md §4). Pure: no I/O, so every decision is unit-tested.
+//! (packaging/COMPATIBILITY.md §4). Pure: no I/O, so every decision is unit-tested.
 use ecs_runtime::{AgentSpec, LogConfig, Mount, NamespaceMode};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -72,7 +72,7 @@ pub fn build(settings: &Settings, facts: &HostFacts) -> (AgentSpec, Vec<Warning>
     (spec, warnings)
 }
 
-/// The agent's environment, lowest precedence first (UPSTREAM-BEHAVIOUR.md §4).
+/// The agent's environment, lowest precedence first (packaging/COMPATIBILITY.md §4).
 fn environment(settings: &Settings, facts: &HostFacts) -> Vec<(String, String)> {
     let knobs = &settings.agent;
     let mut env = EnvList::default();

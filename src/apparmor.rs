@@ -1,7 +1,7 @@
-//! The agent's AppArmor profile (UPSTREAM-BEHAVIOUR.md §7). When the host enforces AppArmor the
-//! agent container is started with `apparmor:ecs-agent-default`, so pre-start must write that
-//! profile to `/etc/apparmor.d/ecs-agent-default` and load it (`apparmor_parser -K -r`), or
-//! the runtime refuses to start the container.
+//! The agent's AppArmor profile (packaging/COMPATIBILITY.md §7). When the host enforces
+//! AppArmor the agent container is started with `apparmor:ecs-agent-default`, so pre-start must
+//! write that profile to `/etc/apparmor.d/ecs-agent-default` and load it
+//! (`apparmor_parser -K -r`), or the runtime refuses to start the container.
 use ecs_host::Exec;
 use std::path::{Path, PathBuf};
 

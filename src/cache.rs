@@ -1,5 +1,5 @@
 //! The agent image cache: `/var/cache/ecs/ecs-agent.tar` and its state file
-//! (UPSTREAM-BEHAVIOUR.md §5).
+//! (packaging/COMPATIBILITY.md §5).
 //!
 //! State 0 = uncached, 1 = cached (loaded), 2 = reload needed (packages ship 2). Both files must
 //! exist and be non-empty to count as cached at all; an uncached host downloads the agent first

@@ -137,7 +137,7 @@ pub fn parse_os_release(text: &str) -> (Distro, String) {
 }
 
 /// AppArmor is usable when the kernel has it enabled, the parser exists, and we are not
-/// inside a container (UPSTREAM-BEHAVIOUR.md §7).
+/// inside a container (packaging/COMPATIBILITY.md §7).
 fn apparmor_supported() -> bool {
     Path::new("/sys/kernel/security/apparmor").exists()
         && Path::new("/sbin/apparmor_parser").exists()

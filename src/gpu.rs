@@ -1,4 +1,4 @@
-//! GPU hosts: `/var/lib/ecs/gpu/nvidia-gpu-info.json` from NVML (UPSTREAM-BEHAVIOUR.md §7).
+//! GPU hosts: `/var/lib/ecs/gpu/nvidia-gpu-info.json` from NVML (packaging/COMPATIBILITY.md §7).
 //!
 //! The agent advertises the GPUs listed in that file, so without it a GPU host registers no
 //! GPUs. When GPU support is on and some `/dev/nvidia*` exists, `pre-start` loads the NVIDIA

@@ -1,4 +1,4 @@
-//! `start`: run the agent container and supervise it (UPSTREAM-BEHAVIOUR.md §2).
+//! `start`: run the agent container and supervise it (packaging/COMPATIBILITY.md §2).
 //!
 //! | agent exit | action |
 //! |---|---|

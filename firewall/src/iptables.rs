@@ -1,7 +1,7 @@
 //! The iptables backend: the existing ecs-init's exact rules, made idempotent and all-or-nothing.
 //!
-//! Rules are written exactly as the Go ecs-init writes them (UPSTREAM-BEHAVIOUR.md §6), so rules
-//! left by the Go tool are recognised and cleaned up, and operators see the familiar lines in
+//! Rules are written exactly as the Go ecs-init writes them (packaging/COMPATIBILITY.md §6), so
+//! rules left by the Go tool are recognised and cleaned up, and operators see the familiar lines in
 //! `iptables -S`. Unlike the Go tool every command uses `-w` (wait for the xtables lock), every
 //! rule is checked (`-C`) before it is added, and an apply that fails part-way undoes what it did.
 //! Works the same with iptables-nft and iptables-legacy: only the `iptables`/`ip6tables` programs

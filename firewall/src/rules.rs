@@ -1,4 +1,4 @@
-//! The runtime-neutral rule description (UPSTREAM-BEHAVIOUR.md §6).
+//! The runtime-neutral rule description (packaging/COMPATIBILITY.md §6).
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddrV4;
 

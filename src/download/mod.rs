@@ -1,4 +1,4 @@
-//! Downloading the agent on hosts with nothing cached (UPSTREAM-BEHAVIOUR.md §5).
+//! Downloading the agent on hosts with nothing cached (packaging/COMPATIBILITY.md §5).
 //!
 //! `pre-start` on an uncached host (state file missing, empty or `0`, or tarball missing or
 //! empty) fetches `ecs-agent-v<AGENT_VERSION>.tar` (`ecs-agent-arm64-v…` on aarch64) and its

@@ -1,6 +1,6 @@
 //! Where the agent is published: the partition of a region, its buckets and their URLs.
 //!
-//! Two buckets, tried in this order (UPSTREAM-BEHAVIOUR.md §5): `amazon-ecs-agent` in the
+//! Two buckets, tried in this order (packaging/COMPATIBILITY.md §5): `amazon-ecs-agent` in the
 //! partition's main region, then `amazon-ecs-agent-<region>` in the host's region. Requests are
 //! anonymous HTTPS GETs of the bucket's virtual-hosted URL, or path-style under
 //! `AWS_ENDPOINT_URL_S3` when that is set (a mirror, a test server).

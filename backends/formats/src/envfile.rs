@@ -1,7 +1,7 @@
 //! The env files (`/var/lib/ecs/ecs.config`, then `/etc/ecs/ecs.config`): the agent's
 //! environment, and launcher knobs for [`Settings`] in the launcher.
 //!
-//! Parsing is exactly the Go ecs-init's (UPSTREAM-BEHAVIOUR.md §4): trim the file, split on
+//! Parsing is exactly the Go ecs-init's (packaging/COMPATIBILITY.md §4): trim the file, split on
 //! `\n`, trim each line, split on the first `=`, skip lines without `=`; no comment or quote
 //! handling. Lines that are probably mistakes still pass through (to stay a drop-in), but get a
 //! warning naming the file and line.

@@ -1,6 +1,7 @@
-//! Host network preparation of pre-start and its undoing in post-stop (UPSTREAM-BEHAVIOUR.md §6):
-//! `route_localnet`, `accept_ra` on Docker's bridge, the `169.254.170.2/32 dev lo` route on hosts
-//! without an IPv4 default route, and the firewall rules through the chosen backend.
+//! Host network preparation of pre-start and its undoing in post-stop
+//! (packaging/COMPATIBILITY.md §6): `route_localnet`, `accept_ra` on Docker's bridge, the
+//! `169.254.170.2/32 dev lo` route on hosts without an IPv4 default route, and the firewall rules
+//! through the chosen backend.
 //!
 //! Everything is read and written relative to the network namespace the process runs in:
 //! sysctls through `<proc_sys>/net/...` (per-netns), host facts through `<proc>/net/...`
