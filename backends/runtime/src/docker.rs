@@ -42,7 +42,7 @@ pub struct DockerBackend;
 #[async_trait]
 impl Backend for DockerBackend {
     fn name(&self) -> &'static str {
-        "docker"
+        RUNTIME
     }
 
     fn agent_needs_docker_api(&self) -> bool {

@@ -48,7 +48,7 @@ pub struct ContainerdBackend;
 #[async_trait]
 impl Backend for ContainerdBackend {
     fn name(&self) -> &'static str {
-        "containerd"
+        RT
     }
 
     /// The agent creates task containers through the Docker API only.
