@@ -87,7 +87,7 @@ pub async fn pre_start(host: &Host) -> anyhow::Result<()> {
     // changes nothing on the host outside the runtime, so a failure here leaves the host
     // network as it was.
     make_ready(host, &selection, rt.as_ref()).await?;
-    let source = download::S3Download(download::options(&host.settings));
+    let source = download::S3Download(crate::compose::download_options(&host.settings));
     cache::ensure_image(&host.settings.paths, rt.as_ref(), &source).await?;
     // The agent's default AppArmor profile must be loaded before the container starts with it.
     // An operator-chosen profile (ECS_AGENT_APPARMOR_PROFILE) is the operator's to load.

@@ -4,9 +4,8 @@ use ecs_runtime::{AgentSpec, LogConfig, Mount, NamespaceMode};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::{parse_string_map, Warning};
 use crate::facts::HostFacts;
-use crate::settings::Settings;
+use crate::paths::Paths;
 
 pub const AGENT_IMAGE: &str = "amazon/amazon-ecs-agent:latest";
 pub const AGENT_NAME: &str = "ecs-agent";
@@ -14,6 +13,43 @@ pub const AGENT_NAME: &str = "ecs-agent";
 pub const CREDENTIALS_FETCHER_SOCKET: &str =
     "/var/credentials-fetcher/socket/credentials_fetcher.sock";
 pub const DEFAULT_APPARMOR_PROFILE: &str = "ecs-agent-default";
+
+/// The knobs that shape the agent container, as the settings resolved them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AgentKnobs {
+    pub external: bool,
+    pub gmsa: bool,
+    /// The credentials-fetcher socket path.
+    pub credentials_fetcher: PathBuf,
+    pub gpu_support: bool,
+    pub privileged: bool,
+    pub pid_host: bool,
+    pub apparmor_profile: String,
+    /// `ECS_LOG_DRIVER` when set to one of the drivers the Go tool allows (another value is a
+    /// warning).
+    pub log_driver: Option<&'static str>,
+    /// `ECS_LOG_OPTS` parsed; `None` when unset or invalid (a warning then).
+    pub log_opts: Option<BTreeMap<String, String>>,
+    pub log_file_size: Option<String>,
+    pub log_file_num: Option<String>,
+    /// The socket `DOCKER_HOST` names in the process environment (bound into the agent) and in
+    /// the env files (where the agent looks for it); `None` when unset or not `unix://`.
+    pub docker_host: Option<PathBuf>,
+    pub docker_host_in_files: Option<PathBuf>,
+    /// `ECS_AGENT_LABELS` (env files only, as the Go tool reads it); invalid JSON is a warning
+    /// and no labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Everything the agent container spec is built from (the composition root builds it from the
+/// settings).
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub knobs: AgentKnobs,
+    pub paths: Paths,
+    /// The env files' entries (key, value), in order: passed to the agent as they are.
+    pub file_env: Vec<(String, String)>,
+}
 
 /// Environment in insertion order where a later `set` replaces the value in place.
 #[derive(Default)]
@@ -30,28 +66,26 @@ impl EnvList {
 }
 
 /// The paths whose existence [`build`] needs beyond [`HostFacts::probe`]'s own.
-pub fn paths_to_probe(settings: &Settings) -> Vec<PathBuf> {
-    let paths = &settings.paths;
+pub fn paths_to_probe(opts: &AgentOptions) -> Vec<PathBuf> {
+    let paths = &opts.paths;
     vec![
-        settings.agent.credentials_fetcher.clone(),
+        opts.knobs.credentials_fetcher.clone(),
         paths.var_lib_ecs.join("deps"),
         paths.var_lib_ecs.join("deps/execute-command/config"),
     ]
 }
 
-/// Build the agent container spec. Problems that do not stop the agent (bad labels JSON) are
-/// returned as warnings naming the file, line and key (the knobs' own are in the settings').
-pub fn build(settings: &Settings, facts: &HostFacts) -> (AgentSpec, Vec<Warning>) {
-    let mut warnings = Vec::new();
-    let knobs = &settings.agent;
-    let labels = labels(settings, &mut warnings);
-    let log = log_config(settings);
-    let spec = AgentSpec {
+/// Build the agent container spec (problems with the knobs, such as bad labels JSON, are among
+/// the settings' warnings, naming the file, line and key).
+pub fn build(opts: &AgentOptions, facts: &HostFacts) -> AgentSpec {
+    let knobs = &opts.knobs;
+    let log = log_config(knobs);
+    AgentSpec {
         image: AGENT_IMAGE.into(),
         name: AGENT_NAME.into(),
-        env: environment(settings, facts),
-        mounts: binds(settings, facts),
-        labels,
+        env: environment(opts, facts),
+        mounts: binds(opts, facts),
+        labels: knobs.labels.clone(),
         cap_add: if knobs.external {
             vec![]
         } else {
@@ -68,13 +102,12 @@ pub fn build(settings: &Settings, facts: &HostFacts) -> (AgentSpec, Vec<Warning>
         init: true,
         apparmor_profile: facts.apparmor.then(|| knobs.apparmor_profile.clone()),
         log,
-    };
-    (spec, warnings)
+    }
 }
 
 /// The agent's environment, lowest precedence first (packaging/COMPATIBILITY.md §4).
-fn environment(settings: &Settings, facts: &HostFacts) -> Vec<(String, String)> {
-    let knobs = &settings.agent;
+fn environment(opts: &AgentOptions, facts: &HostFacts) -> Vec<(String, String)> {
+    let knobs = &opts.knobs;
     let mut env = EnvList::default();
     for (k, v) in [
         ("ECS_LOGFILE", "/log/ecs-agent.log"),
@@ -107,8 +140,8 @@ fn environment(settings: &Settings, facts: &HostFacts) -> Vec<(String, String)> 
     if knobs.gmsa && facts.realm_joined {
         env.set("ECS_DOMAIN_JOINED_LINUX_INSTANCE", "true");
     }
-    for e in &settings.files.file_env {
-        env.set(&e.key, e.value.clone());
+    for (key, value) in &opts.file_env {
+        env.set(key, value.clone());
     }
     if knobs.external {
         env.set("ECS_ENABLE_TASK_ENI", "false");
@@ -119,27 +152,10 @@ fn environment(settings: &Settings, facts: &HostFacts) -> Vec<(String, String)> 
     env.0
 }
 
-/// `ECS_AGENT_LABELS` from the env files; invalid JSON is a warning and no labels.
-fn labels(settings: &Settings, warnings: &mut Vec<Warning>) -> BTreeMap<String, String> {
-    let Some(entry) = settings.files.file_entry("ECS_AGENT_LABELS") else {
-        return BTreeMap::new();
-    };
-    parse_string_map(&entry.value).unwrap_or_else(|err| {
-        warnings.push(Warning {
-            origin: Some(entry.origin.clone()),
-            key: Some("ECS_AGENT_LABELS".into()),
-            message: format!(
-                "Failed to decode the container labels, skipping labels ({err}; expected a JSON object of strings)"
-            ),
-        });
-        BTreeMap::new()
-    })
-}
-
 /// The binds, in the existing tool's order.
-fn binds(settings: &Settings, facts: &HostFacts) -> Vec<Mount> {
-    let (paths, knobs) = (&settings.paths, &settings.agent);
-    let mut mounts = vec![runtime_socket_bind(settings)];
+fn binds(opts: &AgentOptions, facts: &HostFacts) -> Vec<Mount> {
+    let (paths, knobs) = (&opts.paths, &opts.knobs);
+    let mut mounts = vec![runtime_socket_bind(knobs)];
     mounts.push(Mount::rw(&paths.var_log_ecs, "/log"));
     mounts.push(Mount::rw(paths.data_dir(), "/data"));
     mounts.push(Mount::rw(&paths.etc_ecs, "/etc/ecs"));
@@ -188,8 +204,7 @@ fn binds(settings: &Settings, facts: &HostFacts) -> Vec<Mount> {
 
 /// `/var/run`, or only the Docker socket when `DOCKER_HOST` names one: bound where the agent's
 /// own `DOCKER_HOST` (from the env files) says, else at the default socket.
-fn runtime_socket_bind(settings: &Settings) -> Mount {
-    let knobs = &settings.agent;
+fn runtime_socket_bind(knobs: &AgentKnobs) -> Mount {
     match &knobs.docker_host {
         Some(sock) => {
             let target = knobs
@@ -227,8 +242,7 @@ fn host_binds(external: bool, facts: &HostFacts) -> Vec<Mount> {
     mounts
 }
 
-fn log_config(settings: &Settings) -> LogConfig {
-    let knobs = &settings.agent;
+fn log_config(knobs: &AgentKnobs) -> LogConfig {
     let mut log = LogConfig::default();
     if let Some(size) = knobs.log_file_size.as_deref() {
         let size = if size.bytes().all(|b| b.is_ascii_digit()) {
@@ -256,9 +270,8 @@ fn log_config(settings: &Settings) -> LogConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, Warning};
     use crate::facts::Distro;
-    use crate::paths::Paths;
 
     fn facts() -> HostFacts {
         HostFacts {
@@ -294,10 +307,10 @@ mod tests {
         (files, env): &(Config, BTreeMap<String, String>),
         facts: &HostFacts,
     ) -> (AgentSpec, Vec<Warning>) {
-        let settings = Settings::resolve(env.clone(), paths.clone(), files.clone());
-        let (spec, mut warnings) = super::build(&settings, facts);
-        warnings.extend(settings.warnings.clone());
-        (spec, warnings)
+        let settings =
+            crate::settings::Settings::resolve(env.clone(), paths.clone(), files.clone());
+        let spec = super::build(&crate::compose::agent_options(&settings), facts);
+        (spec, settings.warnings.clone())
     }
 
     fn env(spec: &AgentSpec) -> Vec<String> {

@@ -6,8 +6,10 @@ use ecs_firewall::Firewalls;
 use ecs_host::{Exec, SystemExec};
 use ecs_runtime::{AgentSpec, DockerApi, Runtime, RuntimeKind, Runtimes, Selection};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::Warning;
+use crate::download;
 use crate::facts::HostFacts;
 use crate::records;
 use crate::settings::Settings;
@@ -81,7 +83,7 @@ impl Host {
 
     /// The GPU step's inputs.
     pub fn gpu_options(&self) -> crate::gpu::GpuOptions {
-        crate::gpu::GpuOptions::from_settings(&self.settings)
+        gpu_options(&self.settings)
     }
 
     /// What the host network setup needs from the configuration.
@@ -104,18 +106,68 @@ impl Host {
     }
 }
 
-/// The host facts for `settings`.
-pub fn facts_of(settings: &Settings, exec: &dyn Exec) -> HostFacts {
-    let extra = crate::agent::paths_to_probe(settings);
-    let mut facts = HostFacts::probe(&extra, exec, settings.agent.gmsa);
-    facts.ebs_dir = settings.paths.rooted("/mnt/ecs/ebs".as_ref()).is_dir();
+/// The agent container spec's inputs from the settings.
+pub fn agent_options(settings: &Settings) -> crate::agent::AgentOptions {
+    crate::agent::AgentOptions {
+        knobs: settings.agent.clone(),
+        paths: settings.paths.clone(),
+        file_env: settings
+            .files
+            .file_env
+            .iter()
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect(),
+    }
+}
+
+/// The host facts for `opts`.
+pub fn facts_of(opts: &crate::agent::AgentOptions, exec: &dyn Exec) -> HostFacts {
+    let extra = crate::agent::paths_to_probe(opts);
+    let mut facts = HostFacts::probe(&extra, exec, opts.knobs.gmsa);
+    facts.ebs_dir = opts.paths.rooted("/mnt/ecs/ebs".as_ref()).is_dir();
     facts
 }
 
-/// The agent spec for `settings` and every warning (settings first, then the spec's).
+/// The agent spec for `settings` and the settings' warnings.
 pub fn spec_of(settings: &Settings, exec: &dyn Exec) -> (AgentSpec, Vec<Warning>) {
-    let (spec, mut warnings) = crate::agent::build(settings, &facts_of(settings, exec));
-    let mut all = settings.warnings.clone();
-    all.append(&mut warnings);
-    (spec, all)
+    let opts = agent_options(settings);
+    let spec = crate::agent::build(&opts, &facts_of(&opts, exec));
+    (spec, settings.warnings.clone())
+}
+
+/// The download's options from the settings (values that could not be used are among the
+/// settings' warnings, with their file and line).
+pub fn download_options(settings: &Settings) -> download::DownloadOptions {
+    download::DownloadOptions {
+        external: settings.agent.external,
+        knobs: settings.download.clone(),
+        retry: download::Retry {
+            attempts: 3,
+            backoff: Duration::from_secs(1),
+        },
+        progress: download::Progress {
+            every: Duration::from_secs(5),
+            extend_by: Duration::from_secs(120),
+        },
+        cache_dir: settings.paths.var_cache_ecs.clone(),
+        arch: std::env::consts::ARCH,
+    }
+}
+
+/// The production agent source of the cache: the S3 download.
+#[async_trait::async_trait]
+impl crate::cache::AgentSource for download::S3Download {
+    async fn fetch(&self) -> Result<std::path::PathBuf, download::DownloadError> {
+        download::download(&self.0).await.map(|f| f.path)
+    }
+}
+
+/// The GPU step's inputs from the settings (`ECS_ENABLE_GPU_SUPPORT`, `ECS_INIT_NVML_LIBRARY`).
+pub fn gpu_options(settings: &Settings) -> crate::gpu::GpuOptions {
+    crate::gpu::GpuOptions {
+        enabled: settings.agent.gpu_support,
+        nvml_library: settings.nvml_library.clone(),
+        dev_dir: "/dev".into(),
+        out_dir: settings.paths.var_lib_ecs.join("gpu"),
+    }
 }

@@ -19,8 +19,6 @@ use std::ffi::{c_char, c_uint, CStr};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
-use crate::settings::Settings;
-
 /// The knob that turns GPU support on (also passed to the agent through the env files).
 pub const ENABLE_KEY: &str = "ECS_ENABLE_GPU_SUPPORT";
 /// The knob naming the NVML library (a path, or a name for the dynamic loader to search).
@@ -47,17 +45,6 @@ pub struct GpuOptions {
 }
 
 impl GpuOptions {
-    /// The GPU step's inputs from the settings (`ECS_ENABLE_GPU_SUPPORT`,
-    /// `ECS_INIT_NVML_LIBRARY`).
-    pub fn from_settings(settings: &Settings) -> GpuOptions {
-        GpuOptions {
-            enabled: settings.agent.gpu_support,
-            nvml_library: settings.nvml_library.clone(),
-            dev_dir: "/dev".into(),
-            out_dir: settings.paths.var_lib_ecs.join("gpu"),
-        }
-    }
-
     /// `/var/lib/ecs/gpu/nvidia-gpu-info.json` (re-rooted).
     pub fn info_file(&self) -> PathBuf {
         self.out_dir.join(INFO_FILE)
@@ -420,9 +407,13 @@ mod tests {
         fake_nvml::calls(&dir.join("nvml"))
     }
 
-    fn settings(file: &str, env: BTreeMap<String, String>, root: &str) -> Settings {
+    fn settings(
+        file: &str,
+        env: BTreeMap<String, String>,
+        root: &str,
+    ) -> crate::settings::Settings {
         let cfg = Config::from_parts(&[(PathBuf::from("/etc/ecs/ecs.config"), file.into())]);
-        Settings::resolve(env, Paths::under(root), cfg)
+        crate::settings::Settings::resolve(env, Paths::under(root), cfg)
     }
 
     #[test]
@@ -432,7 +423,7 @@ mod tests {
             BTreeMap::from([(LIBRARY_KEY.into(), " /opt/nvml/libnvidia-ml.so.1 ".into())]),
             "/tmp/r",
         );
-        let o = GpuOptions::from_settings(&s);
+        let o = crate::compose::gpu_options(&s);
         assert_eq!(
             o,
             GpuOptions {
@@ -446,7 +437,7 @@ mod tests {
             o.info_file(),
             PathBuf::from("/tmp/r/var/lib/ecs/gpu/nvidia-gpu-info.json")
         );
-        let o = GpuOptions::from_settings(&settings("", BTreeMap::new(), "/"));
+        let o = crate::compose::gpu_options(&settings("", BTreeMap::new(), "/"));
         assert!(!o.enabled);
         assert_eq!(o.library(), Path::new("libnvidia-ml.so.1"));
     }

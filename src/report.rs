@@ -68,7 +68,7 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
             "tarball": paths.agent_tarball(),
             "state_file": paths.cache_state(),
             "state": cache_state,
-            "download": download::describe(&download::options(settings)),
+            "download": download::describe(&crate::compose::download_options(settings)),
         },
         "agent": spec,
         "gpu": crate::gpu::plan(&host.gpu_options()),

@@ -6,9 +6,9 @@
 //! rule is checked (`-C`) before it is added, and an apply that fails part-way undoes what it did.
 //! Works the same with iptables-nft and iptables-legacy: only the `iptables`/`ip6tables` programs
 //! differ, and `-S` prints the same lines for both.
+use crate::backend::{Availability, Backend, FirewallKind};
 use crate::exec::{self, is_not_found};
 use crate::rules::{Family, Hook, Position, CREDENTIALS_ENDPOINT, INTROSPECTION_PORT};
-use crate::select::{Availability, Backend, FirewallKind};
 use crate::{Firewall, FirewallError, Result, Rule, RuleSet, Scope};
 use async_trait::async_trait;
 use ecs_host::exec::command_line;

@@ -6,6 +6,7 @@
 //! all-or-nothing (a failed apply leaves nothing of its own behind) and remove must succeed when
 //! nothing is there.
 
+pub mod backend;
 pub mod error;
 mod exec;
 pub mod iptables;
@@ -14,15 +15,13 @@ pub mod none;
 pub mod rules;
 pub mod select;
 
+pub use backend::{Availability, Backend as FirewallBackend, FirewallKind};
 pub use error::{FirewallError, Result};
 pub use iptables::Iptables;
 pub use nftables::Nftables;
 pub use none::NoFirewall;
 pub use rules::{interface_pattern, Family, Hook, Position, Rule, RuleOptions, RuleSet, Scope};
-pub use select::{
-    Availability, Backend as FirewallBackend, FirewallKind, Firewalls, NoFirewallTool, Request,
-    Selection, UnknownFirewall, BACKENDS,
-};
+pub use select::{Firewalls, NoFirewallTool, Request, Selection, UnknownFirewall, BACKENDS};
 
 use async_trait::async_trait;
 

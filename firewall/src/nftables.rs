@@ -11,9 +11,9 @@
 //! rules are in the order the iptables backend's `-I` produces (bridge ACCEPT, block, localhost
 //! filter). Two backends' verdicts combine like two iptables tables: a DROP in either drops, an
 //! ACCEPT only ends our chain.
+use crate::backend::{Availability, Backend, FirewallKind};
 use crate::exec::{args, run_ok, run_ok_with_input};
 use crate::rules::{Family, Hook};
-use crate::select::{Availability, Backend, FirewallKind};
 use crate::{Firewall, FirewallError, Result, Rule, RuleSet, Scope};
 use async_trait::async_trait;
 use ecs_host::Exec;

@@ -1,5 +1,5 @@
 //! The `none` backend: for hosts where the operator manages the firewall.
-use crate::select::{Availability, Backend, FirewallKind};
+use crate::backend::{Availability, Backend, FirewallKind};
 use crate::{Firewall, Result, RuleSet};
 use async_trait::async_trait;
 use ecs_host::Exec;

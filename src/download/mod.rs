@@ -21,11 +21,13 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::settings::Settings;
-use fetch::{Fetched, Progress, SourceError};
-use http::{Client, Retry};
+pub use fetch::Progress;
+use fetch::{Fetched, SourceError};
+use http::Client;
+pub use http::Retry;
 use proxy::{NoProxy, Proxies, ProxyUrl};
 use region::Source;
+use tls::TrustSettings;
 
 /// The agent version this release downloads when nothing is cached.
 pub const AGENT_VERSION: &str = "1.105.0";
@@ -34,9 +36,38 @@ pub const DEFAULT_REGION: &str = "us-east-1";
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
 pub const DEFAULT_IMDS_ENDPOINT_IPV6: &str = "http://[fd00:ec2::254]";
 
-pub use crate::settings::{DownloadSettings, Setting};
+/// A value and the variable it came from, for knobs with more than one name
+/// (`AWS_REGION`/`AWS_DEFAULT_REGION`, `HTTPS_PROXY`/`https_proxy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub key: &'static str,
+    pub value: String,
+}
 
-/// Everything the download needs, resolved from the configuration by [`options`].
+/// The knobs of the agent download, as the settings resolved them (the composition root puts
+/// them into [`DownloadOptions`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DownloadSettings {
+    /// `AWS_REGION`, else `AWS_DEFAULT_REGION`.
+    pub region: Option<Setting>,
+    /// The IMDS base URL: `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else the default of
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE` (IPv4 or IPv6).
+    pub imds_endpoint: String,
+    /// `AWS_EC2_METADATA_DISABLED=true` (only `true`, any case, as the AWS SDKs read it).
+    pub imds_disabled: bool,
+    pub imds_timeout: Duration,
+    pub imds_attempts: u32,
+    pub s3_endpoint: Option<String>,
+    pub https_proxy: Option<Setting>,
+    pub http_proxy: Option<Setting>,
+    pub no_proxy: Option<String>,
+    /// `SSL_CERT_FILE`, `SSL_CERT_DIR` (split at `:`).
+    pub trust: TrustSettings,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+/// Everything the download needs (the composition root builds it from the settings).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownloadOptions {
     /// The download's knobs, as the settings resolved them.
@@ -50,25 +81,6 @@ pub struct DownloadOptions {
     pub cache_dir: PathBuf,
     /// `std::env::consts::ARCH` of this build.
     pub arch: &'static str,
-}
-
-/// The download's options from the settings (values that could not be used are among the
-/// settings' warnings, with their file and line).
-pub fn options(settings: &Settings) -> DownloadOptions {
-    DownloadOptions {
-        external: settings.agent.external,
-        knobs: settings.download.clone(),
-        retry: Retry {
-            attempts: 3,
-            backoff: Duration::from_secs(1),
-        },
-        progress: Progress {
-            every: Duration::from_secs(5),
-            extend_by: Duration::from_secs(120),
-        },
-        cache_dir: settings.paths.var_cache_ecs.clone(),
-        arch: std::env::consts::ARCH,
-    }
 }
 
 /// The download failed; the message says why, for every bucket tried.
@@ -292,15 +304,9 @@ pub async fn download(opts: &DownloadOptions) -> Result<Fetched, DownloadError> 
     })
 }
 
-/// The production [`crate::cache::AgentSource`]: the S3 download.
+/// The S3 download of the agent tarball, with its options (the composition root hands it to
+/// the cache as the production agent source).
 pub struct S3Download(pub DownloadOptions);
-
-#[async_trait::async_trait]
-impl crate::cache::AgentSource for S3Download {
-    async fn fetch(&self) -> Result<PathBuf, DownloadError> {
-        download(&self.0).await.map(|f| f.path)
-    }
-}
 
 /// What `plan` shows: the resolved URLs and settings, without asking the network (the region
 /// from instance metadata shows as `{region}` in the URLs).
@@ -384,6 +390,8 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    use crate::settings::Settings;
+
     fn settings(env: &[(&str, &str)], file: &str) -> Settings {
         let cfg = crate::config::Config::from_parts(&[("/etc/ecs/ecs.config".into(), file.into())]);
         let env = env
@@ -394,7 +402,7 @@ mod tests {
     }
 
     fn opts(env: &[(&str, &str)], file: &str) -> DownloadOptions {
-        options(&settings(env, file))
+        crate::compose::download_options(&settings(env, file))
     }
 
     #[test]
@@ -462,7 +470,7 @@ mod tests {
              AWS_EC2_METADATA_DISABLED=1\nAWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=v6\n\
              ECS_INIT_DOWNLOAD_READ_TIMEOUT_SECONDS=90000\n",
         );
-        let o = options(&s);
+        let o = crate::compose::download_options(&s);
         assert_eq!(o.knobs.connect_timeout, Duration::from_secs(10));
         assert_eq!(o.knobs.read_timeout, Duration::from_secs(30));
         assert_eq!(o.knobs.imds_timeout, Duration::from_secs(2));

@@ -86,10 +86,22 @@ impl Launcher {
         assert_ok(&out, "pre-start");
     }
 
+    /// The launcher's log: the files rotated at an hour's end (`ecs-init.log.YYYY-MM-DD-HH`,
+    /// oldest first), then the current one, so a test that runs across the hour sees every line.
     pub fn init_log(&self) -> String {
-        self.root
-            .read("var/log/ecs/ecs-init.log")
-            .unwrap_or_default()
+        let dir = self.root.join("var/log/ecs");
+        let mut rotated: Vec<String> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("ecs-init.log.") && !n.ends_with(".lock"))
+            .collect();
+        rotated.sort();
+        rotated.push("ecs-init.log".into());
+        rotated
+            .iter()
+            .filter_map(|n| std::fs::read_to_string(dir.join(n)).ok())
+            .collect()
     }
 
     /// The stand-in's own report of what it sees, once introspection answers.

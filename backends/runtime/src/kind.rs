@@ -1,18 +1,14 @@
-//! The registry of runtime backends: one list ([`BACKENDS`]) that selection, the settings' word
-//! list, `plan`/`status` and the records all iterate. Each backend module owns its entry (its
-//! name, its probe, its constructor, and whether the agent it runs needs a Docker API beside
-//! it), so adding a runtime is one module plus one line in [`BACKENDS`].
+//! A runtime backend's entry in the registry ([`crate::BACKENDS`]) and the name type that stands
+//! for it. Each backend module owns its entry (its name, its probe, its constructor, and whether
+//! the agent it runs needs a Docker API beside it), so adding a runtime is one module plus one
+//! line in [`crate::BACKENDS`].
 use crate::{Result, Runtime, RuntimeOptions};
 use async_trait::async_trait;
 use ecs_host::Exec;
 use serde::{Serialize, Serializer};
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::str::FromStr;
 use std::time::Duration;
-
-/// Every runtime backend, in the order `auto` prefers them when two look equally ready.
-pub static BACKENDS: [RuntimeKind; 2] = [crate::docker::KIND, crate::containerd::KIND];
 
 /// A runtime backend's entry in the registry.
 #[async_trait]
@@ -77,11 +73,6 @@ impl RuntimeKind {
     pub fn backend(self) -> &'static dyn Backend {
         self.0
     }
-
-    /// Every backend's name, in registry order.
-    pub fn names() -> Vec<&'static str> {
-        BACKENDS.iter().map(|k| k.as_str()).collect()
-    }
 }
 
 impl PartialEq for RuntimeKind {
@@ -113,36 +104,5 @@ impl fmt::Display for RuntimeKind {
 impl Serialize for RuntimeKind {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
-    }
-}
-
-impl FromStr for RuntimeKind {
-    type Err = crate::select::UnknownRuntime;
-    /// Exactly a backend's name (case-insensitive).
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        BACKENDS
-            .iter()
-            .copied()
-            .find(|k| k.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| crate::select::UnknownRuntime(s.to_string()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_unique_and_parse_back() {
-        let names = RuntimeKind::names();
-        for (i, n) in names.iter().enumerate() {
-            assert!(!names[..i].contains(n), "{n} twice");
-            assert_eq!(n.parse::<RuntimeKind>().unwrap().as_str(), *n);
-            assert_eq!(
-                n.to_uppercase().parse::<RuntimeKind>().unwrap().as_str(),
-                *n
-            );
-        }
-        assert_eq!(names, ["docker", "containerd"]);
     }
 }

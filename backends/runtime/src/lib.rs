@@ -17,8 +17,8 @@ pub mod select;
 pub mod spec;
 
 pub use error::{Result, RuntimeError};
-pub use kind::{Backend as RuntimeBackend, Presence, Probed, RuntimeKind, BACKENDS};
-pub use select::{DockerApi, Request, Runtimes, Selection};
+pub use kind::{Backend as RuntimeBackend, Presence, Probed, RuntimeKind};
+pub use select::{DockerApi, Request, Runtimes, Selection, BACKENDS};
 pub use spec::{
     is_secret_key, redacted_entry, redacted_pair, AgentSpec, LogConfig, Mount, NamespaceMode,
     REDACTED,

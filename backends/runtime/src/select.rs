@@ -5,13 +5,36 @@
 //! ([`decide`]) is a pure function of what they found, so that it is unit-tested; the choice
 //! and its reason are logged, shown by `plan`, and recorded by the launcher so that `stop`
 //! talks to the runtime that `start` used.
-use crate::{Presence, Runtime, RuntimeError, RuntimeKind, RuntimeOptions, BACKENDS};
+use crate::kind::{Presence, RuntimeKind};
+use crate::{Runtime, RuntimeError, RuntimeOptions};
 use ecs_host::Exec;
 use serde::{Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Every runtime backend, in the order `auto` prefers them when two look equally ready.
+pub static BACKENDS: [RuntimeKind; 2] = [crate::docker::KIND, crate::containerd::KIND];
+
+impl RuntimeKind {
+    /// Every backend's name, in registry order.
+    pub fn names() -> Vec<&'static str> {
+        BACKENDS.iter().map(|k| k.as_str()).collect()
+    }
+}
+
+impl FromStr for RuntimeKind {
+    type Err = crate::select::UnknownRuntime;
+    /// Exactly a backend's name (case-insensitive).
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        BACKENDS
+            .iter()
+            .copied()
+            .find(|k| k.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| crate::select::UnknownRuntime(s.to_string()))
+    }
+}
 
 /// What `ECS_INIT_RUNTIME` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -327,5 +350,19 @@ mod tests {
             err.to_string(),
             "unknown ECS_INIT_RUNTIME value \"Podman\": expected auto, docker or containerd"
         );
+    }
+
+    #[test]
+    fn names_are_unique_and_parse_back() {
+        let names = RuntimeKind::names();
+        for (i, n) in names.iter().enumerate() {
+            assert!(!names[..i].contains(n), "{n} twice");
+            assert_eq!(n.parse::<RuntimeKind>().unwrap().as_str(), *n);
+            assert_eq!(
+                n.to_uppercase().parse::<RuntimeKind>().unwrap().as_str(),
+                *n
+            );
+        }
+        assert_eq!(names, ["docker", "containerd"]);
     }
 }

@@ -98,6 +98,7 @@ upstart's env) and, for those marked so, from /etc/ecs/ecs.config, then /var/lib
         let scope = match k.scope {
             Scope::Process => "process environment only",
             Scope::Anywhere => "environment or env files",
+            Scope::Files => "env files only",
         };
         writeln!(
             w,
