@@ -98,7 +98,7 @@ pub fn state(paths: &Paths) -> Result<CacheState, CacheError> {
         return Ok(CacheState::Uncached);
     }
     // /var/cache/ecs is writable by the agent: never follow a symlink planted there.
-    let text = ecs_host::files::read_to_string(&state_file).map_err(|e| CacheError::BadState {
+    let text = ecs_host::files::read_to_string_capped(&state_file, ecs_host::files::caps::CACHE_STATE).map_err(|e| CacheError::BadState {
         path: state_file.clone(),
         reason: e.to_string(),
     })?;
@@ -230,7 +230,7 @@ pub fn desired_tarball(paths: &Paths) -> Result<PathBuf, CacheError> {
         path: path.clone(),
         reason,
     };
-    let text = ecs_host::files::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+    let text = ecs_host::files::read_to_string_capped(&path, ecs_host::files::caps::DESIRED_IMAGE).map_err(|e| bad(e.to_string()))?;
     parse_desired_image(&text, &paths.var_cache_ecs).map_err(bad)
 }
 
