@@ -17,6 +17,9 @@ pub struct Paths {
     pub var_cache_ecs: PathBuf,
     /// `/var/log/ecs`
     pub var_log_ecs: PathBuf,
+    /// `/run/ecs-init`: root-only (0700), never bound into the agent; what the launcher must
+    /// be able to trust lives here (the host lock, the `route_localnet` value to restore).
+    pub run_ecs_init: PathBuf,
 }
 
 impl Paths {
@@ -29,6 +32,7 @@ impl Paths {
             var_lib_ecs: join("var/lib/ecs"),
             var_cache_ecs: join("var/cache/ecs"),
             var_log_ecs: join("var/log/ecs"),
+            run_ecs_init: join("run/ecs-init"),
             root,
         }
     }
