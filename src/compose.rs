@@ -96,7 +96,7 @@ impl Host {
             allow_offhost_introspection: net.allow_offhost_introspection,
             introspection_interface: net.introspection_interface.clone(),
             state_dir: self.settings.paths.var_lib_ecs.clone(),
-            run_dir: self.settings.paths.run_ecs_init.clone(),
+            private_dir: self.settings.paths.var_lib_ecs_init.clone(),
             proc_sys: "/proc/sys".into(),
         }
     }

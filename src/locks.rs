@@ -4,13 +4,13 @@
 //!   `start` finds it taken and exits at once with "already running (pid N)" and
 //!   [`EXIT_ALREADY_RUNNING`], touching nothing (two supervisors would remove each other's
 //!   agent forever).
-//! * `pre-start`, `post-stop` and `reload-cache` take `ecs-init.host.lock` (under the
-//!   root-only `/run/ecs-init`), waiting for each other (at most [`HOST_LOCK_WAIT`]), so their
-//!   firewall, sysctl and image changes never interleave. It lives outside the agent-writable
-//!   `/var/lib/ecs` (where releases before issue 20 kept it) so that the agent can neither
-//!   hold it to stall `post-stop` nor plant something in its place, and so that `post-stop`
-//!   still cleans up when `/var/lib/ecs` went read-only (errors=remount-ro after a disk
-//!   fault); `/run` is a tmpfs, writable whenever the host runs at all.
+//! * `pre-start`, `post-stop` and `reload-cache` take `ecs-init.host.lock`, waiting for each
+//!   other (at most [`HOST_LOCK_WAIT`]), so their firewall, sysctl and image changes never
+//!   interleave. It lives in the root-only `/var/lib/ecs-init`, outside the agent-writable
+//!   `/var/lib/ecs` (where releases before issue 20 kept it), so that the agent can neither
+//!   hold it to stall `post-stop` nor plant something in its place; when that directory cannot
+//!   be used (a read-only `/var/lib` after errors=remount-ro) the lock is taken under
+//!   `/run/ecs-init` instead, with a warning, so `post-stop` still cleans up.
 //! * `stop` takes neither: systemd runs it while `start` is alive.
 //!
 //! The locks are `flock`s, released by the kernel when the process dies, so a `kill -9` never
@@ -105,8 +105,18 @@ async fn host_changes_within(
     paths: &Paths,
     wait: std::time::Duration,
 ) -> Result<Lock, LockError> {
-    let path = paths.run_ecs_init.join("ecs-init.host.lock");
-    let file = open(&path, 0o700)?;
+    let (path, file) = {
+        let primary = paths.var_lib_ecs_init.join("ecs-init.host.lock");
+        match open(&primary, 0o700) {
+            Ok(file) => (primary, file),
+            Err(e) => {
+                let fallback = paths.run_ecs_init.join("ecs-init.host.lock");
+                tracing::warn!(error = %e, fallback = %fallback.display(), "cannot use the host lock; taking it under /run instead");
+                let file = open(&fallback, 0o700)?;
+                (fallback, file)
+            }
+        }
+    };
     let io_err = |source| LockError::Io {
         path: path.clone(),
         source,
@@ -183,23 +193,28 @@ mod tests {
     }
 
     /// Issue 20 (1, 8): the host lock is outside the agent-writable `/var/lib/ecs` (so a
-    /// read-only `/var/lib/ecs` does not stop post-stop, and the agent cannot hold it), and a
-    /// holder that never lets go is given up on after the wait.
+    /// read-only `/var/lib/ecs` does not stop post-stop, and the agent cannot hold it), falls
+    /// back to `/run` when `/var/lib/ecs-init` cannot be used, and a holder that never lets go
+    /// is given up on after the wait.
     #[tokio::test]
-    async fn the_host_lock_lives_under_run_and_is_not_waited_for_forever() {
+    async fn the_host_lock_is_out_of_the_agents_reach_and_not_waited_for_forever() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::under(dir.path());
-        // A read-only /var/lib/ecs (a file where the directory should be is as unwritable).
+        // An unusable /var/lib/ecs (a file where the directory should be).
         std::fs::create_dir_all(dir.path().join("var/lib")).unwrap();
         std::fs::write(&paths.var_lib_ecs, "").unwrap();
-        let held = host_changes(&paths).await.unwrap();
-        let lock = paths.run_ecs_init.join("ecs-init.host.lock");
-        assert!(lock.exists());
+        drop(host_changes(&paths).await.unwrap());
+        assert!(paths.var_lib_ecs_init.join("ecs-init.host.lock").exists());
         assert_eq!(
-            std::fs::metadata(&paths.run_ecs_init).unwrap().permissions().mode() & 0o7777,
+            std::fs::metadata(&paths.var_lib_ecs_init).unwrap().permissions().mode() & 0o7777,
             0o700
         );
+        // An unusable /var/lib/ecs-init: /run/ecs-init.
+        std::fs::remove_dir_all(&paths.var_lib_ecs_init).unwrap();
+        std::fs::write(&paths.var_lib_ecs_init, "").unwrap();
+        let held = host_changes(&paths).await.unwrap();
+        assert!(paths.run_ecs_init.join("ecs-init.host.lock").exists());
         let t0 = std::time::Instant::now();
         let err = host_changes_within(&paths, std::time::Duration::from_millis(300))
             .await

@@ -33,9 +33,9 @@ pub struct NetConfig {
     pub introspection_interface: Option<String>,
     /// `<root>/var/lib/ecs`: where the chosen backend is recorded for post-stop.
     pub state_dir: PathBuf,
-    /// `<root>/run/ecs-init`: root-only, where the `route_localnet` value to restore is kept
-    /// (see [`original_route_localnet`]).
-    pub run_dir: PathBuf,
+    /// `<root>/var/lib/ecs-init`: root-only and never bound into the agent container; where
+    /// the `route_localnet` value to restore is kept (see [`original_route_localnet`]).
+    pub private_dir: PathBuf,
     /// Normally `/proc/sys`; its parent is taken as `/proc`.
     pub proc_sys: PathBuf,
 }
@@ -47,7 +47,7 @@ impl Default for NetConfig {
             allow_offhost_introspection: false,
             introspection_interface: None,
             state_dir: PathBuf::from("/var/lib/ecs"),
-            run_dir: PathBuf::from("/run/ecs-init"),
+            private_dir: PathBuf::from("/var/lib/ecs-init"),
             proc_sys: PathBuf::from("/proc/sys"),
         }
     }
@@ -316,29 +316,29 @@ async fn lo_route(add: bool) -> Result<bool, NetError> {
     result.map_err(|e| route_err(e.to_string()))
 }
 
-/// The file under [`NetConfig::run_dir`] holding the `route_localnet` value the first
+/// The file under [`NetConfig::private_dir`] holding the `route_localnet` value the first
 /// pre-start found (post-stop restores it).
 pub const ROUTE_LOCALNET_RECORD: &str = "route_localnet.original";
 
-/// The `route_localnet` value to restore, from the root-only record under `run_dir`; `None`
+/// The `route_localnet` value to restore, from the root-only record under `private_dir`; `None`
 /// (with a warning when a record is there but not trusted) otherwise.
 ///
 /// Why there and not in `/var/lib/ecs/firewall-backend` (where releases before issue 20 kept
 /// it): `/var/lib/ecs` is bound read-write into the agent container, and a value the agent can
 /// forge decides whether the host is left with `route_localnet=1` — which, with the rules
-/// removed by post-stop, exposes 127.0.0.0/8 services to the network. `/run/ecs-init` is
-/// created 0700 by root and never bound into the agent; it is a tmpfs, emptied at boot exactly
-/// when the sysctl itself goes back to the kernel's default, so a stale value never outlives
-/// the state it describes. Still, the record is only trusted when the directory is a real
-/// directory owned by this process's user and writable by no one else, the file is a regular
-/// file (not followed when a symlink), and its value is `0` or `1`.
-pub fn original_route_localnet(run_dir: &Path) -> Option<String> {
-    let path = run_dir.join(ROUTE_LOCALNET_RECORD);
+/// removed by post-stop, exposes 127.0.0.0/8 services to the network. `/var/lib/ecs-init` is
+/// created 0700 by root and is not among the agent's binds (`/run` would not do: the agent
+/// gets `/var/run` read-write for the Docker socket). Still, the record is only trusted when
+/// the directory is a real directory owned by this process's user and writable by no one
+/// else, the file is a regular file (not followed when a symlink), and its value is `0` or
+/// `1`; without a trusted record post-stop restores the kernel's `default` value, as before.
+pub fn original_route_localnet(private_dir: &Path) -> Option<String> {
+    let path = private_dir.join(ROUTE_LOCALNET_RECORD);
     let distrust = |why: String| {
         tracing::warn!(record = %path.display(), "not using the route_localnet record: {why}");
         None
     };
-    match trusted_dir(run_dir) {
+    match trusted_dir(private_dir) {
         Ok(true) => {}
         Ok(false) => return None,
         Err(why) => return distrust(why),
@@ -381,11 +381,11 @@ fn trusted_dir(dir: &Path) -> Result<bool, String> {
 }
 
 /// Record `value` as the `route_localnet` value to restore (root-only directory and file).
-fn record_original_route_localnet(run_dir: &Path, value: &str) -> std::io::Result<()> {
-    ecs_host::files::ensure_dir(run_dir, 0o700)?;
-    trusted_dir(run_dir).map_err(std::io::Error::other)?;
+fn record_original_route_localnet(private_dir: &Path, value: &str) -> std::io::Result<()> {
+    ecs_host::files::ensure_dir(private_dir, 0o700)?;
+    trusted_dir(private_dir).map_err(std::io::Error::other)?;
     ecs_host::files::write_atomic(
-        &run_dir.join(ROUTE_LOCALNET_RECORD),
+        &private_dir.join(ROUTE_LOCALNET_RECORD),
         format!("{value}\n").as_bytes(),
         0o600,
     )
@@ -420,11 +420,11 @@ pub async fn setup_network(
     let found = read_sysctl(&all)?;
     // The value to restore: the one an earlier pre-start recorded (this one may see our own
     // 1), else the one found now.
-    let recorded_original = original_route_localnet(&cfg.run_dir);
+    let recorded_original = original_route_localnet(&cfg.private_dir);
     if recorded_original.is_none() {
-        record_original_route_localnet(&cfg.run_dir, &found).map_err(|source| {
+        record_original_route_localnet(&cfg.private_dir, &found).map_err(|source| {
             NetError::State {
-                path: cfg.run_dir.join(ROUTE_LOCALNET_RECORD),
+                path: cfg.private_dir.join(ROUTE_LOCALNET_RECORD),
                 source,
             }
         })?;
@@ -433,7 +433,7 @@ pub async fn setup_network(
         Ok(earlier) => earlier,
         Err(e) => {
             if recorded_original.is_none() {
-                let _ = ecs_host::files::remove(&cfg.run_dir.join(ROUTE_LOCALNET_RECORD));
+                let _ = ecs_host::files::remove(&cfg.private_dir.join(ROUTE_LOCALNET_RECORD));
             }
             return Err(e);
         }
@@ -444,7 +444,7 @@ pub async fn setup_network(
         tracing::warn!(error = %e, "host network setup failed; undoing the sysctl and route changes");
         undo(cfg, &all, &found, route_added, earlier).await;
         if recorded_original.is_none() {
-            if let Err(e) = ecs_host::files::remove(&cfg.run_dir.join(ROUTE_LOCALNET_RECORD)) {
+            if let Err(e) = ecs_host::files::remove(&cfg.private_dir.join(ROUTE_LOCALNET_RECORD)) {
                 tracing::error!(error = %e, "could not remove the route_localnet record");
             }
         }
@@ -527,7 +527,7 @@ async fn undo(
 }
 
 /// post-stop: remove our rules with each of `firewalls` (see [`teardown_backends`]), restore
-/// route_localnet (to the value pre-start recorded under the root-only `run_dir`, see
+/// route_localnet (to the value pre-start recorded under the root-only `private_dir`, see
 /// [`original_route_localnet`]; else to the `default` value — never to a value from the
 /// agent-writable `/var/lib/ecs`), remove the lo route. Needs no container runtime. Carries on
 /// past failures and reports them all; the records are removed once everything succeeded (a
@@ -549,7 +549,7 @@ pub async fn teardown_network(
             });
         }
     }
-    let restore = match original_route_localnet(&cfg.run_dir) {
+    let restore = match original_route_localnet(&cfg.private_dir) {
         Some(v) => Ok(v),
         None => read_sysctl(&sysctl_path(cfg, ROUTE_LOCALNET_DEFAULT)),
     };
@@ -562,7 +562,7 @@ pub async fn teardown_network(
     if errors.is_empty() {
         for path in [
             record_path(&cfg.state_dir),
-            cfg.run_dir.join(ROUTE_LOCALNET_RECORD),
+            cfg.private_dir.join(ROUTE_LOCALNET_RECORD),
         ] {
             if let Err(e) = ecs_host::files::remove(&path) {
                 tracing::warn!(record = %path.display(), error = %e, "host network cleaned up, but its record could not be removed");
@@ -607,7 +607,7 @@ mod tests {
         std::fs::write(dir.path().join("net/route"), route).unwrap();
         let cfg = NetConfig {
             state_dir: dir.path().join("state"),
-            run_dir: dir.path().join("run/ecs-init"),
+            private_dir: dir.path().join("var/lib/ecs-init"),
             proc_sys: sys,
             ..NetConfig::default()
         };
@@ -706,7 +706,7 @@ mod tests {
         assert!(err.to_string().contains("no such interface"), "{err}");
         assert_eq!(route_localnet(&cfg), "0");
         assert!(!record_path(&cfg.state_dir).exists());
-        assert!(!cfg.run_dir.join(ROUTE_LOCALNET_RECORD).exists());
+        assert!(!cfg.private_dir.join(ROUTE_LOCALNET_RECORD).exists());
     }
 
     #[tokio::test]
@@ -720,7 +720,7 @@ mod tests {
         setup_network(&cfg, &plan, &NoFirewall, None).await.unwrap();
         let record = Record::read(&record_path(&cfg.state_dir)).unwrap().unwrap();
         assert_eq!(record.name, "none");
-        assert_eq!(original_route_localnet(&cfg.run_dir).as_deref(), Some("0"));
+        assert_eq!(original_route_localnet(&cfg.private_dir).as_deref(), Some("0"));
         assert_eq!(recorded_backend(&cfg.state_dir), Some(Backend::None));
         // A failure now restores the record as it was (and keeps the original value).
         let _ = setup_network(&cfg, &plan, &Refusing, None)
@@ -728,7 +728,7 @@ mod tests {
             .unwrap_err();
         let again = Record::read(&record_path(&cfg.state_dir)).unwrap().unwrap();
         assert_eq!(again, record);
-        assert_eq!(original_route_localnet(&cfg.run_dir).as_deref(), Some("0"));
+        assert_eq!(original_route_localnet(&cfg.private_dir).as_deref(), Some("0"));
     }
 
     /// Issue 20 (4): the value to restore never comes from the agent-writable record: a forged
@@ -749,14 +749,14 @@ mod tests {
         .unwrap();
         let plan = plan_network(&cfg, none_selection(), &NoFirewall);
         setup_network(&cfg, &plan, &NoFirewall, None).await.unwrap();
-        assert_eq!(original_route_localnet(&cfg.run_dir).as_deref(), Some("0"));
-        let rec = cfg.run_dir.join(ROUTE_LOCALNET_RECORD);
+        assert_eq!(original_route_localnet(&cfg.private_dir).as_deref(), Some("0"));
+        let rec = cfg.private_dir.join(ROUTE_LOCALNET_RECORD);
         assert_eq!(
             std::fs::metadata(&rec).unwrap().permissions().mode() & 0o7777,
             0o600
         );
         assert_eq!(
-            std::fs::metadata(&cfg.run_dir).unwrap().permissions().mode() & 0o7777,
+            std::fs::metadata(&cfg.private_dir).unwrap().permissions().mode() & 0o7777,
             0o700
         );
         // Forged after pre-start too: the next pre-start still keeps 0.
@@ -766,19 +766,19 @@ mod tests {
         )
         .unwrap();
         setup_network(&cfg, &plan, &NoFirewall, None).await.unwrap();
-        assert_eq!(original_route_localnet(&cfg.run_dir).as_deref(), Some("0"));
+        assert_eq!(original_route_localnet(&cfg.private_dir).as_deref(), Some("0"));
         // A value that is not 0 or 1, a directory others can write, a symlink: not trusted.
         std::fs::write(&rec, "7\n").unwrap();
-        assert_eq!(original_route_localnet(&cfg.run_dir), None);
+        assert_eq!(original_route_localnet(&cfg.private_dir), None);
         std::fs::write(&rec, "1\n").unwrap();
-        std::fs::set_permissions(&cfg.run_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        assert_eq!(original_route_localnet(&cfg.run_dir), None);
-        std::fs::set_permissions(&cfg.run_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        assert_eq!(original_route_localnet(&cfg.run_dir).as_deref(), Some("1"));
+        std::fs::set_permissions(&cfg.private_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(original_route_localnet(&cfg.private_dir), None);
+        std::fs::set_permissions(&cfg.private_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(original_route_localnet(&cfg.private_dir).as_deref(), Some("1"));
         std::fs::remove_file(&rec).unwrap();
         let elsewhere = cfg.state_dir.join("one");
         std::fs::write(&elsewhere, "1\n").unwrap();
         std::os::unix::fs::symlink(&elsewhere, &rec).unwrap();
-        assert_eq!(original_route_localnet(&cfg.run_dir), None);
+        assert_eq!(original_route_localnet(&cfg.private_dir), None);
     }
 }

@@ -151,7 +151,7 @@ fn net_role(op: &str, json: &str) -> i32 {
         allow_offhost_introspection: v["allow"].as_bool().unwrap_or(false),
         introspection_interface: v["iface"].as_str().map(str::to_string),
         state_dir: PathBuf::from(v["state"].as_str().unwrap()),
-        run_dir: PathBuf::from(v["state"].as_str().unwrap()).join("run"),
+        private_dir: PathBuf::from(v["state"].as_str().unwrap()).join("private"),
         proc_sys: PathBuf::from("/proc/sys"),
     };
     // The launcher validates ECS_INIT_FIREWALL before anything else; so does this glue.
