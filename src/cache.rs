@@ -123,7 +123,11 @@ fn set_state(paths: &Paths, state: CacheState) -> Result<(), CacheError> {
 /// and a tarball without the agent image is refused before anything is loaded.
 async fn agent_image_in(tarball: &Path) -> Result<String, CacheError> {
     let path = tarball.to_path_buf();
-    let images = tokio::task::spawn_blocking(move || archive::verify_file(&path))
+    let images = tokio::task::spawn_blocking(move || {
+        ecs_host::files::open_read(&path)
+            .map_err(|e| format!("cannot open: {e}"))
+            .and_then(archive::verify_file)
+    })
         .await
         .map_err(|e| CacheError::Load {
             tarball: tarball.to_path_buf(),
