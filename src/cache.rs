@@ -98,10 +98,12 @@ pub fn state(paths: &Paths) -> Result<CacheState, CacheError> {
         return Ok(CacheState::Uncached);
     }
     // /var/cache/ecs is writable by the agent: never follow a symlink planted there.
-    let text = ecs_host::files::read_to_string_capped(&state_file, ecs_host::files::caps::CACHE_STATE).map_err(|e| CacheError::BadState {
-        path: state_file.clone(),
-        reason: e.to_string(),
-    })?;
+    let text =
+        ecs_host::files::read_to_string_capped(&state_file, ecs_host::files::caps::CACHE_STATE)
+            .map_err(|e| CacheError::BadState {
+                path: state_file.clone(),
+                reason: e.to_string(),
+            })?;
     match text.trim() {
         "0" => Ok(CacheState::Uncached),
         "1" => Ok(CacheState::Cached),
@@ -128,18 +130,18 @@ async fn agent_image_in(tarball: &Path) -> Result<String, CacheError> {
             .map_err(|e| format!("cannot open: {e}"))
             .and_then(archive::verify_file)
     })
-        .await
-        .map_err(|e| CacheError::Load {
-            tarball: tarball.to_path_buf(),
-            source: RuntimeError::io("verify image tarball", std::io::Error::other(e)),
-        })?
-        .map_err(|reason| CacheError::Load {
-            tarball: tarball.to_path_buf(),
-            source: RuntimeError::BadTarball {
-                path: tarball.to_path_buf(),
-                reason,
-            },
-        })?;
+    .await
+    .map_err(|e| CacheError::Load {
+        tarball: tarball.to_path_buf(),
+        source: RuntimeError::io("verify image tarball", std::io::Error::other(e)),
+    })?
+    .map_err(|reason| CacheError::Load {
+        tarball: tarball.to_path_buf(),
+        source: RuntimeError::BadTarball {
+            path: tarball.to_path_buf(),
+            reason,
+        },
+    })?;
     let wanted = familiar_reference(AGENT_IMAGE);
     images
         .iter()
@@ -234,7 +236,8 @@ pub fn desired_tarball(paths: &Paths) -> Result<PathBuf, CacheError> {
         path: path.clone(),
         reason,
     };
-    let text = ecs_host::files::read_to_string_capped(&path, ecs_host::files::caps::DESIRED_IMAGE).map_err(|e| bad(e.to_string()))?;
+    let text = ecs_host::files::read_to_string_capped(&path, ecs_host::files::caps::DESIRED_IMAGE)
+        .map_err(|e| bad(e.to_string()))?;
     parse_desired_image(&text, &paths.var_cache_ecs).map_err(bad)
 }
 

@@ -101,10 +101,7 @@ pub async fn host_changes(paths: &Paths) -> Result<Lock, LockError> {
     host_changes_within(paths, HOST_LOCK_WAIT).await
 }
 
-async fn host_changes_within(
-    paths: &Paths,
-    wait: std::time::Duration,
-) -> Result<Lock, LockError> {
+async fn host_changes_within(paths: &Paths, wait: std::time::Duration) -> Result<Lock, LockError> {
     let (path, file) = {
         let primary = paths.var_lib_ecs_init.join("ecs-init.host.lock");
         match open(&primary, 0o700) {
@@ -207,7 +204,11 @@ mod tests {
         drop(host_changes(&paths).await.unwrap());
         assert!(paths.var_lib_ecs_init.join("ecs-init.host.lock").exists());
         assert_eq!(
-            std::fs::metadata(&paths.var_lib_ecs_init).unwrap().permissions().mode() & 0o7777,
+            std::fs::metadata(&paths.var_lib_ecs_init)
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
             0o700
         );
         // An unusable /var/lib/ecs-init: /run/ecs-init.
@@ -220,7 +221,11 @@ mod tests {
             .await
             .unwrap_err();
         assert!(t0.elapsed() < std::time::Duration::from_secs(2));
-        assert!(err.to_string().contains("still held by another amazon-ecs-init"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("still held by another amazon-ecs-init"),
+            "{err}"
+        );
         drop(held);
     }
 
@@ -233,7 +238,11 @@ mod tests {
         let p = paths.var_lib_ecs.join("ecs-init.start.lock");
         std::fs::write(&p, "9".repeat(100_000)).unwrap();
         let err = supervisor(&paths).unwrap_err().to_string();
-        assert!(err.contains(&format!("(pid {})", "9".repeat(64))), "{}", &err[..200]);
+        assert!(
+            err.contains(&format!("(pid {})", "9".repeat(64))),
+            "{}",
+            &err[..200]
+        );
         drop(held);
     }
 }

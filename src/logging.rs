@@ -640,11 +640,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ecs-init.log");
         let mut f = HourlyFile::open(&path).unwrap();
-        let holder = ecs_host::files::open_rw(&dir.path().join("ecs-init.log.lock"), 0o640).unwrap();
+        let holder =
+            ecs_host::files::open_rw(&dir.path().join("ecs-init.log.lock"), 0o640).unwrap();
         assert!(ecs_host::files::try_lock(&holder).unwrap());
         let t0 = std::time::Instant::now();
         for i in 0..50 {
-            f.write_at(at(T + i), format!("line {i}\n").as_bytes()).unwrap();
+            f.write_at(at(T + i), format!("line {i}\n").as_bytes())
+                .unwrap();
         }
         let took = t0.elapsed();
         assert!(took < Duration::from_millis(900), "{took:?}");

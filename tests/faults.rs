@@ -223,7 +223,10 @@ fn hostile_files_never_stall_start(rt: &'static str) {
     assert_eq!(status.code(), Some(0), "{name}");
     // The agent's 10 s grace is the bound; the stand-in stops at once.
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
-    assert!(!introspection_answers(Duration::from_secs(2)), "the agent still runs");
+    assert!(
+        !introspection_answers(Duration::from_secs(2)),
+        "the agent still runs"
+    );
     let log = l.init_log();
     for want in [
         "SIGUSR1 received; ignored",
@@ -239,7 +242,11 @@ fn hostile_files_never_stall_start(rt: &'static str) {
     for action in ["stop", "plan"] {
         let t0 = Instant::now();
         let out = l.run(action);
-        assert!(t0.elapsed() < Duration::from_secs(20), "{action}: {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{action}: {:?}",
+            t0.elapsed()
+        );
         if action == "plan" {
             assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
             assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));

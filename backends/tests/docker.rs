@@ -154,7 +154,8 @@ async fn image_id_is_the_config_digest() {
     let reference = "ecs-dkt/id:v1";
     let tarball = support::stand_in_tarball(reference);
     rt.load_image(&tarball).await.unwrap();
-    let images = ecs_backends::archive::verify_file(std::fs::File::open(&tarball).unwrap()).unwrap();
+    let images =
+        ecs_backends::archive::verify_file(std::fs::File::open(&tarball).unwrap()).unwrap();
     assert_eq!(
         rt.image_id(reference).await.unwrap(),
         Some(images[0].config_digest.clone())

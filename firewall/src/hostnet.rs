@@ -343,8 +343,7 @@ pub fn original_route_localnet(private_dir: &Path) -> Option<String> {
         Ok(false) => return None,
         Err(why) => return distrust(why),
     }
-    let text = match ecs_host::files::read_to_string_capped(&path, ecs_host::files::caps::RECORD)
-    {
+    let text = match ecs_host::files::read_to_string_capped(&path, ecs_host::files::caps::RECORD) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => return distrust(e.to_string()),
@@ -720,7 +719,10 @@ mod tests {
         setup_network(&cfg, &plan, &NoFirewall, None).await.unwrap();
         let record = Record::read(&record_path(&cfg.state_dir)).unwrap().unwrap();
         assert_eq!(record.name, "none");
-        assert_eq!(original_route_localnet(&cfg.private_dir).as_deref(), Some("0"));
+        assert_eq!(
+            original_route_localnet(&cfg.private_dir).as_deref(),
+            Some("0")
+        );
         assert_eq!(recorded_backend(&cfg.state_dir), Some(Backend::None));
         // A failure now restores the record as it was (and keeps the original value).
         let _ = setup_network(&cfg, &plan, &Refusing, None)
@@ -728,7 +730,10 @@ mod tests {
             .unwrap_err();
         let again = Record::read(&record_path(&cfg.state_dir)).unwrap().unwrap();
         assert_eq!(again, record);
-        assert_eq!(original_route_localnet(&cfg.private_dir).as_deref(), Some("0"));
+        assert_eq!(
+            original_route_localnet(&cfg.private_dir).as_deref(),
+            Some("0")
+        );
     }
 
     /// Issue 20 (4): the value to restore never comes from the agent-writable record: a forged
@@ -749,14 +754,21 @@ mod tests {
         .unwrap();
         let plan = plan_network(&cfg, none_selection(), &NoFirewall);
         setup_network(&cfg, &plan, &NoFirewall, None).await.unwrap();
-        assert_eq!(original_route_localnet(&cfg.private_dir).as_deref(), Some("0"));
+        assert_eq!(
+            original_route_localnet(&cfg.private_dir).as_deref(),
+            Some("0")
+        );
         let rec = cfg.private_dir.join(ROUTE_LOCALNET_RECORD);
         assert_eq!(
             std::fs::metadata(&rec).unwrap().permissions().mode() & 0o7777,
             0o600
         );
         assert_eq!(
-            std::fs::metadata(&cfg.private_dir).unwrap().permissions().mode() & 0o7777,
+            std::fs::metadata(&cfg.private_dir)
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
             0o700
         );
         // Forged after pre-start too: the next pre-start still keeps 0.
@@ -766,7 +778,10 @@ mod tests {
         )
         .unwrap();
         setup_network(&cfg, &plan, &NoFirewall, None).await.unwrap();
-        assert_eq!(original_route_localnet(&cfg.private_dir).as_deref(), Some("0"));
+        assert_eq!(
+            original_route_localnet(&cfg.private_dir).as_deref(),
+            Some("0")
+        );
         // A value that is not 0 or 1, a directory others can write, a symlink: not trusted.
         std::fs::write(&rec, "7\n").unwrap();
         assert_eq!(original_route_localnet(&cfg.private_dir), None);
@@ -774,7 +789,10 @@ mod tests {
         std::fs::set_permissions(&cfg.private_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
         assert_eq!(original_route_localnet(&cfg.private_dir), None);
         std::fs::set_permissions(&cfg.private_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        assert_eq!(original_route_localnet(&cfg.private_dir).as_deref(), Some("1"));
+        assert_eq!(
+            original_route_localnet(&cfg.private_dir).as_deref(),
+            Some("1")
+        );
         std::fs::remove_file(&rec).unwrap();
         let elsewhere = cfg.state_dir.join("one");
         std::fs::write(&elsewhere, "1\n").unwrap();

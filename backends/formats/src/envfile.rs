@@ -172,6 +172,13 @@ fn fits_an_environment(key: &str, value: &str) -> Result<(), String> {
     if value.contains('\0') {
         return Err("the value contains a NUL byte, which no process environment can hold".into());
     }
+    if key.contains('\0') {
+        // runc refuses the whole container for it ("environment variable name can't contain
+        // null"), so `start` would give up: found by the junk soak (issue 20).
+        return Err(
+            "the variable name contains a NUL byte, which no process environment can hold".into(),
+        );
+    }
     Ok(())
 }
 
@@ -471,6 +478,16 @@ mod tests {
         );
         assert!(!errors[0].contains("abc"), "the value is not quoted");
         assert!(cfg.file_entry("ECS_ENGINE_AUTH_DATA").is_none());
+        // In the name too (runc refused the container, and start gave up).
+        let cfg = Config::from_parts(&[(p("/etc/ecs/ecs.config"), "A\0B=1\nC=2\n".into())]);
+        assert_eq!(cfg.file_env.len(), 1);
+        assert!(
+            cfg.errors[0]
+                .to_string()
+                .contains("the variable name contains a NUL byte"),
+            "{:?}",
+            cfg.errors
+        );
     }
 
     #[test]
@@ -579,9 +596,20 @@ mod tests {
         assert_eq!(parsed.entries.len(), 4);
         let msgs: Vec<String> = parsed.warnings.iter().map(|w| w.to_string()).collect();
         assert_eq!(msgs.len(), 3, "{msgs:?}");
-        assert!(msgs[0].starts_with("/etc/ecs/ecs.config:1: ECS-CLUSTER: variable name contains characters other than"), "{msgs:?}");
-        assert!(msgs[1].starts_with("/etc/ecs/ecs.config:3: K\u{e9}Y: "), "{msgs:?}");
-        assert!(msgs[2].starts_with("/etc/ecs/ecs.config:4: X.Y: "), "{msgs:?}");
+        assert!(
+            msgs[0].starts_with(
+                "/etc/ecs/ecs.config:1: ECS-CLUSTER: variable name contains characters other than"
+            ),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[1].starts_with("/etc/ecs/ecs.config:3: K\u{e9}Y: "),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[2].starts_with("/etc/ecs/ecs.config:4: X.Y: "),
+            "{msgs:?}"
+        );
     }
 
     /// Issue 20 (1, 2, 3): with the launcher's reader a FIFO, a symlink (also to `/dev/zero`)
@@ -612,7 +640,9 @@ mod tests {
             .unwrap();
         let cfg = Config::load(&paths.files(), &read);
         assert!(
-            cfg.errors.iter().any(|e| e.to_string().contains("is 1073741824 bytes; refusing")),
+            cfg.errors
+                .iter()
+                .any(|e| e.to_string().contains("is 1073741824 bytes; refusing")),
             "{:?}",
             cfg.errors
         );

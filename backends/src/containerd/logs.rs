@@ -4,9 +4,9 @@
 //! [`logs_tail`](crate::Runtime::logs_tail).
 
 use crate::spec::LogConfig;
+use ecs_host::files::caps;
 use serde::Deserialize;
 use std::collections::VecDeque;
-use ecs_host::files::caps;
 use std::path::{Path, PathBuf};
 
 /// Percent-encodes everything but unreserved characters and `/` (containerd's shim parses the
