@@ -1011,8 +1011,11 @@ fn host_setup_teardown(fw: Fw) {
     // default.route_localnet=1 is what post-stop restores to.
     h.set_sysctl("net.ipv4.conf.default.route_localnet", "1");
     net(h, fw, "setup", serde_json::json!({}), &state).unwrap();
-    // No record (e.g. lost /var/lib/ecs): auto teardown removes with what is available.
+    // No record (e.g. lost /var/lib/ecs): auto teardown removes with what is available. The
+    // route_localnet value found (0) is kept in the private directory; without it too, the
+    // default value is what post-stop restores.
     std::fs::remove_file(state.join("firewall-backend")).unwrap();
+    std::fs::remove_file(state.join("private/route_localnet.original")).unwrap();
     net(
         h,
         fw,
