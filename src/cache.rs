@@ -432,4 +432,34 @@ pub(crate) mod tests {
         );
         assert_eq!(std::fs::read_to_string(p.cache_state()).unwrap(), "2");
     }
+
+    /// Issue 20 (1, 3): a `*.tar` named by `desired-image` that is a symlink to a valid agent
+    /// tarball, or a FIFO, is refused before the runtime sees it (before: loaded as the agent,
+    /// or the open waited for a writer forever).
+    #[tokio::test]
+    async fn a_desired_tarball_that_is_a_symlink_or_a_fifo_is_refused() {
+        use crate::testing::FakeRuntime;
+        let (d, p) = root();
+        let valid = d.path().join("elsewhere.tar");
+        std::fs::write(&valid, agent_tar("v2")).unwrap();
+        std::os::unix::fs::symlink(&valid, p.var_cache_ecs.join("ecs-agent-v2.tar")).unwrap();
+        std::fs::write(p.desired_image(), "ecs-agent-v2.tar\n").unwrap();
+        let rt = FakeRuntime::default();
+        let err = load_desired(&p, &rt).await.unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        std::fs::remove_file(p.var_cache_ecs.join("ecs-agent-v2.tar")).unwrap();
+        assert!(std::process::Command::new("mkfifo")
+            .arg(p.var_cache_ecs.join("ecs-agent-v2.tar"))
+            .status()
+            .unwrap()
+            .success());
+        let err = tokio::time::timeout(std::time::Duration::from_secs(5), load_desired(&p, &rt))
+            .await
+            .expect("waited on a FIFO")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        assert_eq!(rt.calls_of("load_image"), 0);
+        assert!(rt.loaded().is_empty());
+    }
 }
