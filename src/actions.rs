@@ -129,6 +129,11 @@ pub async fn start(host: &Host) -> anyhow::Result<i32> {
         spec: Box::new(move || {
             // Re-read the env files before every (re)start, like the Go tool.
             let settings = host.settings.reload();
+            // A file refused now (a FIFO, a symlink, one over its cap) is named; the agent
+            // starts without what it would have held, as with a missing file.
+            for e in &settings.errors {
+                tracing::warn!("{e}");
+            }
             let (spec, warnings) = spec_of(&settings, exec.as_ref());
             log_warnings(&warnings);
             log_spec(&spec, &mut last_spec.borrow_mut());

@@ -98,10 +98,12 @@ pub fn state(paths: &Paths) -> Result<CacheState, CacheError> {
         return Ok(CacheState::Uncached);
     }
     // /var/cache/ecs is writable by the agent: never follow a symlink planted there.
-    let text = ecs_host::files::read_to_string(&state_file).map_err(|e| CacheError::BadState {
-        path: state_file.clone(),
-        reason: e.to_string(),
-    })?;
+    let text =
+        ecs_host::files::read_to_string_capped(&state_file, ecs_host::files::caps::CACHE_STATE)
+            .map_err(|e| CacheError::BadState {
+                path: state_file.clone(),
+                reason: e.to_string(),
+            })?;
     match text.trim() {
         "0" => Ok(CacheState::Uncached),
         "1" => Ok(CacheState::Cached),
@@ -123,19 +125,23 @@ fn set_state(paths: &Paths, state: CacheState) -> Result<(), CacheError> {
 /// and a tarball without the agent image is refused before anything is loaded.
 async fn agent_image_in(tarball: &Path) -> Result<String, CacheError> {
     let path = tarball.to_path_buf();
-    let images = tokio::task::spawn_blocking(move || archive::verify_file(&path))
-        .await
-        .map_err(|e| CacheError::Load {
-            tarball: tarball.to_path_buf(),
-            source: RuntimeError::io("verify image tarball", std::io::Error::other(e)),
-        })?
-        .map_err(|reason| CacheError::Load {
-            tarball: tarball.to_path_buf(),
-            source: RuntimeError::BadTarball {
-                path: tarball.to_path_buf(),
-                reason,
-            },
-        })?;
+    let images = tokio::task::spawn_blocking(move || {
+        ecs_host::files::open_read(&path)
+            .map_err(|e| format!("cannot open: {e}"))
+            .and_then(archive::verify_file)
+    })
+    .await
+    .map_err(|e| CacheError::Load {
+        tarball: tarball.to_path_buf(),
+        source: RuntimeError::io("verify image tarball", std::io::Error::other(e)),
+    })?
+    .map_err(|reason| CacheError::Load {
+        tarball: tarball.to_path_buf(),
+        source: RuntimeError::BadTarball {
+            path: tarball.to_path_buf(),
+            reason,
+        },
+    })?;
     let wanted = familiar_reference(AGENT_IMAGE);
     images
         .iter()
@@ -230,7 +236,8 @@ pub fn desired_tarball(paths: &Paths) -> Result<PathBuf, CacheError> {
         path: path.clone(),
         reason,
     };
-    let text = ecs_host::files::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+    let text = ecs_host::files::read_to_string_capped(&path, ecs_host::files::caps::DESIRED_IMAGE)
+        .map_err(|e| bad(e.to_string()))?;
     parse_desired_image(&text, &paths.var_cache_ecs).map_err(bad)
 }
 
@@ -424,5 +431,35 @@ pub(crate) mod tests {
             "{err}"
         );
         assert_eq!(std::fs::read_to_string(p.cache_state()).unwrap(), "2");
+    }
+
+    /// Issue 20 (1, 3): a `*.tar` named by `desired-image` that is a symlink to a valid agent
+    /// tarball, or a FIFO, is refused before the runtime sees it (before: loaded as the agent,
+    /// or the open waited for a writer forever).
+    #[tokio::test]
+    async fn a_desired_tarball_that_is_a_symlink_or_a_fifo_is_refused() {
+        use crate::testing::FakeRuntime;
+        let (d, p) = root();
+        let valid = d.path().join("elsewhere.tar");
+        std::fs::write(&valid, agent_tar("v2")).unwrap();
+        std::os::unix::fs::symlink(&valid, p.var_cache_ecs.join("ecs-agent-v2.tar")).unwrap();
+        std::fs::write(p.desired_image(), "ecs-agent-v2.tar\n").unwrap();
+        let rt = FakeRuntime::default();
+        let err = load_desired(&p, &rt).await.unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        std::fs::remove_file(p.var_cache_ecs.join("ecs-agent-v2.tar")).unwrap();
+        assert!(std::process::Command::new("mkfifo")
+            .arg(p.var_cache_ecs.join("ecs-agent-v2.tar"))
+            .status()
+            .unwrap()
+            .success());
+        let err = tokio::time::timeout(std::time::Duration::from_secs(5), load_desired(&p, &rt))
+            .await
+            .expect("waited on a FIFO")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        assert_eq!(rt.calls_of("load_image"), 0);
+        assert!(rt.loaded().is_empty());
     }
 }

@@ -94,6 +94,7 @@ impl Host {
             allow_offhost_introspection: net.allow_offhost_introspection,
             introspection_interface: net.introspection_interface.clone(),
             state_dir: self.settings.paths.var_lib_ecs.clone(),
+            private_dir: self.settings.paths.var_lib_ecs_init.clone(),
             proc_sys: "/proc/sys".into(),
         }
     }

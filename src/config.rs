@@ -4,7 +4,11 @@ pub use ecs_formats::envfile::*;
 
 use crate::paths::Paths;
 
-/// Read `/var/lib/ecs/ecs.config` then `/etc/ecs/ecs.config` (which wins) under `paths`.
+/// Read `/var/lib/ecs/ecs.config` then `/etc/ecs/ecs.config` (which wins) under `paths`: both
+/// directories are writable by the agent container, so without blocking, without following a
+/// symlink, regular files only, at most [`ecs_host::files::caps::ENV_FILE`] each.
 pub fn load(paths: &Paths) -> Config {
-    Config::load(&[paths.var_lib_config(), paths.etc_config()])
+    Config::load(&[paths.var_lib_config(), paths.etc_config()], &|p| {
+        ecs_host::files::read_capped(p, ecs_host::files::caps::ENV_FILE)
+    })
 }

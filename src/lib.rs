@@ -42,12 +42,12 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Run one action and return the process exit code.
 pub fn run(action: Action) -> i32 {
     if action == Action::Version {
-        println!(
-            "ecs-init version {} ({})\nagent version {}",
+        report::print_out(&format!(
+            "ecs-init version {} ({})\nagent version {}\n",
             env!("CARGO_PKG_VERSION"),
             env!("ECS_INIT_GIT_HASH"),
             download::AGENT_VERSION
-        );
+        ));
         return 0;
     }
     let settings = Settings::from_process();

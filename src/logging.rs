@@ -262,12 +262,21 @@ pub const LOG_MODE: u32 = 0o640;
 /// remembers: every write takes an exclusive `flock` on `ecs-init.log.lock`, follows a rotation
 /// another process made (reopening the path), rotates when the file's last write (its mtime)
 /// was in an earlier hour, writes, and releases the lock. A rotated file is never overwritten.
-/// Files are opened without following symlinks (the directory is writable by the agent).
+/// Files are opened without following symlinks and without blocking (the directory is writable
+/// by the agent). The lock is waited for at most [`LOG_LOCK_WAIT`]: whoever holds it for
+/// longer (the agent can open the lock file too) gets the line appended without the lock (no
+/// rotation then), and later lines do not wait at all until the lock is free again, so a
+/// stuck lock never holds up the supervisor (nor its answer to SIGTERM).
 pub struct HourlyFile {
     path: PathBuf,
     file: File,
     lock: File,
+    /// The last write could not take the lock in time.
+    contended: bool,
 }
+
+/// The longest a log line waits for `ecs-init.log.lock`.
+pub const LOG_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn hour_of(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -284,22 +293,9 @@ fn hour_suffix(hour: u64) -> String {
 /// Holds an exclusive `flock` until dropped.
 struct Locked<'a>(&'a File);
 
-impl<'a> Locked<'a> {
-    fn take(f: &'a File) -> io::Result<Locked<'a>> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a valid, open descriptor.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Locked(f))
-    }
-}
-
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: as above.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+        ecs_host::files::unlock(self.0);
     }
 }
 
@@ -313,6 +309,7 @@ impl HourlyFile {
             path: path.to_path_buf(),
             file: ecs_host::files::open_append(path, LOG_MODE)?,
             lock: ecs_host::files::open_append(&lock_path, LOG_MODE)?,
+            contended: false,
         })
     }
 
@@ -367,7 +364,25 @@ impl HourlyFile {
     /// Write one record at `now`, rotating first when the file holds an earlier hour.
     pub fn write_at(&mut self, now: SystemTime, buf: &[u8]) -> io::Result<()> {
         let lock = self.lock.try_clone()?;
-        let _locked = Locked::take(&lock)?;
+        let wait = if self.contended {
+            std::time::Duration::ZERO
+        } else {
+            LOG_LOCK_WAIT
+        };
+        if !ecs_host::files::lock_within(&lock, wait)? {
+            if !self.contended {
+                self.contended = true;
+                // Not through tracing: this is the file layer's own writer.
+                eprintln!(
+                    "level=warn msg=\"{}.lock is held by another process; logging without it (no rotation) until it is free\"",
+                    self.path.display()
+                );
+            }
+            self.file.write_all(buf)?;
+            return self.file.set_modified(now);
+        }
+        self.contended = false;
+        let _locked = Locked(&lock);
         self.follow_rotation()?;
         let meta = self.file.metadata()?;
         let last = meta.modified().map(hour_of).unwrap_or(0);
@@ -608,5 +623,32 @@ mod tests {
         f.write_at(SystemTime::now(), b"x\n").unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, LOG_MODE);
+    }
+
+    /// Issue 20 (1): a lock on `ecs-init.log.lock` held forever by another process (the
+    /// agent can open it) delays one line by at most `LOG_LOCK_WAIT` and the next ones not at
+    /// all; every line still reaches the file. Before, each write waited in a blocking
+    /// `LOCK_EX` for as long as the lock was held.
+    #[test]
+    fn a_stuck_log_lock_delays_nothing_and_loses_no_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ecs-init.log");
+        let mut f = HourlyFile::open(&path).unwrap();
+        let holder =
+            ecs_host::files::open_rw(&dir.path().join("ecs-init.log.lock"), 0o640).unwrap();
+        assert!(ecs_host::files::try_lock(&holder).unwrap());
+        let t0 = std::time::Instant::now();
+        for i in 0..50 {
+            f.write_at(at(T + i), format!("line {i}\n").as_bytes())
+                .unwrap();
+        }
+        let took = t0.elapsed();
+        assert!(took < Duration::from_millis(900), "{took:?}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 50, "{text}");
+        // Once the lock is free again, writes take it (and rotate) as before.
+        drop(holder);
+        f.write_at(at(T + 3600), b"next hour\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "next hour\n");
     }
 }

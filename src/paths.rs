@@ -17,6 +17,12 @@ pub struct Paths {
     pub var_cache_ecs: PathBuf,
     /// `/var/log/ecs`
     pub var_log_ecs: PathBuf,
+    /// `/var/lib/ecs-init`: root-only (0700) and not among the agent container's binds (unlike
+    /// the four ecs directories); what the launcher must be able to trust lives here (the host
+    /// lock, the `route_localnet` value to restore).
+    pub var_lib_ecs_init: PathBuf,
+    /// `/run/ecs-init` (0700): where the host lock goes when `/var/lib` is read-only.
+    pub run_ecs_init: PathBuf,
 }
 
 impl Paths {
@@ -29,6 +35,8 @@ impl Paths {
             var_lib_ecs: join("var/lib/ecs"),
             var_cache_ecs: join("var/cache/ecs"),
             var_log_ecs: join("var/log/ecs"),
+            var_lib_ecs_init: join("var/lib/ecs-init"),
+            run_ecs_init: join("run/ecs-init"),
             root,
         }
     }

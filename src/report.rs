@@ -77,10 +77,23 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
     });
     let mut text = serde_json::to_string_pretty(&out)?;
     text.push('\n');
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        // `plan | head` closing the pipe early is the reader's choice, not a failure.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
+    print_out(&text);
+    Ok(())
+}
+
+/// Write `text` to stdout. A reader that closed the pipe early (`status | head -0`) or a full
+/// disk behind a redirection is not the action's failure: nothing panics ("failed printing to
+/// stdout", exit 134, before) and the exit code stays the action's; a full disk is named on
+/// stderr.
+pub fn print_out(text: &str) {
+    print_to(&mut std::io::stdout().lock(), text);
+}
+
+fn print_to(out: &mut dyn Write, text: &str) {
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("amazon-ecs-init: could not write to stdout: {e}");
+        }
     }
 }
 
@@ -154,7 +167,7 @@ pub async fn status(host: &Host) -> anyhow::Result<i32> {
             )
         }
     }
-    print!("{out}");
+    print_out(&out);
     Ok(if running { 0 } else { 3 })
 }
 
@@ -208,5 +221,26 @@ async fn describe_agent(rt: &dyn Runtime, out: &mut String) -> bool {
             }
             st.running
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 20 (7): EPIPE and ENOSPC on stdout are not fatal (before: a panic, exit 134).
+    #[test]
+    fn a_closed_or_full_stdout_is_not_fatal() {
+        struct Failing(i32);
+        impl Write for Failing {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::from_raw_os_error(self.0))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        print_to(&mut Failing(libc::EPIPE), "status\n");
+        print_to(&mut Failing(libc::ENOSPC), "status\n");
     }
 }

@@ -23,8 +23,9 @@ pub fn restart_backoff() -> Backoff {
     Backoff::new(Duration::from_millis(500), Duration::from_secs(15)).with_jitter(0.1)
 }
 
-/// Lines of agent log printed when the agent exits 2.
-pub const EXIT2_LOG_LINES: usize = 200;
+/// Lines of agent log printed when the agent exits 2 (also capped in bytes:
+/// [`ecs_host::files::caps::LOG_EXCERPT`]).
+pub const EXIT2_LOG_LINES: usize = ecs_host::files::caps::LOG_TAIL_LINES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SuperviseError {
@@ -34,8 +35,8 @@ pub enum SuperviseError {
     Spec(String),
 }
 
-/// SIGTERM/SIGINT, seen by every wait of `start`: once requested, no wait goes on and no new
-/// container is created.
+/// SIGTERM/SIGINT (and SIGHUP, SIGQUIT), seen by every wait of `start`: once requested, no
+/// wait goes on and no new container is created.
 #[derive(Clone, Debug)]
 pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
 
@@ -55,18 +56,40 @@ impl Shutdown {
         (ShutdownTrigger(tx), Shutdown(rx))
     }
 
-    /// Requested on SIGTERM or SIGINT (handlers installed now, before anything else runs).
+    /// Requested on SIGTERM, SIGINT, SIGHUP or SIGQUIT (handlers installed now, before anything
+    /// else runs), each logged. SIGHUP and SIGQUIT end `start` like SIGTERM (the agent is
+    /// stopped, exit 0) rather than re-reading the configuration: the env files are read again
+    /// before every agent start anyway, and a hang-up or quit that left the agent running
+    /// without a supervisor (their default action, before) is what must never happen. SIGUSR1
+    /// and SIGUSR2 are logged and ignored (their default action would kill the supervisor).
     pub fn on_signals() -> std::io::Result<Shutdown> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut quit = signal(SignalKind::quit())?;
+        let mut usr1 = signal(SignalKind::user_defined1())?;
+        let mut usr2 = signal(SignalKind::user_defined2())?;
         let (trigger, shutdown) = Shutdown::new();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
+            loop {
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                    _ = hup.recv() => "SIGHUP",
+                    _ = quit.recv() => "SIGQUIT",
+                    _ = usr1.recv() => {
+                        tracing::info!("SIGUSR1 received; ignored");
+                        continue;
+                    }
+                    _ = usr2.recv() => {
+                        tracing::info!("SIGUSR2 received; ignored");
+                        continue;
+                    }
+                };
+                tracing::info!("{name} received");
+                trigger.request();
             }
-            trigger.request();
         });
         Ok(shutdown)
     }
@@ -90,6 +113,34 @@ impl Shutdown {
             _ = self.wait() => None,
         }
     }
+}
+
+/// The last lines of `text` that fit into `max_bytes` (a single longer last line keeps its
+/// end), and whether anything was left out.
+pub fn excerpt(text: &str, max_bytes: usize) -> (Vec<&str>, bool) {
+    let mut out = Vec::new();
+    let mut used = 0;
+    let all: Vec<&str> = text.lines().collect();
+    for (i, line) in all.iter().enumerate().rev() {
+        if used + line.len() + 1 > max_bytes {
+            if out.is_empty() {
+                let mut start = line.len().saturating_sub(max_bytes);
+                while !line.is_char_boundary(start) {
+                    start += 1;
+                }
+                out.push(&line[start..]);
+            }
+            out.reverse();
+            return (out, true);
+        }
+        used += line.len() + 1;
+        out.push(line);
+        if i == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    (out, false)
 }
 
 /// What the supervisor needs; the spec is rebuilt before every start so that a config change
@@ -194,7 +245,12 @@ impl Supervisor<'_> {
         if started.elapsed() >= self.healthy_after {
             self.backoff.reset();
         }
-        Ok(self.after_exit(&name, code).await)
+        // Loading an update or reading the logs waits on the runtime too: under the guard.
+        let shutdown = self.shutdown.clone();
+        match shutdown.guard(self.after_exit(&name, code)).await {
+            Some(next) => Ok(next),
+            None => Ok(Next::Exit(self.shut_down(Some(&name)).await)),
+        }
     }
 
     /// A runtime that went away while the container was being removed or created is waited
@@ -285,10 +341,17 @@ impl Supervisor<'_> {
     async fn log_agent_logs(&self, name: &str) {
         match self.runtime.logs_tail(name, EXIT2_LOG_LINES).await {
             Ok(logs) => {
+                let (lines, cut) = excerpt(&logs, ecs_host::files::caps::LOG_EXCERPT);
                 tracing::error!(
                     "--- begin ecs-agent container logs (last {EXIT2_LOG_LINES} lines) ---"
                 );
-                for line in logs.lines() {
+                if cut {
+                    tracing::error!(
+                        "(earlier lines left out: the excerpt is cut at {} bytes)",
+                        ecs_host::files::caps::LOG_EXCERPT
+                    );
+                }
+                for line in lines {
                     tracing::error!("{line}");
                 }
                 tracing::error!("--- end ecs-agent container logs ---");
@@ -539,5 +602,66 @@ mod tests {
         })
         .await;
         assert!(!logs.contains("did not start"), "{logs}");
+    }
+
+    fn put_update(paths: &Paths) {
+        std::fs::create_dir_all(&paths.var_cache_ecs).unwrap();
+        std::fs::write(
+            paths.var_cache_ecs.join("ecs-agent-v2.tar"),
+            crate::cache::tests::agent_tar("v2"),
+        )
+        .unwrap();
+        std::fs::write(paths.desired_image(), "ecs-agent-v2.tar\n").unwrap();
+    }
+
+    /// Issue 20 (1): the work after an agent exit (here an update whose load never ends) is
+    /// under the shutdown guard: a signal is answered at once and the agent is stopped.
+    #[tokio::test(start_paused = true)]
+    async fn a_signal_during_the_work_after_an_exit_is_answered_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path());
+        put_update(&paths);
+        let rt = FakeRuntime::with_exits(&[(42, 1), (0, 1)]);
+        rt.load_takes(Duration::from_secs(100_000));
+        let shutdown = shutdown_after(Duration::from_secs(3));
+        let started = tokio::time::Instant::now();
+        let code = with_shutdown(&rt, &paths, shutdown).run().await.unwrap();
+        assert_eq!(code, 0);
+        assert!(
+            started.elapsed() < Duration::from_millis(3_100),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(rt.runs(), 1);
+        assert_eq!(rt.calls_of("load_image"), 1);
+        assert_eq!(rt.calls_of("stop"), 1);
+    }
+
+    /// Issue 20 (10): the exit-2 excerpt is capped in bytes, with a note when cut.
+    #[tokio::test(start_paused = true)]
+    async fn the_exit_2_excerpt_is_capped_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path());
+        let rt = FakeRuntime::with_exits(&[(2, 1), (0, 1)]);
+        // 200 lines of 16 KB, as Docker joins partial entries: 3.2 MB.
+        rt.log_lines_of(16 * 1024);
+        let logs = crate::testing::capture_logs(async {
+            supervisor(&rt, &paths).run().await.unwrap();
+        })
+        .await;
+        let cap = ecs_host::files::caps::LOG_EXCERPT;
+        assert!(logs.len() < cap + 16 * 1024, "{} bytes logged", logs.len());
+        assert!(logs.contains("earlier lines left out"), "no note");
+        // Which lines are kept is `excerpts_keep_the_last_lines_that_fit`'s (the capture can
+        // lose a line of a call site first reached on another test thread, see testing.rs).
+        assert!(!logs.contains("line 100 "), "{}", &logs[..300]);
+    }
+
+    #[test]
+    fn excerpts_keep_the_last_lines_that_fit() {
+        assert_eq!(excerpt("a\nb\nc\n", 100), (vec!["a", "b", "c"], false));
+        assert_eq!(excerpt("a\nb\nc\n", 4), (vec!["b", "c"], true));
+        assert_eq!(excerpt("short\n0123456789\n", 4), (vec!["6789"], true));
+        assert_eq!(excerpt("", 4), (vec![], false));
     }
 }

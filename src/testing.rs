@@ -24,6 +24,10 @@ struct State {
     /// The container of that name, if any.
     container: Option<ContainerState>,
     created: usize,
+    /// `load_image` takes this long (a slow or stuck runtime).
+    load_takes: Option<Duration>,
+    /// `logs_tail` answers lines of this length.
+    log_line_len: Option<usize>,
 }
 
 #[derive(Default)]
@@ -35,6 +39,12 @@ impl FakeRuntime {
         let rt = FakeRuntime::default();
         rt.0.lock().unwrap().exits = exits.to_vec();
         rt
+    }
+    pub fn load_takes(&self, d: Duration) {
+        self.0.lock().unwrap().load_takes = Some(d);
+    }
+    pub fn log_lines_of(&self, len: usize) {
+        self.0.lock().unwrap().log_line_len = Some(len);
     }
     pub fn fail_run(&self) {
         self.0.lock().unwrap().fail_run = true;
@@ -149,12 +159,19 @@ impl Runtime for FakeRuntime {
     /// image (unless told to keep the old one, as a broken runtime might).
     async fn load_image(&self, tarball: &Path) -> Result<Vec<String>> {
         self.record("load_image");
-        let images = ecs_runtime::archive::verify_file(tarball).map_err(|reason| {
-            RuntimeError::BadTarball {
+        let takes = self.0.lock().unwrap().load_takes;
+        if let Some(d) = takes {
+            tokio::time::sleep(d).await;
+        }
+        let file = ecs_host::files::open_read(tarball).map_err(|e| RuntimeError::BadTarball {
+            path: tarball.to_path_buf(),
+            reason: format!("cannot open: {e}"),
+        })?;
+        let images =
+            ecs_runtime::archive::verify_file(file).map_err(|reason| RuntimeError::BadTarball {
                 path: tarball.to_path_buf(),
                 reason,
-            }
-        })?;
+            })?;
         let mut s = self.0.lock().unwrap();
         s.loaded.push(tarball.to_path_buf());
         if !s.keep_image_on_load {
@@ -211,7 +228,13 @@ impl Runtime for FakeRuntime {
     }
     async fn logs_tail(&self, _name: &str, lines: usize) -> Result<String> {
         self.record("logs_tail");
-        Ok((0..lines).map(|i| format!("line {i}\n")).collect())
+        let len = self.0.lock().unwrap().log_line_len;
+        Ok((0..lines)
+            .map(|i| match len {
+                Some(n) => format!("line {i} {}\n", "x".repeat(n)),
+                None => format!("line {i}\n"),
+            })
+            .collect())
     }
     async fn describe(&self, _spec: &AgentSpec) -> serde_json::Value {
         serde_json::json!({})

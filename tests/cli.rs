@@ -256,3 +256,41 @@ fn plan_into_a_closed_pipe_is_not_an_error() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!stderr(&out).contains("Broken pipe"), "{}", stderr(&out));
 }
+
+/// Issue 20 (7): `version`, `status` and `plan` with stdout a closed pipe (`status | head -0`)
+/// or a full disk (`/dev/full`): no panic ("failed printing to stdout", exit 134), the
+/// action's own exit code.
+#[test]
+fn a_closed_or_full_stdout_is_not_fatal() {
+    let root = TestRoot::new();
+    for action in ["version", "status", "plan"] {
+        // A pipe whose reading end is already closed: every write is EPIPE.
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills two descriptors; the read end is closed at once, the write end
+        // is handed to the child (and owned by the Stdio from then on).
+        let closed = unsafe {
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+            libc::close(fds[0]);
+            <std::process::Stdio as std::os::fd::FromRawFd>::from_raw_fd(fds[1])
+        };
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        for (what, out) in [("closed pipe", closed), ("/dev/full", full.into())] {
+            let o = bin()
+                .arg(action)
+                .env("ECS_INIT_HOST_ROOT", root.path())
+                .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+                .env("CONTAINERD_ADDRESS", "/nonexistent/containerd.sock")
+                .env("ECS_INIT_FIREWALL", "none")
+                .stdout(out)
+                .output()
+                .unwrap();
+            let code = o.status.code();
+            let want = if action == "status" { 3 } else { 0 };
+            assert_eq!(code, Some(want), "{action} to {what}: {}", stderr(&o));
+            assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+        }
+    }
+}

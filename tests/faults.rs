@@ -149,6 +149,114 @@ fn tarball_without_the_agent_image(rt: &'static str) {
     assert_eq!(l.root.read("var/cache/ecs/state").as_deref(), Some("2"));
 }
 
+/// The launcher's peak resident memory in kB (`VmHWM`).
+fn peak_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn mkfifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let st = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(st.success(), "mkfifo {}", path.display());
+}
+
+/// Issue 20: what a buggy or hostile agent writes into its directories never stalls nor
+/// bloats the supervising `start`. While it supervises: a FIFO as `desired-image` (agent exit
+/// 42), `/var/lib/ecs/ecs.config` a symlink to `/dev/zero`, a 1 GB sparse agent log (containerd,
+/// agent exit 2) and a `flock` held for good on `ecs-init.log.lock`. The agent is still
+/// restarted each time, the launcher's peak RSS stays small, SIGUSR1 is logged and ignored,
+/// and SIGHUP (Docker) / SIGQUIT (containerd) end `start` like SIGTERM: the agent stopped,
+/// exit 0, a log line. `stop` and `plan` then finish at once too.
+fn hostile_files_never_stall_start(rt: &'static str) {
+    let l = Launcher::new(rt);
+    l.script(
+        "STANDIN_DESIRED_IMAGE=/var/cache/ecs/handoff\n",
+        "update ecs-agent-v2.tar after 8000\nexit 2 after 1500\nserve\n",
+    );
+    l.pre_start_with(&agent_tarball("v1"));
+    let mut start = KillOnDrop(l.spawn_start());
+    let pid = start.0.id();
+    assert!(introspection_answers(Duration::from_secs(60)));
+    mkfifo(&l.root.join("var/cache/ecs/desired-image"));
+    let var_lib_config = l.root.join("var/lib/ecs/ecs.config");
+    let _ = std::fs::remove_file(&var_lib_config);
+    std::os::unix::fs::symlink("/dev/zero", &var_lib_config).unwrap();
+    if rt == "containerd" {
+        std::fs::File::create(l.root.join("var/log/ecs/containerd/ecs-agent.log.3"))
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
+    }
+    let lock = std::fs::OpenOptions::new()
+        .append(true)
+        .open(l.root.join("var/log/ecs/ecs-init.log.lock"))
+        .unwrap();
+    // SAFETY: flock on a descriptor this test owns; held until `lock` is dropped.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+        0
+    );
+    assert!(
+        wait_until(Duration::from_secs(90), || l.agent_starts() >= 3),
+        "the agent was not restarted after 42 and 2 (starts: {}); log:\n{}",
+        l.agent_starts(),
+        l.init_log()
+    );
+    assert!(introspection_answers(Duration::from_secs(30)));
+    let peak = peak_rss_kb(pid);
+    assert!(peak > 0 && peak < 64 * 1024, "peak RSS {peak} kB");
+    signal(&start.0, libc::SIGUSR1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(start.0.try_wait().unwrap().is_none(), "SIGUSR1 ended start");
+    let (sig, name) = match rt {
+        "docker" => (libc::SIGHUP, "SIGHUP"),
+        _ => (libc::SIGQUIT, "SIGQUIT"),
+    };
+    signal(&start.0, sig);
+    let t0 = Instant::now();
+    let status = wait_exit(&mut start.0, Duration::from_secs(15)).expect("start ended");
+    assert_eq!(status.code(), Some(0), "{name}");
+    // The agent's 10 s grace is the bound; the stand-in stops at once.
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert!(
+        !introspection_answers(Duration::from_secs(2)),
+        "the agent still runs"
+    );
+    let log = l.init_log();
+    for want in [
+        "SIGUSR1 received; ignored",
+        &format!("{name} received"),
+        "could not upgrade agent",
+        "desired-image is not a regular file",
+        "ecs.config is a symbolic link; refusing to follow it",
+        "--- end ecs-agent container logs ---",
+    ] {
+        assert!(log.contains(want), "{want}:\n{log}");
+    }
+    // stop and plan with the same files in place: done at once (plan refuses the config).
+    for action in ["stop", "plan"] {
+        let t0 = Instant::now();
+        let out = l.run(action);
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{action}: {:?}",
+            t0.elapsed()
+        );
+        if action == "plan" {
+            assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
+            assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));
+        } else {
+            assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        }
+    }
+    drop(lock);
+}
+
 macro_rules! per_runtime {
     ($runtime:ident) => {
         mod $runtime {
@@ -168,6 +276,10 @@ macro_rules! per_runtime {
             #[test]
             fn tarball_without_the_agent_image() {
                 super::tarball_without_the_agent_image(RT)
+            }
+            #[test]
+            fn hostile_files_never_stall_start() {
+                super::hostile_files_never_stall_start(RT)
             }
         }
     };
@@ -588,9 +700,95 @@ fn silently_replaced_values_are_named() {
         .unwrap();
     assert_eq!(out.status.code(), Some(255));
     assert!(
-        stderr(&out)
-            .contains("is a symbolic link to /nonexistent/ecs.config, which does not exist"),
+        stderr(&out).contains("ecs.config is a symbolic link; refusing to follow it"),
         "{}",
         stderr(&out)
     );
+}
+
+/// Issue 20 (4, 8): post-stop restores `route_localnet` from the root-only record, never from
+/// the agent-writable `/var/lib/ecs/firewall-backend` (forged to `route_localnet=1` before and
+/// after pre-start); and it cleans up when `/var/lib` is read-only (errors=remount-ro), the
+/// host lock taken under `/run` then, with a warning, exit 0.
+#[test]
+fn post_stop_trusts_no_agent_writable_record_and_works_read_only() {
+    let (_lock, root) = docker_root_with_agent();
+    std::fs::create_dir_all(root.join("var/lib/ecs")).unwrap();
+    std::fs::write(
+        root.join("var/lib/ecs/firewall-backend"),
+        "iptables\nforged\nroute_localnet=1\n",
+    )
+    .unwrap();
+    let out = in_netns_with_mounts(
+        &root,
+        &[("ECS_INIT_RUNTIME", "docker")],
+        r#"echo 0 > /proc/sys/net/ipv4/conf/all/route_localnet
+           echo 0 > /proc/sys/net/ipv4/conf/default/route_localnet
+           forge() { printf 'iptables\nforged\nroute_localnet=1\n' > "$ECS_INIT_HOST_ROOT/var/lib/ecs/firewall-backend"; }
+           "$BIN" pre-start; echo "pre=$?"
+           forge
+           "$BIN" post-stop; echo "post=$?"
+           echo "localnet=$(cat /proc/sys/net/ipv4/conf/all/route_localnet)"
+           "$BIN" pre-start; echo "pre2=$?"
+           forge
+           "$BIN" pre-start; echo "pre3=$?"
+           echo "rules=$(iptables -S | grep -c 51678)"
+           mount --bind -o ro "$ECS_INIT_HOST_ROOT/var/lib" "$ECS_INIT_HOST_ROOT/var/lib"
+           "$BIN" post-stop; echo "ro_post=$?"
+           echo "ro_localnet=$(cat /proc/sys/net/ipv4/conf/all/route_localnet)"
+           echo "ro_rules=$(iptables -S | grep -c 51678)"
+           echo "run_lock=$(ls "$ECS_INIT_HOST_ROOT/run/ecs-init")""#,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "pre=0",
+        "post=0",
+        "localnet=0",
+        "pre2=0",
+        "pre3=0",
+        "rules=1",
+        "ro_post=0",
+        "ro_localnet=0",
+        "ro_rules=0",
+        "run_lock=ecs-init.host.lock",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    let err = stderr(&out);
+    assert!(err.contains("taking it under /run instead"), "{err}");
+    assert!(err.contains("its record could not be removed"), "{err}");
+}
+
+/// [`in_netns`] in a private mount namespace too (for read-only bind mounts).
+fn in_netns_with_mounts(
+    root: &TestRoot,
+    env: &[(&str, &str)],
+    script: &str,
+) -> std::process::Output {
+    let mut c = Command::new("unshare");
+    c.args([
+        "-n",
+        "-m",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        &format!("ip link set lo up\n{script}"),
+    ])
+    .env("BIN", env!("CARGO_BIN_EXE_amazon-ecs-init"))
+    .env("ECS_INIT_HOST_ROOT", root.path())
+    .env("ECS_INIT_FIREWALL", "iptables")
+    .env_remove("NOTIFY_SOCKET")
+    .env_remove("ECS_INIT_RUNTIME");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    eprintln!(
+        "--- netns script stdout:\n{}\n--- stderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    out
 }

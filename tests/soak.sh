@@ -7,6 +7,16 @@
 #
 #   sudo tests/soak.sh                          # 1000 cycles, docker then containerd
 #   sudo CYCLES=200 RUNTIMES=containerd tests/soak.sh
+#   sudo JUNK=1 tests/soak.sh                   # the agent's directories full of junk (below)
+#   sudo BIN=target/debug/amazon-ecs-init CYCLES=100 tests/soak.sh   # a given build
+#
+# JUNK=1 (issue 20): between restarts a writer replaces, every 20 ms, what the agent can write
+# with junk: /etc/ecs/ecs.config (a BOM, odd keys, random bytes, and the agent's next exit code:
+# 1, 2 or 42, so the exit-2 log excerpt and the exit-42 update run too), /var/lib/ecs/ecs.config
+# (random bytes, a FIFO, a symlink to /dev/zero, a 3 GB sparse file), /var/cache/ecs/desired-image
+# (the same kinds), a 1 GB sparse rotated agent log on containerd, junk records, and it holds
+# the flock on /var/log/ecs/ecs-init.log.lock half of the time. RSS, fds and the wall time per
+# cycle must stay flat as without junk.
 #
 # The stand-in agent exits 1 at once (STANDIN_EXIT_CODE=1, STANDIN_EXIT_AFTER_MS=0); each start
 # logs "agent container started", which is what is counted. Everything lives under a scratch
@@ -23,19 +33,30 @@ NS=ecs-soak
 die() { echo "soak.sh: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root"
 
-cargo build -q --release -p amazon-ecs-init
-bin=$PWD/target/release/amazon-ecs-init
+JUNK=${JUNK:-0}
+if [ -n "${BIN:-}" ]; then
+    bin=$(realpath "$BIN")
+else
+    cargo build -q --release -p amazon-ecs-init
+    bin=$PWD/target/release/amazon-ecs-init
+fi
 ROOT=$(mktemp -d /tmp/ecs-init-soak.XXXXXX)
 sup=
+junk=
 cleanup() {
     local rc=$?
     set +e
+    [ -n "$junk" ] && kill "$junk" 2>/dev/null && wait "$junk" 2>/dev/null
     [ -n "$sup" ] && kill -TERM "$sup" 2>/dev/null && wait "$sup" 2>/dev/null
     docker rm -f ecs-agent >/dev/null 2>&1
     ctr -n "$NS" task kill -s SIGKILL ecs-agent >/dev/null 2>&1
     ctr -n "$NS" task delete -f ecs-agent >/dev/null 2>&1
     ctr -n "$NS" container delete ecs-agent >/dev/null 2>&1
     ctr -n "$NS" images ls -q 2>/dev/null | xargs -r ctr -n "$NS" images rm --sync >/dev/null 2>&1
+    if [ "$rc" -ne 0 ] && [ -f "$ROOT/var/log/ecs/ecs-init.log" ]; then
+        cp "$ROOT/var/log/ecs/ecs-init.log" /tmp/ecs-init-soak.failed.log
+        echo "soak.sh: the launcher's log is kept in /tmp/ecs-init-soak.failed.log" >&2
+    fi
     rm -rf "$ROOT"
     exit "$rc"
 }
@@ -60,9 +81,40 @@ sample() { # pid -> "rss_kb fds"
 wait_starts() { # n timeout_s
     local deadline=$((SECONDS + $2))
     while [ "$(starts)" -lt "$1" ]; do
-        kill -0 "$sup" 2>/dev/null || die "the launcher exited; see $ROOT/var/log/ecs/ecs-init.log"
+        kill -0 "$sup" 2>/dev/null || die "the launcher exited (its log is kept)"
         [ "$SECONDS" -lt "$deadline" ] || die "only $(starts) of $1 starts within $2 s"
         sleep 0.5
+    done
+}
+
+# The agent's vandal (JUNK=1): one random kind of junk at each agent-writable path, every 20 ms.
+vandal() {
+    local r=$ROOT code kind
+    while :; do
+        code=$(shuf -n1 -e 1 1 2 42)
+        { printf '\xef\xbb\xbfECS_CLUSTER=soak\nSTANDIN_EXIT_CODE=%s\nSTANDIN_EXIT_AFTER_MS=0\n' "$code"
+          printf 'ECS-ODD.KEY=%s\n' "$RANDOM"; head -c 512 /dev/urandom | tr -d '\0='; echo; } \
+            >"$r/etc/ecs/.ecs.config.junk" && mv -f "$r/etc/ecs/.ecs.config.junk" "$r/etc/ecs/ecs.config"
+        for f in var/lib/ecs/ecs.config var/cache/ecs/desired-image; do
+            rm -f "$r/$f"
+            kind=$((RANDOM % 5))
+            case $kind in
+                0) head -c 4096 /dev/urandom >"$r/$f" ;;
+                1) mkfifo "$r/$f" ;;
+                2) ln -s /dev/zero "$r/$f" ;;
+                3) truncate -s 3G "$r/$f" ;;
+                4) printf 'ecs-agent.tar\n' >"$r/$f" ;;
+            esac
+        done
+        head -c 200 /dev/urandom >"$r/var/lib/ecs/runtime-backend.junk"
+        if [ "$rt" = containerd ] && [ -d "$r/var/log/ecs/containerd" ]; then
+            truncate -s 1G "$r/var/log/ecs/containerd/ecs-agent.log.7"
+        fi
+        if [ $((RANDOM % 2)) -eq 0 ]; then
+            flock -n "$r/var/log/ecs/ecs-init.log.lock" sleep 0.02 2>/dev/null || sleep 0.02
+        else
+            sleep 0.02
+        fi
     done
 }
 
@@ -76,21 +128,38 @@ for rt in $RUNTIMES; do
     ECS_LOGLEVEL=info "$bin" start >/dev/null 2>&1 9>&- &
     sup=$!
     t0=$SECONDS
+    if [ "$JUNK" = 1 ]; then
+        # After start's own first reading of the config (a refused one would stop it there).
+        wait_starts 1 120
+        vandal 9>&- &
+        junk=$!
+    fi
     wait_starts "$WARMUP" 300
     read -r rss0 fds0 <<<"$(sample "$sup")"
+    t1=$SECONDS
     wait_starts "$CYCLES" $((CYCLES * 2 + 300))
     read -r rss1 fds1 <<<"$(sample "$sup")"
     took=$((SECONDS - t0))
+    per_cycle_ms=$(( (SECONDS - t1) * 1000 / (CYCLES - WARMUP) ))
+    hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$sup/status")
+    # SIGTERM while the junk keeps coming.
+    t2=$(date +%s%N)
     kill -TERM "$sup"
     wait "$sup" || true
+    term_ms=$(( ($(date +%s%N) - t2) / 1000000 ))
     sup=
+    if [ -n "$junk" ]; then
+        kill "$junk"; wait "$junk" 2>/dev/null || true; junk=
+    fi
+    rm -rf "$ROOT/var/lib/ecs/ecs.config" "$ROOT/var/cache/ecs/desired-image" "$ROOT"/var/log/ecs/containerd/ecs-agent.log.7
+    printf 'ECS_CLUSTER=soak\nSTANDIN_EXIT_CODE=1\nSTANDIN_EXIT_AFTER_MS=0\n' >"$ROOT/etc/ecs/ecs.config"
     verdict=ok
     # fds must not grow at all; RSS may wobble by allocator noise (<= 256 kB).
     if [ "$fds1" -gt "$fds0" ] || [ "$rss1" -gt $((rss0 + 256)) ]; then
         verdict=GREW
         status=1
     fi
-    printf '%-11s cycles %5s in %4s s  RSS %6s -> %6s kB  fds %3s -> %3s  %s\n' \
-        "$rt" "$(starts)" "$took" "$rss0" "$rss1" "$fds0" "$fds1" "$verdict"
+    printf '%-11s junk=%s cycles %5s in %4s s (%s ms/cycle after warm-up)  RSS %6s -> %6s kB (peak %s)  fds %3s -> %3s  SIGTERM->exit %s ms  %s\n' \
+        "$rt" "$JUNK" "$(starts)" "$took" "$per_cycle_ms" "$rss0" "$rss1" "$hwm" "$fds0" "$fds1" "$term_ms" "$verdict"
 done
 exit "$status"

@@ -150,6 +150,7 @@ fn net_role(op: &str, json: &str) -> i32 {
         allow_offhost_introspection: v["allow"].as_bool().unwrap_or(false),
         introspection_interface: v["iface"].as_str().map(str::to_string),
         state_dir: PathBuf::from(v["state"].as_str().unwrap()),
+        private_dir: PathBuf::from(v["state"].as_str().unwrap()).join("private"),
         proc_sys: PathBuf::from("/proc/sys"),
     };
     // The launcher validates ECS_INIT_FIREWALL before anything else; so does this glue.
@@ -1009,8 +1010,11 @@ fn host_setup_teardown(fw: Fw) {
     // default.route_localnet=1 is what post-stop restores to.
     h.set_sysctl("net.ipv4.conf.default.route_localnet", "1");
     net(h, fw, "setup", serde_json::json!({}), &state).unwrap();
-    // No record (e.g. lost /var/lib/ecs): auto teardown removes with what is available.
+    // No record (e.g. lost /var/lib/ecs): auto teardown removes with what is available. The
+    // route_localnet value found (0) is kept in the private directory; without it too, the
+    // default value is what post-stop restores.
     std::fs::remove_file(state.join("firewall-backend")).unwrap();
+    std::fs::remove_file(state.join("private/route_localnet.original")).unwrap();
     net(
         h,
         fw,

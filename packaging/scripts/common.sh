@@ -103,6 +103,9 @@ after_remove() {
             rm -f "$CACHE_DIR/state"
         fi
         rmdir "$ROOT/var/lib/ecs/data" "$CACHE_DIR" 2>/dev/null || true
+        # The launcher's own state (the host lock, the route_localnet value to restore).
+        rm -f "$ROOT/var/lib/ecs-init/ecs-init.host.lock" "$ROOT/var/lib/ecs-init/route_localnet.original"
+        rmdir "$ROOT/var/lib/ecs-init" 2>/dev/null || true
     fi
     if systemd_running; then
         systemctl daemon-reload || true

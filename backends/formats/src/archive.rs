@@ -389,9 +389,10 @@ pub fn read(reader: impl Read, events: Option<&mpsc::Sender<Event>>) -> Result<A
     Ok(archive)
 }
 
-/// [`read`] of a file on disk, then [`images`]: the whole archive verified.
-pub fn verify_file(path: &Path) -> Result<Vec<Image>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+/// [`read`] of an open file, then [`images`]: the whole archive verified. The caller opens it
+/// (the launcher: `ecs_host::files::open_read`, which neither follows a symlink nor waits on a
+/// FIFO planted in the agent-writable cache).
+pub fn verify_file(file: std::fs::File) -> Result<Vec<Image>, String> {
     verify_reader(std::io::BufReader::with_capacity(CHUNK, file))
 }
 

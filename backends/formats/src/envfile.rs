@@ -75,6 +75,22 @@ pub struct Parsed {
 /// unusable ones.
 pub fn parse_env_file(path: &Path, text: &str) -> Parsed {
     let mut parsed = Parsed::default();
+    // A byte order mark (an editor on another system) would otherwise become part of the
+    // first key (`\u{FEFF}ECS_CLUSTER`), which the agent would never see.
+    let text = match text.strip_prefix('\u{FEFF}') {
+        Some(rest) => {
+            parsed.warnings.push(Warning {
+                origin: Some(Origin {
+                    file: path.to_path_buf(),
+                    line: 1,
+                }),
+                key: None,
+                message: "the file starts with a UTF-8 byte order mark: removed".into(),
+            });
+            rest
+        }
+        None => text,
+    };
     // Line numbers are those of the untrimmed file, so count the leading lines trim removes.
     let leading = text.len() - text.trim_start().len();
     let first_line = 1 + text[..leading].matches('\n').count();
@@ -139,6 +155,9 @@ fn name_doubts(key: &str) -> Vec<&'static str> {
     if key.chars().any(char::is_whitespace) {
         doubts.push("variable name contains white space");
     }
+    if doubts.is_empty() && !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        doubts.push("variable name contains characters other than A-Z, a-z, 0-9 and '_' (it is passed to the agent as it is)");
+    }
     doubts
 }
 
@@ -152,6 +171,13 @@ fn fits_an_environment(key: &str, value: &str) -> Result<(), String> {
     }
     if value.contains('\0') {
         return Err("the value contains a NUL byte, which no process environment can hold".into());
+    }
+    if key.contains('\0') {
+        // runc refuses the whole container for it ("environment variable name can't contain
+        // null"), so `start` would give up: found by the junk soak (issue 20).
+        return Err(
+            "the variable name contains a NUL byte, which no process environment can hold".into(),
+        );
     }
     Ok(())
 }
@@ -193,25 +219,16 @@ fn file_problem(path: &Path, message: String) -> Warning {
     }
 }
 
-/// The text of an env file: `Ok(None)` when there is none; invalid UTF-8 is replaced (with a
-/// warning per line naming it).
-fn read_env_file(path: &Path) -> Result<Option<(String, Vec<usize>)>, String> {
-    let bytes = match std::fs::read(path) {
+/// The text of an env file read by `read` (the launcher's is non-blocking, refuses symlinks
+/// and anything but a regular file, and is capped): `Ok(None)` when there is none; invalid
+/// UTF-8 is replaced (with a warning per line naming it).
+fn read_env_file(
+    path: &Path,
+    read: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
+) -> Result<Option<(String, Vec<usize>)>, String> {
+    let bytes = match read(path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // A symlink to nothing is a mistake, not "no config".
-            return match std::fs::symlink_metadata(path) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    let target = std::fs::read_link(path)
-                        .map(|t| t.display().to_string())
-                        .unwrap_or_default();
-                    Err(format!(
-                        "is a symbolic link to {target}, which does not exist"
-                    ))
-                }
-                _ => Ok(None),
-            };
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read it: {e}")),
     };
     match String::from_utf8(bytes) {
@@ -233,15 +250,15 @@ fn read_env_file(path: &Path) -> Result<Option<(String, Vec<usize>)>, String> {
 }
 
 impl Config {
-    /// Read `files` in precedence order, lowest first (`/var/lib/ecs/ecs.config`, then
-    /// `/etc/ecs/ecs.config`, which wins). A missing file is fine; an unreadable one (or a
-    /// dangling symlink) is an error in [`Config::errors`].
-    pub fn load(files: &[PathBuf]) -> Config {
+    /// Read `files` with `read` in precedence order, lowest first (`/var/lib/ecs/ecs.config`,
+    /// then `/etc/ecs/ecs.config`, which wins). A missing file is fine; one `read` refuses (a
+    /// symlink, a FIFO, a file over its cap) is an error in [`Config::errors`].
+    pub fn load(files: &[PathBuf], read: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>) -> Config {
         let mut texts = Vec::new();
         let mut problems = Vec::new();
         let mut bad_utf8 = Vec::new();
         for path in files.iter().cloned() {
-            match read_env_file(&path) {
+            match read_env_file(&path, read) {
                 Ok(Some((text, bad_lines))) => {
                     for line in bad_lines {
                         bad_utf8.push(Warning {
@@ -356,6 +373,11 @@ mod tests {
         PathBuf::from(s)
     }
 
+    /// The launcher's reader.
+    fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+        ecs_host::files::read_capped(path, ecs_host::files::caps::ENV_FILE)
+    }
+
     #[test]
     fn parses_like_go() {
         let text = "\n\n  ECS_CLUSTER=prod  \nNOEQUALS\n#ECS_X=1\nA=b=c\nQ=\"quoted\"\n=bad\n";
@@ -456,6 +478,16 @@ mod tests {
         );
         assert!(!errors[0].contains("abc"), "the value is not quoted");
         assert!(cfg.file_entry("ECS_ENGINE_AUTH_DATA").is_none());
+        // In the name too (runc refused the container, and start gave up).
+        let cfg = Config::from_parts(&[(p("/etc/ecs/ecs.config"), "A\0B=1\nC=2\n".into())]);
+        assert_eq!(cfg.file_env.len(), 1);
+        assert!(
+            cfg.errors[0]
+                .to_string()
+                .contains("the variable name contains a NUL byte"),
+            "{:?}",
+            cfg.errors
+        );
     }
 
     #[test]
@@ -467,12 +499,11 @@ mod tests {
         // A directory where the file should be, and a dangling symlink.
         std::fs::create_dir(paths.etc_config()).unwrap();
         std::os::unix::fs::symlink("/nonexistent/ecs.config", paths.var_lib_config()).unwrap();
-        let cfg = Config::load(&paths.files());
+        let cfg = Config::load(&paths.files(), &read);
         let errors: Vec<String> = cfg.errors.iter().map(|e| e.to_string()).collect();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(
-            errors[0]
-                .contains("var/lib/ecs/ecs.config: is a symbolic link to /nonexistent/ecs.config"),
+            errors[0].contains("var/lib/ecs/ecs.config is a symbolic link; refusing to follow it"),
             "{errors:?}"
         );
         assert!(
@@ -482,7 +513,7 @@ mod tests {
         // Invalid UTF-8: a warning naming the line; the rest is read.
         std::fs::remove_dir(paths.etc_config()).unwrap();
         std::fs::write(paths.etc_config(), b"ECS_CLUSTER=c\nBAD=\xff\xfe\n").unwrap();
-        let cfg = Config::load(&paths.files());
+        let cfg = Config::load(&paths.files(), &read);
         assert_eq!(cfg.file_entry("ECS_CLUSTER").unwrap().value, "c");
         let warnings: Vec<String> = cfg.warnings.iter().map(|e| e.to_string()).collect();
         assert!(
@@ -528,11 +559,90 @@ mod tests {
             .map(|i| format!("K{i}={}\n", "v".repeat(100_000)))
             .collect();
         std::fs::write(paths.etc_config(), text).unwrap();
-        let cfg = Config::load(&paths.files());
+        let cfg = Config::load(&paths.files(), &read);
         assert!(
             cfg.errors
                 .iter()
                 .any(|e| e.to_string().contains("bytes of variables")),
+            "{:?}",
+            cfg.errors
+        );
+    }
+
+    /// Issue 20 (9): a byte order mark is removed with a warning naming file and line, so the
+    /// first key keeps its name.
+    #[test]
+    fn a_byte_order_mark_is_removed_with_a_warning() {
+        let parsed = parse_env_file(
+            &p("/etc/ecs/ecs.config"),
+            "\u{FEFF}ECS_CLUSTER=prod\nECS_LOGLEVEL=debug\n",
+        );
+        assert_eq!(parsed.entries[0].key, "ECS_CLUSTER");
+        assert_eq!(parsed.entries[0].origin.line, 1);
+        let msgs: Vec<String> = parsed.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(
+            msgs,
+            ["/etc/ecs/ecs.config:1: the file starts with a UTF-8 byte order mark: removed"]
+        );
+    }
+
+    /// Issue 20 (9): keys with characters outside `[A-Za-z0-9_]` pass through with a warning.
+    #[test]
+    fn unusual_key_characters_are_named() {
+        let parsed = parse_env_file(
+            &p("/etc/ecs/ecs.config"),
+            "ECS-CLUSTER=a\nECS_CLUSTER=b\nK\u{e9}Y=c\nX.Y=d\n",
+        );
+        assert_eq!(parsed.entries.len(), 4);
+        let msgs: Vec<String> = parsed.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(msgs.len(), 3, "{msgs:?}");
+        assert!(
+            msgs[0].starts_with(
+                "/etc/ecs/ecs.config:1: ECS-CLUSTER: variable name contains characters other than"
+            ),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[1].starts_with("/etc/ecs/ecs.config:3: K\u{e9}Y: "),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[2].starts_with("/etc/ecs/ecs.config:4: X.Y: "),
+            "{msgs:?}"
+        );
+    }
+
+    /// Issue 20 (1, 2, 3): with the launcher's reader a FIFO, a symlink (also to `/dev/zero`)
+    /// and a file over the cap are errors naming the file, and nothing blocks.
+    #[test]
+    fn fifos_symlinks_and_giants_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = TestPaths::new(dir.path());
+        std::fs::create_dir_all(dir.path().join("etc/ecs")).unwrap();
+        std::fs::create_dir_all(dir.path().join("var/lib/ecs")).unwrap();
+        let secret = dir.path().join("root-only");
+        std::fs::write(&secret, "SECRET_KEY=x\n").unwrap();
+        std::os::unix::fs::symlink(&secret, paths.var_lib_config()).unwrap();
+        assert!(std::process::Command::new("mkfifo")
+            .arg(paths.etc_config())
+            .status()
+            .unwrap()
+            .success());
+        let cfg = Config::load(&paths.files(), &read);
+        assert!(cfg.file_entry("SECRET_KEY").is_none());
+        let errors: Vec<String> = cfg.errors.iter().map(|e| e.to_string()).collect();
+        assert!(errors[0].contains("symbolic link"), "{errors:?}");
+        assert!(errors[1].contains("not a regular file"), "{errors:?}");
+        std::fs::remove_file(paths.etc_config()).unwrap();
+        std::fs::File::create(paths.etc_config())
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
+        let cfg = Config::load(&paths.files(), &read);
+        assert!(
+            cfg.errors
+                .iter()
+                .any(|e| e.to_string().contains("is 1073741824 bytes; refusing")),
             "{:?}",
             cfg.errors
         );

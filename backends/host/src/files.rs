@@ -8,7 +8,11 @@
 //! * creates files relative to an open directory handle, under a fresh temporary name with
 //!   `O_EXCL`, and renames them into place (a rename replaces a planted symlink, it never
 //!   follows it);
-//! * sets modes explicitly, whatever the process umask.
+//! * sets modes explicitly, whatever the process umask;
+//! * opens without blocking (`O_NONBLOCK`: a FIFO planted in place of a file answers at once
+//!   instead of waiting for a writer forever), reads only regular files, and reads at most a
+//!   cap fitting the file's purpose ([`caps`], every cap in one place);
+//! * never waits for a lock without a deadline ([`lock_within`]).
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -16,6 +20,33 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The most the launcher reads of each kind of file in an agent-writable directory. A larger
+/// file is refused with an error naming it (its size is taken from its metadata, so a sparse
+/// 3 GB file costs nothing to refuse).
+pub mod caps {
+    /// `/etc/ecs/ecs.config`, `/var/lib/ecs/ecs.config`: the agent's environment holds at most
+    /// 1 MiB of variables (`ecs_formats::envfile::MAX_ENV_TOTAL`); twice that leaves room for
+    /// blank lines and long comments.
+    pub const ENV_FILE: u64 = 2 * 1024 * 1024;
+    /// `/var/cache/ecs/desired-image`: one file name.
+    pub const DESIRED_IMAGE: u64 = 4096;
+    /// `/var/cache/ecs/state`: one digit.
+    pub const CACHE_STATE: u64 = 4096;
+    /// The launcher's records (`runtime-backend`, `firewall-backend`, `/run/ecs-init/…`): a
+    /// name, a reason and a few `key=value` lines.
+    pub const RECORD: u64 = 64 * 1024;
+    /// The pid in a lock file.
+    pub const LOCK_PID: u64 = 64;
+    /// How much of the end of the agent's log file is read for the exit-2 excerpt.
+    pub const LOG_TAIL_READ: u64 = 1024 * 1024;
+    /// The exit-2 log excerpt itself, in bytes (with [`LOG_TAIL_LINES`]; a note says when it
+    /// was cut).
+    pub const LOG_EXCERPT: usize = 64 * 1024;
+    /// The exit-2 log excerpt, in lines (the Go tool's 200).
+    pub const LOG_TAIL_LINES: usize = 200;
+}
 
 fn c_name(name: &std::ffi::OsStr) -> io::Result<CString> {
     CString::new(name.as_bytes())
@@ -111,13 +142,13 @@ fn check_plain(path: &Path, file: &File) -> io::Result<()> {
 }
 
 /// Open `path` for appending, creating it with `mode` (exactly, whatever the umask). A
-/// symlink or a multiply linked file at `path` is refused.
+/// symlink, a FIFO or device (never waited for) or a multiply linked file at `path` is refused.
 pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
     let file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| explain(path, e))?;
     check_plain(path, &file)?;
@@ -137,7 +168,7 @@ pub fn open_rw(path: &Path, mode: u32) -> io::Result<File> {
         .create(true)
         .truncate(false)
         .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| explain(path, e))?;
     check_plain(path, &file)?;
@@ -161,22 +192,77 @@ pub fn open_read(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// Read `path` without following a symlink there. `NotFound` passes through unchanged.
-pub fn read(path: &Path) -> io::Result<Vec<u8>> {
-    let mut file = open_read(path)?;
-    let mut out = Vec::new();
-    file.read_to_end(&mut out)?;
+/// Read at most `cap` bytes of the regular file `path` (see [`open_read`]); a larger file is an
+/// error naming the path and both sizes. `NotFound` passes through unchanged.
+pub fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+    let file = open_read(path)?;
+    let too_large = |len: u64| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is {len} bytes; refusing to read more than {cap} bytes of it",
+                path.display()
+            ),
+        )
+    };
+    let len = file.metadata()?.len();
+    if len > cap {
+        return Err(too_large(len));
+    }
+    let mut out = Vec::with_capacity(len as usize);
+    // The file may grow between the check and the read: never read past the cap.
+    file.take(cap + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > cap {
+        return Err(too_large(out.len() as u64));
+    }
     Ok(out)
 }
 
-/// [`read`] as text; invalid UTF-8 is an error naming the path.
-pub fn read_to_string(path: &Path) -> io::Result<String> {
-    String::from_utf8(read(path)?).map_err(|_| {
+/// [`read_capped`] as text; invalid UTF-8 is an error naming the path.
+pub fn read_to_string_capped(path: &Path, cap: u64) -> io::Result<String> {
+    String::from_utf8(read_capped(path, cap)?).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{} is not valid UTF-8", path.display()),
         )
     })
+}
+
+/// Take an exclusive `flock` on `file`, trying every 10 ms for at most `wait`: `Ok(false)` when
+/// another process still holds it then (a lock held forever by whoever can open the file never
+/// blocks the caller for longer).
+pub fn lock_within(file: &File, wait: Duration) -> io::Result<bool> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if try_lock(file)? {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(10).min(deadline - now));
+    }
+}
+
+/// One non-blocking attempt at an exclusive `flock`: `Ok(false)` when another holds it.
+pub fn try_lock(file: &File) -> io::Result<bool> {
+    // SAFETY: flock on a valid, open descriptor; it touches no memory.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+/// Release a lock taken by [`lock_within`] or [`try_lock`] (closing the file releases it too).
+pub fn unlock(file: &File) {
+    // SAFETY: as in try_lock.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
 }
 
 /// The name prefix of the [`TempFile`]s of a file named `name`: `.<name>.tmp-`.
@@ -425,7 +511,7 @@ mod tests {
             err.to_string().contains("ecs-init.log is a symbolic link"),
             "{err}"
         );
-        let err = read(&link).unwrap_err();
+        let err = read_capped(&link, 100).unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
         let hard = dir.path().join("hard");
         std::fs::hard_link(&victim, &hard).unwrap();
@@ -450,7 +536,92 @@ mod tests {
             assert!(t.path().exists());
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        assert!(matches!(read(&target), Err(e) if e.kind() == io::ErrorKind::NotFound));
+        assert!(matches!(read_capped(&target, 100), Err(e) if e.kind() == io::ErrorKind::NotFound));
         remove(&target).unwrap();
+    }
+
+    fn fifo(path: &Path) {
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo with a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    /// Issue 20 (1): a FIFO in place of a file is refused at once, for reading and appending
+    /// (before, the open waited for a writer forever).
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ecs.config");
+        fifo(&p);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let q = p.clone();
+        std::thread::spawn(move || {
+            let read = read_capped(&q, caps::ENV_FILE).map(|_| ());
+            let append = open_append(&q, 0o640).map(|_| ());
+            let rw = open_rw(&q, 0o644).map(|_| ());
+            let _ = tx.send((read, append, rw));
+        });
+        let (read, append, rw) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("an open of a FIFO blocked");
+        let err = read.unwrap_err();
+        assert!(err.to_string().contains("is not a regular file"), "{err}");
+        // No reader: the kernel refuses a non-blocking open for writing (ENXIO).
+        assert!(append.is_err());
+        assert!(rw.unwrap_err().to_string().contains("not a regular file"));
+    }
+
+    /// Issue 20 (2): a file over its cap is refused from its size, without reading it (a
+    /// sparse 3 GB file costs nothing), and `/dev/zero` through a symlink is not read at all.
+    #[test]
+    fn reads_are_capped_and_sparse_giants_cost_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("desired-image");
+        std::fs::write(&p, "ecs-agent-v2.tar\n").unwrap();
+        assert_eq!(
+            read_to_string_capped(&p, caps::DESIRED_IMAGE).unwrap(),
+            "ecs-agent-v2.tar\n"
+        );
+        File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(3 << 30)
+            .unwrap();
+        let err = read_capped(&p, caps::DESIRED_IMAGE).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} is 3221225472 bytes; refusing to read more than 4096 bytes of it",
+                p.display()
+            )
+        );
+        let z = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &z).unwrap();
+        assert!(read_capped(&z, caps::ENV_FILE)
+            .unwrap_err()
+            .to_string()
+            .contains("symbolic link"));
+        let err = read_capped(Path::new("/dev/zero"), caps::ENV_FILE).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    /// Issue 20 (1): a lock held by someone else is given up on after the wait.
+    #[test]
+    fn a_held_lock_is_waited_for_at_most_the_given_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ecs-init.log.lock");
+        let holder = open_rw(&p, 0o640).unwrap();
+        assert!(try_lock(&holder).unwrap());
+        let other = open_rw(&p, 0o640).unwrap();
+        let t0 = Instant::now();
+        assert!(!lock_within(&other, Duration::from_millis(100)).unwrap());
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_millis(100) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+        unlock(&holder);
+        assert!(lock_within(&other, Duration::from_millis(100)).unwrap());
     }
 }

@@ -60,7 +60,7 @@ impl Record {
 
     /// The record at `path`; `None` when there is none. A symlink there is an error.
     pub fn read(path: &Path) -> io::Result<Option<Record>> {
-        match crate::files::read_to_string(path) {
+        match crate::files::read_to_string_capped(path, crate::files::caps::RECORD) {
             Ok(text) => Ok(Some(Record::parse(&text))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),

@@ -33,6 +33,9 @@ pub struct NetConfig {
     pub introspection_interface: Option<String>,
     /// `<root>/var/lib/ecs`: where the chosen backend is recorded for post-stop.
     pub state_dir: PathBuf,
+    /// `<root>/var/lib/ecs-init`: root-only and never bound into the agent container; where
+    /// the `route_localnet` value to restore is kept (see [`original_route_localnet`]).
+    pub private_dir: PathBuf,
     /// Normally `/proc/sys`; its parent is taken as `/proc`.
     pub proc_sys: PathBuf,
 }
@@ -44,6 +47,7 @@ impl Default for NetConfig {
             allow_offhost_introspection: false,
             introspection_interface: None,
             state_dir: PathBuf::from("/var/lib/ecs"),
+            private_dir: PathBuf::from("/var/lib/ecs-init"),
             proc_sys: PathBuf::from("/proc/sys"),
         }
     }
@@ -308,8 +312,79 @@ async fn lo_route(add: bool) -> Result<bool, NetError> {
     result.map_err(|e| route_err(e.to_string()))
 }
 
-/// The record key holding the `route_localnet` value pre-start found (post-stop restores it).
-const FOUND_ROUTE_LOCALNET: &str = "route_localnet";
+/// The file under [`NetConfig::private_dir`] holding the `route_localnet` value the first
+/// pre-start found (post-stop restores it).
+pub const ROUTE_LOCALNET_RECORD: &str = "route_localnet.original";
+
+/// The `route_localnet` value to restore, from the root-only record under `private_dir`; `None`
+/// (with a warning when a record is there but not trusted) otherwise.
+///
+/// Why there and not in `/var/lib/ecs/firewall-backend` (where releases before issue 20 kept
+/// it): `/var/lib/ecs` is bound read-write into the agent container, and a value the agent can
+/// forge decides whether the host is left with `route_localnet=1` — which, with the rules
+/// removed by post-stop, exposes 127.0.0.0/8 services to the network. `/var/lib/ecs-init` is
+/// created 0700 by root and is not among the agent's binds (`/run` would not do: the agent
+/// gets `/var/run` read-write for the Docker socket). Still, the record is only trusted when
+/// the directory is a real directory owned by this process's user and writable by no one
+/// else, the file is a regular file (not followed when a symlink), and its value is `0` or
+/// `1`; without a trusted record post-stop restores the kernel's `default` value, as before.
+pub fn original_route_localnet(private_dir: &Path) -> Option<String> {
+    let path = private_dir.join(ROUTE_LOCALNET_RECORD);
+    let distrust = |why: String| {
+        tracing::warn!(record = %path.display(), "not using the route_localnet record: {why}");
+        None
+    };
+    match trusted_dir(private_dir) {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(why) => return distrust(why),
+    }
+    let text = match ecs_host::files::read_to_string_capped(&path, ecs_host::files::caps::RECORD) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => return distrust(e.to_string()),
+    };
+    match text.trim() {
+        v @ ("0" | "1") => Some(v.to_string()),
+        _ => distrust("its value is not 0 or 1".into()),
+    }
+}
+
+/// Whether `dir` exists as a directory only this process's user can write (`Ok(false)`: it
+/// does not exist).
+fn trusted_dir(dir: &Path) -> Result<bool, String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e.to_string()),
+    };
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    if !m.file_type().is_dir() {
+        Err(format!("{} is not a directory", dir.display()))
+    } else if m.uid() != me || m.mode() & 0o022 != 0 {
+        Err(format!(
+            "{} is owned by uid {} with mode {:o}; it must be owned by uid {me} and writable by no one else",
+            dir.display(),
+            m.uid(),
+            m.mode() & 0o7777
+        ))
+    } else {
+        Ok(true)
+    }
+}
+
+/// Record `value` as the `route_localnet` value to restore (root-only directory and file).
+fn record_original_route_localnet(private_dir: &Path, value: &str) -> std::io::Result<()> {
+    ecs_host::files::ensure_dir(private_dir, 0o700)?;
+    trusted_dir(private_dir).map_err(std::io::Error::other)?;
+    ecs_host::files::write_atomic(
+        &private_dir.join(ROUTE_LOCALNET_RECORD),
+        format!("{value}\n").as_bytes(),
+        0o600,
+    )
+}
 
 /// pre-start: remove the previous backend's rules when the backend changed, record the backend
 /// (and the `route_localnet` value found, unless an earlier record already holds the original),
@@ -338,12 +413,36 @@ pub async fn setup_network(
     }
     let all = sysctl_path(cfg, ROUTE_LOCALNET_ALL);
     let found = read_sysctl(&all)?;
-    let earlier = write_setup_record(cfg, plan, &found)?;
+    // The value to restore: the one an earlier pre-start recorded (this one may see our own
+    // 1), else the one found now.
+    let recorded_original = original_route_localnet(&cfg.private_dir);
+    if recorded_original.is_none() {
+        record_original_route_localnet(&cfg.private_dir, &found).map_err(|source| {
+            NetError::State {
+                path: cfg.private_dir.join(ROUTE_LOCALNET_RECORD),
+                source,
+            }
+        })?;
+    }
+    let earlier = match write_setup_record(cfg, plan) {
+        Ok(earlier) => earlier,
+        Err(e) => {
+            if recorded_original.is_none() {
+                let _ = ecs_host::files::remove(&cfg.private_dir.join(ROUTE_LOCALNET_RECORD));
+            }
+            return Err(e);
+        }
+    };
     let mut route_added = false;
     let result = apply(cfg, plan, firewall, &all, &mut route_added).await;
     if let Err(e) = result {
         tracing::warn!(error = %e, "host network setup failed; undoing the sysctl and route changes");
         undo(cfg, &all, &found, route_added, earlier).await;
+        if recorded_original.is_none() {
+            if let Err(e) = ecs_host::files::remove(&cfg.private_dir.join(ROUTE_LOCALNET_RECORD)) {
+                tracing::error!(error = %e, "could not remove the route_localnet record");
+            }
+        }
         return Err(e);
     }
     tracing::info!(firewall = %plan.firewall, rules = plan.rules.rules.len(), "host network prepared");
@@ -351,20 +450,10 @@ pub async fn setup_network(
 }
 
 /// Record the backend before anything is applied (so a crash mid-apply still tears down with
-/// the right one), with the `route_localnet` value to restore: the one an earlier record already
-/// holds, else the one `found` now. Returns the record that was there before.
-fn write_setup_record(
-    cfg: &NetConfig,
-    plan: &NetPlan,
-    found: &str,
-) -> Result<Option<Record>, NetError> {
+/// the right one). Returns the record that was there before.
+fn write_setup_record(cfg: &NetConfig, plan: &NetPlan) -> Result<Option<Record>, NetError> {
     let earlier = read_record(&cfg.state_dir);
-    let mut record = Record::new(&plan.firewall, &plan.reason);
-    let original = earlier
-        .as_ref()
-        .and_then(|r| r.extras.get(FOUND_ROUTE_LOCALNET).cloned())
-        .unwrap_or_else(|| found.to_string());
-    record.extras.insert(FOUND_ROUTE_LOCALNET.into(), original);
+    let record = Record::new(&plan.firewall, &plan.reason);
     let path = record_path(&cfg.state_dir);
     let state_err = |source| NetError::State {
         path: path.clone(),
@@ -433,16 +522,18 @@ async fn undo(
 }
 
 /// post-stop: remove our rules with each of `firewalls` (see [`teardown_backends`]), restore
-/// route_localnet (to the value pre-start recorded, else to the `default` value), remove the lo
-/// route. Needs no container runtime. Carries on past failures and reports them all; the
-/// record is removed once everything succeeded.
+/// route_localnet (to the value pre-start recorded under the root-only `private_dir`, see
+/// [`original_route_localnet`]; else to the `default` value — never to a value from the
+/// agent-writable `/var/lib/ecs`), remove the lo route. Needs no container runtime. Carries on
+/// past failures and reports them all; the records are removed once everything succeeded (a
+/// record that cannot be removed, e.g. on a read-only `/var/lib/ecs`, is only a warning: the
+/// host is clean).
 pub async fn teardown_network(
     cfg: &NetConfig,
     firewalls: &[Box<dyn Firewall>],
 ) -> Result<(), NetError> {
     let facts = host_facts(cfg);
     let rules = RuleSet::build(&rule_options(cfg, &facts));
-    let record = read_record(&cfg.state_dir);
     let mut errors = Vec::new();
     for fw in firewalls {
         tracing::info!(firewall = fw.name(), "removing firewall rules");
@@ -453,7 +544,7 @@ pub async fn teardown_network(
             });
         }
     }
-    let restore = match record.and_then(|r| r.extras.get(FOUND_ROUTE_LOCALNET).cloned()) {
+    let restore = match original_route_localnet(&cfg.private_dir) {
         Some(v) => Ok(v),
         None => read_sysctl(&sysctl_path(cfg, ROUTE_LOCALNET_DEFAULT)),
     };
@@ -464,8 +555,15 @@ pub async fn teardown_network(
         errors.push(e);
     }
     if errors.is_empty() {
-        let path = record_path(&cfg.state_dir);
-        ecs_host::files::remove(&path).map_err(|source| NetError::State { path, source })
+        for path in [
+            record_path(&cfg.state_dir),
+            cfg.private_dir.join(ROUTE_LOCALNET_RECORD),
+        ] {
+            if let Err(e) = ecs_host::files::remove(&path) {
+                tracing::warn!(record = %path.display(), error = %e, "host network cleaned up, but its record could not be removed");
+            }
+        }
+        Ok(())
     } else if errors.len() == 1 {
         Err(errors.remove(0))
     } else {
@@ -504,6 +602,7 @@ mod tests {
         std::fs::write(dir.path().join("net/route"), route).unwrap();
         let cfg = NetConfig {
             state_dir: dir.path().join("state"),
+            private_dir: dir.path().join("var/lib/ecs-init"),
             proc_sys: sys,
             ..NetConfig::default()
         };
@@ -602,6 +701,7 @@ mod tests {
         assert!(err.to_string().contains("no such interface"), "{err}");
         assert_eq!(route_localnet(&cfg), "0");
         assert!(!record_path(&cfg.state_dir).exists());
+        assert!(!cfg.private_dir.join(ROUTE_LOCALNET_RECORD).exists());
     }
 
     #[tokio::test]
@@ -615,16 +715,87 @@ mod tests {
         setup_network(&cfg, &plan, &NoFirewall, None).await.unwrap();
         let record = Record::read(&record_path(&cfg.state_dir)).unwrap().unwrap();
         assert_eq!(record.name, "none");
-        assert_eq!(record.extras[FOUND_ROUTE_LOCALNET], "0");
+        assert_eq!(
+            original_route_localnet(&cfg.private_dir).as_deref(),
+            Some("0")
+        );
         assert_eq!(
             recorded_backend(&cfg.state_dir),
             Some(ecs_firewall::none::KIND)
         );
-        // A failure now restores the record as it was (still naming the original value).
+        // A failure now restores the record as it was (and keeps the original value).
         let _ = setup_network(&cfg, &plan, &Refusing, None)
             .await
             .unwrap_err();
         let again = Record::read(&record_path(&cfg.state_dir)).unwrap().unwrap();
         assert_eq!(again, record);
+        assert_eq!(
+            original_route_localnet(&cfg.private_dir).as_deref(),
+            Some("0")
+        );
+    }
+
+    /// Issue 20 (4): the value to restore never comes from the agent-writable record: a forged
+    /// `route_localnet=1` in `/var/lib/ecs/firewall-backend` is not used nor kept by the next
+    /// pre-start, and the root-only record is trusted only when only root can write it and its
+    /// value is 0 or 1.
+    #[tokio::test]
+    async fn the_value_to_restore_is_not_the_agents_to_decide() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_d, cfg) = fake_proc(false, false, true);
+        std::fs::write(sysctl_path(&cfg, ROUTE_LOCALNET_ALL), "0\n").unwrap();
+        std::fs::create_dir_all(&cfg.state_dir).unwrap();
+        // The agent forges the old-format record before the first pre-start.
+        std::fs::write(
+            record_path(&cfg.state_dir),
+            "iptables\nforged\nroute_localnet=1\n",
+        )
+        .unwrap();
+        let plan = plan_network(&cfg, none_selection(), &NoFirewall);
+        setup_network(&cfg, &plan, &NoFirewall, None).await.unwrap();
+        assert_eq!(
+            original_route_localnet(&cfg.private_dir).as_deref(),
+            Some("0")
+        );
+        let rec = cfg.private_dir.join(ROUTE_LOCALNET_RECORD);
+        assert_eq!(
+            std::fs::metadata(&rec).unwrap().permissions().mode() & 0o7777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(&cfg.private_dir)
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o700
+        );
+        // Forged after pre-start too: the next pre-start still keeps 0.
+        std::fs::write(
+            record_path(&cfg.state_dir),
+            "none\nforged\nroute_localnet=1\n",
+        )
+        .unwrap();
+        setup_network(&cfg, &plan, &NoFirewall, None).await.unwrap();
+        assert_eq!(
+            original_route_localnet(&cfg.private_dir).as_deref(),
+            Some("0")
+        );
+        // A value that is not 0 or 1, a directory others can write, a symlink: not trusted.
+        std::fs::write(&rec, "7\n").unwrap();
+        assert_eq!(original_route_localnet(&cfg.private_dir), None);
+        std::fs::write(&rec, "1\n").unwrap();
+        std::fs::set_permissions(&cfg.private_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(original_route_localnet(&cfg.private_dir), None);
+        std::fs::set_permissions(&cfg.private_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(
+            original_route_localnet(&cfg.private_dir).as_deref(),
+            Some("1")
+        );
+        std::fs::remove_file(&rec).unwrap();
+        let elsewhere = cfg.state_dir.join("one");
+        std::fs::write(&elsewhere, "1\n").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &rec).unwrap();
+        assert_eq!(original_route_localnet(&cfg.private_dir), None);
     }
 }

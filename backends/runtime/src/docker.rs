@@ -492,20 +492,23 @@ impl Runtime for DockerRuntime {
     async fn load_image(&self, tarball: &Path) -> Result<Vec<String>> {
         // dockerd moves tags as it reads a multi-image archive and stops at the first bad part:
         // verify the whole archive first, so a bad one never moves the agent's tag.
-        let path = tarball.to_path_buf();
-        tokio::task::spawn_blocking(move || crate::archive::verify_file(&path))
+        // One open for both (what was verified is what is sent), without following a symlink
+        // or waiting on a FIFO planted in the agent-writable cache.
+        let bad = |reason: String| RuntimeError::BadTarball {
+            path: tarball.to_path_buf(),
+            reason,
+        };
+        let mut file =
+            ecs_host::files::open_read(tarball).map_err(|e| bad(format!("cannot open: {e}")))?;
+        let verify = file
+            .try_clone()
+            .map_err(|e| bad(format!("cannot open: {e}")))?;
+        tokio::task::spawn_blocking(move || crate::archive::verify_file(verify))
             .await
             .map_err(|e| RuntimeError::io("verify image tarball", std::io::Error::other(e)))?
-            .map_err(|reason| RuntimeError::BadTarball {
-                path: tarball.to_path_buf(),
-                reason,
-            })?;
-        let file = tokio::fs::File::open(tarball)
-            .await
-            .map_err(|e| RuntimeError::BadTarball {
-                path: tarball.to_path_buf(),
-                reason: format!("cannot open: {e}"),
-            })?;
+            .map_err(bad)?;
+        std::io::Seek::rewind(&mut file).map_err(|e| bad(format!("cannot read: {e}")))?;
+        let file = tokio::fs::File::from_std(file);
         let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
         tracing::info!(tarball = %tarball.display(), bytes = size, "loading image into dockerd");
         let loaded = self.load_stream(tarball, file).await?;
@@ -645,7 +648,19 @@ impl Runtime for DockerRuntime {
         let mut stream = docker.logs(name, Some(options));
         while let Some(item) = stream.next().await {
             match item {
-                Ok(chunk) => out.push_str(&String::from_utf8_lossy(chunk.as_ref())),
+                Ok(chunk) => {
+                    out.push_str(&String::from_utf8_lossy(chunk.as_ref()));
+                    // dockerd sends the last `lines` entries, each up to 16 KB: keep only the
+                    // end, so memory stays bounded (the caller cuts the excerpt further).
+                    let max = ecs_host::files::caps::LOG_TAIL_READ as usize;
+                    if out.len() > 2 * max {
+                        let mut cut = out.len() - max;
+                        while !out.is_char_boundary(cut) {
+                            cut += 1;
+                        }
+                        out.drain(..cut);
+                    }
+                }
                 Err(err) if is_status(&err, &[404]) => {
                     return Err(RuntimeError::NoSuchContainer(name.to_string()))
                 }

@@ -135,7 +135,8 @@ fn import_docker_save_both_names_and_idempotent() {
             .unwrap());
         assert!(!env.rt.image_present("amazon/other:latest").await.unwrap());
         // The image ID is the archive's config digest, as on Docker.
-        let archive = ecs_runtime::archive::verify_file(&tar).unwrap();
+        let archive =
+            ecs_runtime::archive::verify_file(std::fs::File::open(&tar).unwrap()).unwrap();
         assert_eq!(
             env.rt.image_id(support::AGENT_IMAGE).await.unwrap(),
             Some(archive[0].config_digest.clone())

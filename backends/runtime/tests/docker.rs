@@ -154,7 +154,7 @@ async fn image_id_is_the_config_digest() {
     let reference = "ecs-dkt/id:v1";
     let tarball = support::stand_in_tarball(reference);
     rt.load_image(&tarball).await.unwrap();
-    let images = ecs_runtime::archive::verify_file(&tarball).unwrap();
+    let images = ecs_runtime::archive::verify_file(std::fs::File::open(&tarball).unwrap()).unwrap();
     assert_eq!(
         rt.image_id(reference).await.unwrap(),
         Some(images[0].config_digest.clone())

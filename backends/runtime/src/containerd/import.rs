@@ -41,7 +41,8 @@ async fn stream_tarball(rt: &ContainerdRuntime, tarball: &Path, lease: &Lease) -
         reason,
     };
     let (tx, mut rx) = mpsc::channel::<Event>(4);
-    let file = std::fs::File::open(tarball).map_err(|e| bad(format!("cannot open: {e}")))?;
+    // Not following a symlink nor waiting on a FIFO planted in the agent-writable cache.
+    let file = ecs_host::files::open_read(tarball).map_err(|e| bad(format!("cannot open: {e}")))?;
     let reader = tokio::task::spawn_blocking(move || {
         archive::read(
             std::io::BufReader::with_capacity(1024 * 1024, file),

@@ -4,9 +4,9 @@
 //! [`logs_tail`](crate::Runtime::logs_tail).
 
 use crate::spec::LogConfig;
+use ecs_host::files::caps;
 use serde::Deserialize;
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 /// Percent-encodes everything but unreserved characters and `/` (containerd's shim parses the
@@ -81,24 +81,47 @@ struct Entry {
     time: String,
 }
 
-/// The last `lines` entries as `<RFC 3339 time> <line>` lines (Docker's `logs --timestamps`).
+/// The last `lines` entries as `<RFC 3339 time> <line>` lines (Docker's `logs --timestamps`),
+/// from at most [`caps::LOG_TAIL_READ`] bytes at the end of the log files (newest first): the
+/// files are in the agent-writable `/var/log/ecs`, so a 1 GB (sparse) file or a line without
+/// end costs no more than that.
 pub fn tail(dir: &Path, name: &str, lines: usize) -> std::io::Result<String> {
-    let mut last: VecDeque<String> = VecDeque::with_capacity(lines.min(10_000));
+    use std::io::{Read, Seek, SeekFrom};
     if lines == 0 {
         return Ok(String::new());
     }
-    for path in files(dir, name) {
+    // The ends of the newest files, newest first, within the budget; `true` when the chunk
+    // starts mid-file (its first line is partial).
+    let mut chunks: Vec<(Vec<u8>, bool)> = Vec::new();
+    let mut budget = caps::LOG_TAIL_READ;
+    for path in files(dir, name).into_iter().rev() {
+        if budget == 0 {
+            break;
+        }
         // The directory is under the agent's writable /var/log/ecs: a planted symlink (say, to
-        // /dev/zero) must not be read.
-        let file = match ecs_host::files::open_read(&path) {
+        // /dev/zero) or FIFO must not be read.
+        let mut file = match ecs_host::files::open_read(&path) {
             Ok(f) => f,
             // Rotated away between listing and opening.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        for line in BufReader::new(file).lines() {
-            let line = line?;
-            let Ok(entry) = serde_json::from_str::<Entry>(&line) else {
+        let len = file.metadata()?.len();
+        let start = len.saturating_sub(budget);
+        file.seek(SeekFrom::Start(start))?;
+        let mut buf = Vec::new();
+        file.take(budget).read_to_end(&mut buf)?;
+        budget -= buf.len() as u64;
+        chunks.push((buf, start > 0));
+    }
+    let mut last: VecDeque<String> = VecDeque::with_capacity(lines.min(10_000));
+    for (buf, partial) in chunks.iter().rev() {
+        let mut it = buf.split(|b| *b == b'\n');
+        if *partial {
+            it.next();
+        }
+        for line in it {
+            let Ok(entry) = serde_json::from_slice::<Entry>(line) else {
                 continue;
             };
             if last.len() == lines {
@@ -171,5 +194,28 @@ mod tests {
         remove(&dir, "c");
         assert!(files(&dir, "c").is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Issue 20 (2): a 1 GB sparse log (no line end at all) costs at most the read cap; the
+    /// last real entries after it are still found.
+    #[test]
+    fn a_giant_log_is_read_from_its_end_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("c.log.1");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
+        std::fs::write(
+            dir.path().join("c.log"),
+            "{\"log\":\"last\\n\",\"time\":\"t9\"}\n",
+        )
+        .unwrap();
+        let t0 = std::time::Instant::now();
+        assert_eq!(tail(dir.path(), "c", 200).unwrap(), "t9 last\n");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(2));
+        // Only the giant: nothing usable, and no error.
+        std::fs::remove_file(dir.path().join("c.log")).unwrap();
+        assert_eq!(tail(dir.path(), "c", 200).unwrap(), "");
     }
 }
