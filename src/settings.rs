@@ -381,6 +381,48 @@ pub const KNOBS: &[Knob] = &[
         doc: "longest wait for the response head or for more body data",
     },
     Knob {
+        name: "ECS_INIT_DOWNLOAD_DEADLINE_SECONDS",
+        kind: Kind::Seconds,
+        default: "3600",
+        scope: Scope::Anywhere,
+        doc: "the whole download (instance metadata, every bucket and retry) ends with an error after this long; 3600 fits a 100 MB agent at 30 kB/s",
+    },
+    Knob {
+        name: "ECS_INIT_DOWNLOAD_MIN_RATE_BYTES",
+        kind: Kind::Count,
+        default: "1024",
+        scope: Scope::Anywhere,
+        doc: "a connection that receives less than this many bytes per second, averaged over `ECS_INIT_DOWNLOAD_MIN_RATE_SECONDS`, is dropped and retried (0: no minimum)",
+    },
+    Knob {
+        name: "ECS_INIT_DOWNLOAD_MIN_RATE_SECONDS",
+        kind: Kind::Seconds,
+        default: "60",
+        scope: Scope::Anywhere,
+        doc: "the window of `ECS_INIT_DOWNLOAD_MIN_RATE_BYTES`",
+    },
+    Knob {
+        name: "ECS_INIT_DOWNLOAD_MAX_BYTES",
+        kind: Kind::Count,
+        default: "1073741824",
+        scope: Scope::Anywhere,
+        doc: "largest agent object accepted: a bigger `Content-Length` is refused before writing, a body without one is cut off at this size",
+    },
+    Knob {
+        name: "ECS_INIT_DOWNLOAD_PART_BYTES",
+        kind: Kind::Count,
+        default: "8388608",
+        scope: Scope::Anywhere,
+        doc: "largest byte range of the parallel download (smaller objects are split evenly over the connections; one of at most 1 MiB is one stream)",
+    },
+    Knob {
+        name: "ECS_INIT_DOWNLOAD_PARALLELISM",
+        kind: Kind::Count,
+        default: "8",
+        scope: Scope::Anywhere,
+        doc: "connections of the parallel download (1: one stream)",
+    },
+    Knob {
         name: "ECS_INIT_RESTART_DELAY_MS",
         kind: Kind::Count,
         default: "(500 ms → 15 s backoff)",
@@ -510,6 +552,21 @@ pub struct DownloadSettings {
     pub trust: TrustSettings,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// The limits of the download (`ECS_INIT_DOWNLOAD_DEADLINE_SECONDS`, `…_MIN_RATE_*`,
+    /// `…_MAX_BYTES`, `…_PART_BYTES`, `…_PARALLELISM`).
+    pub limits: DownloadLimits,
+}
+
+/// How long, how slow and how large the download may be, and how it is split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DownloadLimits {
+    pub deadline: Duration,
+    /// Bytes per second, per connection (0: no minimum).
+    pub min_rate: u64,
+    pub min_rate_window: Duration,
+    pub max_bytes: u64,
+    pub part_bytes: u64,
+    pub parallelism: u32,
 }
 
 /// Everything the launcher is configured with.
@@ -757,6 +814,39 @@ impl Resolver<'_> {
             trust,
             connect_timeout: self.positive_seconds("ECS_INIT_DOWNLOAD_CONNECT_TIMEOUT_SECONDS"),
             read_timeout: self.positive_seconds("ECS_INIT_DOWNLOAD_READ_TIMEOUT_SECONDS"),
+            limits: self.download_limits(),
+        }
+    }
+
+    /// The download's deadline, minimum rate, size cap and split.
+    fn download_limits(&mut self) -> DownloadLimits {
+        let mut bytes = |name: &str, what: &str, range: std::ops::RangeInclusive<u64>| {
+            self.parsed(name, what, |v| {
+                v.parse::<u64>().ok().filter(|n| range.contains(n))
+            })
+        };
+        let min_rate = bytes(
+            "ECS_INIT_DOWNLOAD_MIN_RATE_BYTES",
+            "a number of bytes from 0 to 1073741824",
+            0..=1 << 30,
+        );
+        let max_bytes = bytes(
+            "ECS_INIT_DOWNLOAD_MAX_BYTES",
+            "a number of bytes from 1 to 1099511627776",
+            1..=1 << 40,
+        );
+        let part_bytes = bytes(
+            "ECS_INIT_DOWNLOAD_PART_BYTES",
+            "a number of bytes from 65536 to 1073741824",
+            1 << 16..=1 << 30,
+        );
+        DownloadLimits {
+            deadline: self.positive_seconds("ECS_INIT_DOWNLOAD_DEADLINE_SECONDS"),
+            min_rate,
+            min_rate_window: self.positive_seconds("ECS_INIT_DOWNLOAD_MIN_RATE_SECONDS"),
+            max_bytes,
+            part_bytes,
+            parallelism: self.count_in("ECS_INIT_DOWNLOAD_PARALLELISM", 1..=64),
         }
     }
 

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::settings::Settings;
-use fetch::{Fetched, Progress, SourceError};
+use fetch::{FetchOptions, Fetched, Progress, SourceError};
 use http::{Client, Retry};
 use proxy::{NoProxy, Proxies, ProxyUrl};
 use region::Source;
@@ -34,7 +34,7 @@ pub const DEFAULT_REGION: &str = "us-east-1";
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
 pub const DEFAULT_IMDS_ENDPOINT_IPV6: &str = "http://[fd00:ec2::254]";
 
-pub use crate::settings::{DownloadSettings, Setting};
+pub use crate::settings::{DownloadLimits, DownloadSettings, Setting};
 
 /// Everything the download needs, resolved from the configuration by [`options`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +92,8 @@ pub enum DownloadError {
     },
     #[error("could not download the agent: {0}")]
     Local(#[source] SourceError),
+    #[error("could not download the agent: not done within the download deadline of {limit:?} (ECS_INIT_DOWNLOAD_DEADLINE_SECONDS)")]
+    Deadline { limit: Duration },
     #[error("could not download the agent {object} (region {region}, {region_from}): {}", list(.failures))]
     AllFailed {
         object: String,
@@ -225,8 +227,22 @@ impl DownloadOptions {
 const LEGACY_PARTIAL_PREFIX: &str = "ecs-agent.tar.download-";
 
 /// Download the agent into the cache directory (see the module doc). On success the tarball is
-/// complete, verified and in place; on failure nothing in the cache directory has changed.
+/// complete, verified and in place; on failure nothing in the cache directory has changed. The
+/// whole of it (instance metadata, every bucket, every retry) ends at the deadline
+/// (`ECS_INIT_DOWNLOAD_DEADLINE_SECONDS`); what was in flight is dropped, the temp file with it.
 pub async fn download(opts: &DownloadOptions) -> Result<Fetched, DownloadError> {
+    let limit = opts.knobs.limits.deadline;
+    let deadline = tokio::time::Instant::now() + limit;
+    match tokio::time::timeout_at(deadline, download_by(opts, deadline)).await {
+        Ok(done) => done,
+        Err(_) => Err(DownloadError::Deadline { limit }),
+    }
+}
+
+async fn download_by(
+    opts: &DownloadOptions,
+    deadline: tokio::time::Instant,
+) -> Result<Fetched, DownloadError> {
     let object = object_name(opts.arch)?;
     let proxies = opts.proxies()?;
     let (region, region_from) = opts.region(&proxies).await?;
@@ -254,16 +270,24 @@ pub async fn download(opts: &DownloadOptions) -> Result<Fetched, DownloadError> 
     for path in stale {
         tracing::info!(path = %path.display(), "removed a stale partial download");
     }
-    let client = Client::new(
+    let mut client = Client::new(
         proxies,
         opts.knobs.trust.clone(),
         opts.knobs.connect_timeout,
         opts.knobs.read_timeout,
     );
+    let limits = opts.knobs.limits;
+    client.min_rate = (limits.min_rate, limits.min_rate_window);
+    let fetch_opts = FetchOptions {
+        retry: opts.retry,
+        progress: opts.progress,
+        limits,
+        deadline,
+    };
     let mut failures = Vec::new();
     for source in &sources {
         tracing::info!(url = %source.tarball, "downloading the agent");
-        match fetch::from_source(&client, opts.retry, source, &dest, opts.progress).await {
+        match fetch::from_source(&client, &fetch_opts, source, &dest).await {
             Ok(f) => {
                 let secs = f.elapsed.as_secs_f64().max(0.001);
                 tracing::info!(
@@ -355,6 +379,14 @@ pub fn describe(opts: &DownloadOptions) -> serde_json::Value {
         },
         "connect_timeout_seconds": opts.knobs.connect_timeout.as_secs_f64(),
         "read_timeout_seconds": opts.knobs.read_timeout.as_secs_f64(),
+        "deadline_seconds": opts.knobs.limits.deadline.as_secs_f64(),
+        "min_rate": {
+            "bytes_per_second": opts.knobs.limits.min_rate,
+            "window_seconds": opts.knobs.limits.min_rate_window.as_secs_f64(),
+        },
+        "max_bytes": opts.knobs.limits.max_bytes,
+        "part_bytes": opts.knobs.limits.part_bytes,
+        "parallelism": opts.knobs.limits.parallelism,
         "attempts_per_request": opts.retry.attempts,
         "destination": opts.tarball(),
     })
