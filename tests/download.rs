@@ -443,6 +443,22 @@ fn region_from_settings_and_the_default_without_imds() {
     );
 }
 
+/// `reload-cache` on an uncached host downloads like `pre-start` (the Go tool does), loads it
+/// and records state 1.
+#[test]
+fn reload_cache_on_an_uncached_host_downloads() {
+    let h = Host::new(imds_v2("eu-west-1"));
+    let served = served_tarball();
+    h.aws.put_agent(BUCKET, &object(), served.clone());
+    std::fs::remove_dir_all(h.root.var_cache_ecs()).unwrap();
+    let mut c = h.netns.command(BIN);
+    c.arg("reload-cache");
+    let child = h.command(c).spawn().expect("spawn reload-cache");
+    let out = wait_output(child, Duration::from_secs(180), "reload-cache");
+    h.assert_downloaded(&out, &served);
+    assert_eq!(h.aws.gets(BUCKET, &object()), tarball_gets(&served));
+}
+
 #[test]
 fn first_bucket_404_then_the_regional_bucket() {
     let h = Host::new(imds_v2("eu-central-1"));
