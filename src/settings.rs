@@ -311,6 +311,41 @@ pub const KNOBS: &[Knob] = &[
         doc: "download from this base URL instead, path-style (`<url>/<bucket>/<object>`): a mirror",
     },
     Knob {
+        name: "AWS_ENDPOINT_URL",
+        kind: Kind::Text,
+        default: "(the partition's S3)",
+        scope: Scope::Anywhere,
+        doc: "as `AWS_ENDPOINT_URL_S3` (which wins), the AWS SDKs' endpoint of every service",
+    },
+    Knob {
+        name: "AWS_USE_FIPS_ENDPOINT",
+        kind: Kind::Bool,
+        default: "false",
+        scope: Scope::Anywhere,
+        doc: "`true` (as the AWS SDKs read it): S3's FIPS endpoints (`<bucket>.s3-fips.<region>.<domain>`); ignored with an endpoint URL",
+    },
+    Knob {
+        name: "AWS_USE_DUALSTACK_ENDPOINT",
+        kind: Kind::Bool,
+        default: "false",
+        scope: Scope::Anywhere,
+        doc: "`true` (as the AWS SDKs read it): S3's dual-stack (IPv6) endpoints (`<bucket>.s3.dualstack.<region>.<domain>`); ignored with an endpoint URL",
+    },
+    Knob {
+        name: "AWS_CA_BUNDLE",
+        kind: Kind::Path,
+        default: "(none)",
+        scope: Scope::Anywhere,
+        doc: "PEM bundle that replaces the download's trust store, as in the AWS SDKs (wins over `SSL_CERT_FILE` and `SSL_CERT_DIR`)",
+    },
+    Knob {
+        name: "AWS_EC2_METADATA_V1_DISABLED",
+        kind: Kind::Bool,
+        default: "false",
+        scope: Scope::Anywhere,
+        doc: "`true` (as the AWS SDKs read it): no IMDSv1 fallback when the IMDSv2 token is refused (the region is then the default, with a warning)",
+    },
+    Knob {
         name: "HTTPS_PROXY",
         kind: Kind::Text,
         default: "(none)",
@@ -544,7 +579,12 @@ pub struct DownloadSettings {
     pub imds_disabled: bool,
     pub imds_timeout: Duration,
     pub imds_attempts: u32,
-    pub s3_endpoint: Option<String>,
+    /// `AWS_EC2_METADATA_V1_DISABLED=true`: no IMDSv1 fallback.
+    pub imds_v1_disabled: bool,
+    /// `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`.
+    pub s3_endpoint: Option<Setting>,
+    /// `AWS_USE_FIPS_ENDPOINT`, `AWS_USE_DUALSTACK_ENDPOINT`.
+    pub s3_variant: download::region::Variant,
     pub https_proxy: Option<Setting>,
     pub http_proxy: Option<Setting>,
     pub no_proxy: Option<String>,
@@ -788,11 +828,17 @@ impl Resolver<'_> {
         let imds_disabled = self.imds_disabled();
         let imds_timeout = self.positive_seconds("AWS_METADATA_SERVICE_TIMEOUT");
         let imds_attempts = self.count_in("AWS_METADATA_SERVICE_NUM_ATTEMPTS", 1..=10);
-        let s3_endpoint = self.trimmed("AWS_ENDPOINT_URL_S3");
+        let imds_v1_disabled = self.sdk_true("AWS_EC2_METADATA_V1_DISABLED");
+        let s3_endpoint = self.first(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]);
+        let s3_variant = download::region::Variant {
+            fips: self.sdk_true("AWS_USE_FIPS_ENDPOINT"),
+            dualstack: self.sdk_true("AWS_USE_DUALSTACK_ENDPOINT"),
+        };
         let https_proxy = self.first(&["HTTPS_PROXY", "https_proxy"]);
         let http_proxy = self.first(&["HTTP_PROXY", "http_proxy"]);
         let no_proxy = self.first(&["NO_PROXY", "no_proxy"]).map(|s| s.value);
         let trust = TrustSettings {
+            ca_bundle: self.trimmed("AWS_CA_BUNDLE").map(PathBuf::from),
             cert_file: self.trimmed("SSL_CERT_FILE").map(PathBuf::from),
             cert_dirs: self.trimmed("SSL_CERT_DIR").map(|dirs| {
                 dirs.split(':')
@@ -807,7 +853,9 @@ impl Resolver<'_> {
             imds_disabled,
             imds_timeout,
             imds_attempts,
+            imds_v1_disabled,
             s3_endpoint,
+            s3_variant,
             https_proxy,
             http_proxy,
             no_proxy,
@@ -867,6 +915,27 @@ impl Resolver<'_> {
                     k,
                     &source,
                     format!("{v:?} is not one of {}; using IPv4", words.join("|")),
+                );
+                false
+            }
+        }
+    }
+
+    /// An AWS SDK flag (`AWS_USE_FIPS_ENDPOINT`, …): `true` or `false`, any case, as the SDKs
+    /// read them; another word is a warning and false.
+    fn sdk_true(&mut self, name: &str) -> bool {
+        let k = knob(name);
+        let Some((v, source)) = self.get(k.name) else {
+            return false;
+        };
+        match v.trim().to_ascii_lowercase().as_str() {
+            "true" => true,
+            "false" | "" => false,
+            _ => {
+                self.warn(
+                    k,
+                    &source,
+                    format!("{v:?} is neither true nor false (as the AWS SDKs read it); treating as false"),
                 );
                 false
             }

@@ -11,7 +11,9 @@
 mod common;
 
 use common::*;
-use ecs_test_support::fake_aws::{md5_hex, Answer, FakeAws, Imds, Netns, PROXY_ONLY_HOST};
+use ecs_test_support::fake_aws::{
+    md5_hex, test_ca_pem, Answer, FakeAws, Imds, Netns, PROXY_ONLY_HOST,
+};
 use ecs_test_support::{stand_in_tarball_with, ImageSpec, TarballFormat, TestRoot, AGENT_IMAGE};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -58,6 +60,11 @@ const SCRUB: &[&str] = &[
     "AWS_EC2_METADATA_SERVICE_ENDPOINT",
     "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
     "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "AWS_USE_FIPS_ENDPOINT",
+    "AWS_USE_DUALSTACK_ENDPOINT",
+    "AWS_CA_BUNDLE",
+    "AWS_EC2_METADATA_V1_DISABLED",
     "HTTPS_PROXY",
     "https_proxy",
     "HTTP_PROXY",
@@ -1049,4 +1056,105 @@ fn ranged_download_in_parallel_parts() {
     let out = h.pre_start();
     h.assert_downloaded(&out, &served);
     assert_eq!(ranges(&h)[before..], ["bytes=0-"]);
+}
+
+/// The AWS SDK settings the Go tool honours through its SDK, against the loopback fakes: the
+/// European Sovereign Cloud partition with FIPS and dual-stack S3 names (reached through the
+/// fake proxy, which sends those real names to the fake S3), then FIPS alone in the commercial
+/// partition.
+#[test]
+fn sovereign_cloud_fips_and_dualstack_names() {
+    let mut h = Host::new(imds_v2("unused"));
+    let served = served_tarball();
+    h.aws.put_agent(BUCKET, &object(), served.clone());
+    h.aws
+        .put_agent(&format!("{BUCKET}-us-west-2"), &object(), served.clone());
+    h.unset("AWS_ENDPOINT_URL_S3");
+    h.set("AWS_EC2_METADATA_DISABLED", "true");
+    h.set("HTTPS_PROXY", &format!("http://{}", h.aws.proxy_addr));
+    h.set("NO_PROXY", "169.254.169.254,169.254.170.2");
+    h.set("AWS_REGION", "eusc-de-east-1");
+    h.set("AWS_USE_FIPS_ENDPOINT", "true");
+    h.set("AWS_USE_DUALSTACK_ENDPOINT", "TRUE");
+    let out = h.pre_start();
+    h.assert_downloaded(&out, &served);
+    let host = "amazon-ecs-agent.s3-fips.dualstack.eusc-de-east-1.amazonaws.eu";
+    let proxy = h.aws.requests_to("proxy");
+    assert!(
+        !proxy.is_empty() && proxy.iter().all(|r| r.target == format!("{host}:443")),
+        "{proxy:?}"
+    );
+    // FIPS alone, in the commercial partition: the partition bucket's name (us-east-1) is not
+    // one the fake proxy knows (502, retried, then the next bucket), the regional one is.
+    h.set("AWS_REGION", "us-west-2");
+    h.unset("AWS_USE_DUALSTACK_ENDPOINT");
+    h.root.write_cache_state(0);
+    let before = h.aws.requests_to("proxy").len();
+    let out = h.pre_start();
+    h.assert_downloaded(&out, &served);
+    let targets: Vec<String> = h.aws.requests_to("proxy")[before..]
+        .iter()
+        .map(|r| r.target.clone())
+        .collect();
+    assert!(
+        targets.contains(&"amazon-ecs-agent.s3-fips.us-east-1.amazonaws.com:443".to_string())
+            && targets.contains(
+                &"amazon-ecs-agent-us-west-2.s3-fips.us-west-2.amazonaws.com:443".to_string()
+            ),
+        "{targets:?}"
+    );
+}
+
+/// `AWS_ENDPOINT_URL` (every service) is the S3 endpoint when `AWS_ENDPOINT_URL_S3` is unset;
+/// `AWS_CA_BUNDLE` replaces the trust store (`SSL_CERT_FILE` naming another CA does not matter,
+/// and a bundle without the server's CA fails).
+#[test]
+fn global_endpoint_url_and_the_ca_bundle() {
+    let mut h = Host::new(imds_v2("eu-west-1"));
+    let old = h.uncached_with_old_image();
+    let served = served_tarball();
+    h.aws.put_agent(BUCKET, &object(), served.clone());
+    h.unset("AWS_ENDPOINT_URL_S3");
+    h.set("AWS_ENDPOINT_URL", &h.aws.s3_url.clone());
+    let other = h.root.join("other-ca.pem");
+    std::fs::write(&other, test_ca_pem("not the S3 CA")).unwrap();
+    let right = h.root.join("test-ca.pem");
+    // A bundle without the server's CA (SSL_CERT_FILE has it): refused, nothing changes.
+    h.set("AWS_CA_BUNDLE", &other.display().to_string());
+    h.set("SSL_CERT_FILE", &right.display().to_string());
+    let out = h.pre_start();
+    let err = h.assert_failed_and_unchanged(&out, &old);
+    assert!(err.contains("certificate"), "{err}");
+    // The right CA only in the bundle, another in SSL_CERT_FILE: trusted.
+    h.set("AWS_CA_BUNDLE", &right.display().to_string());
+    h.set("SSL_CERT_FILE", &other.display().to_string());
+    let out = h.pre_start();
+    h.assert_downloaded(&out, &served);
+    // The global endpoint was used: the fake S3 saw the path-style requests.
+    assert!(h.aws.gets(BUCKET, &object()) >= 1);
+}
+
+/// `AWS_EC2_METADATA_V1_DISABLED=true`: a refused IMDSv2 token is not followed by IMDSv1; the
+/// region is the default, with a warning that says why.
+#[test]
+fn no_imdsv1_fallback_when_disabled() {
+    let mut h = Host::new(Imds::V1Only {
+        refuse: 403,
+        region: "ap-south-1".into(),
+    });
+    let served = served_tarball();
+    h.aws.put_agent(BUCKET, &object(), served.clone());
+    h.set("AWS_EC2_METADATA_V1_DISABLED", "true");
+    let out = h.pre_start();
+    let log = h.assert_downloaded(&out, &served);
+    let imds = h.aws.requests_to("imds");
+    assert!(
+        !imds.is_empty() && imds.iter().all(|r| r.method == "PUT"),
+        "only token requests, no IMDSv1 GET: {imds:?}"
+    );
+    assert!(
+        log.contains("AWS_EC2_METADATA_V1_DISABLED=true forbids the IMDSv1 fallback")
+            && log.contains("us-east-1"),
+        "{log}"
+    );
 }

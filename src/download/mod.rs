@@ -158,6 +158,11 @@ impl DownloadOptions {
         })
     }
 
+    /// The endpoint URL (`AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`), when set.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.knobs.s3_endpoint.as_ref().map(|s| s.value.as_str())
+    }
+
     /// Where the tarball ends up.
     pub fn tarball(&self) -> PathBuf {
         self.cache_dir.join("ecs-agent.tar")
@@ -206,7 +211,8 @@ impl DownloadOptions {
             attempts: self.knobs.imds_attempts,
             backoff: Duration::from_millis(200),
         };
-        match imds::region(&client, &self.knobs.imds_endpoint, retry).await {
+        let v1 = !self.knobs.imds_v1_disabled;
+        match imds::region(&client, &self.knobs.imds_endpoint, retry, v1).await {
             Ok((r, _)) if !region::valid_region(&r) => {
                 Err(DownloadError::BadImdsRegion { value: r })
             }
@@ -246,7 +252,7 @@ async fn download_by(
     let object = object_name(opts.arch)?;
     let proxies = opts.proxies()?;
     let (region, region_from) = opts.region(&proxies).await?;
-    let sources = region::sources(&region, &object, opts.knobs.s3_endpoint.as_deref());
+    let sources = region::sources(&region, &object, opts.endpoint(), opts.knobs.s3_variant);
     tracing::info!(%region, from = %region_from, object, "downloading the agent: nothing is cached");
     {
         use std::os::unix::fs::DirBuilderExt;
@@ -342,17 +348,31 @@ pub fn describe(opts: &DownloadOptions) -> serde_json::Value {
         (_, Err(e)) => (json!({"error": e.to_string()}), json!(null)),
         (Ok(obj), Ok(Some((r, from)))) => (
             json!({"name": r, "from": from.to_string()}),
-            json!(region::sources(&r, obj, opts.knobs.s3_endpoint.as_deref())),
+            json!(region::sources(
+                &r,
+                obj,
+                opts.endpoint(),
+                opts.knobs.s3_variant
+            )),
         ),
         (Ok(obj), Ok(None)) => (
             json!({
                 "name": null,
                 "from": format!(
-                    "instance metadata at {} (IMDSv2, IMDSv1 when the token is refused; {DEFAULT_REGION} when it does not answer); not asked by plan",
-                    opts.knobs.imds_endpoint
+                    "instance metadata at {} (IMDSv2, {}; {DEFAULT_REGION} when it does not answer); not asked by plan",
+                    opts.knobs.imds_endpoint,
+                    if opts.knobs.imds_v1_disabled {
+                        "no IMDSv1 fallback: AWS_EC2_METADATA_V1_DISABLED=true"
+                    } else {
+                        "IMDSv1 when the token is refused"
+                    }
                 ),
             }),
-            json!(sources_template(obj, opts.knobs.s3_endpoint.as_deref())),
+            json!(sources_template(
+                obj,
+                opts.endpoint(),
+                opts.knobs.s3_variant
+            )),
         ),
     };
     json!({
@@ -367,13 +387,21 @@ pub fn describe(opts: &DownloadOptions) -> serde_json::Value {
             "region_url": imds::url(&opts.knobs.imds_endpoint, imds::REGION_PATH),
             "timeout_seconds": opts.knobs.imds_timeout.as_secs_f64(),
             "attempts": opts.knobs.imds_attempts,
+            "imdsv1_fallback": !opts.knobs.imds_v1_disabled,
         },
+        "endpoint": match &opts.knobs.s3_endpoint {
+            Some(s) => json!({"variable": s.key, "url": s.value}),
+            None => json!(null),
+        },
+        "fips": opts.knobs.s3_variant.fips,
+        "dualstack": opts.knobs.s3_variant.dualstack,
         "proxy": {
             "https": proxy(&opts.knobs.https_proxy),
             "http": proxy(&opts.knobs.http_proxy),
             "no_proxy": opts.knobs.no_proxy,
         },
         "trust": {
+            "aws_ca_bundle": opts.knobs.trust.ca_bundle,
             "files": opts.knobs.trust.files(),
             "directories": opts.knobs.trust.dirs(),
         },
@@ -394,8 +422,12 @@ pub fn describe(opts: &DownloadOptions) -> serde_json::Value {
 
 /// The sources with the region left as `{region}` (it comes from instance metadata at run time;
 /// the partition bucket shown is the commercial partition's).
-fn sources_template(object: &str, s3_endpoint: Option<&str>) -> Vec<Source> {
-    region::sources("{region}", object, s3_endpoint)
+fn sources_template(
+    object: &str,
+    s3_endpoint: Option<&str>,
+    variant: region::Variant,
+) -> Vec<Source> {
+    region::sources("{region}", object, s3_endpoint, variant)
         .into_iter()
         .map(|mut s| {
             if s3_endpoint.is_none() {
@@ -526,6 +558,72 @@ mod tests {
         assert_eq!(w.len(), expect.len(), "{w:#?}");
         let quiet = settings(&[], "AWS_EC2_METADATA_DISABLED=false\n");
         assert!(quiet.warnings.is_empty(), "{:?}", quiet.warnings);
+    }
+
+    /// The AWS SDK settings: `AWS_ENDPOINT_URL_S3` wins over `AWS_ENDPOINT_URL`, the flags are
+    /// `true`/`false` as the SDKs read them (another word is a warning naming it), the CA bundle
+    /// replaces the trust lists, and `plan` shows each.
+    #[test]
+    fn aws_sdk_settings() {
+        let s = settings(
+            &[
+                ("AWS_ENDPOINT_URL", "https://all.example"),
+                ("AWS_USE_FIPS_ENDPOINT", "TRUE"),
+                ("AWS_CA_BUNDLE", "/etc/corp/ca.pem"),
+                ("SSL_CERT_DIR", "/x"),
+            ],
+            "AWS_USE_DUALSTACK_ENDPOINT=yes\nAWS_EC2_METADATA_V1_DISABLED=true\nAWS_REGION=eusc-de-east-1\n",
+        );
+        let o = options(&s);
+        assert_eq!(o.endpoint(), Some("https://all.example"));
+        assert_eq!(
+            o.knobs.s3_endpoint.as_ref().unwrap().key,
+            "AWS_ENDPOINT_URL"
+        );
+        assert!(o.knobs.s3_variant.fips && !o.knobs.s3_variant.dualstack);
+        assert!(o.knobs.imds_v1_disabled);
+        assert_eq!(o.knobs.trust.files(), [PathBuf::from("/etc/corp/ca.pem")]);
+        assert!(o.knobs.trust.dirs().is_empty());
+        let w: Vec<String> = s.warnings.iter().map(|w| w.to_string()).collect();
+        assert!(
+            w.len() == 1
+                && w[0].contains("AWS_USE_DUALSTACK_ENDPOINT")
+                && w[0].contains("/etc/ecs/ecs.config:1"),
+            "{w:?}"
+        );
+        let d = describe(&o);
+        assert_eq!(d["endpoint"]["variable"], "AWS_ENDPOINT_URL");
+        assert_eq!(
+            (d["fips"].as_bool(), d["dualstack"].as_bool()),
+            (Some(true), Some(false))
+        );
+        assert_eq!(d["instance_metadata"]["imdsv1_fallback"], false);
+        assert_eq!(d["trust"]["aws_ca_bundle"], "/etc/corp/ca.pem");
+        // The endpoint URL is used as given (path-style).
+        assert_eq!(
+            d["sources"][0]["tarball"],
+            format!("https://all.example/amazon-ecs-agent/ecs-agent-v{AGENT_VERSION}.tar")
+        );
+        // AWS_ENDPOINT_URL_S3 wins; without an endpoint the partition's FIPS names show.
+        let o = opts(
+            &[
+                ("AWS_ENDPOINT_URL", "https://all.example"),
+                ("AWS_ENDPOINT_URL_S3", "https://s3.example"),
+            ],
+            "",
+        );
+        assert_eq!(o.endpoint(), Some("https://s3.example"));
+        let d = describe(&opts(
+            &[
+                ("AWS_REGION", "eusc-de-east-1"),
+                ("AWS_USE_FIPS_ENDPOINT", "true"),
+            ],
+            "",
+        ));
+        assert_eq!(
+            d["sources"][0]["tarball"],
+            format!("https://amazon-ecs-agent.s3-fips.eusc-de-east-1.amazonaws.eu/ecs-agent-v{AGENT_VERSION}.tar")
+        );
     }
 
     #[test]

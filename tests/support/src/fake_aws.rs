@@ -26,6 +26,15 @@ pub const REGION_PATH: &str = "/latest/meta-data/placement/region";
 /// A host name only the fake proxy can resolve (to the fake S3): a request that reaches S3 by
 /// this name went through the proxy.
 pub const PROXY_ONLY_HOST: &str = "s3.test";
+/// Real S3 virtual-hosted names the proxy sends to the fake S3 (which has them in its
+/// certificate and serves `/<key>` at such a name as `/<bucket>/<key>`): the partition, FIPS and
+/// dual-stack host names are tested end to end without leaving loopback.
+pub const VIRTUAL_HOSTS: &[&str] = &[
+    "amazon-ecs-agent.s3.eusc-de-east-1.amazonaws.eu",
+    "amazon-ecs-agent.s3-fips.dualstack.eusc-de-east-1.amazonaws.eu",
+    "amazon-ecs-agent-us-west-2.s3-fips.us-west-2.amazonaws.com",
+    "amazon-ecs-agent.s3.dualstack.us-east-1.amazonaws.com",
+];
 
 /// How the fake instance metadata service behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,12 +163,13 @@ fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
     let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
     let issuer = rcgen::Issuer::new(ca, ca_key);
     let leaf_key = rcgen::KeyPair::generate().expect("server key");
-    let mut leaf = rcgen::CertificateParams::new(vec![
+    let mut names = vec![
         "127.0.0.1".to_string(),
         "localhost".to_string(),
         PROXY_ONLY_HOST.to_string(),
-    ])
-    .expect("server params");
+    ];
+    names.extend(VIRTUAL_HOSTS.iter().map(|h| h.to_string()));
+    let mut leaf = rcgen::CertificateParams::new(names).expect("server params");
     leaf.distinguished_name
         .push(rcgen::DnType::CommonName, "fake s3");
     let leaf_cert = leaf
@@ -450,7 +460,16 @@ impl FakeAws {
         let conn = rustls::ServerConnection::new(tls).map_err(io::Error::other)?;
         let mut tls = rustls::StreamOwned::new(conn, s);
         let req = Self::record(shared, parse_head("s3", &read_head(&mut tls)?));
-        let path = req.target.split('?').next().unwrap_or("").to_string();
+        let mut path = req.target.split('?').next().unwrap_or("").to_string();
+        // A virtual-hosted name (`<bucket>.s3….`): the bucket is in the host.
+        let host = req.header("host").unwrap_or("").to_string();
+        if let Some(name) = VIRTUAL_HOSTS
+            .iter()
+            .find(|h| host.split(':').next() == Some(h))
+        {
+            let bucket = name.split(".s3").next().unwrap_or("");
+            path = format!("/{bucket}{path}");
+        }
         let answer = shared
             .scripts
             .lock()
@@ -624,6 +643,7 @@ impl FakeAws {
             .unwrap_or((authority.clone(), 80));
         let addr: SocketAddr = match host.as_str() {
             PROXY_ONLY_HOST => SocketAddr::new(s3.ip(), port),
+            h if VIRTUAL_HOSTS.contains(&h) => s3,
             h => match format!("{h}:{port}").parse() {
                 Ok(a) => a,
                 Err(_) => return s.write_all(&simple(502, "unknown host")),
