@@ -448,7 +448,7 @@ pub const KNOBS: &[Knob] = &[
         kind: Kind::Count,
         default: "8388608",
         scope: Scope::Anywhere,
-        doc: "largest byte range of the parallel download (smaller objects are split evenly over the connections; one of at most 1 MiB is one stream)",
+        doc: "largest byte range of the parallel download (an object is split into about 4 rounds of even parts per connection, each at least 1 MiB; one of at most 1 MiB is one stream)",
     },
     Knob {
         name: "ECS_INIT_DOWNLOAD_PARALLELISM",

@@ -165,7 +165,8 @@ unset NOTIFY_SOCKET
 
 # ---------------------------------------------------------------- the agent lock
 exec 9>>"$LOCK"
-if ! flock -n 9; then
+# The download section alone starts no agent: it does not wait for the tests' agent lock.
+if [ "$BENCH_ONLY" != download ] && ! flock -n 9; then
     echo "waiting for $LOCK (tests running?)" >&2
     flock 9
 fi
@@ -452,15 +453,16 @@ if [ -n "$DOWNLOAD_SIZES_MB" ]; then
         BYTES=$(sed -n 's/^BYTES=//p' "$dir/endpoints")
         url=$S3_URL/amazon-ecs-agent/$object
         part=$(((BYTES + PAR - 1) / PAR))
-        C=() M=() P=() L=() R=()
+        C=() M=() P=() L=() R=() CPU_C=() CPU_L=()
         for i in $(seq 1 "$ROUNDS"); do
             # curl, one stream, then md5sum of what it wrote (the launcher also hashes).
             t0=$(now_us)
-            ip netns exec "$DL_NS" curl -sS --fail --cacert "$dir/ca.pem" \
+            ip netns exec "$DL_NS" /usr/bin/time -f '%U %S' -o "$dir/cpu.curl" curl -sS --fail --cacert "$dir/ca.pem" \
                 -o "$droot/var/cache/ecs/curl.tar" "$url" 9>&- || die "curl failed"
             t1=$(now_us)
-            sum=$(md5sum <"$droot/var/cache/ecs/curl.tar" | cut -d' ' -f1)
+            sum=$(/usr/bin/time -f '%U %S' -o "$dir/cpu.md5" md5sum <"$droot/var/cache/ecs/curl.tar" | cut -d' ' -f1)
             t2=$(now_us)
+            CPU_C+=("$(cat "$dir/cpu.curl" "$dir/cpu.md5" | awk '{ s += $1 + $2 } END { printf "%d", s * 1000000 }')")
             [ "$sum" = "$MD5" ] || die "curl got a different object"
             rm -f "$droot/var/cache/ecs/curl.tar"
             C+=($((t1 - t0))) M+=($((t2 - t0)))
@@ -486,16 +488,20 @@ if [ -n "$DOWNLOAD_SIZES_MB" ]; then
             echo 0 >"$droot/var/cache/ecs/state"
             rm -f "$droot/var/cache/ecs/ecs-agent.tar"
             rc=0
-            ip netns exec "$DL_NS" env ECS_INIT_HOST_ROOT="$droot" ECS_INIT_RUNTIME="$dl_rt" \
+            # The host's own AWS SDK settings must not apply (AWS_CA_BUNDLE would replace the trust).
+            ip netns exec "$DL_NS" env -u AWS_CA_BUNDLE -u AWS_ENDPOINT_URL -u AWS_USE_FIPS_ENDPOINT \
+                -u AWS_USE_DUALSTACK_ENDPOINT -u HTTPS_PROXY -u https_proxy \
+                ECS_INIT_HOST_ROOT="$droot" ECS_INIT_RUNTIME="$dl_rt" \
                 ECS_INIT_FIREWALL=none AWS_ENDPOINT_URL_S3="$S3_URL" SSL_CERT_FILE="$dir/ca.pem" \
                 AWS_EC2_METADATA_DISABLED=true AWS_REGION=us-east-1 ECS_LOGLEVEL=info \
-                /usr/bin/time -f %M -o "$dir/rss" "$bin" pre-start >/dev/null 2>"$dir/pre-start.stderr" 9>&- || rc=$?
+                /usr/bin/time -f '%M %U %S' -o "$dir/rss" "$bin" pre-start >/dev/null 2>"$dir/pre-start.stderr" 9>&- || rc=$?
             line=$(grep 'agent downloaded' "$dir/pre-start.stderr") ||
                 die "pre-start did not download (exit $rc): $(tail -n 5 "$dir/pre-start.stderr")"
             [[ $line == *"$MD5"* ]] || die "the launcher's MD5 differs: $line"
             dsecs=$(sed -n 's/.*seconds="\{0,1\}\([0-9.]*\).*/\1/p' <<<"$line")
             L+=("$(awk -v s="$dsecs" 'BEGIN { printf "%d", s * 1000000 }')")
-            R+=("$(tail -n 1 "$dir/rss")")
+            R+=("$(tail -n 1 "$dir/rss" | cut -d' ' -f1)")
+            CPU_L+=("$(tail -n 1 "$dir/rss" | awk '{ printf "%d", ($2 + $3) * 1000000 }')")
             printf '  %s MB cap %s round %d/%d done\r' "$mb" "$cap" "$i" "$ROUNDS" >&2
         done
         printf '\n' >&2
@@ -515,6 +521,8 @@ if [ -n "$DOWNLOAD_SIZES_MB" ]; then
         echo "$PAR x curl --range: $(for c in "${P[@]}"; do printf '%s ' "$(ms "$c")"; done)"
         echo "launcher:       $(for l in "${L[@]}"; do printf '%s ' "$(ms "$l")"; done)"
         echo "peak RSS of pre-start (KiB): ${R[*]}"
+        echo "CPU (user+sys) curl+md5sum: $(for c in "${CPU_C[@]}"; do printf '%s ' "$(ms "$c")"; done)ms; whole pre-start: $(for c in "${CPU_L[@]}"; do printf '%s ' "$(ms "$c")"; done)ms"
+        echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
         echo "median: curl $(ms "$mC"), curl+md5sum $(ms "$mM"), parallel curl $(ms "$mP"), launcher $(ms "$mL") ms ($(mbs "$mL") MB/s); launcher/(curl+md5sum) $rM, launcher/parallel curl $rP; peak RSS $(kib_to_mib "$rss_max") MiB"
         DL_SUMMARY+=("$(printf '%-5s %-10s %9s %9s %9s %9s %7s %7s %8s' "$mb" "$capname" "$(ms "$mC")" "$(ms "$mM")" "$(ms "$mP")" "$(ms "$mL")" \
             "$rM" "$rP" "$(kib_to_mib "$rss_max")")")
@@ -539,7 +547,7 @@ if [ "$SOAK_CYCLES" != 0 ]; then
     echo
     echo "================================================================ soak ($SOAK_CYCLES cycles)"
     # soak.sh takes the tests' agent lock itself: hand it over.
-    flock -u 9
+    flock -u 9 || true
     exec 9>&-
     CYCLES=$SOAK_CYCLES RUNTIMES=$RUNTIMES bash tests/soak.sh
 fi

@@ -308,13 +308,25 @@ fn check_size(
     Ok(())
 }
 
-/// The byte ranges of an object of `total` bytes: at most `part_bytes` each, but split evenly
-/// over the connections when that makes them smaller (down to 1 MiB), so that every connection
-/// has work until the end.
+/// The byte ranges of an object of `total` bytes: about a quarter of an even share per
+/// connection (so that the MD5 of the contiguous prefix never lags far behind: when the last
+/// bytes arrive, what is left to hash is about one round of parts), at least 1 MiB (or the
+/// part size, when smaller) and at most `part_bytes`, in a number of parts that is a multiple
+/// of the connections when that keeps them at least that floor, so that every connection has
+/// work until the end.
 pub fn plan_parts(total: u64, part_bytes: u64, parallelism: u32) -> Vec<std::ops::Range<u64>> {
     const MIN_PART: u64 = 1 << 20;
-    let even = total.div_ceil(u64::from(parallelism.max(1)));
-    let len = part_bytes.min(even.max(MIN_PART.min(part_bytes))).max(1);
+    const ROUNDS: u64 = 4;
+    let conns = u64::from(parallelism.max(1));
+    let floor = MIN_PART.min(part_bytes).max(1);
+    let len = total
+        .div_ceil(conns * ROUNDS)
+        .max(floor)
+        .min(part_bytes.max(1));
+    // Rounded up to a multiple of the connections when the parts stay at least the floor.
+    let n = total.div_ceil(len).div_ceil(conns) * conns;
+    let even = total.div_ceil(n.max(1));
+    let len = if even >= floor { even } else { len };
     (0..total.div_ceil(len).max(1))
         .map(|i| i * len..((i + 1) * len).min(total))
         .collect()
@@ -945,26 +957,34 @@ mod tests {
     #[test]
     fn parts_are_even_over_the_connections_and_at_most_the_part_size() {
         let mib = 1u64 << 20;
-        // 39 MB over 8 connections: 8 even parts, all at once.
-        let p = plan_parts(39_000_000, 8 * mib, 8);
-        assert_eq!(p.len(), 8);
-        assert!(p.iter().all(|r| r.end - r.start <= 4_875_000), "{p:?}");
-        // 300 MB: 8 MiB parts.
+        // 40 MB over 8 connections: 4 rounds of 8 equal parts.
+        let p = plan_parts(40_000_000, 8 * mib, 8);
+        assert_eq!(p.len(), 32);
+        assert!(p.iter().all(|r| r.end - r.start == 1_250_000), "{p:?}");
+        // 300 MB: at most 8 MiB, a multiple of 8 parts (36 would leave 4 connections idle).
         let p = plan_parts(300_000_000, 8 * mib, 8);
-        assert_eq!(p.len(), 300_000_000usize.div_ceil(8 << 20));
-        assert_eq!(p[0], 0..8 * mib);
+        assert_eq!(p.len(), 40);
+        assert!(p.iter().all(|r| r.end - r.start <= 8 * mib));
         // Small objects: parts of at least 1 MiB, so up to 1 MiB is one stream.
         assert_eq!(plan_parts(1 << 20, 8 * mib, 8), vec![0..1 << 20]);
         assert_eq!(plan_parts(3 * mib, 8 * mib, 8).len(), 3);
+        assert_eq!(plan_parts(4 * mib, 8 * mib, 2).len(), 4);
+        assert_eq!(plan_parts(3 * mib, 8 * mib, 2).len(), 3);
         // A part size below 1 MiB is taken as given.
         assert_eq!(plan_parts(1000, 256, 2).len(), 4);
         assert_eq!(plan_parts(5, 8 * mib, 8), vec![0..5]);
-        // Contiguous, covering, in order.
-        for (total, part, n) in [(12_345_678, 1 << 20, 3), (10, 3, 64), (7 * mib, mib, 7)] {
+        // Contiguous, covering, in order, never empty.
+        for (total, part, n) in [
+            (12_345_678, 1 << 20, 3),
+            (10, 3, 64),
+            (7 * mib, mib, 7),
+            (1_414_656, 8 * mib, 8),
+        ] {
             let p = plan_parts(total, part, n);
             assert_eq!(p[0].start, 0);
             assert_eq!(p.last().unwrap().end, total);
             assert!(p.windows(2).all(|w| w[0].end == w[1].start));
+            assert!(p.iter().all(|r| r.end > r.start), "{p:?}");
         }
     }
 
