@@ -214,7 +214,8 @@ pub async fn reload_cache(host: &Host) -> anyhow::Result<()> {
     host.settings.check()?;
     let _lock = locks::host_changes(&host.settings.paths).await?;
     let rt = ready_runtime(host).await?;
-    cache::reload(&host.settings.paths, rt.as_ref()).await?;
+    let source = download::S3Download(crate::compose::download_options(&host.settings));
+    cache::reload(&host.settings.paths, rt.as_ref(), &source).await?;
     Ok(())
 }
 

@@ -35,17 +35,6 @@ pub enum CacheState {
 pub enum CacheError {
     #[error("{}: {reason}", path.display())]
     BadState { path: PathBuf, reason: String },
-    #[error(
-        "the agent tarball {} for {image} is missing or empty (pre-start downloads it when the \
-         cache is uncached; or place a `docker save` tarball there and write 2 to {})",
-        tarball.display(),
-        state.display()
-    )]
-    NotCached {
-        image: &'static str,
-        tarball: PathBuf,
-        state: PathBuf,
-    },
     #[error("{}: {reason}", path.display())]
     DesiredImage { path: PathBuf, reason: String },
     #[error("loading {}: {source}", tarball.display())]
@@ -214,17 +203,22 @@ pub async fn ensure_image(
     }
 }
 
-/// `reload-cache`: load the cached tarball again, whatever the state says.
-pub async fn reload(paths: &Paths, runtime: &dyn Runtime) -> Result<(), CacheError> {
-    let tar = paths.agent_tarball();
-    if !non_empty(&tar) {
-        return Err(CacheError::NotCached {
-            image: AGENT_IMAGE,
-            tarball: tar,
-            state: paths.cache_state(),
-        });
-    }
-    load(runtime, &tar).await?;
+/// `reload-cache`: load the cached tarball again, whatever the state says; on an uncached host
+/// (the same test as `pre-start`'s: state missing, empty or 0, or the tarball missing or empty)
+/// download it first, as `pre-start` does (the Go tool's `ReloadCache` does the same).
+pub async fn reload(
+    paths: &Paths,
+    runtime: &dyn Runtime,
+    source: &dyn AgentSource,
+) -> Result<(), CacheError> {
+    let tarball = match state(paths)? {
+        CacheState::Uncached => {
+            tracing::info!("reload-cache: nothing is cached; downloading the agent");
+            source.fetch().await?
+        }
+        CacheState::Cached | CacheState::ReloadNeeded => paths.agent_tarball(),
+    };
+    load(runtime, &tarball).await?;
     set_state(paths, CacheState::Cached)
 }
 
@@ -349,6 +343,33 @@ pub(crate) mod tests {
         fn calls(&self) -> usize {
             self.calls.load(std::sync::atomic::Ordering::SeqCst)
         }
+    }
+
+    /// `reload-cache` loads the tarball whatever the state says, and on an uncached host
+    /// downloads it first (as the Go tool does) instead of failing.
+    #[tokio::test]
+    async fn reload_downloads_on_an_uncached_host() {
+        use crate::testing::FakeRuntime;
+        let (_d, p) = root();
+        let rt = FakeRuntime::default();
+        // Uncached and the download fails: its error, nothing loaded, no state.
+        let none = FakeSource::new(&p, true);
+        let err = reload(&p, &rt, &none).await.unwrap_err().to_string();
+        assert!(err.contains("test architecture"), "{err}");
+        assert!(rt.loaded().is_empty() && !p.cache_state().exists());
+        // Uncached: downloaded, loaded, state 1.
+        let dl = FakeSource::new(&p, false);
+        reload(&p, &rt, &dl).await.unwrap();
+        assert_eq!((dl.calls(), rt.loaded().len()), (1, 1));
+        assert_eq!(std::fs::read_to_string(p.cache_state()).unwrap(), "1");
+        // Cached (1) or reload needed (2): loaded again, no download.
+        for state in ["1", "2"] {
+            std::fs::write(p.cache_state(), state).unwrap();
+            reload(&p, &rt, &none).await.unwrap();
+            assert_eq!(none.calls(), 1, "state {state}: no download");
+            assert_eq!(std::fs::read_to_string(p.cache_state()).unwrap(), "1");
+        }
+        assert_eq!(rt.loaded().len(), 3);
     }
 
     #[tokio::test]

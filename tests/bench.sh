@@ -19,14 +19,19 @@
 #  3. `pre-start` with the image loaded (state 1), median of ROUNDS runs, and the cost of the
 #     scratch-netns wrapper it runs in.
 #  4. the agent download (once, on the first runtime of RUNTIMES), for each size in
-#     DOWNLOAD_SIZES_MB (default "40 300"; empty to skip): the tests' fake S3
-#     (tests/support/src/fake_aws.rs, HTTPS with its own CA) serves a pseudo-random object on
-#     127.0.0.1 in a scratch network namespace; `curl` and the launcher's `pre-start` (uncached,
-#     AWS_ENDPOINT_URL_S3 pointing there) fetch it, ROUNDS times each. Reports the medians, the
-#     ratio launcher/curl (the launcher also computes the MD5 and fsyncs) and the launcher's peak
-#     RSS (GNU time's maximum resident set of the whole pre-start process). The object is not an
-#     image, so pre-start's load step fails right after the download: the download's own final
-#     log line (size, seconds, MD5) is what is timed.
+#     DOWNLOAD_SIZES_MB (default "40 300"; empty to skip) and each per-connection rate cap in
+#     DOWNLOAD_CAPS (bytes/s, default "0 20000000": none, and 20 MB/s as S3 gives one stream):
+#     the tests' fake S3 (tests/support/src/fake_aws.rs, HTTPS with its own CA, Range answered
+#     with 206) serves a pseudo-random object on 127.0.0.1 in a scratch network namespace;
+#     `curl` (then `md5sum` of its file), N parallel `curl --range` (N = the launcher's
+#     parallelism, even ranges, one file each, no hashing) and the launcher's `pre-start`
+#     (uncached, AWS_ENDPOINT_URL_S3 pointing there) fetch it, ROUNDS times each. Reports the
+#     medians, the ratios launcher/(curl+md5sum) (target <= 1.1 without a cap) and
+#     launcher/parallel curl (target <= 1.0 at the cap), and the launcher's peak RSS (GNU time's
+#     maximum resident set of the whole pre-start process). The object is not an image, so
+#     pre-start's load step fails right after the download: the download's own final log line
+#     (size, seconds, MD5; from the first tarball request to the verified digest, before the
+#     fsync) is what is timed. BENCH_ONLY=download runs this section alone.
 #  5. the soak (tests/soak.sh), after the summary: SOAK_CYCLES (default 1000; 0 to skip) agent
 #     crash/restart cycles under one supervisor on each runtime of RUNTIMES, printing the
 #     launcher's RSS and open fds early and at the end; fails when either grew.
@@ -40,6 +45,8 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
 RUNTIMES=${RUNTIMES:-docker containerd}
 DOWNLOAD_SIZES_MB=${DOWNLOAD_SIZES_MB-40 300}
+DOWNLOAD_CAPS=${DOWNLOAD_CAPS-0 20000000}
+BENCH_ONLY=${BENCH_ONLY:-}
 LOCK=/tmp/ecs-init-tests.agent.lock
 IMAGE=amazon/amazon-ecs-agent:latest
 NS_LAUNCHER=ecs-bench          # containerd namespace of the launcher's agent and image
@@ -57,6 +64,10 @@ done
 for mb in $DOWNLOAD_SIZES_MB; do
     [[ $mb =~ ^[1-9][0-9]*$ ]] || die "DOWNLOAD_SIZES_MB must hold positive integers"
 done
+for cap in $DOWNLOAD_CAPS; do
+    [[ $cap =~ ^[0-9]+$ ]] || die "DOWNLOAD_CAPS must hold whole numbers (bytes/s, 0: no cap)"
+done
+[[ -z $BENCH_ONLY || $BENCH_ONLY == download ]] || die "BENCH_ONLY: empty or 'download'"
 for tool in jq unshare ip flock awk curl md5sum /usr/bin/time; do
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
@@ -154,7 +165,8 @@ unset NOTIFY_SOCKET
 
 # ---------------------------------------------------------------- the agent lock
 exec 9>>"$LOCK"
-if ! flock -n 9; then
+# The download section alone starts no agent: it does not wait for the tests' agent lock.
+if [ "$BENCH_ONLY" != download ] && ! flock -n 9; then
     echo "waiting for $LOCK (tests running?)" >&2
     flock 9
 fi
@@ -316,6 +328,7 @@ round_raw_containerd() {
 # ---------------------------------------------------------------- per runtime
 SUMMARY=()
 for rt in $RUNTIMES; do
+    [ "$BENCH_ONLY" = download ] && break
     export ECS_INIT_RUNTIME=$rt
     echo
     echo "================================================================ $rt"
@@ -420,13 +433,18 @@ if [ -n "$DOWNLOAD_SIZES_MB" ]; then
     ip netns add "$DL_NS"
     ip -n "$DL_NS" link set lo up
     object=$("$bin" plan | jq -r '.cache.download.object')
+    PAR=$("$bin" plan | jq -r '.cache.download.parallelism')
     dl_rt=${RUNTIMES%% *}
     echo "object:     $object (pseudo-random bytes), runtime for pre-start: $dl_rt"
+    echo "parallel curl: $PAR ranges (the launcher's ECS_INIT_DOWNLOAD_PARALLELISM), one process each"
     for mb in $DOWNLOAD_SIZES_MB; do
-        dir=$ROOT/dl-$mb
+      for cap in $DOWNLOAD_CAPS; do
+        dir=$ROOT/dl-$mb-$cap
         droot=$dir/root
         mkdir -p "$droot"/{etc/ecs,var/cache/ecs,var/lib/ecs/data,var/log/ecs}
-        ip netns exec "$DL_NS" "$fake" --object "$object" --size $((mb * 1000000)) --dir "$dir" 9>&- &
+        rate=()
+        [ "$cap" = 0 ] || rate=(--rate "$cap")
+        ip netns exec "$DL_NS" "$fake" --object "$object" --size $((mb * 1000000)) "${rate[@]}" --dir "$dir" 9>&- &
         fake_pid=$!
         for _ in $(seq 1 600); do [ -s "$dir/endpoints" ] && break; nap 0.1; done
         [ -s "$dir/endpoints" ] || die "fake-aws did not come up"
@@ -434,46 +452,81 @@ if [ -n "$DOWNLOAD_SIZES_MB" ]; then
         MD5=$(sed -n 's/^MD5=//p' "$dir/endpoints")
         BYTES=$(sed -n 's/^BYTES=//p' "$dir/endpoints")
         url=$S3_URL/amazon-ecs-agent/$object
-        C=() L=() R=()
+        part=$(((BYTES + PAR - 1) / PAR))
+        C=() M=() P=() L=() R=() CPU_C=() CPU_L=()
         for i in $(seq 1 "$ROUNDS"); do
-            secs=$(ip netns exec "$DL_NS" curl -sS --fail --cacert "$dir/ca.pem" \
-                -o "$droot/var/cache/ecs/curl.tar" -w '%{time_total}' "$url" 9>&-) || die "curl failed"
-            if [ "$i" = 1 ]; then
-                [ "$(md5sum <"$droot/var/cache/ecs/curl.tar" | cut -d' ' -f1)" = "$MD5" ] || die "curl got a different object"
-            fi
+            # curl, one stream, then md5sum of what it wrote (the launcher also hashes).
+            t0=$(now_us)
+            ip netns exec "$DL_NS" /usr/bin/time -f '%U %S' -o "$dir/cpu.curl" curl -sS --fail --cacert "$dir/ca.pem" \
+                -o "$droot/var/cache/ecs/curl.tar" "$url" 9>&- || die "curl failed"
+            t1=$(now_us)
+            sum=$(/usr/bin/time -f '%U %S' -o "$dir/cpu.md5" md5sum <"$droot/var/cache/ecs/curl.tar" | cut -d' ' -f1)
+            t2=$(now_us)
+            CPU_C+=("$(cat "$dir/cpu.curl" "$dir/cpu.md5" | awk '{ s += $1 + $2 } END { printf "%d", s * 1000000 }')")
+            [ "$sum" = "$MD5" ] || die "curl got a different object"
             rm -f "$droot/var/cache/ecs/curl.tar"
-            C+=("$(awk -v s="$secs" 'BEGIN { printf "%d", s * 1000000 }')")
+            C+=($((t1 - t0))) M+=($((t2 - t0)))
+            # $PAR curls, each one range into a file of its own (no hashing: curl's best case).
+            t0=$(now_us)
+            pids=()
+            for ((k = 0; k < PAR; k++)); do
+                first=$((k * part)) last=$(((k + 1) * part - 1))
+                [ "$last" -lt "$BYTES" ] || last=$((BYTES - 1))
+                [ "$first" -le "$last" ] || continue
+                ip netns exec "$DL_NS" curl -sS --fail --cacert "$dir/ca.pem" --range "$first-$last" \
+                    -o "$droot/var/cache/ecs/pcurl.$k" "$url" 9>&- &
+                pids+=($!)
+            done
+            for pid in "${pids[@]}"; do wait "$pid" || die "a parallel curl failed"; done
+            t1=$(now_us)
+            if [ "$i" = 1 ]; then
+                sum=$(cat $(for ((k = 0; k < ${#pids[@]}; k++)); do echo "$droot/var/cache/ecs/pcurl.$k"; done) | md5sum | cut -d' ' -f1)
+                [ "$sum" = "$MD5" ] || die "the parallel curls got a different object"
+            fi
+            rm -f "$droot"/var/cache/ecs/pcurl.*
+            P+=($((t1 - t0)))
             echo 0 >"$droot/var/cache/ecs/state"
             rm -f "$droot/var/cache/ecs/ecs-agent.tar"
             rc=0
-            ip netns exec "$DL_NS" env ECS_INIT_HOST_ROOT="$droot" ECS_INIT_RUNTIME="$dl_rt" \
+            # The host's own AWS SDK settings must not apply (AWS_CA_BUNDLE would replace the trust).
+            ip netns exec "$DL_NS" env -u AWS_CA_BUNDLE -u AWS_ENDPOINT_URL -u AWS_USE_FIPS_ENDPOINT \
+                -u AWS_USE_DUALSTACK_ENDPOINT -u HTTPS_PROXY -u https_proxy \
+                ECS_INIT_HOST_ROOT="$droot" ECS_INIT_RUNTIME="$dl_rt" \
                 ECS_INIT_FIREWALL=none AWS_ENDPOINT_URL_S3="$S3_URL" SSL_CERT_FILE="$dir/ca.pem" \
                 AWS_EC2_METADATA_DISABLED=true AWS_REGION=us-east-1 ECS_LOGLEVEL=info \
-                /usr/bin/time -f %M -o "$dir/rss" "$bin" pre-start >/dev/null 2>"$dir/pre-start.stderr" 9>&- || rc=$?
+                /usr/bin/time -f '%M %U %S' -o "$dir/rss" "$bin" pre-start >/dev/null 2>"$dir/pre-start.stderr" 9>&- || rc=$?
             line=$(grep 'agent downloaded' "$dir/pre-start.stderr") ||
                 die "pre-start did not download (exit $rc): $(tail -n 5 "$dir/pre-start.stderr")"
             [[ $line == *"$MD5"* ]] || die "the launcher's MD5 differs: $line"
             dsecs=$(sed -n 's/.*seconds="\{0,1\}\([0-9.]*\).*/\1/p' <<<"$line")
             L+=("$(awk -v s="$dsecs" 'BEGIN { printf "%d", s * 1000000 }')")
-            R+=("$(tail -n 1 "$dir/rss")")
-            printf '  %s MB round %d/%d done\r' "$mb" "$i" "$ROUNDS" >&2
+            R+=("$(tail -n 1 "$dir/rss" | cut -d' ' -f1)")
+            CPU_L+=("$(tail -n 1 "$dir/rss" | awk '{ printf "%d", ($2 + $3) * 1000000 }')")
+            printf '  %s MB cap %s round %d/%d done\r' "$mb" "$cap" "$i" "$ROUNDS" >&2
         done
         printf '\n' >&2
         kill "$fake_pid" 2>/dev/null
         wait "$fake_pid" 2>/dev/null || true
         fake_pid=
         rm -rf "$droot/var/cache/ecs"
-        mC=$(median "${C[@]}") mL=$(median "${L[@]}")
+        mC=$(median "${C[@]}") mM=$(median "${M[@]}") mP=$(median "${P[@]}") mL=$(median "${L[@]}")
         rss_max=$(printf '%s\n' "${R[@]}" | sort -n | tail -n 1)
-        ratio=$(awk -v a="$mL" -v b="$mC" 'BEGIN { printf "%.2f", a / b }')
+        rM=$(awk -v a="$mL" -v b="$mM" 'BEGIN { printf "%.2f", a / b }')
+        rP=$(awk -v a="$mL" -v b="$mP" 'BEGIN { printf "%.2f", a / b }')
+        capname=$([ "$cap" = 0 ] && echo none || echo "$cap B/s")
         mbs() { awk -v b="$BYTES" -v us="$1" 'BEGIN { printf "%.0f", b / us }'; }
-        echo "-- $mb MB ($BYTES bytes): curl vs launcher download (ms)"
-        echo "curl:     $(for c in "${C[@]}"; do printf '%s ' "$(ms "$c")"; done)"
-        echo "launcher: $(for l in "${L[@]}"; do printf '%s ' "$(ms "$l")"; done)"
+        echo "-- $mb MB ($BYTES bytes), per-connection cap: $capname (ms)"
+        echo "curl:           $(for c in "${C[@]}"; do printf '%s ' "$(ms "$c")"; done)"
+        echo "curl+md5sum:    $(for c in "${M[@]}"; do printf '%s ' "$(ms "$c")"; done)"
+        echo "$PAR x curl --range: $(for c in "${P[@]}"; do printf '%s ' "$(ms "$c")"; done)"
+        echo "launcher:       $(for l in "${L[@]}"; do printf '%s ' "$(ms "$l")"; done)"
         echo "peak RSS of pre-start (KiB): ${R[*]}"
-        echo "median: curl $(ms "$mC") ms ($(mbs "$mC") MB/s), launcher $(ms "$mL") ms ($(mbs "$mL") MB/s), ratio $ratio; peak RSS $(kib_to_mib "$rss_max") MiB"
-        DL_SUMMARY+=("$(printf '%-8s %10s %10s %6s %10s %10s %10s' "$mb" "$(ms "$mC")" "$(ms "$mL")" "$ratio" \
-            "$(mbs "$mC")" "$(mbs "$mL")" "$(kib_to_mib "$rss_max")")")
+        echo "CPU (user+sys) curl+md5sum: $(for c in "${CPU_C[@]}"; do printf '%s ' "$(ms "$c")"; done)ms; whole pre-start: $(for c in "${CPU_L[@]}"; do printf '%s ' "$(ms "$c")"; done)ms"
+        echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+        echo "median: curl $(ms "$mC"), curl+md5sum $(ms "$mM"), parallel curl $(ms "$mP"), launcher $(ms "$mL") ms ($(mbs "$mL") MB/s); launcher/(curl+md5sum) $rM, launcher/parallel curl $rP; peak RSS $(kib_to_mib "$rss_max") MiB"
+        DL_SUMMARY+=("$(printf '%-5s %-10s %9s %9s %9s %9s %7s %7s %8s' "$mb" "$capname" "$(ms "$mC")" "$(ms "$mM")" "$(ms "$mP")" "$(ms "$mL")" \
+            "$rM" "$rP" "$(kib_to_mib "$rss_max")")")
+      done
     done
 fi
 
@@ -483,17 +536,18 @@ printf '%-11s %10s %10s %6s %10s %10s %10s %10s\n' runtime "launch ms" "raw ms" 
 printf '%s\n' "${SUMMARY[@]}"
 if [ ${#DL_SUMMARY[@]} -gt 0 ]; then
     echo
-    printf '%-8s %10s %10s %6s %10s %10s %10s\n' "MB" "curl ms" "launch ms" ratio "curl MB/s" "launch MB/s" "peak RSS MiB"
+    printf '%-5s %-10s %9s %9s %9s %9s %7s %7s %8s\n' MB cap "curl" "curl+md5" "par.curl" "launcher" "L/c+md5" "L/par" "RSS MiB"
     printf '%s\n' "${DL_SUMMARY[@]}"
 fi
 
 # ---------------------------------------------------------------- 5. soak
 SOAK_CYCLES=${SOAK_CYCLES:-1000}
+[ "$BENCH_ONLY" = download ] && SOAK_CYCLES=0
 if [ "$SOAK_CYCLES" != 0 ]; then
     echo
     echo "================================================================ soak ($SOAK_CYCLES cycles)"
     # soak.sh takes the tests' agent lock itself: hand it over.
-    flock -u 9
+    flock -u 9 || true
     exec 9>&-
     CYCLES=$SOAK_CYCLES RUNTIMES=$RUNTIMES bash tests/soak.sh
 fi

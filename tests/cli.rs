@@ -200,22 +200,44 @@ fn bad_cache_state_names_the_file() {
     );
 }
 
+/// `reload-cache` on an uncached host downloads like `pre-start` (here from a closed loopback
+/// port, within a 2 s deadline: it fails naming the download) and writes nothing.
 #[test]
-fn reload_cache_without_a_tarball_names_it() {
+fn reload_cache_without_a_tarball_downloads() {
     ecs_test_support::require_docker();
     let root = TestRoot::new();
-    let o = bin()
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let mut c = bin();
+    for k in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "AWS_ENDPOINT_URL",
+    ] {
+        c.env_remove(k);
+    }
+    let o = c
         .arg("reload-cache")
         .env("ECS_INIT_HOST_ROOT", root.path())
         .env("ECS_INIT_RUNTIME", "docker")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ENDPOINT_URL_S3", format!("https://{addr}"))
+        .env("ECS_INIT_DOWNLOAD_DEADLINE_SECONDS", "2")
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(255));
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("var/cache/ecs/ecs-agent.tar"),
+        stderr(&o).contains("could not download the agent")
+            && stderr(&o).contains("nothing is cached; downloading the agent"),
         "{}",
         stderr(&o)
     );
+    assert!(root.read("var/cache/ecs/state").is_none());
+    assert!(!root.var_cache_ecs().join("ecs-agent.tar").exists());
 }
 
 /// The agent's AppArmor profile compiles with the real parser (`-Q`: without loading it, so the

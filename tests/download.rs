@@ -11,7 +11,9 @@
 mod common;
 
 use common::*;
-use ecs_test_support::fake_aws::{md5_hex, Answer, FakeAws, Imds, Netns, PROXY_ONLY_HOST};
+use ecs_test_support::fake_aws::{
+    md5_hex, test_ca_pem, Answer, FakeAws, Imds, Netns, PROXY_ONLY_HOST,
+};
 use ecs_test_support::{stand_in_tarball_with, ImageSpec, TarballFormat, TestRoot, AGENT_IMAGE};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -39,6 +41,17 @@ fn served_tarball() -> Vec<u8> {
     std::fs::read(image("downloaded")).expect("read the served tarball")
 }
 
+/// How many GETs of the tarball a download of `served` makes with the default part size and
+/// parallelism (one per part; the first is the open range request).
+fn tarball_gets(served: &[u8]) -> usize {
+    let parts = amazon_ecs_init::download::fetch::plan_parts(served.len() as u64, 8 << 20, 8).len();
+    assert!(
+        parts > 1,
+        "the stand-in tarball is large enough to be split"
+    );
+    parts
+}
+
 /// Settings of the test machine's own environment that must not leak into the launcher.
 const SCRUB: &[&str] = &[
     "AWS_REGION",
@@ -47,6 +60,11 @@ const SCRUB: &[&str] = &[
     "AWS_EC2_METADATA_SERVICE_ENDPOINT",
     "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
     "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "AWS_USE_FIPS_ENDPOINT",
+    "AWS_USE_DUALSTACK_ENDPOINT",
+    "AWS_CA_BUNDLE",
+    "AWS_EC2_METADATA_V1_DISABLED",
     "HTTPS_PROXY",
     "https_proxy",
     "HTTP_PROXY",
@@ -323,9 +341,9 @@ fn imds_v2_region_and_the_partition_bucket() {
         log.contains("eu-west-1") && log.contains("IMDSv2"),
         "the log names the region and its source:\n{log}"
     );
-    // The partition bucket answered: one GET of the checksum, one of the tarball.
+    // The partition bucket answered: one GET of the checksum, one of each part of the tarball.
     assert_eq!(h.aws.gets(BUCKET, &format!("{}.md5", object())), 1);
-    assert_eq!(h.aws.gets(BUCKET, &object()), 1);
+    assert_eq!(h.aws.gets(BUCKET, &object()), tarball_gets(&served));
     assert!(log.contains("agent downloaded"), "final line:\n{log}");
     assert!(
         log.contains(&md5_hex(&served)),
@@ -399,7 +417,10 @@ fn region_from_settings_and_the_default_without_imds() {
     h.root.write_cache_state(0);
     let out = h.pre_start();
     h.assert_downloaded(&out, &served);
-    assert_eq!(h.aws.gets(&format!("{BUCKET}-me-south-1"), &object()), 1);
+    assert_eq!(
+        h.aws.gets(&format!("{BUCKET}-me-south-1"), &object()),
+        tarball_gets(&served)
+    );
     assert!(h.aws.requests_to("imds").is_empty(), "IMDS never asked");
     // No region at all: the Go tool's default, with a warning that says why.
     h.unset("AWS_REGION");
@@ -429,6 +450,22 @@ fn region_from_settings_and_the_default_without_imds() {
     );
 }
 
+/// `reload-cache` on an uncached host downloads like `pre-start` (the Go tool does), loads it
+/// and records state 1.
+#[test]
+fn reload_cache_on_an_uncached_host_downloads() {
+    let h = Host::new(imds_v2("eu-west-1"));
+    let served = served_tarball();
+    h.aws.put_agent(BUCKET, &object(), served.clone());
+    std::fs::remove_dir_all(h.root.var_cache_ecs()).unwrap();
+    let mut c = h.netns.command(BIN);
+    c.arg("reload-cache");
+    let child = h.command(c).spawn().expect("spawn reload-cache");
+    let out = wait_output(child, Duration::from_secs(180), "reload-cache");
+    h.assert_downloaded(&out, &served);
+    assert_eq!(h.aws.gets(BUCKET, &object()), tarball_gets(&served));
+}
+
 #[test]
 fn first_bucket_404_then_the_regional_bucket() {
     let h = Host::new(imds_v2("eu-central-1"));
@@ -440,7 +477,7 @@ fn first_bucket_404_then_the_regional_bucket() {
     // The partition bucket: one GET of the checksum (404, not retried), no tarball GET.
     assert_eq!(h.aws.gets(BUCKET, &format!("{}.md5", object())), 1);
     assert_eq!(h.aws.gets(BUCKET, &object()), 0);
-    assert_eq!(h.aws.gets(&regional, &object()), 1);
+    assert_eq!(h.aws.gets(&regional, &object()), tarball_gets(&served));
     assert!(log.contains("HTTP 404"), "{log}");
 }
 
@@ -553,7 +590,8 @@ fn server_errors_are_retried() {
     let out = h.pre_start();
     h.assert_downloaded(&out, &served);
     assert_eq!(h.aws.gets(BUCKET, &format!("{}.md5", object())), 2);
-    assert_eq!(h.aws.gets(BUCKET, &object()), 3);
+    // Two failed first requests, then one GET per part.
+    assert_eq!(h.aws.gets(BUCKET, &object()), 2 + tarball_gets(&served));
 }
 
 #[test]
@@ -657,7 +695,11 @@ fn proxy_tunnels_the_download() {
     h.assert_downloaded(&out, &served);
     let target = format!("{PROXY_ONLY_HOST}:{}", h.aws.s3_port);
     let proxy = h.aws.requests_to("proxy");
-    assert_eq!(proxy.len(), 2, "checksum and tarball: {proxy:?}");
+    assert_eq!(
+        proxy.len(),
+        1 + tarball_gets(&served),
+        "checksum and each part of the tarball: {proxy:?}"
+    );
     for r in &proxy {
         assert_eq!(
             (r.method.as_str(), r.target.as_str()),
@@ -681,7 +723,7 @@ fn proxy_tunnels_the_download() {
     );
     assert_eq!(
         h.aws.requests_to("proxy").len(),
-        2,
+        1 + tarball_gets(&served),
         "the proxy saw nothing new"
     );
 }
@@ -744,7 +786,7 @@ fn empty_cache_to_introspection(rt: &'static str) {
     let out = wait_output(child, Duration::from_secs(180), "pre-start");
     assert_ok(&out, "pre-start");
     assert_eq!(l.root.read("var/cache/ecs/state").as_deref(), Some("1"));
-    assert_eq!(aws.gets(BUCKET, &object()), 1);
+    assert_eq!(aws.gets(BUCKET, &object()), tarball_gets(&served));
     let _start = KillOnDrop(l.spawn_start());
     assert!(
         introspection_answers(Duration::from_secs(60)),
@@ -819,5 +861,300 @@ fn plan_and_version_show_the_download() {
         text.lines().nth(1),
         Some(format!("agent version {version}").as_str()),
         "{text}"
+    );
+}
+
+/// A `NOTIFY_SOCKET` of the test's own: what the launcher tells systemd.
+struct NotifySocket {
+    sock: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+}
+
+impl NotifySocket {
+    fn bind(root: &TestRoot) -> NotifySocket {
+        let path = root.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind the notify socket");
+        sock.set_nonblocking(true).unwrap();
+        NotifySocket { sock, path }
+    }
+
+    /// Every message received so far.
+    fn messages(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.sock.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    }
+}
+
+/// A server that sends one byte a second never trips the read timeout; the minimum rate ends
+/// each attempt with a clear error, and systemd is never asked for more time meanwhile (before,
+/// every progress line extended the start timeout by 120 s, for ever).
+#[test]
+fn a_trickling_server_ends_with_a_clear_error_and_no_timeout_extension() {
+    let mut h = Host::new(imds_v2("eu-west-1"));
+    let old = h.uncached_with_old_image();
+    let notify = NotifySocket::bind(&h.root);
+    h.set("NOTIFY_SOCKET", &notify.path.display().to_string());
+    h.set("ECS_INIT_DOWNLOAD_MIN_RATE_BYTES", "1000");
+    h.set("ECS_INIT_DOWNLOAD_MIN_RATE_SECONDS", "2");
+    for bucket in [BUCKET.to_string(), format!("{BUCKET}-eu-west-1")] {
+        h.aws.put_agent(&bucket, &object(), served_tarball());
+        h.aws.script(&bucket, &object(), vec![Answer::Trickle; 3]);
+    }
+    let t0 = Instant::now();
+    let out = h.pre_start();
+    let took = t0.elapsed();
+    let err = h.assert_failed_and_unchanged(&out, &old);
+    assert!(
+        err.contains("slower than the minimum of 1000 bytes/s")
+            && err.contains("gave up after 3 attempts"),
+        "{err}"
+    );
+    // 2 buckets × 3 attempts × 2 s, plus backoff (1 s, 2 s per bucket, ±10 %).
+    assert!(took < Duration::from_secs(40), "took {took:?}");
+    let messages = notify.messages();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("STATUS=downloading the agent")),
+        "progress reached the notify socket: {messages:?}"
+    );
+    assert!(
+        !messages.iter().any(|m| m.contains("EXTEND_TIMEOUT_USEC")),
+        "no start-timeout extension without bytes arriving: {messages:?}"
+    );
+}
+
+/// The whole download has a deadline, whatever each connection does.
+#[test]
+fn the_download_deadline_ends_a_slow_download() {
+    let mut h = Host::new(imds_v2("eu-west-1"));
+    let old = h.uncached_with_old_image();
+    h.set("ECS_INIT_DOWNLOAD_DEADLINE_SECONDS", "4");
+    h.set("ECS_INIT_DOWNLOAD_MIN_RATE_BYTES", "0");
+    h.aws.put_agent(BUCKET, &object(), served_tarball());
+    h.aws.script(BUCKET, &object(), vec![Answer::Trickle]);
+    let t0 = Instant::now();
+    let out = h.pre_start();
+    let took = t0.elapsed();
+    let err = h.assert_failed_and_unchanged(&out, &old);
+    assert!(
+        err.contains("not done within the download deadline of 4s")
+            && err.contains("ECS_INIT_DOWNLOAD_DEADLINE_SECONDS"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+}
+
+/// An endless chunked body is cut off at the size cap instead of filling /var/cache/ecs; an
+/// announced size over the cap is refused before writing.
+#[test]
+fn the_size_cap_stops_endless_and_oversized_bodies() {
+    let mut h = Host::new(imds_v2("eu-west-1"));
+    let old = h.uncached_with_old_image();
+    let served = served_tarball();
+    h.set(
+        "ECS_INIT_DOWNLOAD_MAX_BYTES",
+        &(served.len() - 1).to_string(),
+    );
+    for bucket in [BUCKET.to_string(), format!("{BUCKET}-eu-west-1")] {
+        h.aws.put_agent(&bucket, &object(), served.clone());
+        h.aws.script(&bucket, &object(), vec![Answer::Endless]);
+    }
+    let out = h.pre_start();
+    let err = h.assert_failed_and_unchanged(&out, &old);
+    assert!(
+        err.contains("without announcing its size; cut off"),
+        "{err}"
+    );
+    // Now with the size announced (206 Content-Range, then 200 Content-Length).
+    for ignore_range in [false, true] {
+        h.aws.ignore_range(ignore_range);
+        let out = h.pre_start();
+        let err = h.assert_failed_and_unchanged(&out, &old);
+        assert!(
+            err.contains(&format!(
+                "is {} bytes, more than the {} bytes of ECS_INIT_DOWNLOAD_MAX_BYTES; refused before writing",
+                served.len(),
+                served.len() - 1
+            )),
+            "ignore_range={ignore_range}: {err}"
+        );
+    }
+}
+
+/// The ranged download: parts of `ECS_INIT_DOWNLOAD_PART_BYTES`, at most
+/// `ECS_INIT_DOWNLOAD_PARALLELISM` at a time, each asked once (part 0 rides on the first, open
+/// range request); a part that breaks resumes where it stopped, with the ETag checked; a server
+/// that ignores `Range` gets one stream.
+#[test]
+fn ranged_download_in_parallel_parts() {
+    let mut h = Host::new(imds_v2("eu-west-1"));
+    let served = served_tarball();
+    h.aws.put_agent(BUCKET, &object(), served.clone());
+    let part = 64 * 1024;
+    h.set("ECS_INIT_DOWNLOAD_PART_BYTES", &part.to_string());
+    h.set("ECS_INIT_DOWNLOAD_PARALLELISM", "4");
+    let parts = served.len().div_ceil(part);
+    assert!(
+        parts >= 4,
+        "the tarball ({} bytes) makes several parts",
+        served.len()
+    );
+    let ranges = |h: &Host| -> Vec<String> {
+        h.aws
+            .requests_to("s3")
+            .iter()
+            .filter(|r| r.target == format!("/{BUCKET}/{}", object()))
+            .map(|r| r.header("range").unwrap_or("none").to_string())
+            .collect()
+    };
+    h.root.write_cache_state(0);
+    let out = h.pre_start();
+    h.assert_downloaded(&out, &served);
+    let seen = ranges(&h);
+    assert_eq!(seen.len(), parts, "{seen:?}");
+    assert_eq!(seen[0], "bytes=0-");
+    for i in 1..parts {
+        let want = format!(
+            "bytes={}-{}",
+            i * part,
+            ((i + 1) * part).min(served.len()) - 1
+        );
+        assert!(seen.contains(&want), "{want} in {seen:?}");
+    }
+    let if_match = h
+        .aws
+        .requests_to("s3")
+        .iter()
+        .filter(|r| r.header("range").is_some_and(|r| r != "bytes=0-"))
+        .all(|r| r.header("if-match") == Some("\"fake\""));
+    assert!(if_match, "parts are asked for the same object (ETag)");
+
+    // Part 0 breaks after 1000 bytes: it resumes at byte 1001 (the break sent bytes 0-1000).
+    h.aws
+        .script(BUCKET, &object(), vec![Answer::PartTruncate(1000)]);
+    h.root.write_cache_state(0);
+    let before = ranges(&h).len();
+    let out = h.pre_start();
+    let log = h.assert_downloaded(&out, &served);
+    let seen = ranges(&h)[before..].to_vec();
+    assert_eq!(seen.len(), parts + 1, "{seen:?}");
+    assert!(
+        seen.contains(&format!("bytes=1001-{}", part - 1)),
+        "resumed where it broke: {seen:?}"
+    );
+    assert!(log.contains("retrying"), "{log}");
+
+    // A server without range support: one stream, one GET.
+    h.aws.ignore_range(true);
+    h.root.write_cache_state(0);
+    let before = ranges(&h).len();
+    let out = h.pre_start();
+    h.assert_downloaded(&out, &served);
+    assert_eq!(ranges(&h)[before..], ["bytes=0-"]);
+}
+
+/// The AWS SDK settings the Go tool honours through its SDK, against the loopback fakes: the
+/// European Sovereign Cloud partition with FIPS and dual-stack S3 names (reached through the
+/// fake proxy, which sends those real names to the fake S3), then FIPS alone in the commercial
+/// partition.
+#[test]
+fn sovereign_cloud_fips_and_dualstack_names() {
+    let mut h = Host::new(imds_v2("unused"));
+    let served = served_tarball();
+    h.aws.put_agent(BUCKET, &object(), served.clone());
+    h.aws
+        .put_agent(&format!("{BUCKET}-us-west-2"), &object(), served.clone());
+    h.unset("AWS_ENDPOINT_URL_S3");
+    h.set("AWS_EC2_METADATA_DISABLED", "true");
+    h.set("HTTPS_PROXY", &format!("http://{}", h.aws.proxy_addr));
+    h.set("NO_PROXY", "169.254.169.254,169.254.170.2");
+    h.set("AWS_REGION", "eusc-de-east-1");
+    h.set("AWS_USE_FIPS_ENDPOINT", "true");
+    h.set("AWS_USE_DUALSTACK_ENDPOINT", "TRUE");
+    let out = h.pre_start();
+    h.assert_downloaded(&out, &served);
+    let host = "amazon-ecs-agent.s3-fips.dualstack.eusc-de-east-1.amazonaws.eu";
+    let proxy = h.aws.requests_to("proxy");
+    assert!(
+        !proxy.is_empty() && proxy.iter().all(|r| r.target == format!("{host}:443")),
+        "{proxy:?}"
+    );
+    // FIPS alone, in the commercial partition: the partition bucket's name (us-east-1) is not
+    // one the fake proxy knows (502, retried, then the next bucket), the regional one is.
+    h.set("AWS_REGION", "us-west-2");
+    h.unset("AWS_USE_DUALSTACK_ENDPOINT");
+    h.root.write_cache_state(0);
+    let before = h.aws.requests_to("proxy").len();
+    let out = h.pre_start();
+    h.assert_downloaded(&out, &served);
+    let targets: Vec<String> = h.aws.requests_to("proxy")[before..]
+        .iter()
+        .map(|r| r.target.clone())
+        .collect();
+    assert!(
+        targets.contains(&"amazon-ecs-agent.s3-fips.us-east-1.amazonaws.com:443".to_string())
+            && targets.contains(
+                &"amazon-ecs-agent-us-west-2.s3-fips.us-west-2.amazonaws.com:443".to_string()
+            ),
+        "{targets:?}"
+    );
+}
+
+/// `AWS_ENDPOINT_URL` (every service) is the S3 endpoint when `AWS_ENDPOINT_URL_S3` is unset;
+/// `AWS_CA_BUNDLE` replaces the trust store (`SSL_CERT_FILE` naming another CA does not matter,
+/// and a bundle without the server's CA fails).
+#[test]
+fn global_endpoint_url_and_the_ca_bundle() {
+    let mut h = Host::new(imds_v2("eu-west-1"));
+    let old = h.uncached_with_old_image();
+    let served = served_tarball();
+    h.aws.put_agent(BUCKET, &object(), served.clone());
+    h.unset("AWS_ENDPOINT_URL_S3");
+    h.set("AWS_ENDPOINT_URL", &h.aws.s3_url.clone());
+    let other = h.root.join("other-ca.pem");
+    std::fs::write(&other, test_ca_pem("not the S3 CA")).unwrap();
+    let right = h.root.join("test-ca.pem");
+    // A bundle without the server's CA (SSL_CERT_FILE has it): refused, nothing changes.
+    h.set("AWS_CA_BUNDLE", &other.display().to_string());
+    h.set("SSL_CERT_FILE", &right.display().to_string());
+    let out = h.pre_start();
+    let err = h.assert_failed_and_unchanged(&out, &old);
+    assert!(err.contains("certificate"), "{err}");
+    // The right CA only in the bundle, another in SSL_CERT_FILE: trusted.
+    h.set("AWS_CA_BUNDLE", &right.display().to_string());
+    h.set("SSL_CERT_FILE", &other.display().to_string());
+    let out = h.pre_start();
+    h.assert_downloaded(&out, &served);
+    // The global endpoint was used: the fake S3 saw the path-style requests.
+    assert!(h.aws.gets(BUCKET, &object()) >= 1);
+}
+
+/// `AWS_EC2_METADATA_V1_DISABLED=true`: a refused IMDSv2 token is not followed by IMDSv1; the
+/// region is the default, with a warning that says why.
+#[test]
+fn no_imdsv1_fallback_when_disabled() {
+    let mut h = Host::new(Imds::V1Only {
+        refuse: 403,
+        region: "ap-south-1".into(),
+    });
+    let served = served_tarball();
+    h.aws.put_agent(BUCKET, &object(), served.clone());
+    h.set("AWS_EC2_METADATA_V1_DISABLED", "true");
+    let out = h.pre_start();
+    let log = h.assert_downloaded(&out, &served);
+    let imds = h.aws.requests_to("imds");
+    assert!(
+        !imds.is_empty() && imds.iter().all(|r| r.method == "PUT"),
+        "only token requests, no IMDSv1 GET: {imds:?}"
+    );
+    assert!(
+        log.contains("AWS_EC2_METADATA_V1_DISABLED=true forbids the IMDSv1 fallback")
+            && log.contains("us-east-1"),
+        "{log}"
     );
 }

@@ -1,21 +1,28 @@
-//! One bucket's attempt: the published MD5, then the tarball streamed into a temp file next to
-//! its destination (0600, MD5 computed on the way), compared, fsynced and renamed into place.
-//! Memory stays bounded (hyper's read buffer, plus at most `SINK_PIECES` received pieces waiting
-//! for the hashing thread) whatever the tarball's size. Any failure removes the temp file; the
-//! destination is only ever replaced by a complete, verified file.
+//! One bucket's attempt: the published MD5, then the tarball into a temp file next to its
+//! destination (0600, `O_EXCL`): in parallel byte ranges written at their offsets when the
+//! server answers the first, open range request with a 206 and the object's size, else as one
+//! stream; the MD5 is computed in order either way (over the contiguous prefix as it grows, or
+//! on the way), compared, and the file fsynced and renamed into place. Memory stays bounded
+//! (hyper's read buffer per connection, one read buffer of the hashing thread, or at most
+//! `SINK_PIECES` pieces waiting for it) whatever the tarball's size. Any failure removes the
+//! temp file; the destination is only ever replaced by a complete, verified file.
 use md5::{Digest, Md5};
 use std::fmt;
 use std::fs::File;
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use hyper::body::Bytes;
 
-use super::http::{with_retries, Attempt, Client, HttpError, Retry};
+use super::http::{with_retries, Attempt, Client, HttpError, Kind as HttpKind, Response, Retry};
 use super::region::Source;
+use super::DownloadLimits;
 
 /// Why one bucket did not give us the agent.
 #[derive(Debug)]
@@ -41,6 +48,12 @@ pub enum SourceError {
         dir: PathBuf,
         needed: u64,
         available: u64,
+    },
+    /// Larger than `ECS_INIT_DOWNLOAD_MAX_BYTES` (`size`: what the server announced).
+    TooLarge {
+        url: String,
+        size: Option<u64>,
+        max: u64,
     },
 }
 
@@ -73,6 +86,14 @@ impl fmt::Display for SourceError {
                 f,
                 "not enough space in {} for the agent tarball: it is {needed} bytes, {available} bytes are free (No space left on device)",
                 dir.display()
+            ),
+            SourceError::TooLarge { url, size: Some(size), max } => write!(
+                f,
+                "{url} is {size} bytes, more than the {max} bytes of ECS_INIT_DOWNLOAD_MAX_BYTES; refused before writing"
+            ),
+            SourceError::TooLarge { url, size: None, max } => write!(
+                f,
+                "{url} sent more than the {max} bytes of ECS_INIT_DOWNLOAD_MAX_BYTES without announcing its size; cut off"
             ),
         }
     }
@@ -152,69 +173,202 @@ pub struct Progress {
     pub extend_by: Duration,
 }
 
-/// Stream one attempt into `created`, the temp file at `tmp` (emptied first); returns the
-/// digest and size.
-async fn stream_once(
-    client: &Client,
+/// Everything one bucket's attempt needs besides the client.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchOptions {
+    /// Retries of each request, and of each part.
+    pub retry: Retry,
+    pub progress: Progress,
+    pub limits: DownloadLimits,
+    /// When the whole download gives up (systemd is never asked for time past it).
+    pub deadline: tokio::time::Instant,
+}
+
+/// The bytes received so far, for the progress lines (shared by the parts).
+#[derive(Default)]
+struct Meter {
+    received: AtomicU64,
+    /// 0 while unknown.
+    total: AtomicU64,
+}
+
+impl Meter {
+    fn add(&self, n: u64) {
+        self.received.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// How much more start-up time to ask systemd for after `every` in which `delta` bytes arrived:
+/// none when nothing arrived or less than the minimum rate (a peer trickling bytes must not
+/// keep the start job alive), and never past the download's deadline.
+pub fn extension(
+    delta: u64,
+    every: Duration,
+    min_rate: u64,
+    extend_by: Duration,
+    until_deadline: Duration,
+) -> Option<Duration> {
+    let rate = delta as f64 / every.as_secs_f64().max(0.001);
+    if delta == 0 || rate < min_rate as f64 || until_deadline.is_zero() {
+        return None;
+    }
+    Some(extend_by.min(until_deadline))
+}
+
+/// Run `work`, logging progress every `progress.every` and extending systemd's start timeout
+/// while bytes arrive fast enough.
+async fn with_progress<T>(
+    work: impl std::future::Future<Output = T>,
+    meter: &Meter,
+    opts: &FetchOptions,
     url: &str,
-    (created, tmp): (&File, &Path),
-    progress: Progress,
+) -> T {
+    tokio::pin!(work);
+    let every = opts.progress.every;
+    let started = Instant::now();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut last = 0u64;
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = tick.tick() => {}
+        }
+        let received = meter.received.load(Ordering::Relaxed);
+        let total = meter.total.load(Ordering::Relaxed);
+        let delta = received.saturating_sub(last);
+        last = received;
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        let percent = if total > 0 {
+            format!("{:.0}%", received as f64 * 100.0 / total as f64)
+        } else {
+            "?%".into()
+        };
+        tracing::info!(
+            url,
+            received_mib = format!("{:.1}", mib(received)),
+            total_mib = if total > 0 {
+                format!("{:.1}", mib(total))
+            } else {
+                "?".into()
+            },
+            percent,
+            rate_mib_s = format!("{:.1}", mib(received) / secs),
+            "downloading the agent"
+        );
+        let left = opts
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        match extension(
+            delta,
+            every,
+            opts.limits.min_rate,
+            opts.progress.extend_by,
+            left,
+        ) {
+            Some(by) => {
+                crate::notify::notify(&format!(
+                    "EXTEND_TIMEOUT_USEC={}\nSTATUS=downloading the agent: {percent}",
+                    by.as_micros()
+                ));
+            }
+            None => {
+                crate::notify::status(&format!(
+                    "downloading the agent: {percent}, {delta} bytes in the last {every:?}"
+                ));
+            }
+        }
+    }
+}
+
+/// Refuse an object larger than the cap or than the free space, before writing.
+fn check_size(
+    total: u64,
+    tmp: &Path,
+    url: &str,
+    limits: &DownloadLimits,
+) -> Result<(), SourceError> {
+    if total > limits.max_bytes {
+        return Err(SourceError::TooLarge {
+            url: url.to_string(),
+            size: Some(total),
+            max: limits.max_bytes,
+        });
+    }
+    if let Some(dir) = tmp.parent() {
+        if let Some(available) = free_space(dir) {
+            if available < total {
+                return Err(SourceError::NoSpace {
+                    dir: dir.to_path_buf(),
+                    needed: total,
+                    available,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The byte ranges of an object of `total` bytes: about a quarter of an even share per
+/// connection (so that the MD5 of the contiguous prefix never lags far behind: when the last
+/// bytes arrive, what is left to hash is about one round of parts), at least 1 MiB (or the
+/// part size, when smaller) and at most `part_bytes`, in a number of parts that is a multiple
+/// of the connections when that keeps them at least that floor, so that every connection has
+/// work until the end.
+pub fn plan_parts(total: u64, part_bytes: u64, parallelism: u32) -> Vec<std::ops::Range<u64>> {
+    const MIN_PART: u64 = 1 << 20;
+    const ROUNDS: u64 = 4;
+    let conns = u64::from(parallelism.max(1));
+    let floor = MIN_PART.min(part_bytes).max(1);
+    let len = total
+        .div_ceil(conns * ROUNDS)
+        .max(floor)
+        .min(part_bytes.max(1));
+    // Rounded up to a multiple of the connections when the parts stay at least the floor.
+    let n = total.div_ceil(len).div_ceil(conns) * conns;
+    let even = total.div_ceil(n.max(1));
+    let len = if even >= floor { even } else { len };
+    (0..total.div_ceil(len).max(1))
+        .map(|i| i * len..((i + 1) * len).min(total))
+        .collect()
+}
+
+/// Stream `resp` (a whole object, in order) into `file` from its start, hashing on the way.
+async fn stream_whole(
+    mut resp: Response,
+    (file, tmp): (&File, &Path),
+    meter: &Meter,
+    limits: &DownloadLimits,
 ) -> Result<(String, u64), SourceError> {
     let local = |what: &str, source| SourceError::Local {
         path: tmp.to_path_buf(),
         what: what.to_string(),
         source,
     };
-    // The file created with O_EXCL, never opened again by name: /var/cache/ecs is writable by
-    // the agent, and a symlink planted at the name between attempts must not be followed.
+    meter.received.store(0, Ordering::Relaxed);
+    meter
+        .total
+        .store(resp.content_length.unwrap_or(0), Ordering::Relaxed);
+    if let Some(len) = resp.content_length {
+        check_size(len, tmp, &resp.url(), limits)?;
+    }
     // Emptied first, so an earlier attempt's bytes do not count against the free space.
-    let mut file = created.try_clone().map_err(|e| local("opening", e))?;
+    let mut file = file.try_clone().map_err(|e| local("opening", e))?;
     file.set_len(0)
         .and_then(|()| file.rewind())
         .map_err(|e| local("emptying", e))?;
-    let mut resp = client.get(url).await?;
-    if let (Some(len), Some(dir)) = (resp.content_length, tmp.parent()) {
-        if let Some(available) = free_space(dir) {
-            if available < len {
-                return Err(SourceError::NoSpace {
-                    dir: dir.to_path_buf(),
-                    needed: len,
-                    available,
-                });
-            }
-        }
-    }
     let mut sink = Sink::start(file).map_err(|e| local("starting the hashing thread for", e))?;
-    let started = Instant::now();
-    let mut last_report = started;
     while let Some(data) = resp.chunk().await? {
+        if resp.received > limits.max_bytes {
+            // Without a Content-Length nothing else stops an endless body.
+            return Err(SourceError::TooLarge {
+                url: resp.url(),
+                size: None,
+                max: limits.max_bytes,
+            });
+        }
+        meter.add(data.len() as u64);
         if !sink.push(data) {
             break; // the thread stopped on a write error, which `finish` returns
-        }
-        if last_report.elapsed() >= progress.every {
-            last_report = Instant::now();
-            let secs = started.elapsed().as_secs_f64().max(0.001);
-            let rate = mib(resp.received) / secs;
-            let percent = resp
-                .content_length
-                .filter(|n| *n > 0)
-                .map(|n| format!("{:.0}%", resp.received as f64 * 100.0 / n as f64))
-                .unwrap_or_else(|| "?%".into());
-            tracing::info!(
-                url,
-                received_mib = format!("{:.1}", mib(resp.received)),
-                total_mib = resp
-                    .content_length
-                    .map(|n| format!("{:.1}", mib(n)))
-                    .unwrap_or_else(|| "?".into()),
-                percent,
-                rate_mib_s = format!("{rate:.1}"),
-                "downloading the agent"
-            );
-            crate::notify::notify(&format!(
-                "EXTEND_TIMEOUT_USEC={}\nSTATUS=downloading the agent: {percent}",
-                progress.extend_by.as_micros()
-            ));
         }
     }
     // Synced once, by the commit that renames it into place.
@@ -281,16 +435,308 @@ impl Drop for Sink {
     }
 }
 
+/// How far each part has been written, shared with the thread that hashes the file's
+/// contiguous prefix as it grows.
+struct PrefixState {
+    /// Bytes written of each part (each part is written in order from its start).
+    written: Vec<u64>,
+    /// The download gave up: the thread stops.
+    abort: bool,
+}
+
+/// The MD5 of the parts' file, computed in order by a thread that reads (`pread`, from the page
+/// cache) whatever contiguous prefix the parts have written so far: memory stays one read
+/// buffer whatever the size and the number of parts, and the hashing overlaps the download.
+struct Prefix {
+    state: Arc<(Mutex<PrefixState>, Condvar)>,
+    worker: Option<JoinHandle<std::io::Result<Md5>>>,
+}
+
+/// The size of the hashing thread's reads.
+const HASH_READ: usize = 1 << 20;
+
+impl Prefix {
+    fn start(file: File, parts: Vec<std::ops::Range<u64>>) -> std::io::Result<Prefix> {
+        let state = Arc::new((
+            Mutex::new(PrefixState {
+                written: vec![0; parts.len()],
+                abort: false,
+            }),
+            Condvar::new(),
+        ));
+        let shared = state.clone();
+        let worker = std::thread::Builder::new()
+            .name("agent-download-md5".into())
+            .spawn(move || {
+                use std::os::unix::fs::FileExt;
+                let total = parts.last().map_or(0, |p| p.end);
+                let (lock, cv) = &*shared;
+                let mut md5 = Md5::new();
+                let mut buf = vec![0u8; HASH_READ];
+                let mut hashed = 0u64;
+                while hashed < total {
+                    let ready = {
+                        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+                        loop {
+                            if st.abort {
+                                return Err(std::io::Error::other("download abandoned"));
+                            }
+                            let contiguous = contiguous_end(&parts, &st.written);
+                            if contiguous > hashed {
+                                break contiguous;
+                            }
+                            st = cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                        }
+                    };
+                    while hashed < ready {
+                        let n = (ready - hashed).min(HASH_READ as u64) as usize;
+                        file.read_exact_at(&mut buf[..n], hashed)?;
+                        md5.update(&buf[..n]);
+                        hashed += n as u64;
+                    }
+                }
+                Ok(md5)
+            })?;
+        Ok(Prefix {
+            state,
+            worker: Some(worker),
+        })
+    }
+
+    fn written(&self, part: usize) -> u64 {
+        self.state
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .written[part]
+    }
+
+    fn advance(&self, part: usize, n: u64) {
+        let (lock, cv) = &*self.state;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).written[part] += n;
+        cv.notify_one();
+    }
+
+    /// Every part written: the digest of the whole file.
+    fn finish(mut self) -> std::io::Result<Md5> {
+        match self.worker.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) | None => Err(std::io::Error::other("the hashing thread panicked")),
+        }
+    }
+}
+
+impl Drop for Prefix {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            let (lock, cv) = &*self.state;
+            lock.lock().unwrap_or_else(|e| e.into_inner()).abort = true;
+            cv.notify_all();
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Where the file's contiguous written prefix ends.
+fn contiguous_end(parts: &[std::ops::Range<u64>], written: &[u64]) -> u64 {
+    for (p, w) in parts.iter().zip(written) {
+        if p.start + w < p.end {
+            return p.start + w;
+        }
+    }
+    parts.last().map_or(0, |p| p.end)
+}
+
+/// A 206 that is not the range asked for (or of another object size) cannot be used.
+fn wrong_range(resp: &Response, want: (u64, u64, u64)) -> Option<SourceError> {
+    let (first, last, total) = want;
+    match resp.content_range {
+        Some((f, l, Some(t))) if resp.status == 206 && f == first && l == last && t == total => {
+            None
+        }
+        _ => Some(SourceError::Http(HttpError {
+            method: "GET",
+            url: resp.url(),
+            kind: HttpKind::Invalid,
+            detail: format!(
+                "asked for bytes {first}-{last} of {total}, the server answered HTTP {} with Content-Range {:?}",
+                resp.status, resp.content_range
+            ),
+            attempts: 1,
+        })),
+    }
+}
+
+/// One part into its place in the file: resumed after what it already wrote on a retry, with
+/// its own retry budget. `first` is the response of the object's first request (an open range
+/// from 0), which gives part 0 without a request of its own.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_part(
+    client: &Client,
+    url: &str,
+    etag: Option<&str>,
+    (index, range, total): (usize, std::ops::Range<u64>, u64),
+    first: Option<Response>,
+    (file, tmp): (&File, &Path),
+    prefix: &Prefix,
+    (meter, retry): (&Meter, Retry),
+) -> Result<(), SourceError> {
+    use std::os::unix::fs::FileExt;
+    let first = std::sync::Mutex::new(first);
+    let what = format!("agent download (bytes {}-{})", range.start, range.end - 1);
+    let range = &range;
+    with_retries(retry, &what, || {
+        let pre = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+        async move {
+            let mut pos = range.start + prefix.written(index);
+            let mut resp = match pre {
+                Some(r) => r,
+                None => {
+                    let mut headers = vec![("range", format!("bytes={pos}-{}", range.end - 1))];
+                    if let Some(tag) = etag {
+                        headers.push(("if-match", tag.to_string()));
+                    }
+                    let h: Vec<(&'static str, &str)> =
+                        headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    let resp = client
+                        .request(hyper::Method::GET, url, &h)
+                        .await?
+                        .success()?;
+                    if let Some(e) = wrong_range(&resp, (pos, range.end - 1, total)) {
+                        return Err(e);
+                    }
+                    resp
+                }
+            };
+            while pos < range.end {
+                let Some(data) = resp.chunk().await? else {
+                    return Err(SourceError::Http(HttpError {
+                        method: "GET",
+                        url: url.to_string(),
+                        kind: HttpKind::Interrupted,
+                        detail: format!(
+                            "the body ended at byte {pos} of part {}-{}",
+                            range.start,
+                            range.end - 1
+                        ),
+                        attempts: 1,
+                    }));
+                };
+                let take = (data.len() as u64).min(range.end - pos) as usize;
+                file.write_all_at(&data[..take], pos)
+                    .map_err(|source| SourceError::Local {
+                        path: tmp.to_path_buf(),
+                        what: "writing".into(),
+                        source,
+                    })?;
+                pos += take as u64;
+                prefix.advance(index, take as u64);
+                meter.add(take as u64);
+            }
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Download `url` into `file`: an open range request first; a 206 with the object's size is
+/// split into parts fetched in parallel (each written at its offset, the MD5 computed over the
+/// contiguous prefix as it grows), anything else (the server ignores `Range`, or no size) is
+/// one stream. Returns the MD5 and the size.
+async fn fetch_into(
+    client: &Client,
+    url: &str,
+    (file, tmp): (&File, &Path),
+    meter: &Meter,
+    opts: &FetchOptions,
+) -> Result<(String, u64), SourceError> {
+    let first = with_retries(opts.retry, "agent download", || async {
+        client
+            .request(hyper::Method::GET, url, &[("range", "bytes=0-")])
+            .await?
+            .success()
+    })
+    .await?;
+    let total = match (first.status, first.content_range) {
+        (206, Some((0, _, Some(total)))) if total > 0 => total,
+        _ => {
+            // One stream: this answer, then (on a retry) plain GETs.
+            tracing::debug!(
+                url,
+                status = first.status,
+                "one stream (no usable range answer)"
+            );
+            let first = std::sync::Mutex::new(Some(first));
+            return with_retries(opts.retry, "agent download", || {
+                let pre = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+                async move {
+                    let resp = match pre {
+                        Some(r) => r,
+                        None => client.get(url).await?,
+                    };
+                    stream_whole(resp, (file, tmp), meter, &opts.limits).await
+                }
+            })
+            .await;
+        }
+    };
+    check_size(total, tmp, url, &opts.limits)?;
+    meter.total.store(total, Ordering::Relaxed);
+    let parts = plan_parts(total, opts.limits.part_bytes, opts.limits.parallelism);
+    tracing::debug!(
+        url,
+        total,
+        parts = parts.len(),
+        parallelism = opts.limits.parallelism,
+        "ranged download"
+    );
+    let local = |what: &str, source| SourceError::Local {
+        path: tmp.to_path_buf(),
+        what: what.to_string(),
+        source,
+    };
+    let reader = file.try_clone().map_err(|e| local("opening", e))?;
+    let prefix = Prefix::start(reader, parts.clone())
+        .map_err(|e| local("starting the hashing thread for", e))?;
+    let etag = first.etag.clone();
+    let mut first = Some(first);
+    let jobs = parts.into_iter().enumerate().map(|(index, range)| {
+        let pre = if index == 0 { first.take() } else { None };
+        fetch_part(
+            client,
+            url,
+            etag.as_deref(),
+            (index, range, total),
+            pre,
+            (file, tmp),
+            &prefix,
+            (meter, opts.retry),
+        )
+    });
+    let mut running =
+        futures_util::stream::iter(jobs).buffer_unordered(opts.limits.parallelism as usize);
+    while let Some(done) = running.next().await {
+        done?;
+    }
+    drop(running);
+    let waited = Instant::now();
+    let md5 = prefix.finish().map_err(|e| local("reading back", e))?;
+    tracing::debug!(
+        hash_wait_ms = waited.elapsed().as_millis() as u64,
+        "MD5 of the last bytes"
+    );
+    Ok((hex(&md5.finalize()), total))
+}
+
 /// Download `source` to `dest`: the MD5 first, then the tarball, verified, renamed into place.
 pub async fn from_source(
     client: &Client,
-    retry: Retry,
+    opts: &FetchOptions,
     source: &Source,
     dest: &Path,
-    progress: Progress,
 ) -> Result<Fetched, SourceError> {
     let md5_url = source.md5.as_str();
-    let body = with_retries(retry, "checksum download", move || async move {
+    let body = with_retries(opts.retry, "checksum download", move || async move {
         client.get(md5_url).await?.text(4096).await
     })
     .await?;
@@ -309,11 +755,13 @@ pub async fn from_source(
         })?;
     let tmp_path = tmp.path().to_path_buf();
     let started = Instant::now();
-    let (url, tmp_ref) = (source.tarball.as_str(), (&*tmp.file(), tmp_path.as_path()));
-    let (actual, bytes) = with_retries(retry, "agent download", move || async move {
-        stream_once(client, url, tmp_ref, progress).await
-    })
-    .await?;
+    let meter = Meter::default();
+    let url = source.tarball.as_str();
+    let (actual, bytes) = {
+        let file = tmp.file();
+        let work = fetch_into(client, url, (file, tmp_path.as_path()), &meter, opts);
+        with_progress(work, &meter, opts, url).await?
+    };
     let elapsed = started.elapsed();
     if actual != expected {
         return Err(SourceError::Mismatch {
@@ -451,17 +899,21 @@ mod tests {
             tarball: format!("{url}/b/o.tar"),
             md5: format!("{url}/b/o.tar.md5"),
         };
-        let progress = Progress {
-            every: Duration::from_millis(100),
-            extend_by: Duration::from_secs(1),
-        };
-        let retry = Retry {
-            attempts: 1,
-            backoff: Duration::from_millis(1),
+        let opts = FetchOptions {
+            retry: Retry {
+                attempts: 1,
+                backoff: Duration::from_millis(1),
+            },
+            progress: Progress {
+                every: Duration::from_millis(100),
+                extend_by: Duration::from_secs(1),
+            },
+            limits: test_limits(),
+            deadline: tokio::time::Instant::now() + Duration::from_secs(60),
         };
         let mut fetched = None;
         let text = crate::testing::capture_logs(async {
-            fetched = Some(from_source(&client, retry, &source, &dest, progress).await);
+            fetched = Some(from_source(&client, &opts, &source, &dest).await);
         })
         .await;
         let f = fetched.unwrap().unwrap();
@@ -489,6 +941,108 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["ecs-agent.tar"], "the temp file was renamed");
+    }
+
+    fn test_limits() -> DownloadLimits {
+        DownloadLimits {
+            deadline: Duration::from_secs(60),
+            min_rate: 0,
+            min_rate_window: Duration::from_secs(60),
+            max_bytes: 1 << 30,
+            part_bytes: 8 << 20,
+            parallelism: 8,
+        }
+    }
+
+    #[test]
+    fn parts_are_even_over_the_connections_and_at_most_the_part_size() {
+        let mib = 1u64 << 20;
+        // 40 MB over 8 connections: 4 rounds of 8 equal parts.
+        let p = plan_parts(40_000_000, 8 * mib, 8);
+        assert_eq!(p.len(), 32);
+        assert!(p.iter().all(|r| r.end - r.start == 1_250_000), "{p:?}");
+        // 300 MB: at most 8 MiB, a multiple of 8 parts (36 would leave 4 connections idle).
+        let p = plan_parts(300_000_000, 8 * mib, 8);
+        assert_eq!(p.len(), 40);
+        assert!(p.iter().all(|r| r.end - r.start <= 8 * mib));
+        // Small objects: parts of at least 1 MiB, so up to 1 MiB is one stream.
+        assert_eq!(plan_parts(1 << 20, 8 * mib, 8), vec![0..1 << 20]);
+        assert_eq!(plan_parts(3 * mib, 8 * mib, 8).len(), 3);
+        assert_eq!(plan_parts(4 * mib, 8 * mib, 2).len(), 4);
+        assert_eq!(plan_parts(3 * mib, 8 * mib, 2).len(), 3);
+        // A part size below 1 MiB is taken as given.
+        assert_eq!(plan_parts(1000, 256, 2).len(), 4);
+        assert_eq!(plan_parts(5, 8 * mib, 8), vec![0..5]);
+        // Contiguous, covering, in order, never empty.
+        for (total, part, n) in [
+            (12_345_678, 1 << 20, 3),
+            (10, 3, 64),
+            (7 * mib, mib, 7),
+            (1_414_656, 8 * mib, 8),
+        ] {
+            let p = plan_parts(total, part, n);
+            assert_eq!(p[0].start, 0);
+            assert_eq!(p.last().unwrap().end, total);
+            assert!(p.windows(2).all(|w| w[0].end == w[1].start));
+            assert!(p.iter().all(|r| r.end > r.start), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn the_prefix_ends_at_the_first_unfinished_part() {
+        let parts = vec![0..10, 10..20, 20..25];
+        assert_eq!(contiguous_end(&parts, &[0, 10, 5]), 0);
+        assert_eq!(contiguous_end(&parts, &[4, 10, 5]), 4);
+        assert_eq!(contiguous_end(&parts, &[10, 3, 5]), 13);
+        assert_eq!(contiguous_end(&parts, &[10, 10, 5]), 25);
+    }
+
+    /// Parts written out of order (last first) are hashed in order, and the digest is the
+    /// whole file's.
+    #[test]
+    fn the_prefix_hash_is_the_whole_files_in_order() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        let file = File::options()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let body: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let parts = plan_parts(body.len() as u64, 1 << 20, 3);
+        let prefix = Prefix::start(file.try_clone().unwrap(), parts.clone()).unwrap();
+        for (i, r) in parts.iter().enumerate().rev() {
+            for piece in body[r.start as usize..r.end as usize].chunks(100_000) {
+                let at = r.start + prefix.written(i);
+                file.write_all_at(piece, at).unwrap();
+                prefix.advance(i, piece.len() as u64);
+            }
+        }
+        let md5 = prefix.finish().unwrap();
+        assert_eq!(hex(&md5.finalize()), hex(&Md5::digest(&body)));
+        // Abandoned before the end: the thread stops, the drop returns.
+        let prefix = Prefix::start(file.try_clone().unwrap(), parts).unwrap();
+        prefix.advance(0, 10);
+        drop(prefix);
+    }
+
+    #[test]
+    fn systemd_is_asked_for_time_only_while_bytes_arrive_fast_enough() {
+        let s = Duration::from_secs;
+        // Bytes at 1 MB/s over 5 s: 120 s more.
+        assert_eq!(
+            extension(5_000_000, s(5), 1024, s(120), s(3000)),
+            Some(s(120))
+        );
+        // No bytes, or a trickle under the minimum rate: nothing.
+        assert_eq!(extension(0, s(5), 0, s(120), s(3000)), None);
+        assert_eq!(extension(5, s(5), 1024, s(120), s(3000)), None);
+        // Never past the deadline.
+        assert_eq!(extension(5_000_000, s(5), 1024, s(120), s(30)), Some(s(30)));
+        assert_eq!(extension(5_000_000, s(5), 1024, s(120), s(0)), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -208,6 +208,9 @@ pub struct Client {
     pub trust: TrustSettings,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// A body that brings less than `min_rate.0` bytes per second over a window of
+    /// `min_rate.1` fails with a timeout (0: no minimum).
+    pub min_rate: (u64, Duration),
     tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
 }
 
@@ -215,11 +218,31 @@ pub struct Client {
 pub struct Response {
     pub status: u16,
     pub content_length: Option<u64>,
+    /// `Content-Range: bytes <first>-<last>/<total>` of a 206: (first, last, total), the total
+    /// `None` when the server wrote `*`.
+    pub content_range: Option<(u64, u64, Option<u64>)>,
+    pub etag: Option<String>,
     pub received: u64,
     method: &'static str,
     url: String,
     body: Incoming,
     read_timeout: Duration,
+    min_rate: (u64, Duration),
+    /// Where the current minimum-rate window started, and what it has received.
+    window: (Instant, u64),
+}
+
+/// `bytes <first>-<last>/<total|*>`.
+pub fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    (first <= last && total.is_none_or(|t| last < t)).then_some((first, last, total))
 }
 
 impl Client {
@@ -234,6 +257,7 @@ impl Client {
             trust,
             connect_timeout,
             read_timeout,
+            min_rate: (0, Duration::from_secs(60)),
             tls: OnceLock::new(),
         }
     }
@@ -318,19 +342,27 @@ impl Client {
             Ok(Err(e)) => return Err(err(Kind::Interrupted, chain(&e))),
             Ok(Ok(r)) => r,
         };
-        let content_length = resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
+        let text = |name| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_length = text(header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
+        let content_range = text(header::CONTENT_RANGE).and_then(|v| parse_content_range(&v));
+        let etag = text(header::ETAG);
         Ok(Response {
             status: resp.status().as_u16(),
             content_length,
+            content_range,
+            etag,
             received: 0,
             method: name,
             url: url.to_string(),
             body: resp.into_body(),
             read_timeout: self.read_timeout,
+            min_rate: self.min_rate,
+            window: (Instant::now(), 0),
         })
     }
 
@@ -471,6 +503,10 @@ impl Client {
 }
 
 impl Response {
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
     fn error(&self, kind: Kind, detail: String) -> HttpError {
         HttpError {
             method: self.method,
@@ -505,10 +541,37 @@ impl Response {
         }
     }
 
-    /// The next piece of the body; `None` at its end. Waits at most the read timeout.
+    /// The next piece of the body; `None` at its end. Waits at most the read timeout, and fails
+    /// when the body has been slower than the minimum rate over the last window.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, HttpError> {
         loop {
-            let frame = match timeout(self.read_timeout, self.body.frame()).await {
+            let (rate, window) = self.min_rate;
+            let mut wait = self.read_timeout;
+            let mut window_ends = false;
+            if rate > 0 {
+                let now = Instant::now();
+                let end = self.window.0 + window;
+                if end <= now {
+                    let wanted = (rate as f64 * window.as_secs_f64()) as u64;
+                    if self.window.1 < wanted {
+                        return Err(self.error(
+                            Kind::Timeout,
+                            format!(
+                                "slower than the minimum of {rate} bytes/s: {} bytes in the last {window:?}, after {}",
+                                self.window.1,
+                                self.progress()
+                            ),
+                        ));
+                    }
+                    self.window = (now, 0);
+                    continue;
+                }
+                if end - now < wait {
+                    (wait, window_ends) = (end - now, true);
+                }
+            }
+            let frame = match timeout(wait, self.body.frame()).await {
+                Err(_) if window_ends => continue,
                 Err(_) => {
                     return Err(self.error(
                         Kind::Timeout,
@@ -539,6 +602,7 @@ impl Response {
             if let Ok(data) = frame.into_data() {
                 if !data.is_empty() {
                     self.received += data.len() as u64;
+                    self.window.1 += data.len() as u64;
                     return Ok(Some(data));
                 }
             }
@@ -629,6 +693,8 @@ mod tests {
         Send(Vec<u8>),
         /// Send, then keep the connection open without sending more.
         SendAndHold(Vec<u8>),
+        /// Send the head, then one byte of the body every 50 ms.
+        Trickle(Vec<u8>),
     }
 
     /// A loopback HTTP server: each connection gets the next canned answer (the last repeats).
@@ -655,6 +721,15 @@ mod tests {
                         Canned::SendAndHold(a) => {
                             let _ = conn.write_all(&a);
                             std::thread::sleep(Duration::from_secs(5));
+                        }
+                        Canned::Trickle(head) => {
+                            let _ = conn.write_all(&head);
+                            for _ in 0..200 {
+                                std::thread::sleep(Duration::from_millis(50));
+                                if conn.write_all(b"x").is_err() {
+                                    return;
+                                }
+                            }
                         }
                     }
                 });
@@ -747,6 +822,54 @@ mod tests {
             err.to_string().contains("no response within 300ms"),
             "{err}"
         );
+    }
+
+    /// A peer that sends a byte now and then never trips the read timeout; the minimum rate
+    /// ends it, as a retryable timeout.
+    #[tokio::test]
+    async fn a_trickle_under_the_minimum_rate_fails() {
+        let (url, _) = server(vec![Canned::Trickle(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".to_vec(),
+        )]);
+        let mut c = client(Duration::from_secs(2));
+        c.min_rate = (1000, Duration::from_millis(300));
+        let t0 = std::time::Instant::now();
+        let err = c.get(&url).await.unwrap().text(2000).await.unwrap_err();
+        assert_eq!(err.kind, Kind::Timeout, "{err}");
+        assert!(err.retryable());
+        assert!(
+            err.to_string()
+                .contains("slower than the minimum of 1000 bytes/s"),
+            "{err}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        // The same trickle passes a minimum it meets (20 bytes/s).
+        let (url, _) = server(vec![Canned::Trickle(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n".to_vec(),
+        )]);
+        c.min_rate = (5, Duration::from_millis(200));
+        assert_eq!(
+            c.get(&url).await.unwrap().text(100).await.unwrap().len(),
+            12
+        );
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(
+            parse_content_range("bytes 0-99/1000"),
+            Some((0, 99, Some(1000)))
+        );
+        assert_eq!(parse_content_range("bytes 5-5/*"), Some((5, 5, None)));
+        for bad in [
+            "bytes 9-5/10",
+            "bytes 0-10/10",
+            "items 0-1/2",
+            "bytes 0-1",
+            "bytes a-1/2",
+        ] {
+            assert_eq!(parse_content_range(bad), None, "{bad}");
+        }
     }
 
     #[tokio::test]

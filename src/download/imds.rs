@@ -5,7 +5,7 @@
 //! needs from IMDS.
 use hyper::Method;
 
-use super::http::{with_retries, Client, HttpError, Retry};
+use super::http::{with_retries, Client, HttpError, Kind, Retry};
 
 pub const TOKEN_PATH: &str = "/latest/api/token";
 pub const REGION_PATH: &str = "/latest/meta-data/placement/region";
@@ -26,11 +26,13 @@ pub fn url(endpoint: &str, path: &str) -> String {
     format!("{}{path}", endpoint.trim_end_matches('/'))
 }
 
-/// Ask IMDS for the region.
+/// Ask IMDS for the region; `v1_allowed: false` (`AWS_EC2_METADATA_V1_DISABLED=true`) makes a
+/// refused token an error instead of the IMDSv1 fallback.
 pub async fn region(
     client: &Client,
     endpoint: &str,
     retry: Retry,
+    v1_allowed: bool,
 ) -> Result<(String, Version), HttpError> {
     let token_url = &url(endpoint, TOKEN_PATH);
     let token = with_retries(retry, "IMDSv2 token request", move || async move {
@@ -38,7 +40,16 @@ pub async fn region(
             .request(Method::PUT, token_url, &[(TOKEN_TTL_HEADER, TOKEN_TTL)])
             .await?;
         match resp.status {
-            403..=405 => Ok(None),
+            403..=405 if v1_allowed => Ok(None),
+            s @ 403..=405 => Err(HttpError {
+                method: "PUT",
+                url: token_url.to_string(),
+                kind: Kind::Status(s),
+                detail: format!(
+                    "HTTP {s}: the IMDSv2 token was refused and AWS_EC2_METADATA_V1_DISABLED=true forbids the IMDSv1 fallback"
+                ),
+                attempts: 1,
+            }),
             _ => Ok(Some(resp.success()?.text(4096).await?)),
         }
     })

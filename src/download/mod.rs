@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use fetch::Progress;
-use fetch::{Fetched, SourceError};
+use fetch::{FetchOptions, Fetched, SourceError};
 use http::Client;
 pub use http::Retry;
 use proxy::{NoProxy, Proxies, ProxyUrl};
@@ -57,7 +57,12 @@ pub struct DownloadSettings {
     pub imds_disabled: bool,
     pub imds_timeout: Duration,
     pub imds_attempts: u32,
-    pub s3_endpoint: Option<String>,
+    /// `AWS_EC2_METADATA_V1_DISABLED=true`: no IMDSv1 fallback.
+    pub imds_v1_disabled: bool,
+    /// `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`.
+    pub s3_endpoint: Option<Setting>,
+    /// `AWS_USE_FIPS_ENDPOINT`, `AWS_USE_DUALSTACK_ENDPOINT`.
+    pub s3_variant: region::Variant,
     pub https_proxy: Option<Setting>,
     pub http_proxy: Option<Setting>,
     pub no_proxy: Option<String>,
@@ -65,6 +70,21 @@ pub struct DownloadSettings {
     pub trust: TrustSettings,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// The limits of the download (`ECS_INIT_DOWNLOAD_DEADLINE_SECONDS`, `…_MIN_RATE_*`,
+    /// `…_MAX_BYTES`, `…_PART_BYTES`, `…_PARALLELISM`).
+    pub limits: DownloadLimits,
+}
+
+/// How long, how slow and how large the download may be, and how it is split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DownloadLimits {
+    pub deadline: Duration,
+    /// Bytes per second, per connection (0: no minimum).
+    pub min_rate: u64,
+    pub min_rate_window: Duration,
+    pub max_bytes: u64,
+    pub part_bytes: u64,
+    pub parallelism: u32,
 }
 
 /// Everything the download needs (the composition root builds it from the settings).
@@ -104,6 +124,8 @@ pub enum DownloadError {
     },
     #[error("could not download the agent: {0}")]
     Local(#[source] SourceError),
+    #[error("could not download the agent: not done within the download deadline of {limit:?} (ECS_INIT_DOWNLOAD_DEADLINE_SECONDS)")]
+    Deadline { limit: Duration },
     #[error("could not download the agent {object} (region {region}, {region_from}): {}", list(.failures))]
     AllFailed {
         object: String,
@@ -168,6 +190,11 @@ impl DownloadOptions {
         })
     }
 
+    /// The endpoint URL (`AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`), when set.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.knobs.s3_endpoint.as_ref().map(|s| s.value.as_str())
+    }
+
     /// Where the tarball ends up.
     pub fn tarball(&self) -> PathBuf {
         self.cache_dir.join("ecs-agent.tar")
@@ -216,7 +243,8 @@ impl DownloadOptions {
             attempts: self.knobs.imds_attempts,
             backoff: Duration::from_millis(200),
         };
-        match imds::region(&client, &self.knobs.imds_endpoint, retry).await {
+        let v1 = !self.knobs.imds_v1_disabled;
+        match imds::region(&client, &self.knobs.imds_endpoint, retry, v1).await {
             Ok((r, _)) if !region::valid_region(&r) => {
                 Err(DownloadError::BadImdsRegion { value: r })
             }
@@ -237,12 +265,26 @@ impl DownloadOptions {
 const LEGACY_PARTIAL_PREFIX: &str = "ecs-agent.tar.download-";
 
 /// Download the agent into the cache directory (see the module doc). On success the tarball is
-/// complete, verified and in place; on failure nothing in the cache directory has changed.
+/// complete, verified and in place; on failure nothing in the cache directory has changed. The
+/// whole of it (instance metadata, every bucket, every retry) ends at the deadline
+/// (`ECS_INIT_DOWNLOAD_DEADLINE_SECONDS`); what was in flight is dropped, the temp file with it.
 pub async fn download(opts: &DownloadOptions) -> Result<Fetched, DownloadError> {
+    let limit = opts.knobs.limits.deadline;
+    let deadline = tokio::time::Instant::now() + limit;
+    match tokio::time::timeout_at(deadline, download_by(opts, deadline)).await {
+        Ok(done) => done,
+        Err(_) => Err(DownloadError::Deadline { limit }),
+    }
+}
+
+async fn download_by(
+    opts: &DownloadOptions,
+    deadline: tokio::time::Instant,
+) -> Result<Fetched, DownloadError> {
     let object = object_name(opts.arch)?;
     let proxies = opts.proxies()?;
     let (region, region_from) = opts.region(&proxies).await?;
-    let sources = region::sources(&region, &object, opts.knobs.s3_endpoint.as_deref());
+    let sources = region::sources(&region, &object, opts.endpoint(), opts.knobs.s3_variant);
     tracing::info!(%region, from = %region_from, object, "downloading the agent: nothing is cached");
     {
         use std::os::unix::fs::DirBuilderExt;
@@ -266,16 +308,24 @@ pub async fn download(opts: &DownloadOptions) -> Result<Fetched, DownloadError> 
     for path in stale {
         tracing::info!(path = %path.display(), "removed a stale partial download");
     }
-    let client = Client::new(
+    let mut client = Client::new(
         proxies,
         opts.knobs.trust.clone(),
         opts.knobs.connect_timeout,
         opts.knobs.read_timeout,
     );
+    let limits = opts.knobs.limits;
+    client.min_rate = (limits.min_rate, limits.min_rate_window);
+    let fetch_opts = FetchOptions {
+        retry: opts.retry,
+        progress: opts.progress,
+        limits,
+        deadline,
+    };
     let mut failures = Vec::new();
     for source in &sources {
         tracing::info!(url = %source.tarball, "downloading the agent");
-        match fetch::from_source(&client, opts.retry, source, &dest, opts.progress).await {
+        match fetch::from_source(&client, &fetch_opts, source, &dest).await {
             Ok(f) => {
                 let secs = f.elapsed.as_secs_f64().max(0.001);
                 tracing::info!(
@@ -324,17 +374,31 @@ pub fn describe(opts: &DownloadOptions) -> serde_json::Value {
         (_, Err(e)) => (json!({"error": e.to_string()}), json!(null)),
         (Ok(obj), Ok(Some((r, from)))) => (
             json!({"name": r, "from": from.to_string()}),
-            json!(region::sources(&r, obj, opts.knobs.s3_endpoint.as_deref())),
+            json!(region::sources(
+                &r,
+                obj,
+                opts.endpoint(),
+                opts.knobs.s3_variant
+            )),
         ),
         (Ok(obj), Ok(None)) => (
             json!({
                 "name": null,
                 "from": format!(
-                    "instance metadata at {} (IMDSv2, IMDSv1 when the token is refused; {DEFAULT_REGION} when it does not answer); not asked by plan",
-                    opts.knobs.imds_endpoint
+                    "instance metadata at {} (IMDSv2, {}; {DEFAULT_REGION} when it does not answer); not asked by plan",
+                    opts.knobs.imds_endpoint,
+                    if opts.knobs.imds_v1_disabled {
+                        "no IMDSv1 fallback: AWS_EC2_METADATA_V1_DISABLED=true"
+                    } else {
+                        "IMDSv1 when the token is refused"
+                    }
                 ),
             }),
-            json!(sources_template(obj, opts.knobs.s3_endpoint.as_deref())),
+            json!(sources_template(
+                obj,
+                opts.endpoint(),
+                opts.knobs.s3_variant
+            )),
         ),
     };
     json!({
@@ -349,18 +413,34 @@ pub fn describe(opts: &DownloadOptions) -> serde_json::Value {
             "region_url": imds::url(&opts.knobs.imds_endpoint, imds::REGION_PATH),
             "timeout_seconds": opts.knobs.imds_timeout.as_secs_f64(),
             "attempts": opts.knobs.imds_attempts,
+            "imdsv1_fallback": !opts.knobs.imds_v1_disabled,
         },
+        "endpoint": match &opts.knobs.s3_endpoint {
+            Some(s) => json!({"variable": s.key, "url": s.value}),
+            None => json!(null),
+        },
+        "fips": opts.knobs.s3_variant.fips,
+        "dualstack": opts.knobs.s3_variant.dualstack,
         "proxy": {
             "https": proxy(&opts.knobs.https_proxy),
             "http": proxy(&opts.knobs.http_proxy),
             "no_proxy": opts.knobs.no_proxy,
         },
         "trust": {
+            "aws_ca_bundle": opts.knobs.trust.ca_bundle,
             "files": opts.knobs.trust.files(),
             "directories": opts.knobs.trust.dirs(),
         },
         "connect_timeout_seconds": opts.knobs.connect_timeout.as_secs_f64(),
         "read_timeout_seconds": opts.knobs.read_timeout.as_secs_f64(),
+        "deadline_seconds": opts.knobs.limits.deadline.as_secs_f64(),
+        "min_rate": {
+            "bytes_per_second": opts.knobs.limits.min_rate,
+            "window_seconds": opts.knobs.limits.min_rate_window.as_secs_f64(),
+        },
+        "max_bytes": opts.knobs.limits.max_bytes,
+        "part_bytes": opts.knobs.limits.part_bytes,
+        "parallelism": opts.knobs.limits.parallelism,
         "attempts_per_request": opts.retry.attempts,
         "destination": opts.tarball(),
     })
@@ -368,8 +448,12 @@ pub fn describe(opts: &DownloadOptions) -> serde_json::Value {
 
 /// The sources with the region left as `{region}` (it comes from instance metadata at run time;
 /// the partition bucket shown is the commercial partition's).
-fn sources_template(object: &str, s3_endpoint: Option<&str>) -> Vec<Source> {
-    region::sources("{region}", object, s3_endpoint)
+fn sources_template(
+    object: &str,
+    s3_endpoint: Option<&str>,
+    variant: region::Variant,
+) -> Vec<Source> {
+    region::sources("{region}", object, s3_endpoint, variant)
         .into_iter()
         .map(|mut s| {
             if s3_endpoint.is_none() {
@@ -502,6 +586,72 @@ mod tests {
         assert_eq!(w.len(), expect.len(), "{w:#?}");
         let quiet = settings(&[], "AWS_EC2_METADATA_DISABLED=false\n");
         assert!(quiet.warnings.is_empty(), "{:?}", quiet.warnings);
+    }
+
+    /// The AWS SDK settings: `AWS_ENDPOINT_URL_S3` wins over `AWS_ENDPOINT_URL`, the flags are
+    /// `true`/`false` as the SDKs read them (another word is a warning naming it), the CA bundle
+    /// replaces the trust lists, and `plan` shows each.
+    #[test]
+    fn aws_sdk_settings() {
+        let s = settings(
+            &[
+                ("AWS_ENDPOINT_URL", "https://all.example"),
+                ("AWS_USE_FIPS_ENDPOINT", "TRUE"),
+                ("AWS_CA_BUNDLE", "/etc/corp/ca.pem"),
+                ("SSL_CERT_DIR", "/x"),
+            ],
+            "AWS_USE_DUALSTACK_ENDPOINT=yes\nAWS_EC2_METADATA_V1_DISABLED=true\nAWS_REGION=eusc-de-east-1\n",
+        );
+        let o = crate::compose::download_options(&s);
+        assert_eq!(o.endpoint(), Some("https://all.example"));
+        assert_eq!(
+            o.knobs.s3_endpoint.as_ref().unwrap().key,
+            "AWS_ENDPOINT_URL"
+        );
+        assert!(o.knobs.s3_variant.fips && !o.knobs.s3_variant.dualstack);
+        assert!(o.knobs.imds_v1_disabled);
+        assert_eq!(o.knobs.trust.files(), [PathBuf::from("/etc/corp/ca.pem")]);
+        assert!(o.knobs.trust.dirs().is_empty());
+        let w: Vec<String> = s.warnings.iter().map(|w| w.to_string()).collect();
+        assert!(
+            w.len() == 1
+                && w[0].contains("AWS_USE_DUALSTACK_ENDPOINT")
+                && w[0].contains("/etc/ecs/ecs.config:1"),
+            "{w:?}"
+        );
+        let d = describe(&o);
+        assert_eq!(d["endpoint"]["variable"], "AWS_ENDPOINT_URL");
+        assert_eq!(
+            (d["fips"].as_bool(), d["dualstack"].as_bool()),
+            (Some(true), Some(false))
+        );
+        assert_eq!(d["instance_metadata"]["imdsv1_fallback"], false);
+        assert_eq!(d["trust"]["aws_ca_bundle"], "/etc/corp/ca.pem");
+        // The endpoint URL is used as given (path-style).
+        assert_eq!(
+            d["sources"][0]["tarball"],
+            format!("https://all.example/amazon-ecs-agent/ecs-agent-v{AGENT_VERSION}.tar")
+        );
+        // AWS_ENDPOINT_URL_S3 wins; without an endpoint the partition's FIPS names show.
+        let o = opts(
+            &[
+                ("AWS_ENDPOINT_URL", "https://all.example"),
+                ("AWS_ENDPOINT_URL_S3", "https://s3.example"),
+            ],
+            "",
+        );
+        assert_eq!(o.endpoint(), Some("https://s3.example"));
+        let d = describe(&opts(
+            &[
+                ("AWS_REGION", "eusc-de-east-1"),
+                ("AWS_USE_FIPS_ENDPOINT", "true"),
+            ],
+            "",
+        ));
+        assert_eq!(
+            d["sources"][0]["tarball"],
+            format!("https://amazon-ecs-agent.s3-fips.eusc-de-east-1.amazonaws.eu/ecs-agent-v{AGENT_VERSION}.tar")
+        );
     }
 
     #[test]

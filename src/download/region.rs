@@ -15,7 +15,9 @@ pub struct Partition {
 
 /// The partitions, by region prefix. The first five are the Go tool's table; the Go tool has no
 /// bucket region for aws-iso-e and aws-iso-f and would fall back to us-east-1, which cannot be
-/// reached from an isolated partition, so we use each one's first region instead.
+/// reached from an isolated partition, so we use each one's first region instead. aws-eusc (the
+/// European Sovereign Cloud) as the AWS SDKs' partition table defines it: regions
+/// `eusc-de-<word>-<n>`, domain `amazonaws.eu`, first region `eusc-de-east-1`.
 const PARTITIONS: &[(&str, Partition)] = &[
     (
         "us-gov-",
@@ -55,6 +57,14 @@ const PARTITIONS: &[(&str, Partition)] = &[
             id: "aws-iso-f",
             dns_suffix: "csp.hci.ic.gov",
             bucket_region: "us-isof-south-1",
+        },
+    ),
+    (
+        "eusc-de-",
+        Partition {
+            id: "aws-eusc",
+            dns_suffix: "amazonaws.eu",
+            bucket_region: "eusc-de-east-1",
         },
     ),
     (
@@ -112,8 +122,32 @@ pub struct Source {
     pub md5: String,
 }
 
+/// S3's endpoint variants, as the AWS SDKs' S3 endpoint rules build the virtual-hosted names
+/// (`AWS_USE_FIPS_ENDPOINT`, `AWS_USE_DUALSTACK_ENDPOINT`). An endpoint URL is used as given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Variant {
+    pub fips: bool,
+    pub dualstack: bool,
+}
+
+impl Variant {
+    /// `s3`, `s3-fips`, `s3.dualstack` or `s3-fips.dualstack`.
+    fn service(self) -> String {
+        format!(
+            "s3{}{}",
+            if self.fips { "-fips" } else { "" },
+            if self.dualstack { ".dualstack" } else { "" }
+        )
+    }
+}
+
 /// The buckets for `region`, in the order they are tried.
-pub fn sources(region: &str, object: &str, s3_endpoint: Option<&str>) -> Vec<Source> {
+pub fn sources(
+    region: &str,
+    object: &str,
+    s3_endpoint: Option<&str>,
+    variant: Variant,
+) -> Vec<Source> {
     let part = partition(region);
     let buckets = [
         (BUCKET.to_string(), part.bucket_region),
@@ -124,7 +158,11 @@ pub fn sources(region: &str, object: &str, s3_endpoint: Option<&str>) -> Vec<Sou
         .map(|(bucket, bucket_region)| {
             let base = match s3_endpoint {
                 Some(endpoint) => format!("{}/{bucket}", endpoint.trim_end_matches('/')),
-                None => format!("https://{bucket}.s3.{bucket_region}.{}", part.dns_suffix),
+                None => format!(
+                    "https://{bucket}.{}.{bucket_region}.{}",
+                    variant.service(),
+                    part.dns_suffix
+                ),
             };
             Source {
                 tarball: format!("{base}/{object}"),
@@ -151,6 +189,10 @@ mod tests {
             ("us-isob-east-1", "aws-iso-b", "us-isob-east-1"),
             ("eu-isoe-west-1", "aws-iso-e", "eu-isoe-west-1"),
             ("us-isof-east-1", "aws-iso-f", "us-isof-south-1"),
+            ("eusc-de-east-1", "aws-eusc", "eusc-de-east-1"),
+            ("eusc-de-west-2", "aws-eusc", "eusc-de-east-1"),
+            // Only `eusc-de-…` is the sovereign cloud, as the SDKs' pattern says.
+            ("eusc-fr-east-1", "aws", "us-east-1"),
             // Unknown shapes: the SDKs' default partition.
             ("moon-base-1", "aws", "us-east-1"),
             ("cn-", "aws", "us-east-1"),
@@ -163,7 +205,7 @@ mod tests {
     #[test]
     fn urls_per_partition() {
         let obj = "ecs-agent-v1.2.3.tar";
-        let s = sources("eu-west-1", obj, None);
+        let s = sources("eu-west-1", obj, None, Variant::default());
         assert_eq!(
             s[0].tarball,
             "https://amazon-ecs-agent.s3.us-east-1.amazonaws.com/ecs-agent-v1.2.3.tar"
@@ -177,7 +219,7 @@ mod tests {
             s[1].tarball,
             "https://amazon-ecs-agent-eu-west-1.s3.eu-west-1.amazonaws.com/ecs-agent-v1.2.3.tar"
         );
-        let cn = sources("cn-northwest-1", obj, None);
+        let cn = sources("cn-northwest-1", obj, None, Variant::default());
         assert_eq!(
             cn[0].tarball,
             "https://amazon-ecs-agent.s3.cn-north-1.amazonaws.com.cn/ecs-agent-v1.2.3.tar"
@@ -186,12 +228,12 @@ mod tests {
             cn[1].tarball,
             "https://amazon-ecs-agent-cn-northwest-1.s3.cn-northwest-1.amazonaws.com.cn/ecs-agent-v1.2.3.tar"
         );
-        let iso = sources("us-iso-west-1", obj, None);
+        let iso = sources("us-iso-west-1", obj, None, Variant::default());
         assert_eq!(
             iso[0].tarball,
             "https://amazon-ecs-agent.s3.us-iso-east-1.c2s.ic.gov/ecs-agent-v1.2.3.tar"
         );
-        let gov = sources("us-gov-east-1", obj, None);
+        let gov = sources("us-gov-east-1", obj, None, Variant::default());
         assert_eq!(
             gov[0].tarball,
             "https://amazon-ecs-agent.s3.us-gov-west-1.amazonaws.com/ecs-agent-v1.2.3.tar"
@@ -199,11 +241,48 @@ mod tests {
     }
 
     #[test]
+    fn sovereign_cloud_fips_and_dualstack_hosts() {
+        let obj = "o.tar";
+        let v = |fips, dualstack| Variant { fips, dualstack };
+        let eusc = sources("eusc-de-east-1", obj, None, v(false, false));
+        assert_eq!(
+            eusc[0].tarball,
+            "https://amazon-ecs-agent.s3.eusc-de-east-1.amazonaws.eu/o.tar"
+        );
+        assert_eq!(
+            eusc[1].tarball,
+            "https://amazon-ecs-agent-eusc-de-east-1.s3.eusc-de-east-1.amazonaws.eu/o.tar"
+        );
+        let hosts = |fips, dualstack| {
+            sources("us-west-2", obj, None, v(fips, dualstack))[1]
+                .tarball
+                .clone()
+        };
+        assert_eq!(
+            hosts(true, false),
+            "https://amazon-ecs-agent-us-west-2.s3-fips.us-west-2.amazonaws.com/o.tar"
+        );
+        assert_eq!(
+            hosts(false, true),
+            "https://amazon-ecs-agent-us-west-2.s3.dualstack.us-west-2.amazonaws.com/o.tar"
+        );
+        assert_eq!(
+            hosts(true, true),
+            "https://amazon-ecs-agent-us-west-2.s3-fips.dualstack.us-west-2.amazonaws.com/o.tar"
+        );
+    }
+
+    /// An endpoint URL is used as given (path-style), FIPS and dual-stack or not.
+    #[test]
     fn custom_endpoint_is_path_style() {
         let s = sources(
             "ap-south-1",
             "ecs-agent-v1.tar",
             Some("https://mirror.internal:8443/s3/"),
+            Variant {
+                fips: true,
+                dualstack: true,
+            },
         );
         assert_eq!(
             s[0].tarball,

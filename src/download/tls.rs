@@ -28,6 +28,8 @@ pub const CERT_DIRS: &[&str] = &["/etc/ssl/certs", "/etc/pki/tls/certs"];
 /// Where trusted CA certificates come from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustSettings {
+    /// `AWS_CA_BUNDLE`: the only trusted certificates (as the AWS SDKs use it), when set.
+    pub ca_bundle: Option<PathBuf>,
     /// `SSL_CERT_FILE`: replaces the list of bundle files.
     pub cert_file: Option<PathBuf>,
     /// `SSL_CERT_DIR`: replaces the list of directories.
@@ -36,12 +38,18 @@ pub struct TrustSettings {
 
 impl TrustSettings {
     pub fn files(&self) -> Vec<PathBuf> {
+        if let Some(bundle) = &self.ca_bundle {
+            return vec![bundle.clone()];
+        }
         match &self.cert_file {
             Some(f) => vec![f.clone()],
             None => CERT_FILES.iter().map(PathBuf::from).collect(),
         }
     }
     pub fn dirs(&self) -> Vec<PathBuf> {
+        if self.ca_bundle.is_some() {
+            return Vec::new();
+        }
         match &self.cert_dirs {
             Some(d) => d.clone(),
             None => CERT_DIRS.iter().map(PathBuf::from).collect(),
@@ -78,6 +86,18 @@ fn links_within(dir: &Path, entry: &Path) -> bool {
 /// Load the trust store. Errors when no certificate at all could be read, naming where it looked.
 pub fn load_roots(settings: &TrustSettings) -> Result<(RootCertStore, usize), String> {
     let mut store = RootCertStore::empty();
+    if let Some(bundle) = &settings.ca_bundle {
+        // Nothing else is trusted: a bundle that cannot be read is an error naming it.
+        let n = add_pem(&mut store, bundle)
+            .map_err(|e| format!("AWS_CA_BUNDLE {}: {e}", bundle.display()))?;
+        if n == 0 {
+            return Err(format!(
+                "AWS_CA_BUNDLE {}: no PEM certificate in it",
+                bundle.display()
+            ));
+        }
+        return Ok((store, n));
+    }
     let mut count = 0;
     for file in settings.files() {
         if let Ok(n) = add_pem(&mut store, &file) {
@@ -117,9 +137,41 @@ pub fn load_roots(settings: &TrustSettings) -> Result<(RootCertStore, usize), St
 mod tests {
     use super::*;
 
+    /// `AWS_CA_BUNDLE` is the whole trust store; one that cannot be read, or holds no
+    /// certificate, is an error naming it.
+    #[test]
+    fn the_ca_bundle_replaces_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = TrustSettings {
+            ca_bundle: Some(dir.path().join("none.pem")),
+            cert_file: None,
+            cert_dirs: None,
+        };
+        let err = load_roots(&missing).unwrap_err();
+        assert!(
+            err.starts_with("AWS_CA_BUNDLE ") && err.contains("none.pem"),
+            "{err}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificates\n").unwrap();
+        let err = load_roots(&TrustSettings {
+            ca_bundle: Some(empty),
+            ..missing.clone()
+        })
+        .unwrap_err();
+        assert!(err.contains("no PEM certificate"), "{err}");
+        let (_, n) = load_roots(&TrustSettings {
+            ca_bundle: Some("/etc/ssl/certs/ca-certificates.crt".into()),
+            ..missing
+        })
+        .unwrap();
+        assert!(n > 10, "the host bundle alone: {n}");
+    }
+
     #[test]
     fn explicit_settings_replace_the_lists() {
         let t = TrustSettings {
+            ca_bundle: None,
             cert_file: Some("/x/ca.pem".into()),
             cert_dirs: Some(vec!["/a".into(), "/b".into()]),
         };
@@ -135,6 +187,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("junk.pem"), "not a certificate").unwrap();
         let t = TrustSettings {
+            ca_bundle: None,
             cert_file: Some(dir.path().join("missing.pem")),
             cert_dirs: Some(vec![dir.path().to_path_buf()]),
         };
@@ -174,6 +227,7 @@ mod tests {
         std::fs::write(&bundle, pem).unwrap();
         let empty = tempfile::tempdir().unwrap();
         let (store, from_file) = load_roots(&TrustSettings {
+            ca_bundle: None,
             cert_file: Some(bundle.clone()),
             cert_dirs: Some(vec![empty.path().to_path_buf()]),
         })
@@ -182,6 +236,7 @@ mod tests {
         std::os::unix::fs::symlink("bundle.pem", dir.path().join("abcd1234.0")).unwrap();
         std::fs::write(dir.path().join("README"), "not a certificate").unwrap();
         let (_, from_dir) = load_roots(&TrustSettings {
+            ca_bundle: None,
             cert_file: Some(empty.path().join("none.pem")),
             cert_dirs: Some(vec![dir.path().to_path_buf()]),
         })
@@ -189,6 +244,7 @@ mod tests {
         assert_eq!(from_dir, 2, "the hash link is skipped");
         // The first readable file of the list wins; later ones are not read.
         let (_, first_only) = load_roots(&TrustSettings {
+            ca_bundle: None,
             cert_file: Some(bundle),
             cert_dirs: Some(vec![]),
         })

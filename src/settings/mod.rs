@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use crate::agent::AgentKnobs;
 use crate::config::{parse_bool, parse_string_map, Config, Origin, Warning};
-use crate::download::{self, tls::TrustSettings, DownloadSettings, Setting};
+use crate::download::{self, tls::TrustSettings, DownloadLimits, DownloadSettings, Setting};
 use crate::paths::Paths;
 
 mod knobs;

@@ -193,11 +193,17 @@ impl Resolver<'_> {
         let imds_disabled = self.imds_disabled();
         let imds_timeout = self.positive_seconds("AWS_METADATA_SERVICE_TIMEOUT");
         let imds_attempts = self.count_in("AWS_METADATA_SERVICE_NUM_ATTEMPTS", 1..=10);
-        let s3_endpoint = self.trimmed("AWS_ENDPOINT_URL_S3");
+        let imds_v1_disabled = self.sdk_true("AWS_EC2_METADATA_V1_DISABLED");
+        let s3_endpoint = self.first(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]);
+        let s3_variant = download::region::Variant {
+            fips: self.sdk_true("AWS_USE_FIPS_ENDPOINT"),
+            dualstack: self.sdk_true("AWS_USE_DUALSTACK_ENDPOINT"),
+        };
         let https_proxy = self.first(&["HTTPS_PROXY", "https_proxy"]);
         let http_proxy = self.first(&["HTTP_PROXY", "http_proxy"]);
         let no_proxy = self.first(&["NO_PROXY", "no_proxy"]).map(|s| s.value);
         let trust = TrustSettings {
+            ca_bundle: self.trimmed("AWS_CA_BUNDLE").map(PathBuf::from),
             cert_file: self.trimmed("SSL_CERT_FILE").map(PathBuf::from),
             cert_dirs: self.trimmed("SSL_CERT_DIR").map(|dirs| {
                 dirs.split(':')
@@ -212,13 +218,48 @@ impl Resolver<'_> {
             imds_disabled,
             imds_timeout,
             imds_attempts,
+            imds_v1_disabled,
             s3_endpoint,
+            s3_variant,
             https_proxy,
             http_proxy,
             no_proxy,
             trust,
             connect_timeout: self.positive_seconds("ECS_INIT_DOWNLOAD_CONNECT_TIMEOUT_SECONDS"),
             read_timeout: self.positive_seconds("ECS_INIT_DOWNLOAD_READ_TIMEOUT_SECONDS"),
+            limits: self.download_limits(),
+        }
+    }
+
+    /// The download's deadline, minimum rate, size cap and split.
+    pub(super) fn download_limits(&mut self) -> DownloadLimits {
+        let mut bytes = |name: &str, what: &str, range: std::ops::RangeInclusive<u64>| {
+            self.parsed(name, what, |v| {
+                v.parse::<u64>().ok().filter(|n| range.contains(n))
+            })
+        };
+        let min_rate = bytes(
+            "ECS_INIT_DOWNLOAD_MIN_RATE_BYTES",
+            "a number of bytes from 0 to 1073741824",
+            0..=1 << 30,
+        );
+        let max_bytes = bytes(
+            "ECS_INIT_DOWNLOAD_MAX_BYTES",
+            "a number of bytes from 1 to 1099511627776",
+            1..=1 << 40,
+        );
+        let part_bytes = bytes(
+            "ECS_INIT_DOWNLOAD_PART_BYTES",
+            "a number of bytes from 65536 to 1073741824",
+            1 << 16..=1 << 30,
+        );
+        DownloadLimits {
+            deadline: self.positive_seconds("ECS_INIT_DOWNLOAD_DEADLINE_SECONDS"),
+            min_rate,
+            min_rate_window: self.positive_seconds("ECS_INIT_DOWNLOAD_MIN_RATE_SECONDS"),
+            max_bytes,
+            part_bytes,
+            parallelism: self.count_in("ECS_INIT_DOWNLOAD_PARALLELISM", 1..=64),
         }
     }
 
@@ -240,6 +281,27 @@ impl Resolver<'_> {
                     k,
                     &source,
                     format!("{v:?} is not one of {}; using IPv4", words.join("|")),
+                );
+                false
+            }
+        }
+    }
+
+    /// An AWS SDK flag (`AWS_USE_FIPS_ENDPOINT`, …): `true` or `false`, any case, as the SDKs
+    /// read them; another word is a warning and false.
+    pub(super) fn sdk_true(&mut self, name: &str) -> bool {
+        let k = knob(name);
+        let Some((v, source)) = self.get(k.name) else {
+            return false;
+        };
+        match v.trim().to_ascii_lowercase().as_str() {
+            "true" => true,
+            "false" | "" => false,
+            _ => {
+                self.warn(
+                    k,
+                    &source,
+                    format!("{v:?} is neither true nor false (as the AWS SDKs read it); treating as false"),
                 );
                 false
             }

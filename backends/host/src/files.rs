@@ -331,7 +331,8 @@ impl TempFile {
                 libc::openat(
                     dir.as_raw_fd(),
                     tmp.as_ptr(),
-                    libc::O_WRONLY
+                    // Read-write: the parallel download hashes what its parts wrote.
+                    libc::O_RDWR
                         | libc::O_CREAT
                         | libc::O_EXCL
                         | libc::O_NOFOLLOW

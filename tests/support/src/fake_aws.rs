@@ -26,6 +26,15 @@ pub const REGION_PATH: &str = "/latest/meta-data/placement/region";
 /// A host name only the fake proxy can resolve (to the fake S3): a request that reaches S3 by
 /// this name went through the proxy.
 pub const PROXY_ONLY_HOST: &str = "s3.test";
+/// Real S3 virtual-hosted names the proxy sends to the fake S3 (which has them in its
+/// certificate and serves `/<key>` at such a name as `/<bucket>/<key>`): the partition, FIPS and
+/// dual-stack host names are tested end to end without leaving loopback.
+pub const VIRTUAL_HOSTS: &[&str] = &[
+    "amazon-ecs-agent.s3.eusc-de-east-1.amazonaws.eu",
+    "amazon-ecs-agent.s3-fips.dualstack.eusc-de-east-1.amazonaws.eu",
+    "amazon-ecs-agent-us-west-2.s3-fips.us-west-2.amazonaws.com",
+    "amazon-ecs-agent.s3.dualstack.us-east-1.amazonaws.com",
+];
 
 /// How the fake instance metadata service behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +59,13 @@ pub enum Answer {
     Stall(usize),
     /// The whole object with chunked transfer encoding (no Content-Length).
     Chunked,
+    /// A chunked body that never ends (pseudo-random bytes, as fast as the client reads).
+    Endless,
+    /// The head with the object's full length, then one body byte per second.
+    Trickle,
+    /// The range asked for (a 206, as a normal answer), cut off after this many body bytes
+    /// without TLS close_notify: one part of a parallel download breaks.
+    PartTruncate(usize),
 }
 
 /// One request as a fake server saw it.
@@ -81,6 +97,10 @@ struct Shared {
     proxy_auth: Mutex<Option<String>>,
     shutdown: AtomicBool,
     token_count: AtomicUsize,
+    /// Answer `Range` requests with the whole object (200), as servers without range support.
+    ignore_range: AtomicBool,
+    /// Bytes per second each S3 connection may send (0: no cap), like S3's per-stream rate.
+    rate_cap: std::sync::atomic::AtomicU64,
 }
 
 /// The three fake endpoints. Dropping it stops them.
@@ -143,12 +163,13 @@ fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
     let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
     let issuer = rcgen::Issuer::new(ca, ca_key);
     let leaf_key = rcgen::KeyPair::generate().expect("server key");
-    let mut leaf = rcgen::CertificateParams::new(vec![
+    let mut names = vec![
         "127.0.0.1".to_string(),
         "localhost".to_string(),
         PROXY_ONLY_HOST.to_string(),
-    ])
-    .expect("server params");
+    ];
+    names.extend(VIRTUAL_HOSTS.iter().map(|h| h.to_string()));
+    let mut leaf = rcgen::CertificateParams::new(names).expect("server params");
     leaf.distinguished_name
         .push(rcgen::DnType::CommonName, "fake s3");
     let leaf_cert = leaf
@@ -352,6 +373,19 @@ impl FakeAws {
             .extend(answers);
     }
 
+    /// Answer `Range` requests with the whole object (200 OK), as a server without range
+    /// support does.
+    pub fn ignore_range(&self, on: bool) {
+        self.shared.ignore_range.store(on, Ordering::SeqCst);
+    }
+
+    /// Cap each S3 connection at `bytes_per_second` (0: no cap).
+    pub fn cap_rate(&self, bytes_per_second: u64) {
+        self.shared
+            .rate_cap
+            .store(bytes_per_second, Ordering::SeqCst);
+    }
+
     /// Make the proxy demand this `Proxy-Authorization` value (407 otherwise).
     pub fn require_proxy_auth(&self, value: &str) {
         *self.shared.proxy_auth.lock().unwrap() = Some(value.to_string());
@@ -426,7 +460,16 @@ impl FakeAws {
         let conn = rustls::ServerConnection::new(tls).map_err(io::Error::other)?;
         let mut tls = rustls::StreamOwned::new(conn, s);
         let req = Self::record(shared, parse_head("s3", &read_head(&mut tls)?));
-        let path = req.target.split('?').next().unwrap_or("").to_string();
+        let mut path = req.target.split('?').next().unwrap_or("").to_string();
+        // A virtual-hosted name (`<bucket>.s3….`): the bucket is in the host.
+        let host = req.header("host").unwrap_or("").to_string();
+        if let Some(name) = VIRTUAL_HOSTS
+            .iter()
+            .find(|h| host.split(':').next() == Some(h))
+        {
+            let bucket = name.split(".s3").next().unwrap_or("");
+            path = format!("/{bucket}{path}");
+        }
         let answer = shared
             .scripts
             .lock()
@@ -442,16 +485,48 @@ impl FakeAws {
         };
         let full_head = |len: usize| {
             format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nETag: \"fake\"\r\nConnection: close\r\n\r\n"
             )
         };
+        let cap = shared.rate_cap.load(Ordering::SeqCst);
         let write_body = |tls: &mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>,
                           body: &[u8]|
          -> io::Result<()> {
-            for piece in body.chunks(64 * 1024) {
+            // At most `cap` bytes per second: each piece waits for its share of the time.
+            let started = Instant::now();
+            let mut sent = 0u64;
+            let piece_len = if cap > 0 { 16 * 1024 } else { 64 * 1024 };
+            for piece in body.chunks(piece_len) {
+                if cap > 0 {
+                    let due = Duration::from_secs_f64(sent as f64 / cap as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        thread::sleep(wait);
+                    }
+                }
                 tls.write_all(piece)?;
+                sent += piece.len() as u64;
             }
             tls.flush()
+        };
+        // `Range: bytes=<first>-[<last>]` (one range, as the launcher asks).
+        let range = |len: usize| -> Option<(usize, usize)> {
+            if shared.ignore_range.load(Ordering::SeqCst) || len == 0 {
+                return None;
+            }
+            let spec = req.header("range")?.strip_prefix("bytes=")?;
+            let (first, last) = spec.split_once('-')?;
+            let first: usize = first.trim().parse().ok()?;
+            let last = match last.trim() {
+                "" => len - 1,
+                l => l.parse::<usize>().ok()?.min(len - 1),
+            };
+            (first <= last).then_some((first, last))
+        };
+        let partial_head = |first: usize, last: usize, len: usize| {
+            format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {first}-{last}/{len}\r\nContent-Type: application/octet-stream\r\nETag: \"fake\"\r\nConnection: close\r\n\r\n",
+                last - first + 1
+            )
         };
         match (answer, object) {
             (Some(Answer::Status(code)), _) => {
@@ -461,9 +536,46 @@ impl FakeAws {
                 ))?;
             }
             (_, None) => tls.write_all(&not_found())?,
-            (None, Some(obj)) => {
+            (None, Some(obj)) => match range(obj.len()) {
+                Some((first, last)) => {
+                    tls.write_all(partial_head(first, last, obj.len()).as_bytes())?;
+                    write_body(&mut tls, &obj[first..=last])?;
+                }
+                None => {
+                    tls.write_all(full_head(obj.len()).as_bytes())?;
+                    write_body(&mut tls, &obj)?;
+                }
+            },
+            (Some(Answer::PartTruncate(n)), Some(obj)) => {
+                let (first, last) = range(obj.len()).unwrap_or((0, obj.len() - 1));
+                tls.write_all(partial_head(first, last, obj.len()).as_bytes())?;
+                write_body(&mut tls, &obj[first..=(first + n).min(last)])?;
+                return raw.shutdown(Shutdown::Both);
+            }
+            (Some(Answer::Endless), Some(_)) => {
+                tls.write_all(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+                )?;
+                let piece = pseudo_random(64 * 1024, 7);
+                while !shared.shutdown.load(Ordering::SeqCst) {
+                    tls.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
+                    tls.write_all(&piece)?;
+                    tls.write_all(b"\r\n")?;
+                }
+                return Ok(());
+            }
+            (Some(Answer::Trickle), Some(obj)) => {
                 tls.write_all(full_head(obj.len()).as_bytes())?;
-                write_body(&mut tls, &obj)?;
+                tls.flush()?;
+                for byte in obj.iter() {
+                    if shared.shutdown.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    thread::sleep(Duration::from_secs(1));
+                    tls.write_all(&[*byte])?;
+                    tls.flush()?;
+                }
+                return Ok(());
             }
             (Some(Answer::Chunked), Some(obj)) => {
                 tls.write_all(
@@ -531,6 +643,7 @@ impl FakeAws {
             .unwrap_or((authority.clone(), 80));
         let addr: SocketAddr = match host.as_str() {
             PROXY_ONLY_HOST => SocketAddr::new(s3.ip(), port),
+            h if VIRTUAL_HOSTS.contains(&h) => s3,
             h => match format!("{h}:{port}").parse() {
                 Ok(a) => a,
                 Err(_) => return s.write_all(&simple(502, "unknown host")),

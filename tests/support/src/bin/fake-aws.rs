@@ -1,13 +1,15 @@
-//! `fake-aws --object NAME (--size BYTES [--seed N] | --file PATH) --dir DIR`: serve an object
-//! and its `.md5` in bucket `amazon-ecs-agent` from the fake S3 on 127.0.0.1 (see
-//! `ecs_test_support::fake_aws`), for tests/bench.sh. Writes `DIR/ca.pem` (the CA to trust) and
-//! then `DIR/endpoints` (`S3_URL=…`, `IMDS_URL=…`, `MD5=…`, `BYTES=…`; written last, so its
-//! presence means ready), and serves until killed. Runs in the caller's network namespace.
+//! `fake-aws --object NAME (--size BYTES [--seed N] | --file PATH) [--rate BYTES_PER_S] --dir DIR`:
+//! serve an object and its `.md5` in bucket `amazon-ecs-agent` from the fake S3 on 127.0.0.1
+//! (see `ecs_test_support::fake_aws`; `Range` requests answered with 206, each connection
+//! capped at `--rate` bytes per second when given), for tests/bench.sh. Writes `DIR/ca.pem` (the
+//! CA to trust) and then `DIR/endpoints` (`S3_URL=…`, `IMDS_URL=…`, `MD5=…`, `BYTES=…`; written
+//! last, so its presence means ready), and serves until killed. Runs in the caller's network
+//! namespace.
 use ecs_test_support::fake_aws::{md5_hex, pseudo_random, FakeAws, Imds};
 use std::path::PathBuf;
 
 fn usage() -> ! {
-    eprintln!("usage: fake-aws --object NAME (--size BYTES [--seed N] | --file PATH) --dir DIR");
+    eprintln!("usage: fake-aws --object NAME (--size BYTES [--seed N] | --file PATH) [--rate BYTES_PER_S] --dir DIR");
     std::process::exit(1);
 }
 
@@ -40,6 +42,9 @@ fn main() {
     let md5 = md5_hex(&body);
     let bytes = body.len();
     server.put_agent("amazon-ecs-agent", &object, body);
+    if let Some(rate) = value("--rate") {
+        server.cap_rate(rate.parse().unwrap_or_else(|_| usage()));
+    }
     let write = |name: &str, text: &str| {
         let tmp = dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, text)
