@@ -65,6 +65,15 @@ impl Paths {
     pub fn runtime_record(&self) -> PathBuf {
         self.var_lib_ecs.join("runtime-backend")
     }
+    /// `/var/lib/amazon-ecs-init`: the launcher's own state, root-only (0700) and outside every
+    /// bind of the agent container, so the agent cannot write what is trusted here.
+    pub fn init_state_dir(&self) -> PathBuf {
+        self.root.join("var/lib/amazon-ecs-init")
+    }
+    /// The agent-image record of the automatic rollback (known good, probation, refused).
+    pub fn agent_images_record(&self) -> PathBuf {
+        self.init_state_dir().join("agent-images")
+    }
     /// A path under the re-rooting prefix.
     pub fn rooted(&self, absolute: &Path) -> PathBuf {
         self.root
@@ -87,6 +96,10 @@ mod tests {
         assert_eq!(
             p.rooted(Path::new("/var/lib/ecs/gpu")),
             PathBuf::from("/tmp/x/var/lib/ecs/gpu")
+        );
+        assert_eq!(
+            p.agent_images_record(),
+            PathBuf::from("/tmp/x/var/lib/amazon-ecs-init/agent-images")
         );
         let real = Paths::under("/");
         assert_eq!(real.init_log(), PathBuf::from("/var/log/ecs/ecs-init.log"));

@@ -387,6 +387,35 @@ pub const KNOBS: &[Knob] = &[
         scope: Scope::Process,
         doc: "testing only (the soak in `tests/soak.sh`): a fixed delay in milliseconds between agent restarts instead of the backoff",
     },
+    // Automatic rollback of a failed agent update (src/rollback.rs), grouped.
+    Knob {
+        name: "ECS_INIT_AGENT_ROLLBACK",
+        kind: Kind::Bool,
+        default: "true",
+        scope: Scope::Anywhere,
+        doc: "roll an agent update that does not come up healthy back to the last agent that did (README, Updates); `false`: restart it forever, as the Go tool",
+    },
+    Knob {
+        name: "ECS_INIT_ROLLBACK_FAILED_STARTS",
+        kind: Kind::Count,
+        default: "3",
+        scope: Scope::Anywhere,
+        doc: "consecutive failed starts (an exit other than 0, 5 or 42) of an updated agent that roll it back",
+    },
+    Knob {
+        name: "ECS_INIT_ROLLBACK_TIMEOUT_SECONDS",
+        kind: Kind::Seconds,
+        default: "600",
+        scope: Scope::Anywhere,
+        doc: "an updated agent not healthy this long after the update is rolled back",
+    },
+    Knob {
+        name: "ECS_INIT_AGENT_HEALTHY_SECONDS",
+        kind: Kind::Seconds,
+        default: "60",
+        scope: Scope::Anywhere,
+        doc: "an agent run this long resets the restart backoff; run this long and answering introspection, it is healthy (known good, off probation)",
+    },
     Knob {
         name: "ECS_INIT_NVML_LIBRARY",
         kind: Kind::Path,
@@ -512,6 +541,18 @@ pub struct DownloadSettings {
     pub read_timeout: Duration,
 }
 
+/// The automatic rollback of a failed agent update (`ECS_INIT_AGENT_ROLLBACK` & co.).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollbackSettings {
+    pub enabled: bool,
+    /// Consecutive failed starts of an updated agent that roll it back (at least 1).
+    pub failed_starts: u32,
+    /// An updated agent not healthy this long after the update is rolled back.
+    pub timeout: Duration,
+    /// A run this long resets the backoff; this long and answering introspection is healthy.
+    pub healthy_after: Duration,
+}
+
 /// Everything the launcher is configured with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -532,6 +573,8 @@ pub struct Settings {
     pub restart_delay: Option<Duration>,
     /// `ECS_INIT_NVML_LIBRARY`, when set.
     pub nvml_library: Option<PathBuf>,
+    /// The automatic rollback knobs.
+    pub rollback: RollbackSettings,
     pub download: DownloadSettings,
     /// `NOTIFY_SOCKET` (systemd's readiness protocol).
     pub notify_socket: Option<String>,
@@ -820,6 +863,23 @@ impl Resolver<'_> {
         }
     }
 
+    /// The rollback knobs; `ECS_INIT_AGENT_ROLLBACK` reads as a boolean but defaults to true.
+    fn rollback(&mut self) -> RollbackSettings {
+        let enabled = match self.raw(knob("ECS_INIT_AGENT_ROLLBACK")) {
+            None => {
+                self.get("ECS_INIT_AGENT_ROLLBACK");
+                true
+            }
+            Some(_) => self.bool("ECS_INIT_AGENT_ROLLBACK"),
+        };
+        RollbackSettings {
+            enabled,
+            failed_starts: self.count_in("ECS_INIT_ROLLBACK_FAILED_STARTS", 1..=1000),
+            timeout: self.positive_seconds("ECS_INIT_ROLLBACK_TIMEOUT_SECONDS"),
+            healthy_after: self.positive_seconds("ECS_INIT_AGENT_HEALTHY_SECONDS"),
+        }
+    }
+
     /// `ECS_LOGLEVEL`: unknown words are a warning and mean `info`.
     fn log_level(&mut self) -> &'static str {
         let k = knob("ECS_LOGLEVEL");
@@ -1032,6 +1092,7 @@ impl Settings {
         let agent = r.agent(&files, docker_host);
         let nvml_library = r.trimmed("ECS_INIT_NVML_LIBRARY").map(PathBuf::from);
         let restart_delay = r.millis("ECS_INIT_RESTART_DELAY_MS");
+        let rollback = r.rollback();
         let download = r.download();
         // The alternatives of a knob that was set under its other name (`https_proxy` when
         // `HTTPS_PROXY` is set): shown, and their values kept for scrubbing.
@@ -1064,6 +1125,7 @@ impl Settings {
             log_level,
             agent,
             nvml_library,
+            rollback,
             restart_delay,
             download,
             paths,
