@@ -719,7 +719,7 @@ impl Guard {
         if let Some(known) = &ledger.known_good {
             tracing::info!(update = %Image::from(loaded.image.clone()), known_good = %known, "agent update on probation until it runs healthy");
         } else {
-            tracing::warn!(update = %Image::from(loaded.image.clone()), "agent update on probation, but no known-good agent is recorded: it cannot be rolled back");
+            tracing::warn!(update = %Image::from(loaded.image.clone()), "agent update on probation, but no known-good agent is recorded: a rollback would load the cached tarball");
         }
         self.save(&ledger);
         Ok(loaded)
@@ -767,9 +767,10 @@ impl Guard {
         }
         let rolled = outcome.is_ok();
         ledger.rolled_back(&reason, outcome, now);
+        // The known-good record stays as it is: a tarball's image becomes known good only
+        // once it runs healthy.
         if let Some(to) = ledger.last_rollback.as_ref().and_then(|l| l.to.clone()) {
             ledger.note_version(&to);
-            ledger.known_good = Some(to);
         }
         self.save(&ledger);
         if rolled {
