@@ -137,7 +137,11 @@ fn version_of(config: &ecs_formats::image::ImageConfig, tarball: &Path) -> Strin
     let labels = config.labels.as_ref();
     ["org.opencontainers.image.version", "version"]
         .iter()
-        .find_map(|k| labels.and_then(|l| l.get(*k)).filter(|v| !v.trim().is_empty()))
+        .find_map(|k| {
+            labels
+                .and_then(|l| l.get(*k))
+                .filter(|v| !v.trim().is_empty())
+        })
         .map(|v| v.trim().to_string())
         .unwrap_or_else(|| {
             tarball

@@ -247,9 +247,7 @@ impl Ledger {
             return None;
         }
         let grace = policy.healthy_after.as_secs() + HEALTH_GRACE.as_secs();
-        Some(
-            (p.since + policy.timeout.as_secs().max(1)).max(run_started + grace.max(1)),
-        )
+        Some((p.since + policy.timeout.as_secs().max(1)).max(run_started + grace.max(1)))
     }
 
     /// Was the update image `id` rolled back before?
@@ -282,7 +280,8 @@ impl Ledger {
     }
 
     pub fn note_version(&mut self, image: &Image) {
-        self.versions.insert(image.id.clone(), image.version.clone());
+        self.versions
+            .insert(image.id.clone(), image.version.clone());
         if self.versions.len() > KEEP {
             let keep: Vec<&str> = [
                 self.known_good.as_ref().map(|i| i.id.as_str()),
@@ -422,9 +421,7 @@ pub fn read_ledger(paths: &Paths) -> Result<Option<Ledger>, String> {
     match std::fs::symlink_metadata(&dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(describe(&dir, e.to_string())),
-        Ok(m) if !m.file_type().is_dir() => {
-            return Err(describe(&dir, "not a directory".into()))
-        }
+        Ok(m) if !m.file_type().is_dir() => return Err(describe(&dir, "not a directory".into())),
         Ok(m) => owned_and_private(&m).map_err(|w| describe(&dir, w))?,
     }
     let file = match ecs_host::files::open_read(&path) {
@@ -432,7 +429,9 @@ pub fn read_ledger(paths: &Paths) -> Result<Option<Ledger>, String> {
         Err(e) => return Err(e.to_string()),
         Ok(f) => f,
     };
-    let meta = file.metadata().map_err(|e| describe(&path, e.to_string()))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| describe(&path, e.to_string()))?;
     owned_and_private(&meta).map_err(|w| describe(&path, w))?;
     if meta.nlink() > 1 {
         return Err(describe(&path, "has more than one link".into()));
@@ -507,8 +506,7 @@ async fn introspection_ok() -> bool {
     let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", 51678)).await else {
         return false;
     };
-    if s
-        .write_all(b"GET /v1/metadata HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    if s.write_all(b"GET /v1/metadata HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .is_err()
     {
@@ -791,18 +789,20 @@ impl Guard {
         let known = ledger.known_good.clone();
         if let Some(known) = &known {
             match runtime.image_id(KNOWN_GOOD_IMAGE).await {
-                Ok(Some(id)) if id == known.id => {
-                    match self.retag(runtime, &known.id).await {
-                        Ok(()) => return Ok(known.clone()),
-                        Err(e) => tracing::warn!(error = %e, "could not point the agent image back at the known-good one; loading the cached tarball"),
+                Ok(Some(id)) if id == known.id => match self.retag(runtime, &known.id).await {
+                    Ok(()) => return Ok(known.clone()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not point the agent image back at the known-good one; loading the cached tarball")
                     }
-                }
+                },
                 Ok(found) => tracing::warn!(
                     known_good = %known, found = ?found,
                     "the known-good agent image is gone from the runtime ({KNOWN_GOOD_IMAGE}); loading the cached tarball {}",
                     self.paths.agent_tarball().display()
                 ),
-                Err(e) => tracing::warn!(error = %e, "could not look up the known-good agent image; loading the cached tarball"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not look up the known-good agent image; loading the cached tarball")
+                }
             }
         }
         let tarball = self.paths.agent_tarball();
@@ -871,11 +871,10 @@ pub fn status_lines(paths: &Paths) -> String {
         );
     }
     if let Some(l) = &ledger.last_rollback {
-        let to = l
-            .to
-            .as_ref()
-            .map(|t| t.to_string())
-            .unwrap_or_else(|| "nothing".into());
+        let to =
+            l.to.as_ref()
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "nothing".into());
         out += &format!(
             "last rollback:  {} from {} to {to}: {} ({})\n",
             at(l.at),
@@ -1015,7 +1014,10 @@ mod tests {
         assert_eq!(last.from, img("v2"));
         assert_eq!(last.to, Some(img("v1")));
         assert_eq!(last.outcome, "ok");
-        assert_eq!(last.reason, "3 consecutive starts failed (last exit code 1)");
+        assert_eq!(
+            last.reason,
+            "3 consecutive starts failed (last exit code 1)"
+        );
         // Bounded.
         for i in 0..40 {
             l.start_probation(img(&format!("x{i}")), Path::new("/t"), 1);

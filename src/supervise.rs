@@ -633,9 +633,11 @@ mod tests {
             let v1 = put("ecs-agent.tar", "v1");
             let v2 = put("ecs-agent-v2.tar", "v2");
             std::fs::write(paths.desired_image(), "ecs-agent-v2.tar\n").unwrap();
-            let id = |p: &std::path::Path| ecs_backends::archive::verify_file(p).unwrap()[0]
-                .config_digest
-                .clone();
+            let id = |p: &std::path::Path| {
+                ecs_backends::archive::verify_file(p).unwrap()[0]
+                    .config_digest
+                    .clone()
+            };
             rt.load_image(&v1).await.unwrap();
             rt.tag_image(crate::agent::AGENT_IMAGE, KNOWN_GOOD_IMAGE)
                 .await
@@ -684,7 +686,11 @@ mod tests {
             assert_eq!(rt.agent_image_id().as_deref(), Some(v1.as_str()));
             // Retagged, not reloaded: only v1 (set-up) and v2 (the update) were loaded.
             assert_eq!(rt.loaded().len(), 2, "{:?}", rt.loaded());
-            assert_eq!(logs.matches("rolled back the agent update").count(), 1, "{logs}");
+            assert_eq!(
+                logs.matches("rolled back the agent update").count(),
+                1,
+                "{logs}"
+            );
             assert!(
                 logs.contains("3 consecutive starts failed (last exit code 1)")
                     && logs.contains("the agent runs v1"),
@@ -692,9 +698,15 @@ mod tests {
             );
             let l = ledger(&paths);
             assert!(l.is_refused(&v2) && l.probation.is_none());
-            assert_eq!(l.known_good.as_ref().map(|i| i.id.as_str()), Some(v1.as_str()));
+            assert_eq!(
+                l.known_good.as_ref().map(|i| i.id.as_str()),
+                Some(v1.as_str())
+            );
             let last = l.last_rollback.unwrap();
-            assert_eq!((last.from.id.as_str(), last.outcome.as_str()), (v2.as_str(), "ok"));
+            assert_eq!(
+                (last.from.id.as_str(), last.outcome.as_str()),
+                (v2.as_str(), "ok")
+            );
             // The rollback restarted at once: no backoff between v2's last exit and v1.
             let gaps = rt.gaps_between_runs();
             assert_eq!(gaps[3], Duration::from_secs(1), "{gaps:?}");
@@ -707,7 +719,10 @@ mod tests {
             })
             .await;
             assert_eq!(rt2.loaded().len(), 1, "v2 not loaded");
-            assert!(logs.contains("refusing the agent update to ecs-agent-v2.tar"), "{logs}");
+            assert!(
+                logs.contains("refusing the agent update to ecs-agent-v2.tar"),
+                "{logs}"
+            );
             assert!(!logs.contains("could not upgrade agent"), "{logs}");
         }
 
@@ -721,7 +736,10 @@ mod tests {
             let l = ledger(&paths);
             assert!(l.probation.is_none() && l.last_rollback.is_none());
             assert_eq!(l.known_good.map(|i| i.id), Some(v2.clone()));
-            assert_eq!(rt.image_id(KNOWN_GOOD_IMAGE).await.unwrap(), Some(v2.clone()));
+            assert_eq!(
+                rt.image_id(KNOWN_GOOD_IMAGE).await.unwrap(),
+                Some(v2.clone())
+            );
             // Later crashes of a known-good agent are not rolled back.
             assert_eq!(rt.agent_image_id(), Some(v2));
         }

@@ -172,7 +172,11 @@ impl Runtime for FakeRuntime {
             s.tags.get(source).cloned()
         };
         let Some(id) = id else {
-            return Err(RuntimeError::daemon("fake", "tag image", "image not present"));
+            return Err(RuntimeError::daemon(
+                "fake",
+                "tag image",
+                "image not present",
+            ));
         };
         if target == crate::agent::AGENT_IMAGE {
             s.image_present = true;

@@ -51,7 +51,8 @@ fn running_version(l: &Launcher) -> Option<String> {
 /// stand-in's starts scripted by `script`.
 fn setup(rt: &'static str, extra: &str, script: &str) -> Launcher {
     let mut l = Launcher::new(rt);
-    l.env.push(("ECS_INIT_RESTART_DELAY_MS".into(), "300".into()));
+    l.env
+        .push(("ECS_INIT_RESTART_DELAY_MS".into(), "300".into()));
     l.script(
         &format!("ECS_INIT_AGENT_HEALTHY_SECONDS=1\nECS_INIT_ROLLBACK_FAILED_STARTS=3\n{extra}"),
         script,

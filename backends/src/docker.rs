@@ -445,7 +445,10 @@ impl Runtime for DockerRuntime {
                 ))
             }
         };
-        let options = TagImageOptionsBuilder::default().repo(repo).tag(tag).build();
+        let options = TagImageOptionsBuilder::default()
+            .repo(repo)
+            .tag(tag)
+            .build();
         docker
             .tag_image(source, Some(options))
             .await

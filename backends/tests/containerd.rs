@@ -703,10 +703,18 @@ fn tag_image_points_a_second_name_and_keeps_the_image() {
             Some(id1.as_str())
         );
         // Only the kept name holds v1 now: v1 survives a collection.
-        let _ = ctr(&env.ns, &["images", "rm", "--sync", "amazon/amazon-ecs-agent:latest"]);
         let _ = ctr(
             &env.ns,
-            &["images", "rm", "--sync", "docker.io/amazon/amazon-ecs-agent:latest"],
+            &["images", "rm", "--sync", "amazon/amazon-ecs-agent:latest"],
+        );
+        let _ = ctr(
+            &env.ns,
+            &[
+                "images",
+                "rm",
+                "--sync",
+                "docker.io/amazon/amazon-ecs-agent:latest",
+            ],
         );
         assert_eq!(env.rt.image_id(src).await.unwrap(), None);
         assert_eq!(

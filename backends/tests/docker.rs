@@ -694,26 +694,44 @@ async fn tag_image_points_a_second_name_and_moves_it() {
     let id1 = rt.image_id(src).await.unwrap().expect("v1 present");
     assert_eq!(rt.image_id(kept).await.unwrap(), None);
     rt.tag_image(src, kept).await.expect("tag");
-    assert_eq!(rt.image_id(kept).await.unwrap().as_deref(), Some(id1.as_str()));
+    assert_eq!(
+        rt.image_id(kept).await.unwrap().as_deref(),
+        Some(id1.as_str())
+    );
     // A new image under the source name: the kept name stays on v1.
     rt.load_image(&v2).await.expect("load v2");
     let id2 = rt.image_id(src).await.unwrap().expect("v2 present");
     assert_ne!(id1, id2);
-    assert_eq!(rt.image_id(kept).await.unwrap().as_deref(), Some(id1.as_str()));
+    assert_eq!(
+        rt.image_id(kept).await.unwrap().as_deref(),
+        Some(id1.as_str())
+    );
     // Back: the source name moves to the kept image, the kept name stays.
     rt.tag_image(kept, src).await.expect("tag back");
-    assert_eq!(rt.image_id(src).await.unwrap().as_deref(), Some(id1.as_str()));
-    assert_eq!(rt.image_id(kept).await.unwrap().as_deref(), Some(id1.as_str()));
+    assert_eq!(
+        rt.image_id(src).await.unwrap().as_deref(),
+        Some(id1.as_str())
+    );
+    assert_eq!(
+        rt.image_id(kept).await.unwrap().as_deref(),
+        Some(id1.as_str())
+    );
     // An image ID is a source too.
     rt.tag_image(&id2, kept).await.expect("tag by ID");
-    assert_eq!(rt.image_id(kept).await.unwrap().as_deref(), Some(id2.as_str()));
+    assert_eq!(
+        rt.image_id(kept).await.unwrap().as_deref(),
+        Some(id2.as_str())
+    );
     // A missing source: an error naming it; the target does not move.
     let err = rt
         .tag_image("ecs-dkt/no-such-image:1", kept)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("ecs-dkt/no-such-image:1"), "{err}");
-    assert_eq!(rt.image_id(kept).await.unwrap().as_deref(), Some(id2.as_str()));
+    assert_eq!(
+        rt.image_id(kept).await.unwrap().as_deref(),
+        Some(id2.as_str())
+    );
     rmi(kept);
     rmi(src);
 }
