@@ -107,13 +107,19 @@ fn failed_update_rolls_back(rt: &'static str) {
             .spawn()
             .unwrap(),
     );
+    let t0 = std::time::Instant::now();
     wait_log(&l, "rolled back the agent update to v2", 90);
+    let rolled = t0.elapsed();
     // v1 again (it serves 4 s before offering v2 again).
     assert!(
         wait_until(Duration::from_secs(30), || running_version(&l).as_deref()
             == Some("v1")),
         "v1 did not come back; log:\n{}",
         l.init_log()
+    );
+    eprintln!(
+        "{rt}: start to rollback logged {rolled:?} (v1 2.5 s, v2 loaded, 3 failed starts 0.3 s apart), then v1 answering after {:?}",
+        t0.elapsed() - rolled
     );
     assert_eq!(l.agent_containers(), 1, "one container named ecs-agent");
     let status = l.run("status");
