@@ -1219,6 +1219,48 @@ mod tests {
     }
 
     #[test]
+    fn rollback_knobs_default_parse_and_turn_off() {
+        let s = settings("", &[]);
+        assert_eq!(
+            s.rollback,
+            RollbackSettings {
+                enabled: true,
+                failed_starts: 3,
+                timeout: Duration::from_secs(600),
+                healthy_after: Duration::from_secs(60),
+            }
+        );
+        let s = settings(
+            "ECS_INIT_AGENT_ROLLBACK=false\nECS_INIT_ROLLBACK_FAILED_STARTS=5\nECS_INIT_ROLLBACK_TIMEOUT_SECONDS=2.5\n",
+            &[("ECS_INIT_AGENT_HEALTHY_SECONDS", "1")],
+        );
+        assert!(!s.rollback.enabled);
+        assert_eq!(s.rollback.failed_starts, 5);
+        assert_eq!(s.rollback.timeout, Duration::from_millis(2500));
+        assert_eq!(s.rollback.healthy_after, Duration::from_secs(1));
+        // Unusable values: warnings naming file, line and key; the defaults.
+        let s = settings(
+            "ECS_INIT_ROLLBACK_FAILED_STARTS=0\nECS_INIT_AGENT_ROLLBACK=maybe\n",
+            &[],
+        );
+        assert_eq!(s.rollback.failed_starts, 3);
+        assert!(
+            !s.rollback.enabled,
+            "an unparsable boolean is false, like the others"
+        );
+        let text: Vec<String> = s.warnings.iter().map(|w| w.to_string()).collect();
+        assert!(
+            text.iter().any(|w| w.contains("/etc/ecs/ecs.config:1")
+                && w.contains("ECS_INIT_ROLLBACK_FAILED_STARTS")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|w| w.contains("ECS_INIT_AGENT_ROLLBACK")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
     fn process_env_wins_over_files_and_sources_are_kept() {
         let s = settings(
             "ECS_INIT_RUNTIME=containerd\nCONTAINERD_ADDRESS=unix:///run/c.sock\nECS_INIT_CONTAINERD_NAMESPACE=fromfile\nECS_INIT_AGENT_INIT=/opt/init\nECS_INIT_CONTAINERD_LOG_DIR=/var/log/x\n",
