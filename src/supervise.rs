@@ -9,7 +9,10 @@
 //! | other | back off and restart |
 //!
 //! Unlike the Go tool, the backoff is reset once the agent has run healthily for a while, so a
-//! crash a week after the last one restarts in 500 ms, not 15 s.
+//! crash a week after the last one restarts in 500 ms, not 15 s; and a failed update rolls
+//! itself back ([`crate::rollback`]: the loaded update is on probation, its failed starts and
+//! its time to health are watched, a rolled-back image is refused at a later exit 42). The loop
+//! only calls the guard: before each start, around the wait, on exit 42 and after an exit.
 use ecs_backends::{AgentSpec, Runtime, RuntimeError};
 use ecs_host::Backoff;
 use std::future::Future;
