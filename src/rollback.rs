@@ -643,11 +643,13 @@ impl Guard {
         }
     }
 
-    /// Resolves once the run has lasted `healthy_after` and the probe answered.
+    /// Resolves once the run has lasted `healthy_after` and the probe answered (asked every
+    /// second at first, then less often, up to every 10 s, for an agent that never answers).
     async fn become_healthy(&self, run_start: tokio::time::Instant) {
         tokio::time::sleep_until(run_start + self.policy.healthy_after).await;
+        let mut every = ecs_host::Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
         while !self.probe.answers().await {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(every.next_delay()).await;
         }
     }
 
