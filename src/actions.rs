@@ -4,7 +4,6 @@ use anyhow::Context as _;
 use ecs_firewall::Firewall;
 use ecs_runtime::Runtime;
 use ecs_runtime::Selection;
-use std::time::Duration;
 
 use crate::compose::{spec_of, Host};
 use crate::config::Warning;
@@ -88,7 +87,8 @@ pub async fn pre_start(host: &Host) -> anyhow::Result<()> {
     // network as it was.
     make_ready(host, &selection, rt.as_ref()).await?;
     let source = download::S3Download(crate::compose::download_options(&host.settings));
-    cache::ensure_image(&host.settings.paths, rt.as_ref(), &source).await?;
+    let loaded = cache::ensure_image(&host.settings.paths, rt.as_ref(), &source).await?;
+    note_loaded(host, loaded.as_ref());
     // The agent's default AppArmor profile must be loaded before the container starts with it.
     // An operator-chosen profile (ECS_AGENT_APPARMOR_PROFILE) is the operator's to load.
     if spec.apparmor_profile.as_deref() == Some(agent::DEFAULT_APPARMOR_PROFILE) {
@@ -144,10 +144,16 @@ pub async fn start(host: &Host) -> anyhow::Result<i32> {
             Some(d) => ecs_host::Backoff::new(d, d),
             None => supervise::restart_backoff(),
         },
-        healthy_after: Duration::from_secs(60),
+        healthy_after: host.settings.rollback.healthy_after,
         stop_grace: STOP_GRACE,
         runtime_deadline: host.settings.runtime_wait,
         shutdown,
+        rollback: host.settings.rollback.enabled.then(|| {
+            crate::rollback::Guard::new(
+                host.settings.paths.clone(),
+                (&host.settings.rollback).into(),
+            )
+        }),
     };
     Ok(supervisor.run().await?)
 }
@@ -215,8 +221,17 @@ pub async fn reload_cache(host: &Host) -> anyhow::Result<()> {
     let _lock = locks::host_changes(&host.settings.paths).await?;
     let rt = ready_runtime(host).await?;
     let source = download::S3Download(crate::compose::download_options(&host.settings));
-    cache::reload(&host.settings.paths, rt.as_ref(), &source).await?;
+    let loaded = cache::reload(&host.settings.paths, rt.as_ref(), &source).await?;
+    note_loaded(host, Some(&loaded));
     Ok(())
+}
+
+/// Remember the version of an agent image loaded by hand or by pre-start (for the rollback's
+/// messages and `status`).
+fn note_loaded(host: &Host, loaded: Option<&cache::Loaded>) {
+    if let (true, Some(loaded)) = (host.settings.rollback.enabled, loaded) {
+        crate::rollback::note_loaded(&host.settings.paths, loaded);
+    }
 }
 
 /// Only pre-start's GPU step (diagnostics, and the real-GPU check tests/gpu/on-real-gpu.sh).

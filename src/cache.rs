@@ -35,6 +35,17 @@ pub enum CacheState {
 pub enum CacheError {
     #[error("{}: {reason}", path.display())]
     BadState { path: PathBuf, reason: String },
+    #[error(
+        "the agent tarball {} for {image} is missing or empty (pre-start downloads it when the \
+         cache is uncached; or place a `docker save` tarball there and write 2 to {})",
+        tarball.display(),
+        state.display()
+    )]
+    NotCached {
+        image: &'static str,
+        tarball: PathBuf,
+        state: PathBuf,
+    },
     #[error("{}: {reason}", path.display())]
     DesiredImage { path: PathBuf, reason: String },
     #[error("loading {}: {source}", tarball.display())]
@@ -62,6 +73,11 @@ pub enum CacheError {
         now: String,
         expected: String,
     },
+    #[error(
+        "refusing {}: its agent image {image} was rolled back before (README, Updates)",
+        tarball.display()
+    )]
+    Refused { tarball: PathBuf, image: String },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
@@ -110,9 +126,36 @@ fn set_state(paths: &Paths, state: CacheState) -> Result<(), CacheError> {
         .map_err(|source| CacheError::Write { path, source })
 }
 
-/// The config digest of the agent image in `tarball`: the whole archive is verified first,
-/// and a tarball without the agent image is refused before anything is loaded.
-async fn agent_image_in(tarball: &Path) -> Result<String, CacheError> {
+/// The agent image a tarball holds: its ID (config digest) and a version to name it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TarballImage {
+    pub image_id: String,
+    /// The image's `org.opencontainers.image.version` (or `version`) label, else the tarball's
+    /// file name (an update's is `ecs-agent-v<version>.tar`).
+    pub version: String,
+}
+
+fn version_of(config: &ecs_formats::image::ImageConfig, tarball: &Path) -> String {
+    let labels = config.labels.as_ref();
+    ["org.opencontainers.image.version", "version"]
+        .iter()
+        .find_map(|k| {
+            labels
+                .and_then(|l| l.get(*k))
+                .filter(|v| !v.trim().is_empty())
+        })
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| {
+            tarball
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+}
+
+/// The agent image in `tarball`: the whole archive is verified first, and a tarball without
+/// the agent image is refused before anything is loaded.
+pub async fn agent_image_in(tarball: &Path) -> Result<TarballImage, CacheError> {
     let path = tarball.to_path_buf();
     let images = tokio::task::spawn_blocking(move || {
         ecs_host::files::open_read(&path)
@@ -135,7 +178,10 @@ async fn agent_image_in(tarball: &Path) -> Result<String, CacheError> {
     images
         .iter()
         .find(|i| i.names.iter().any(|n| familiar_reference(n) == wanted))
-        .map(|i| i.config_digest.clone())
+        .map(|i| TarballImage {
+            image_id: i.config_digest.clone(),
+            version: version_of(&i.config.config.clone().unwrap_or_default(), tarball),
+        })
         .ok_or_else(|| CacheError::WrongImage {
             tarball: tarball.to_path_buf(),
             image: AGENT_IMAGE,
@@ -143,12 +189,23 @@ async fn agent_image_in(tarball: &Path) -> Result<String, CacheError> {
         })
 }
 
+/// What a load brought.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    pub tarball: PathBuf,
+    /// The agent image's ID in the runtime now, and its version.
+    pub image: TarballImage,
+}
+
 /// Load `tarball` and check that it brought the agent image: the tarball must contain it, and
 /// afterwards the runtime's agent image must be the tarball's (its ID is the tarball's config
 /// digest, or at least changed). The state file is written by the caller only after this
 /// succeeded.
-pub async fn load(runtime: &dyn Runtime, tarball: &Path) -> Result<(), CacheError> {
-    let expected = agent_image_in(tarball).await?;
+pub async fn load(runtime: &dyn Runtime, tarball: &Path) -> Result<Loaded, CacheError> {
+    let TarballImage {
+        image_id: expected,
+        version,
+    } = agent_image_in(tarball).await?;
     tracing::info!(tarball = %tarball.display(), runtime = runtime.name(), "loading agent image");
     crate::notify::extend_timeout(std::time::Duration::from_secs(300));
     let before = runtime.image_id(AGENT_IMAGE).await?;
@@ -173,32 +230,41 @@ pub async fn load(runtime: &dyn Runtime, tarball: &Path) -> Result<(), CacheErro
             expected,
         }),
         Some(id) => {
-            tracing::info!(references = ?found, image_id = %id, "agent image loaded");
-            Ok(())
+            tracing::info!(references = ?found, image_id = %id, %version, "agent image loaded");
+            Ok(Loaded {
+                tarball: tarball.to_path_buf(),
+                image: TarballImage {
+                    image_id: id,
+                    version,
+                },
+            })
         }
     }
 }
 
 /// Pre-start: make sure the agent image is in the runtime, per the state file. Uncached: download
-/// (whether or not an image is present, like the Go tool), load, then record state 1.
+/// (whether or not an image is present, like the Go tool), load, then record state 1. Returns
+/// what was loaded, if anything.
 pub async fn ensure_image(
     paths: &Paths,
     runtime: &dyn Runtime,
     source: &dyn AgentSource,
-) -> Result<(), CacheError> {
+) -> Result<Option<Loaded>, CacheError> {
     let state = state(paths)?;
     let present = runtime.image_present(AGENT_IMAGE).await?;
     tracing::info!(?state, present, "agent image cache");
     match (state, present) {
         (CacheState::Uncached, _) => {
             let tarball = source.fetch().await?;
-            load(runtime, &tarball).await?;
-            set_state(paths, CacheState::Cached)
+            let loaded = load(runtime, &tarball).await?;
+            set_state(paths, CacheState::Cached)?;
+            Ok(Some(loaded))
         }
-        (CacheState::Cached, true) => Ok(()),
+        (CacheState::Cached, true) => Ok(None),
         (CacheState::Cached, false) | (CacheState::ReloadNeeded, _) => {
-            load(runtime, &paths.agent_tarball()).await?;
-            set_state(paths, CacheState::Cached)
+            let loaded = load(runtime, &paths.agent_tarball()).await?;
+            set_state(paths, CacheState::Cached)?;
+            Ok(Some(loaded))
         }
     }
 }
@@ -210,16 +276,28 @@ pub async fn reload(
     paths: &Paths,
     runtime: &dyn Runtime,
     source: &dyn AgentSource,
-) -> Result<(), CacheError> {
-    let tarball = match state(paths)? {
-        CacheState::Uncached => {
-            tracing::info!("reload-cache: nothing is cached; downloading the agent");
-            source.fetch().await?
-        }
-        CacheState::Cached | CacheState::ReloadNeeded => paths.agent_tarball(),
-    };
-    load(runtime, &tarball).await?;
-    set_state(paths, CacheState::Cached)
+) -> Result<Loaded, CacheError> {
+    if state(paths)? == CacheState::Uncached {
+        tracing::info!("reload-cache: nothing is cached; downloading the agent");
+        source.fetch().await?;
+    }
+    reload_cached(paths, runtime).await
+}
+
+/// Load the cached tarball again, never downloading (the rollback's fallback: another version
+/// from the network is no rollback).
+pub async fn reload_cached(paths: &Paths, runtime: &dyn Runtime) -> Result<Loaded, CacheError> {
+    let tar = paths.agent_tarball();
+    if !non_empty(&tar) {
+        return Err(CacheError::NotCached {
+            image: AGENT_IMAGE,
+            tarball: tar,
+            state: paths.cache_state(),
+        });
+    }
+    let loaded = load(runtime, &tar).await?;
+    set_state(paths, CacheState::Cached)?;
+    Ok(loaded)
 }
 
 /// The tarball named by `/var/cache/ecs/desired-image`: its first line, which must end in
@@ -238,11 +316,11 @@ pub fn desired_tarball(paths: &Paths) -> Result<PathBuf, CacheError> {
 use ecs_formats::desired::parse_desired_image;
 
 /// Agent exit 42: load the desired image and record it as cached.
-pub async fn load_desired(paths: &Paths, runtime: &dyn Runtime) -> Result<PathBuf, CacheError> {
+pub async fn load_desired(paths: &Paths, runtime: &dyn Runtime) -> Result<Loaded, CacheError> {
     let tarball = desired_tarball(paths)?;
-    load(runtime, &tarball).await?;
+    let loaded = load(runtime, &tarball).await?;
     set_state(paths, CacheState::Cached)?;
-    Ok(tarball)
+    Ok(loaded)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod notify;
 pub mod paths;
 pub mod records;
 pub mod report;
+pub mod rollback;
 pub mod settings;
 pub mod supervise;
 /// UTC time formatting and parsing (std-only, shared with `ecs-agent-init`).

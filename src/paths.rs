@@ -19,7 +19,7 @@ pub struct Paths {
     pub var_log_ecs: PathBuf,
     /// `/var/lib/ecs-init`: root-only (0700) and not among the agent container's binds (unlike
     /// the four ecs directories); what the launcher must be able to trust lives here (the host
-    /// lock, the `route_localnet` value to restore).
+    /// lock, the `route_localnet` value to restore, the rollback's agent-image record).
     pub var_lib_ecs_init: PathBuf,
     /// `/run/ecs-init` (0700): where the host lock goes when `/var/lib` is read-only.
     pub run_ecs_init: PathBuf,
@@ -73,6 +73,15 @@ impl Paths {
     pub fn runtime_record(&self) -> PathBuf {
         self.var_lib_ecs.join("runtime-backend")
     }
+    /// The launcher's own state: [`Paths::var_lib_ecs_init`] (root-only, outside every bind of
+    /// the agent container, so the agent cannot write what is trusted there).
+    pub fn init_state_dir(&self) -> PathBuf {
+        self.var_lib_ecs_init.clone()
+    }
+    /// The agent-image record of the automatic rollback (known good, probation, refused).
+    pub fn agent_images_record(&self) -> PathBuf {
+        self.init_state_dir().join("agent-images")
+    }
     /// A path under the re-rooting prefix.
     pub fn rooted(&self, absolute: &Path) -> PathBuf {
         self.root
@@ -95,6 +104,10 @@ mod tests {
         assert_eq!(
             p.rooted(Path::new("/var/lib/ecs/gpu")),
             PathBuf::from("/tmp/x/var/lib/ecs/gpu")
+        );
+        assert_eq!(
+            p.agent_images_record(),
+            PathBuf::from("/tmp/x/var/lib/ecs-init/agent-images")
         );
         let real = Paths::under("/");
         assert_eq!(real.init_log(), PathBuf::from("/var/log/ecs/ecs-init.log"));

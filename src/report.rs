@@ -72,6 +72,7 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
         },
         "agent": spec,
         "gpu": crate::gpu::plan(&host.gpu_options()),
+        "rollback": crate::rollback::plan(paths, &settings.rollback),
         "settings": settings.shown,
         "warnings": warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
     });
@@ -157,6 +158,11 @@ pub async fn status(host: &Host) -> anyhow::Result<i32> {
             }
         },
     }
+    out += &if host.settings.rollback.enabled {
+        crate::rollback::status_lines(&host.settings.paths)
+    } else {
+        "rollback:       off (ECS_INIT_AGENT_ROLLBACK=false)\n".to_string()
+    };
     match introspection(Duration::from_secs(2)) {
         Ok(line) => {
             out += &format!("introspection:  http://127.0.0.1:51678/v1/metadata answers ({line})\n")

@@ -9,13 +9,17 @@
 //! | other | back off and restart |
 //!
 //! Unlike the Go tool, the backoff is reset once the agent has run healthily for a while, so a
-//! crash a week after the last one restarts in 500 ms, not 15 s.
+//! crash a week after the last one restarts in 500 ms, not 15 s; and a failed update rolls
+//! itself back ([`crate::rollback`]: the loaded update is on probation, its failed starts and
+//! its time to health are watched, a rolled-back image is refused at a later exit 42). The loop
+//! only calls the guard: before each start, around the wait, on exit 42 and after an exit.
 use ecs_host::Backoff;
 use ecs_runtime::{AgentSpec, Runtime, RuntimeError};
 use std::future::Future;
 use std::time::Duration;
 
 use crate::paths::Paths;
+use crate::rollback::{self, After, Watched};
 use crate::{cache, notify, records};
 
 /// The restart backoff: 500 ms → 15 s, ×2, ±10 % jitter (the existing tool's numbers).
@@ -157,9 +161,12 @@ pub struct Supervisor<'a> {
     /// How long to wait for the runtime to answer again after it went away.
     pub runtime_deadline: Duration,
     pub shutdown: Shutdown,
+    /// The automatic rollback of a failed update (`None`: off, the Go tool's behaviour).
+    pub rollback: Option<rollback::Guard>,
 }
 
 /// What one pass of the loop ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Next {
     /// Exit with this code.
     Exit(i32),
@@ -223,6 +230,9 @@ impl Supervisor<'_> {
         if self.shutdown.requested() {
             return Ok(Next::Exit(self.shut_down(None).await));
         }
+        if let Some(guard) = &self.rollback {
+            guard.before_start(self.runtime).await;
+        }
         if let Err(e) = self.runtime.run(&spec).await {
             return self.lost_or_fatal(e, runtime_checked);
         }
@@ -239,8 +249,18 @@ impl Supervisor<'_> {
             notify::status("agent container running");
         }
         let started = tokio::time::Instant::now();
-        let Some(code) = self.shutdown.guard(self.runtime.wait(&name)).await else {
-            return Ok(Next::Exit(self.shut_down(Some(&name)).await));
+        let code = loop {
+            let Some(watched) = self.shutdown.guard(self.watch(&name)).await else {
+                return Ok(Next::Exit(self.shut_down(Some(&name)).await));
+            };
+            match watched {
+                Watched::Exited(code) => break code,
+                Watched::Overdue(reason) => {
+                    if self.roll_back_overdue(&name, reason).await {
+                        return Ok(Next::Now);
+                    }
+                }
+            }
         };
         if started.elapsed() >= self.healthy_after {
             self.backoff.reset();
@@ -299,8 +319,54 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Act on the agent's exit (the table in the module docs).
+    /// Wait for the agent to exit, watched by the rollback guard when it is on.
+    async fn watch(&self, name: &str) -> Watched {
+        match &self.rollback {
+            None => Watched::Exited(self.runtime.wait(name).await),
+            Some(guard) => guard.watch(self.runtime, self.runtime.wait(name)).await,
+        }
+    }
+
+    /// An update on probation was not healthy in time: roll it back and stop the agent (true),
+    /// or, when it cannot be rolled back, leave it running (false).
+    async fn roll_back_overdue(&self, name: &str, reason: rollback::Reason) -> bool {
+        let Some(guard) = &self.rollback else {
+            return false;
+        };
+        if guard.after_exit(self.runtime, None, Some(reason)).await != After::RolledBack {
+            return false;
+        }
+        if let Err(err) = self.runtime.stop(name, self.stop_grace).await {
+            tracing::warn!(error = %err, "could not stop the agent container");
+        }
+        true
+    }
+
+    /// Agent exit 42: load the desired image (through the rollback guard when it is on).
+    async fn load_update(&self) -> Result<cache::Loaded, cache::CacheError> {
+        match &self.rollback {
+            None => cache::load_desired(&self.paths, self.runtime).await,
+            Some(guard) => guard.update(self.runtime).await,
+        }
+    }
+
+    /// Act on the agent's exit (the table in the module docs); a failed start of an update on
+    /// probation may roll it back, and then the agent restarts at once.
     async fn after_exit(&mut self, name: &str, code: Result<i64, RuntimeError>) -> Next {
+        let exit = code.as_ref().ok().copied();
+        let next = self.act_on_exit(name, code).await;
+        match &self.rollback {
+            Some(guard)
+                if next == Next::Backoff
+                    && guard.after_exit(self.runtime, exit, None).await == After::RolledBack =>
+            {
+                Next::Now
+            }
+            _ => next,
+        }
+    }
+
+    async fn act_on_exit(&mut self, name: &str, code: Result<i64, RuntimeError>) -> Next {
         match code {
             Ok(0) => {
                 tracing::info!("agent exited 0; ecs-init exits 0");
@@ -312,11 +378,13 @@ impl Supervisor<'_> {
                 notify::stopping();
                 Next::Exit(5)
             }
-            Ok(42) => match cache::load_desired(&self.paths, self.runtime).await {
-                Ok(tarball) => {
-                    tracing::info!(tarball = %tarball.display(), "agent updated; restarting it");
+            Ok(42) => match self.load_update().await {
+                Ok(loaded) => {
+                    tracing::info!(tarball = %loaded.tarball.display(), "agent updated; restarting it");
                     Next::Now
                 }
+                // Said by the guard, as a warning.
+                Err(cache::CacheError::Refused { .. }) => Next::Backoff,
                 Err(err) => {
                     tracing::error!(error = %err, "could not upgrade agent");
                     Next::Backoff
@@ -409,6 +477,7 @@ mod tests {
             stop_grace: Duration::from_secs(10),
             runtime_deadline: Duration::from_secs(1),
             shutdown,
+            rollback: None,
         }
     }
 
@@ -663,5 +732,224 @@ mod tests {
         assert_eq!(excerpt("a\nb\nc\n", 4), (vec!["b", "c"], true));
         assert_eq!(excerpt("short\n0123456789\n", 4), (vec!["6789"], true));
         assert_eq!(excerpt("", 4), (vec![], false));
+    }
+
+    mod rollback_hook {
+        use super::*;
+        use crate::rollback::{self, Guard, Policy, Probe, KNOWN_GOOD_IMAGE};
+        use std::pin::Pin;
+        use std::sync::Arc;
+
+        struct Answers(bool);
+        impl Probe for Answers {
+            fn answers(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+                let yes = self.0;
+                Box::pin(async move { yes })
+            }
+        }
+
+        /// A host where v1 ran healthy (known good, kept under our name) and v2 waits in the
+        /// cache as the desired update; returns (v1's ID, v2's ID).
+        async fn host(paths: &Paths, rt: &FakeRuntime) -> (String, String) {
+            std::fs::create_dir_all(&paths.var_cache_ecs).unwrap();
+            let put = |name: &str, content: &str| {
+                let p = paths.var_cache_ecs.join(name);
+                std::fs::write(&p, crate::cache::tests::agent_tar(content)).unwrap();
+                p
+            };
+            let v1 = put("ecs-agent.tar", "v1");
+            let v2 = put("ecs-agent-v2.tar", "v2");
+            std::fs::write(paths.desired_image(), "ecs-agent-v2.tar\n").unwrap();
+            let id = |p: &std::path::Path| {
+                ecs_runtime::archive::verify_file(std::fs::File::open(p).unwrap()).unwrap()[0]
+                    .config_digest
+                    .clone()
+            };
+            rt.load_image(&v1).await.unwrap();
+            rt.tag_image(crate::agent::AGENT_IMAGE, KNOWN_GOOD_IMAGE)
+                .await
+                .unwrap();
+            let mut ledger = rollback::Ledger::default();
+            ledger.healthy(rollback::Image {
+                id: id(&v1),
+                version: "v1".into(),
+            });
+            rollback::save_ledger(paths, &ledger).unwrap();
+            (id(&v1), id(&v2))
+        }
+
+        fn with_guard<'a>(rt: &'a FakeRuntime, paths: &Paths, healthy: bool) -> Supervisor<'a> {
+            let mut sup = supervisor(rt, paths);
+            let base = tokio::time::Instant::now();
+            sup.rollback = Some(Guard {
+                paths: paths.clone(),
+                policy: Policy {
+                    failed_starts: 3,
+                    timeout: Duration::from_secs(300),
+                    healthy_after: Duration::from_secs(60),
+                },
+                probe: Arc::new(Answers(healthy)),
+                clock: Arc::new(move || 1_000_000 + base.elapsed().as_secs()),
+            });
+            sup
+        }
+
+        fn ledger(paths: &Paths) -> rollback::Ledger {
+            rollback::read_ledger(paths).unwrap().unwrap()
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_failing_update_rolls_back_after_n_starts_and_is_not_taken_again() {
+            let dir = tempfile::tempdir().unwrap();
+            let paths = Paths::under(dir.path());
+            // v1 exits 42; v2 exits 1 three times; then v1 again, until it exits 0.
+            let rt = FakeRuntime::with_exits(&[(42, 1), (1, 1), (1, 1), (1, 1), (0, 1)]);
+            let (v1, v2) = host(&paths, &rt).await;
+            let logs = crate::testing::capture_logs(async {
+                assert_eq!(with_guard(&rt, &paths, false).run().await.unwrap(), 0);
+            })
+            .await;
+            assert_eq!(rt.runs(), 5);
+            assert_eq!(rt.agent_image_id().as_deref(), Some(v1.as_str()));
+            // Retagged, not reloaded: only v1 (set-up) and v2 (the update) were loaded.
+            assert_eq!(rt.loaded().len(), 2, "{:?}", rt.loaded());
+            assert_eq!(
+                logs.matches("rolled back the agent update").count(),
+                1,
+                "{logs}"
+            );
+            assert!(
+                logs.contains("3 consecutive starts failed (last exit code 1)")
+                    && logs.contains("the agent runs v1"),
+                "{logs}"
+            );
+            let l = ledger(&paths);
+            assert!(l.is_refused(&v2) && l.probation.is_none());
+            assert_eq!(
+                l.known_good.as_ref().map(|i| i.id.as_str()),
+                Some(v1.as_str())
+            );
+            let last = l.last_rollback.unwrap();
+            assert_eq!(
+                (last.from.id.as_str(), last.outcome.as_str()),
+                (v2.as_str(), "ok")
+            );
+            // The rollback restarted at once: no backoff between v2's last exit and v1.
+            let gaps = rt.gaps_between_runs();
+            assert_eq!(gaps[3], Duration::from_secs(1), "{gaps:?}");
+
+            // The same update again: refused without loading it; the agent keeps v1.
+            let rt2 = FakeRuntime::with_exits(&[(42, 1), (0, 1)]);
+            rt2.load_image(&paths.agent_tarball()).await.unwrap();
+            let logs = crate::testing::capture_logs(async {
+                assert_eq!(with_guard(&rt2, &paths, false).run().await.unwrap(), 0);
+            })
+            .await;
+            assert_eq!(rt2.loaded().len(), 1, "v2 not loaded");
+            assert!(
+                logs.contains("refusing the agent update to ecs-agent-v2.tar"),
+                "{logs}"
+            );
+            assert!(!logs.contains("could not upgrade agent"), "{logs}");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_healthy_update_becomes_known_good() {
+            let dir = tempfile::tempdir().unwrap();
+            let paths = Paths::under(dir.path());
+            let rt = FakeRuntime::with_exits(&[(42, 1), (1, 120), (1, 1), (1, 1), (0, 1)]);
+            let (_, v2) = host(&paths, &rt).await;
+            assert_eq!(with_guard(&rt, &paths, true).run().await.unwrap(), 0);
+            let l = ledger(&paths);
+            assert!(l.probation.is_none() && l.last_rollback.is_none());
+            assert_eq!(l.known_good.map(|i| i.id), Some(v2.clone()));
+            assert_eq!(
+                rt.image_id(KNOWN_GOOD_IMAGE).await.unwrap(),
+                Some(v2.clone())
+            );
+            // Later crashes of a known-good agent are not rolled back.
+            assert_eq!(rt.agent_image_id(), Some(v2));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn running_without_answering_is_not_healthy_and_times_out() {
+            let dir = tempfile::tempdir().unwrap();
+            let paths = Paths::under(dir.path());
+            // v2 runs "forever" but never answers introspection.
+            let rt = FakeRuntime::with_exits(&[(42, 1), (0, 100_000), (0, 1)]);
+            let (v1, v2) = host(&paths, &rt).await;
+            let started = tokio::time::Instant::now();
+            assert_eq!(with_guard(&rt, &paths, false).run().await.unwrap(), 0);
+            let last = ledger(&paths).last_rollback.unwrap();
+            assert_eq!(last.reason, "not healthy within 300 s of the update");
+            assert_eq!(rt.calls_of("stop"), 1, "the hung agent was stopped");
+            assert_eq!(rt.agent_image_id(), Some(v1));
+            assert!(ledger(&paths).is_refused(&v2));
+            let took = started.elapsed();
+            assert!(
+                took >= Duration::from_secs(300) && took < Duration::from_secs(320),
+                "{took:?}"
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn exit_5_during_probation_is_obeyed() {
+            let dir = tempfile::tempdir().unwrap();
+            let paths = Paths::under(dir.path());
+            let rt = FakeRuntime::with_exits(&[(42, 1), (1, 1), (5, 1)]);
+            let (_, v2) = host(&paths, &rt).await;
+            assert_eq!(with_guard(&rt, &paths, false).run().await.unwrap(), 5);
+            let l = ledger(&paths);
+            assert_eq!(l.probation.as_ref().map(|p| p.failures), Some(1));
+            assert!(!l.is_refused(&v2));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_removed_known_good_image_falls_back_to_the_cached_tarball() {
+            let dir = tempfile::tempdir().unwrap();
+            let paths = Paths::under(dir.path());
+            let rt = FakeRuntime::with_exits(&[(42, 1), (1, 1), (1, 1), (1, 1), (0, 1)]);
+            let (v1, _) = host(&paths, &rt).await;
+            rt.remove_image(&v1); // docker rmi -f
+            let logs = crate::testing::capture_logs(async {
+                assert_eq!(with_guard(&rt, &paths, false).run().await.unwrap(), 0);
+            })
+            .await;
+            assert!(logs.contains("known-good agent image is gone"), "{logs}");
+            assert_eq!(rt.loaded().last(), Some(&paths.agent_tarball()));
+            assert_eq!(rt.agent_image_id(), Some(v1));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn without_image_and_tarball_it_is_an_error_and_todays_behaviour() {
+            let dir = tempfile::tempdir().unwrap();
+            let paths = Paths::under(dir.path());
+            let rt = FakeRuntime::with_exits(&[(42, 1), (1, 1), (1, 1), (1, 1), (1, 1), (0, 1)]);
+            let (v1, v2) = host(&paths, &rt).await;
+            rt.remove_image(&v1);
+            std::fs::remove_file(paths.agent_tarball()).unwrap();
+            let logs = crate::testing::capture_logs(async {
+                assert_eq!(with_guard(&rt, &paths, false).run().await.unwrap(), 0);
+            })
+            .await;
+            assert!(logs.contains("cannot be rolled back"), "{logs}");
+            // v2 kept restarting with the backoff, as without the rollback.
+            assert_eq!(rt.runs(), 6);
+            assert_eq!(rt.agent_image_id(), Some(v2));
+            let last = ledger(&paths).last_rollback.unwrap();
+            assert_ne!(last.outcome, "ok");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn off_means_no_record_and_no_refusal() {
+            let dir = tempfile::tempdir().unwrap();
+            let paths = Paths::under(dir.path());
+            let rt = FakeRuntime::with_exits(&[(42, 1), (1, 1), (1, 1), (1, 1), (0, 1)]);
+            let (_, v2) = host(&paths, &rt).await;
+            let before = std::fs::read(paths.agent_images_record()).unwrap();
+            assert_eq!(supervisor(&rt, &paths).run().await.unwrap(), 0);
+            assert_eq!(rt.agent_image_id(), Some(v2), "no rollback");
+            assert_eq!(std::fs::read(paths.agent_images_record()).unwrap(), before);
+        }
     }
 }

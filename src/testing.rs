@@ -28,6 +28,8 @@ struct State {
     load_takes: Option<Duration>,
     /// `logs_tail` answers lines of this length.
     log_line_len: Option<usize>,
+    /// Images under references other than the agent's (reference → image ID).
+    tags: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Default)]
@@ -88,6 +90,19 @@ impl FakeRuntime {
     }
     pub fn keep_image_on_load(&self) {
         self.0.lock().unwrap().keep_image_on_load = true;
+    }
+    /// Remove every name of the image `id` (`docker rmi -f`).
+    pub fn remove_image(&self, id: &str) {
+        let mut s = self.0.lock().unwrap();
+        s.tags.retain(|_, v| v != id);
+        if s.image_id == id {
+            s.image_present = false;
+        }
+    }
+    /// The ID the agent reference has now.
+    pub fn agent_image_id(&self) -> Option<String> {
+        let s = self.0.lock().unwrap();
+        s.image_present.then(|| s.image_id.clone())
     }
     pub fn set_image_present(&self, present: bool) {
         self.0.lock().unwrap().image_present = present;
@@ -150,10 +165,36 @@ impl Runtime for FakeRuntime {
             endpoint: "memory".into(),
         })
     }
-    async fn image_id(&self, _reference: &str) -> Result<Option<String>> {
+    async fn image_id(&self, reference: &str) -> Result<Option<String>> {
         self.record("image_present");
         let s = self.0.lock().unwrap();
+        if reference != crate::agent::AGENT_IMAGE {
+            return Ok(s.tags.get(reference).cloned());
+        }
         Ok(s.image_present.then(|| s.image_id.clone()))
+    }
+    async fn tag_image(&self, source: &str, target: &str) -> Result<()> {
+        self.record("tag_image");
+        let mut s = self.0.lock().unwrap();
+        let id = if source == crate::agent::AGENT_IMAGE {
+            s.image_present.then(|| s.image_id.clone())
+        } else {
+            s.tags.get(source).cloned()
+        };
+        let Some(id) = id else {
+            return Err(RuntimeError::daemon(
+                "fake",
+                "tag image",
+                "image not present",
+            ));
+        };
+        if target == crate::agent::AGENT_IMAGE {
+            s.image_present = true;
+            s.image_id = id;
+        } else {
+            s.tags.insert(target.to_string(), id);
+        }
+        Ok(())
     }
     /// Loads like a runtime would: a verified archive, whose first image becomes the agent
     /// image (unless told to keep the old one, as a broken runtime might).

@@ -193,6 +193,14 @@ fn bad_cache_state_names_the_file() {
         .output()
         .unwrap();
     let plan: serde_json::Value = serde_json::from_slice(&o.stdout).expect("plan is JSON");
+    // The rollback's thresholds (README, Updates).
+    assert_eq!(plan["rollback"]["enabled"], true, "{plan}");
+    assert_eq!(plan["rollback"]["failed_starts"], 3, "{plan}");
+    assert_eq!(plan["rollback"]["timeout_seconds"], 600.0, "{plan}");
+    assert_eq!(
+        plan["rollback"]["known_good_reference"],
+        "amazon/amazon-ecs-agent:ecs-init-known-good"
+    );
     let err = plan["cache"]["state"]["error"].as_str().unwrap_or_default();
     assert!(
         err.contains("var/cache/ecs/state") && err.contains("\"9\""),

@@ -446,6 +446,35 @@ pub const KNOBS: &[Knob] = &[
         scope: Scope::Process,
         doc: "testing only (the soak in `tests/soak.sh`): a fixed delay in milliseconds between agent restarts instead of the backoff",
     },
+    // Automatic rollback of a failed agent update (src/rollback.rs), grouped.
+    Knob {
+        name: "ECS_INIT_AGENT_ROLLBACK",
+        kind: Kind::Bool,
+        default: "true",
+        scope: Scope::Anywhere,
+        doc: "roll an agent update that does not come up healthy back to the last agent that did (README, Updates); `false`: restart it forever, as the Go tool",
+    },
+    Knob {
+        name: "ECS_INIT_ROLLBACK_FAILED_STARTS",
+        kind: Kind::Count,
+        default: "3",
+        scope: Scope::Anywhere,
+        doc: "consecutive failed starts (an exit other than 0, 5 or 42) of an updated agent that roll it back",
+    },
+    Knob {
+        name: "ECS_INIT_ROLLBACK_TIMEOUT_SECONDS",
+        kind: Kind::Seconds,
+        default: "600",
+        scope: Scope::Anywhere,
+        doc: "an updated agent not healthy this long after the update is rolled back",
+    },
+    Knob {
+        name: "ECS_INIT_AGENT_HEALTHY_SECONDS",
+        kind: Kind::Seconds,
+        default: "60",
+        scope: Scope::Anywhere,
+        doc: "an agent run this long resets the restart backoff; run this long and answering introspection, it is healthy (known good, off probation)",
+    },
     Knob {
         name: "ECS_INIT_NVML_LIBRARY",
         kind: Kind::Path,

@@ -30,6 +30,7 @@ use crate::agent::AgentKnobs;
 use crate::config::{parse_bool, parse_string_map, Config, Origin, Warning};
 use crate::download::{self, tls::TrustSettings, DownloadLimits, DownloadSettings, Setting};
 use crate::paths::Paths;
+use crate::rollback::RollbackSettings;
 
 mod knobs;
 mod resolve;
@@ -99,6 +100,8 @@ pub struct Settings {
     pub restart_delay: Option<Duration>,
     /// `ECS_INIT_NVML_LIBRARY`, when set.
     pub nvml_library: Option<PathBuf>,
+    /// The automatic rollback knobs.
+    pub rollback: RollbackSettings,
     pub download: DownloadSettings,
     /// `NOTIFY_SOCKET` (systemd's readiness protocol).
     pub notify_socket: Option<String>,
@@ -172,6 +175,7 @@ impl Settings {
         let agent = r.agent(&files, docker_host);
         let nvml_library = r.trimmed("ECS_INIT_NVML_LIBRARY").map(PathBuf::from);
         let restart_delay = r.millis("ECS_INIT_RESTART_DELAY_MS");
+        let rollback = r.rollback();
         let download = r.download();
         // The alternatives of a knob that was set under its other name (`https_proxy` when
         // `HTTPS_PROXY` is set): shown, and their values kept for scrubbing.
@@ -204,6 +208,7 @@ impl Settings {
             log_level,
             agent,
             nvml_library,
+            rollback,
             restart_delay,
             download,
             paths,
@@ -405,6 +410,48 @@ mod tests {
         assert!(
             readme.contains(&table),
             "README.md's knob table differs from settings::KNOBS; replace it with:\n{table}"
+        );
+    }
+
+    #[test]
+    fn rollback_knobs_default_parse_and_turn_off() {
+        let s = settings("", &[]);
+        assert_eq!(
+            s.rollback,
+            RollbackSettings {
+                enabled: true,
+                failed_starts: 3,
+                timeout: Duration::from_secs(600),
+                healthy_after: Duration::from_secs(60),
+            }
+        );
+        let s = settings(
+            "ECS_INIT_AGENT_ROLLBACK=false\nECS_INIT_ROLLBACK_FAILED_STARTS=5\nECS_INIT_ROLLBACK_TIMEOUT_SECONDS=2.5\n",
+            &[("ECS_INIT_AGENT_HEALTHY_SECONDS", "1")],
+        );
+        assert!(!s.rollback.enabled);
+        assert_eq!(s.rollback.failed_starts, 5);
+        assert_eq!(s.rollback.timeout, Duration::from_millis(2500));
+        assert_eq!(s.rollback.healthy_after, Duration::from_secs(1));
+        // Unusable values: warnings naming file, line and key; the defaults.
+        let s = settings(
+            "ECS_INIT_ROLLBACK_FAILED_STARTS=0\nECS_INIT_AGENT_ROLLBACK=maybe\n",
+            &[],
+        );
+        assert_eq!(s.rollback.failed_starts, 3);
+        assert!(
+            !s.rollback.enabled,
+            "an unparsable boolean is false, like the others"
+        );
+        let text: Vec<String> = s.warnings.iter().map(|w| w.to_string()).collect();
+        assert!(
+            text.iter().any(|w| w.contains("/etc/ecs/ecs.config:1")
+                && w.contains("ECS_INIT_ROLLBACK_FAILED_STARTS")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|w| w.contains("ECS_INIT_AGENT_ROLLBACK")),
+            "{text:?}"
         );
     }
 }

@@ -433,6 +433,23 @@ impl Resolver<'_> {
         socket
     }
 
+    /// The rollback knobs; `ECS_INIT_AGENT_ROLLBACK` reads as a boolean but defaults to true.
+    pub(super) fn rollback(&mut self) -> RollbackSettings {
+        let enabled = match self.raw(knob("ECS_INIT_AGENT_ROLLBACK")) {
+            None => {
+                self.get("ECS_INIT_AGENT_ROLLBACK");
+                true
+            }
+            Some(_) => self.bool("ECS_INIT_AGENT_ROLLBACK"),
+        };
+        RollbackSettings {
+            enabled,
+            failed_starts: self.count_in("ECS_INIT_ROLLBACK_FAILED_STARTS", 1..=1000),
+            timeout: self.positive_seconds("ECS_INIT_ROLLBACK_TIMEOUT_SECONDS"),
+            healthy_after: self.positive_seconds("ECS_INIT_AGENT_HEALTHY_SECONDS"),
+        }
+    }
+
     /// The knobs of the agent container.
     pub(super) fn agent(&mut self, files: &Config, docker_host: Option<PathBuf>) -> AgentKnobs {
         AgentKnobs {

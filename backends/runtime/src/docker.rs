@@ -18,7 +18,7 @@ use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ImportImageOptionsBuilder, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
-    WaitContainerOptionsBuilder,
+    TagImageOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use bollard::{ClientVersion, Docker, API_DEFAULT_VERSION};
 use bytes::{Bytes, BytesMut};
@@ -514,6 +514,31 @@ impl Runtime for DockerRuntime {
         let loaded = self.load_stream(tarball, file).await?;
         tracing::info!(tarball = %tarball.display(), references = ?loaded, "image loaded");
         Ok(loaded)
+    }
+
+    async fn tag_image(&self, source: &str, target: &str) -> Result<()> {
+        let docker = self.client().await?;
+        let full = familiar_reference(target);
+        let (repo, tag) = match full.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') && !repo.contains('@') => (repo, tag),
+            _ => {
+                return Err(RuntimeError::daemon(
+                    RUNTIME,
+                    format!("tag image {source} as {target}"),
+                    "the target must be a name with a tag",
+                ))
+            }
+        };
+        let options = TagImageOptionsBuilder::default()
+            .repo(repo)
+            .tag(tag)
+            .build();
+        docker
+            .tag_image(source, Some(options))
+            .await
+            .map_err(|e| self.error(format!("tag image {source} as {target}"), e))?;
+        tracing::info!(source, target, "image tagged");
+        Ok(())
     }
 
     async fn remove_container(&self, name: &str) -> Result<()> {

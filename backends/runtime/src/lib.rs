@@ -112,6 +112,12 @@ pub trait Runtime: Send + Sync {
     /// references it contained. The whole archive is verified before any name moves: on error
     /// nothing that was present before is removed or retagged.
     async fn load_image(&self, tarball: &Path) -> Result<Vec<String>>;
+    /// Point the reference `target` at the image `source` names (a reference), creating or
+    /// moving it; `source` itself is unchanged. Docker: a tag (`docker tag`); containerd: image
+    /// records of `target`'s familiar and full names with `source`'s target descriptor (what
+    /// a load makes). A name of its own keeps an image from being pruned or collected while
+    /// no container uses it. Fails when `source` is not present.
+    async fn tag_image(&self, source: &str, target: &str) -> Result<()>;
     /// Force-remove the container with exactly this name; absent is success.
     async fn remove_container(&self, name: &str) -> Result<()>;
     /// Create and start the container described by `spec`.
@@ -187,6 +193,9 @@ mod tests {
             unreachable!()
         }
         async fn load_image(&self, _: &Path) -> Result<Vec<String>> {
+            unreachable!()
+        }
+        async fn tag_image(&self, _: &str, _: &str) -> Result<()> {
             unreachable!()
         }
         async fn remove_container(&self, _: &str) -> Result<()> {

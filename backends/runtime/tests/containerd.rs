@@ -667,3 +667,85 @@ fn a_missing_bind_source_is_created_like_docker_does() {
         env.rt.remove_container(NAME).await.unwrap();
     });
 }
+
+/// `tag_image` gives the image another name (familiar and full records, as a load makes
+/// them): the source keeps its name, a second tag moves the target, a missing source is an
+/// error that moves nothing, and the named image survives the removal of every other name
+/// and a garbage collection (what keeps the launcher's known-good agent).
+#[test]
+fn tag_image_points_a_second_name_and_keeps_the_image() {
+    let env = Env::new("tag-image");
+    let src = support::AGENT_IMAGE;
+    let kept = "amazon/amazon-ecs-agent:ecs-init-known-good";
+    rt_block(async {
+        let v1 = support::stand_in_tarball_with(
+            &support::ImageSpec::new(src).marker("tag-v1"),
+            support::TarballFormat::DockerSave,
+        );
+        let v2 = support::stand_in_tarball_with(
+            &support::ImageSpec::new(src).marker("tag-v2"),
+            support::TarballFormat::DockerSave,
+        );
+        env.rt.load_image(&v1).await.expect("load v1");
+        let id1 = env.rt.image_id(src).await.unwrap().expect("v1 present");
+        env.rt.tag_image(src, kept).await.expect("tag");
+        assert_eq!(
+            env.rt.image_id(kept).await.unwrap().as_deref(),
+            Some(id1.as_str())
+        );
+        assert!(env
+            .images()
+            .contains(&"docker.io/amazon/amazon-ecs-agent:ecs-init-known-good".to_string()));
+        env.rt.load_image(&v2).await.expect("load v2");
+        let id2 = env.rt.image_id(src).await.unwrap().expect("v2 present");
+        assert_ne!(id1, id2);
+        assert_eq!(
+            env.rt.image_id(kept).await.unwrap().as_deref(),
+            Some(id1.as_str())
+        );
+        // Only the kept name holds v1 now: v1 survives a collection.
+        let _ = ctr(
+            &env.ns,
+            &["images", "rm", "--sync", "amazon/amazon-ecs-agent:latest"],
+        );
+        let _ = ctr(
+            &env.ns,
+            &[
+                "images",
+                "rm",
+                "--sync",
+                "docker.io/amazon/amazon-ecs-agent:latest",
+            ],
+        );
+        assert_eq!(env.rt.image_id(src).await.unwrap(), None);
+        assert_eq!(
+            env.rt.image_id(kept).await.unwrap().as_deref(),
+            Some(id1.as_str()),
+            "the kept image's content is still there"
+        );
+        // Back: the agent name points at v1 again, both forms.
+        env.rt.tag_image(kept, src).await.expect("tag back");
+        assert_eq!(
+            env.rt.image_id(src).await.unwrap().as_deref(),
+            Some(id1.as_str())
+        );
+        assert_eq!(
+            env.rt
+                .image_id("docker.io/amazon/amazon-ecs-agent:latest")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(id1.as_str())
+        );
+        let err = env
+            .rt
+            .tag_image("amazon/no-such-image:1", kept)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("amazon/no-such-image:1"), "{err}");
+        assert_eq!(
+            env.rt.image_id(kept).await.unwrap().as_deref(),
+            Some(id1.as_str())
+        );
+    });
+}

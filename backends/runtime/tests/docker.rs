@@ -668,3 +668,70 @@ async fn privileged_reaches_dockerd() {
     }
     rt.remove_container(name).await.unwrap();
 }
+
+/// `tag_image` points a name of our own at the image another name has (the launcher's
+/// known-good agent): the source keeps its tag, a second tag moves the target, an image ID
+/// works as the source, and a missing source is an error that moves nothing.
+#[tokio::test]
+async fn tag_image_points_a_second_name_and_moves_it() {
+    let rt = runtime();
+    let (src, kept) = ("ecs-dkt/tag-src:latest", "ecs-dkt/tag-kept:known-good");
+    let rmi = |r: &str| {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "-f", r])
+            .output();
+    };
+    rmi(kept);
+    let v1 = support::stand_in_tarball_with(
+        &support::ImageSpec::new(src).marker("tag-v1"),
+        support::TarballFormat::DockerSave,
+    );
+    let v2 = support::stand_in_tarball_with(
+        &support::ImageSpec::new(src).marker("tag-v2"),
+        support::TarballFormat::DockerSave,
+    );
+    rt.load_image(&v1).await.expect("load v1");
+    let id1 = rt.image_id(src).await.unwrap().expect("v1 present");
+    assert_eq!(rt.image_id(kept).await.unwrap(), None);
+    rt.tag_image(src, kept).await.expect("tag");
+    assert_eq!(
+        rt.image_id(kept).await.unwrap().as_deref(),
+        Some(id1.as_str())
+    );
+    // A new image under the source name: the kept name stays on v1.
+    rt.load_image(&v2).await.expect("load v2");
+    let id2 = rt.image_id(src).await.unwrap().expect("v2 present");
+    assert_ne!(id1, id2);
+    assert_eq!(
+        rt.image_id(kept).await.unwrap().as_deref(),
+        Some(id1.as_str())
+    );
+    // Back: the source name moves to the kept image, the kept name stays.
+    rt.tag_image(kept, src).await.expect("tag back");
+    assert_eq!(
+        rt.image_id(src).await.unwrap().as_deref(),
+        Some(id1.as_str())
+    );
+    assert_eq!(
+        rt.image_id(kept).await.unwrap().as_deref(),
+        Some(id1.as_str())
+    );
+    // An image ID is a source too.
+    rt.tag_image(&id2, kept).await.expect("tag by ID");
+    assert_eq!(
+        rt.image_id(kept).await.unwrap().as_deref(),
+        Some(id2.as_str())
+    );
+    // A missing source: an error naming it; the target does not move.
+    let err = rt
+        .tag_image("ecs-dkt/no-such-image:1", kept)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("ecs-dkt/no-such-image:1"), "{err}");
+    assert_eq!(
+        rt.image_id(kept).await.unwrap().as_deref(),
+        Some(id2.as_str())
+    );
+    rmi(kept);
+    rmi(src);
+}

@@ -42,7 +42,7 @@
 //!   the same environment) can behave differently. Each start removes the first non-empty line
 //!   of the file (rewriting it) and obeys it; it overrides `STANDIN_EXIT_CODE` / `STANDIN_UPDATE_TO`.
 //!   Lines: `exit <code> [after <ms>]`, `update <basename> [after <ms>]`, `serve` (run until
-//!   signalled). An empty or exhausted script means `serve`. Every start also appends
+//!   signalled), `hang` (run until signalled without listening: introspection never answers). An empty or exhausted script means `serve`. Every start also appends
 //!   `<pid> <line>` to `<path>.log` so tests can count the starts.
 //! * `STANDIN_IGNORE_SIGTERM=1`: ignore `SIGTERM` (log it and keep serving), like an agent that
 //!   hangs on shutdown; only `SIGINT` or `SIGKILL` end it.
@@ -67,6 +67,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 enum Action {
     /// Serve until signalled.
     Serve,
+    /// Run until signalled without serving anything (an agent that hangs before it registers).
+    Hang,
     /// Exit with `code` after `after_ms`.
     Exit { code: i32, after_ms: u64 },
     /// Write the desired-image hand-off, then exit 42 after `after_ms`.
@@ -123,6 +125,7 @@ fn parse_script_line(line: &str) -> Result<Action, String> {
     };
     match words.as_slice() {
         ["serve"] => Ok(Action::Serve),
+        ["hang"] => Ok(Action::Hang),
         ["exit", code, rest @ ..] => Ok(Action::Exit {
             code: code
                 .parse()
@@ -355,6 +358,11 @@ fn main() {
         }
     }
 
+    if action == Action::Hang {
+        log("hanging: not serving introspection");
+        wait_for_signal(signals);
+    }
+
     let ip = std::env::var("STANDIN_LISTEN_ADDR")
         .ok()
         .filter(|s| !s.is_empty())
@@ -364,7 +372,7 @@ fn main() {
     log("listening on 51678 (introspection) and 51679 (credentials)");
 
     match action {
-        Action::Serve => {}
+        Action::Serve | Action::Hang => {}
         Action::Exit { code, after_ms } => {
             thread::spawn(move || {
                 thread::sleep(Duration::from_millis(after_ms));
@@ -398,6 +406,7 @@ mod tests {
     #[test]
     fn script_lines_parse() {
         assert_eq!(parse_script_line("serve"), Ok(Action::Serve));
+        assert_eq!(parse_script_line("hang"), Ok(Action::Hang));
         assert_eq!(
             parse_script_line("exit 3 after 200"),
             Ok(Action::Exit {

@@ -3,7 +3,7 @@
 
 use super::content::read_blob;
 use super::ContainerdRuntime;
-use crate::reference::normalize;
+use crate::reference::{familiar, normalize};
 use crate::{Result, RuntimeError};
 use containerd_client::services::v1::{
     images_client::ImagesClient, CreateImageRequest, GetImageRequest, Image, UpdateImageRequest,
@@ -105,6 +105,32 @@ pub(crate) async fn put_image(
             Ok(())
         }
     }
+}
+
+/// [`Runtime::tag_image`](crate::Runtime::tag_image): the records of `target`'s familiar and
+/// full names (as a load makes them) point at `source`'s target.
+pub(crate) async fn tag_image(rt: &ContainerdRuntime, source: &str, target: &str) -> Result<()> {
+    let image = find_image(rt, source).await?.ok_or_else(|| {
+        RuntimeError::daemon(
+            RT,
+            format!("tag image {source} as {target}"),
+            "image not present",
+        )
+    })?;
+    let descriptor = image.target.ok_or_else(|| {
+        RuntimeError::daemon(
+            RT,
+            format!("tag image {source} as {target}"),
+            "image record has no target",
+        )
+    })?;
+    let full = normalize(target);
+    let short = familiar(&full);
+    put_image(rt, &short, &descriptor).await?;
+    if full != short {
+        put_image(rt, &full, &descriptor).await?;
+    }
+    Ok(())
 }
 
 /// An image resolved to what running it needs.

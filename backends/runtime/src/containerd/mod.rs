@@ -679,6 +679,10 @@ impl Runtime for ContainerdRuntime {
         import::load(self, tarball).await
     }
 
+    async fn tag_image(&self, source: &str, target: &str) -> Result<()> {
+        images::tag_image(self, source, target).await
+    }
+
     async fn remove_container(&self, name: &str) -> Result<()> {
         if let Some(task) = self.task(name).await? {
             if task.status != TaskStatus::Stopped as i32 {
