@@ -409,8 +409,7 @@ const HEALTH_GRACE: Duration = Duration::from_secs(5);
 
 /// Is `meta` owned by this user and writable by nobody else? (Root-only state.)
 fn owned_and_private(meta: &std::fs::Metadata) -> Result<(), String> {
-    // SAFETY: no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = rustix::process::geteuid().as_raw();
     if meta.uid() != euid {
         return Err(format!("owned by uid {}, not {euid}", meta.uid()));
     }

@@ -21,7 +21,7 @@ use std::time::SystemTime;
 const MAX_LINE: u64 = 16 * 1024;
 
 pub fn is_invocation(args: &[OsString]) -> bool {
-    args.len() % 2 == 0 && args.iter().step_by(2).any(|a| a == "log-shim")
+    args.len().is_multiple_of(2) && args.iter().step_by(2).any(|a| a == "log-shim")
 }
 
 struct Settings {

@@ -13,10 +13,11 @@
 //!   instead of waiting for a writer forever), reads only regular files, and reads at most a
 //!   cap fitting the file's purpose ([`caps`], every cap in one place);
 //! * never waits for a lock without a deadline ([`lock_within`]).
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -245,24 +246,22 @@ pub fn lock_within(file: &File, wait: Duration) -> io::Result<bool> {
     }
 }
 
-/// One non-blocking attempt at an exclusive `flock`: `Ok(false)` when another holds it.
+/// One non-blocking attempt at an exclusive lock (std's `File::try_lock`, an `flock` on
+/// Linux, so it excludes every other process that locks the same file): `Ok(false)` when
+/// another holds it.
 pub fn try_lock(file: &File) -> io::Result<bool> {
-    // SAFETY: flock on a valid, open descriptor; it touches no memory.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(true);
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(err)
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
 }
 
 /// Release a lock taken by [`lock_within`] or [`try_lock`] (closing the file releases it too).
 pub fn unlock(file: &File) {
-    // SAFETY: as in try_lock.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+    if let Err(e) = file.unlock() {
+        tracing::warn!(error = %e, "could not release a lock (it goes with the file)");
+    }
 }
 
 /// The name prefix of the [`TempFile`]s of a file named `name`: `.<name>.tmp-`.
@@ -325,30 +324,15 @@ impl TempFile {
                 fastrand::u64(..)
             );
             let tmp = c_name(std::ffi::OsStr::new(&tmp_name))?;
-            // SAFETY: openat with a valid directory fd and a NUL-terminated name; the returned
-            // fd is owned by the File below.
-            let fd = unsafe {
-                libc::openat(
-                    dir.as_raw_fd(),
-                    tmp.as_ptr(),
-                    // Read-write: the parallel download hashes what its parts wrote.
-                    libc::O_RDWR
-                        | libc::O_CREAT
-                        | libc::O_EXCL
-                        | libc::O_NOFOLLOW
-                        | libc::O_CLOEXEC,
-                    mode as libc::c_uint,
-                )
-            };
-            if fd < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::AlreadyExists {
-                    continue;
-                }
-                return Err(err);
-            }
-            // SAFETY: fd is a fresh, valid, owned descriptor.
-            let file = unsafe { File::from_raw_fd(fd) };
+            // Read-write: the parallel download hashes what its parts wrote.
+            let flags =
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let file =
+                match rustix::fs::openat(&dir, tmp.as_c_str(), flags, Mode::from_raw_mode(mode)) {
+                    Ok(fd) => File::from(fd),
+                    Err(Errno::EXIST) => continue,
+                    Err(e) => return Err(e.into()),
+                };
             file.set_permissions(std::fs::Permissions::from_mode(mode))?;
             return Ok(TempFile {
                 dir,
@@ -381,18 +365,12 @@ impl TempFile {
         let file = self.file.take().expect("open until committed");
         file.sync_all()?;
         drop(file);
-        // SAFETY: both names are NUL-terminated and relative to the same valid directory fd.
-        let rc = unsafe {
-            libc::renameat(
-                self.dir.as_raw_fd(),
-                self.name.as_ptr(),
-                self.dir.as_raw_fd(),
-                self.target.as_ptr(),
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        rustix::fs::renameat(
+            &self.dir,
+            self.name.as_c_str(),
+            &self.dir,
+            self.target.as_c_str(),
+        )?;
         // The rename is done: nothing to clean up any more.
         self.name = CString::default();
         if let Err(e) = self.dir.sync_all() {
@@ -405,9 +383,9 @@ impl TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.name.as_bytes().is_empty() {
-            // SAFETY: unlinkat with a valid directory fd and a NUL-terminated name.
-            if unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.name.as_ptr(), 0) } != 0 {
-                let e = io::Error::last_os_error();
+            let removed = rustix::fs::unlinkat(&self.dir, self.name.as_c_str(), AtFlags::empty());
+            if let Err(e) = removed {
+                let e = io::Error::from(e);
                 if e.kind() != io::ErrorKind::NotFound {
                     tracing::warn!(path = %self.path.display(), error = %e, "could not remove a temp file");
                 }
@@ -487,14 +465,14 @@ mod tests {
     #[test]
     fn modes_do_not_follow_the_umask() {
         let dir = tempfile::tempdir().unwrap();
-        let old = unsafe { libc::umask(0) };
+        let old = rustix::process::umask(Mode::empty());
         let p = dir.path().join("f");
         write_atomic(&p, b"x", 0o600).unwrap();
         let log = dir.path().join("log");
         drop(open_append(&log, 0o640).unwrap());
         let d = dir.path().join("a/b");
         ensure_dir(&d, 0o700).unwrap();
-        unsafe { libc::umask(old) };
+        rustix::process::umask(old);
         assert_eq!(mode(&p), 0o600);
         assert_eq!(mode(&log), 0o640);
         assert_eq!(mode(&d), 0o700);
@@ -542,9 +520,14 @@ mod tests {
     }
 
     fn fifo(path: &Path) {
-        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-        // SAFETY: mkfifo with a NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
     }
 
     /// Issue 20 (1): a FIFO in place of a file is refused at once, for reading and appending

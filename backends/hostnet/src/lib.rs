@@ -283,7 +283,8 @@ async fn lo_route(add: bool) -> Result<bool, NetError> {
     };
     let lo = {
         let name = std::ffi::CString::new("lo").expect("static name");
-        // SAFETY: if_nametoindex reads a NUL-terminated string and touches nothing else.
+        // SAFETY: if_nametoindex reads a NUL-terminated string and touches nothing else. Kept
+        // as FFI: std has no wrapper, and rustix's needs a socket opened for the purpose.
         unsafe { libc::if_nametoindex(name.as_ptr()) }
     };
     if lo == 0 {
@@ -359,8 +360,7 @@ fn trusted_dir(dir: &Path) -> Result<bool, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e.to_string()),
     };
-    // SAFETY: geteuid has no preconditions and touches no memory.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     if !m.file_type().is_dir() {
         Err(format!("{} is not a directory", dir.display()))
     } else if m.uid() != me || m.mode() & 0o022 != 0 {
