@@ -75,14 +75,16 @@ pub async fn pre_start(host: &Host) -> anyhow::Result<()> {
     // once, below.
     host.settings.check()?;
     let _lock = locks::host_changes(&host.settings.paths).await?;
-    let (spec, warnings) = host.spec();
-    log_warnings(&warnings);
     let (selection, rt) = host.choose_runtime().await?;
     warn_without_docker_api(host, &selection).await;
     make_dirs(&host.settings.paths)?;
     // GPU info first, as the Go tool does: it needs no runtime, and a GPU host whose NVML
-    // fails must not start an agent that would register without its GPUs.
-    gpu::setup(&host.gpu_options())?;
+    // fails must not start an agent that would register without its GPUs. It waits for a
+    // late /dev/nvidia* (a SIGTERM meanwhile ends pre-start at once: no handler is installed).
+    gpu::setup(&host.gpu_options()).await?;
+    // The spec after the GPU wait, so its warnings (a GPU switch left out) say what holds now.
+    let (spec, warnings) = host.spec();
+    log_warnings(&warnings);
     // Then the image, before any network change: it is the step most likely to fail, and it
     // changes nothing on the host outside the runtime, so a failure here leaves the host
     // network as it was.
@@ -121,18 +123,29 @@ pub async fn start(host: &Host) -> anyhow::Result<i32> {
         return Ok(0);
     };
     let rt = rt?;
-    let exec = host.exec.clone();
+    let exec = host.exec.as_ref();
     let last_spec = std::cell::RefCell::new(None::<String>);
+    let last_spec = &last_spec;
     let mut supervisor = supervise::Supervisor {
         runtime: rt.as_ref(),
         paths: host.settings.paths.clone(),
+        // The supervisor drops this future on SIGTERM, so the GPU wait never outlasts one.
         spec: Box::new(move || {
-            // Re-read the env files before every (re)start, like the Go tool.
-            let settings = host.settings.reload();
-            let (spec, warnings) = spec_of(&settings, exec.as_ref());
-            log_warnings(&warnings);
-            log_spec(&spec, &mut last_spec.borrow_mut());
-            Ok(spec)
+            Box::pin(async move {
+                // Re-read the env files before every (re)start, like the Go tool.
+                let settings = host.settings.reload();
+                // A GPU driver that comes up late: wait for its device nodes, as pre-start does.
+                let gpu = gpu::GpuOptions::from_settings(&settings);
+                if gpu.enabled {
+                    if let Err(e) = gpu::wait_for_device(&gpu).await {
+                        tracing::warn!("{e}");
+                    }
+                }
+                let (spec, warnings) = spec_of(&settings, exec);
+                log_warnings(&warnings);
+                log_spec(&spec, &mut last_spec.borrow_mut());
+                Ok(spec)
+            })
         }),
         backoff: match host.settings.restart_delay {
             // Testing only (the soak): restarts as fast as asked.
@@ -214,7 +227,7 @@ pub async fn reload_cache(host: &Host) -> anyhow::Result<()> {
 }
 
 /// Only pre-start's GPU step (diagnostics, and the real-GPU check tests/gpu/on-real-gpu.sh).
-pub fn gpu_info(host: &Host) -> anyhow::Result<()> {
-    gpu::setup(&host.gpu_options())?;
+pub async fn gpu_info(host: &Host) -> anyhow::Result<()> {
+    gpu::setup(&host.gpu_options()).await?;
     Ok(())
 }

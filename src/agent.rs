@@ -46,6 +46,17 @@ pub fn build(settings: &Settings, facts: &HostFacts) -> (AgentSpec, Vec<Warning>
     let knobs = &settings.agent;
     let labels = labels(settings, &mut warnings);
     let log = log_config(settings);
+    if let Some(entry) = dropped_gpu_switch(settings, facts) {
+        warnings.push(Warning {
+            origin: Some(entry.origin.clone()),
+            key: Some(crate::gpu::ENABLE_KEY.into()),
+            message: format!(
+                "No GPU devices found (no /dev/nvidia*), ignoring the GPU support config: {}={} is left out of the agent's environment",
+                crate::gpu::ENABLE_KEY,
+                entry.value
+            ),
+        });
+    }
     let spec = AgentSpec {
         image: AGENT_IMAGE.into(),
         name: AGENT_NAME.into(),
@@ -70,6 +81,19 @@ pub fn build(settings: &Settings, facts: &HostFacts) -> (AgentSpec, Vec<Warning>
         log,
     };
     (spec, warnings)
+}
+
+/// The env files' `ECS_ENABLE_GPU_SUPPORT=<true>` when no `/dev/nvidia*` exists (after the
+/// wait for a late driver): the Go tool leaves it out of the agent's environment rather than
+/// start a GPU agent without GPUs. Any value that reads as true counts (the agent parses it so);
+/// the Go tool drops only the literal `true` of `/var/lib/ecs/ecs.config`.
+fn dropped_gpu_switch<'s>(
+    settings: &'s Settings,
+    facts: &HostFacts,
+) -> Option<&'s crate::config::Entry> {
+    let entry = settings.files.file_entry(crate::gpu::ENABLE_KEY)?;
+    let on = crate::config::parse_bool(entry.value.trim()) == Some(true);
+    (on && !facts.nvidia_devices).then_some(entry)
 }
 
 /// The agent's environment, lowest precedence first (UPSTREAM-BEHAVIOUR.md §4).
@@ -107,8 +131,11 @@ fn environment(settings: &Settings, facts: &HostFacts) -> Vec<(String, String)> 
     if knobs.gmsa && facts.realm_joined {
         env.set("ECS_DOMAIN_JOINED_LINUX_INSTANCE", "true");
     }
+    let dropped = dropped_gpu_switch(settings, facts).map(|e| e.key.as_str());
     for e in &settings.files.file_env {
-        env.set(&e.key, e.value.clone());
+        if Some(e.key.as_str()) != dropped {
+            env.set(&e.key, e.value.clone());
+        }
     }
     if knobs.external {
         env.set("ECS_ENABLE_TASK_ENI", "false");
@@ -515,6 +542,42 @@ mod tests {
                 .starts_with("/etc/ecs/ecs.config:1: ECS_LOG_DRIVER: unknown log driver \"bogus\""),
             "{w:?}"
         );
+    }
+
+    /// No `/dev/nvidia*` (after the wait): the env files' GPU switch is left out of the
+    /// agent's environment with a warning naming file and line; with devices, it passes.
+    #[test]
+    fn gpu_switch_left_out_without_devices() {
+        let gpu_env = |file: &str, nvidia_devices: bool| {
+            let (spec, warnings) = build(
+                &Paths::under("/"),
+                &cfg(file, &[]),
+                &HostFacts {
+                    nvidia_devices,
+                    ..facts()
+                },
+            );
+            let env: Vec<String> = env(&spec)
+                .into_iter()
+                .filter(|e| e.starts_with("ECS_ENABLE_GPU"))
+                .collect();
+            let warnings: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+            (env, warnings)
+        };
+        let (env, warnings) = gpu_env("ECS_CLUSTER=c\nECS_ENABLE_GPU_SUPPORT=true\n", false);
+        assert!(env.is_empty(), "{env:?}");
+        assert_eq!(
+            warnings,
+            ["/etc/ecs/ecs.config:2: ECS_ENABLE_GPU_SUPPORT: No GPU devices found (no /dev/nvidia*), ignoring the GPU support config: ECS_ENABLE_GPU_SUPPORT=true is left out of the agent's environment"]
+        );
+        // Any value the agent reads as true.
+        assert!(gpu_env("ECS_ENABLE_GPU_SUPPORT=1\n", false).0.is_empty());
+        let (env, warnings) = gpu_env("ECS_ENABLE_GPU_SUPPORT=true\n", true);
+        assert_eq!(env, ["ECS_ENABLE_GPU_SUPPORT=true"]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (env, warnings) = gpu_env("ECS_ENABLE_GPU_SUPPORT=false\n", false);
+        assert_eq!(env, ["ECS_ENABLE_GPU_SUPPORT=false"]);
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]

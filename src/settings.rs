@@ -394,6 +394,13 @@ pub const KNOBS: &[Knob] = &[
         scope: Scope::Anywhere,
         doc: "the NVML library pre-start loads on GPU hosts (a name searched by the dynamic loader, or a path)",
     },
+    Knob {
+        name: "ECS_INIT_GPU_WAIT_SECONDS",
+        kind: Kind::Seconds,
+        default: "30",
+        scope: Scope::Anywhere,
+        doc: "GPU hosts: how long pre-start and every agent (re)start wait for a late `/dev/nvidia*` (checked every 3 s: the Go tool's 10 tries); none by then: no GPU info, and `ECS_ENABLE_GPU_SUPPORT` is left out of the agent's environment (warning); `0`: look once",
+    },
 ];
 
 /// The log drivers the agent container may use (`ECS_LOG_DRIVER`), as the Go tool allows.
@@ -532,6 +539,8 @@ pub struct Settings {
     pub restart_delay: Option<Duration>,
     /// `ECS_INIT_NVML_LIBRARY`, when set.
     pub nvml_library: Option<PathBuf>,
+    /// `ECS_INIT_GPU_WAIT_SECONDS`: the window for a late `/dev/nvidia*`.
+    pub gpu_wait: Duration,
     pub download: DownloadSettings,
     /// `NOTIFY_SOCKET` (systemd's readiness protocol).
     pub notify_socket: Option<String>,
@@ -1031,6 +1040,7 @@ impl Settings {
         let log_level = r.log_level();
         let agent = r.agent(&files, docker_host);
         let nvml_library = r.trimmed("ECS_INIT_NVML_LIBRARY").map(PathBuf::from);
+        let gpu_wait = r.seconds("ECS_INIT_GPU_WAIT_SECONDS");
         let restart_delay = r.millis("ECS_INIT_RESTART_DELAY_MS");
         let download = r.download();
         // The alternatives of a knob that was set under its other name (`https_proxy` when
@@ -1064,6 +1074,7 @@ impl Settings {
             log_level,
             agent,
             nvml_library,
+            gpu_wait,
             restart_delay,
             download,
             paths,
