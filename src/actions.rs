@@ -102,8 +102,9 @@ pub async fn pre_start(host: &Host) -> anyhow::Result<()> {
             true,
         )?;
     }
-    // All-or-nothing and idempotent (the firewall crate's contract).
-    let net = host.net_config();
+    // All-or-nothing and idempotent (the firewall crate's contract). The bridge rule names
+    // Docker's default bridge as dockerd reports it.
+    let net = host.net_config(host.default_bridge(rt.as_ref()).await);
     let selection = host.firewalls.select(host.settings.firewall).await?;
     tracing::info!(firewall = %selection.backend, reason = %selection.reason, "firewall backend chosen");
     let firewall = host.firewalls.build(selection.backend);
@@ -202,7 +203,7 @@ pub async fn stop(host: &Host) -> anyhow::Result<()> {
 pub async fn post_stop(host: &Host) -> anyhow::Result<()> {
     warn_about_settings(host);
     let _lock = locks::host_changes(&host.settings.paths).await?;
-    let net = host.net_config();
+    let net = host.net_config(ecs_firewall::Bridge::Unknown);
     let backends = ecs_firewall::teardown_backends(
         &host.firewalls,
         &net.state_dir,

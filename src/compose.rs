@@ -88,8 +88,10 @@ impl Host {
         crate::gpu::GpuOptions::from_settings(&self.settings)
     }
 
-    /// What the host network setup needs from the configuration.
-    pub fn net_config(&self) -> ecs_firewall::NetConfig {
+    /// What the host network setup needs from the configuration and the runtime (`bridge`:
+    /// Docker's default bridge as [`Host::default_bridge`] learned it; post-stop removes rules
+    /// from what is installed and needs none).
+    pub fn net_config(&self, bridge: ecs_firewall::Bridge) -> ecs_firewall::NetConfig {
         let net = &self.settings.net;
         ecs_firewall::NetConfig {
             skip_localhost_filter: net.skip_localhost_filter,
@@ -97,6 +99,47 @@ impl Host {
             introspection_interface: net.introspection_interface.clone(),
             state_dir: self.settings.paths.var_lib_ecs.clone(),
             proc_sys: "/proc/sys".into(),
+            bridge,
+        }
+    }
+
+    /// Docker's default bridge, as the runtime reports it (the Go tool asks the Docker API for
+    /// the network `bridge`): its name for the introspection ACCEPT rule and `accept_ra`.
+    /// containerd has none to report, and a Docker that does not answer within 5 s leaves it
+    /// unknown (a warning): then `docker0`, as before, when it exists.
+    pub async fn default_bridge(&self, rt: &dyn Runtime) -> ecs_firewall::Bridge {
+        let answer =
+            tokio::time::timeout(std::time::Duration::from_secs(5), rt.default_bridge()).await;
+        bridge_of_answer(
+            rt.name(),
+            answer.map_err(|_| "no answer within 5 s".to_string()),
+        )
+    }
+}
+
+/// The firewall's view of the runtime's answer about its default bridge (logged).
+pub fn bridge_of_answer(
+    runtime: &str,
+    answer: Result<ecs_backends::Result<ecs_backends::DefaultBridge>, String>,
+) -> ecs_firewall::Bridge {
+    use ecs_backends::DefaultBridge as D;
+    use ecs_firewall::Bridge as B;
+    match answer.and_then(|r| r.map_err(|e| e.to_string())) {
+        Ok(D::Named(name)) => {
+            tracing::info!(runtime, bridge = %name, "default bridge as the runtime reports it");
+            B::Named(name)
+        }
+        Ok(D::Absent) => {
+            tracing::info!(
+                runtime,
+                "the runtime has no default bridge network: no bridge rule"
+            );
+            B::Absent
+        }
+        Ok(D::Unknown) => B::Unknown,
+        Err(e) => {
+            tracing::warn!(runtime, error = %e, "could not ask the runtime for its default bridge; using {} when it exists", ecs_firewall::hostnet::DOCKER_BRIDGE);
+            B::Unknown
         }
     }
 }
@@ -152,4 +195,35 @@ pub fn spec_of(settings: &Settings, exec: &dyn Exec) -> (AgentSpec, Vec<Warning>
     let mut all = settings.warnings.clone();
     all.append(&mut warnings);
     (spec, all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ecs_backends::DefaultBridge as D;
+    use ecs_firewall::Bridge as B;
+
+    /// The runtime's answer decides; no answer (or an error) leaves it to `docker0`.
+    #[test]
+    fn the_runtimes_answer_becomes_the_firewalls_bridge() {
+        assert_eq!(
+            bridge_of_answer("docker", Ok(Ok(D::Named("br-x".into())))),
+            B::Named("br-x".into())
+        );
+        assert_eq!(bridge_of_answer("docker", Ok(Ok(D::Absent))), B::Absent);
+        assert_eq!(
+            bridge_of_answer("containerd", Ok(Ok(D::Unknown))),
+            B::Unknown
+        );
+        assert_eq!(
+            bridge_of_answer("docker", Err("no answer within 5 s".into())),
+            B::Unknown
+        );
+        let lost = ecs_backends::RuntimeError::Connect {
+            runtime: "docker",
+            endpoint: "unix:///nowhere".into(),
+            reason: "gone".into(),
+        };
+        assert_eq!(bridge_of_answer("docker", Ok(Err(lost))), B::Unknown);
+    }
 }

@@ -16,20 +16,26 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
     let settings = &host.settings;
     let paths = &settings.paths;
     let (spec, warnings) = host.spec();
+    let mut bridge = ecs_firewall::Bridge::Unknown;
     let runtime = match host.choose_runtime().await {
-        Ok((selection, rt)) => json!({
+        Ok((selection, rt)) => {
+            bridge = host.default_bridge(rt.as_ref()).await;
+            json!({
             "name": selection.kind,
             "reason": selection.reason,
             // What the backend itself submits for this spec (same code path as `start`).
             "submits": rt.describe(&spec).await,
             "docker_api_for_the_agent": host.docker_api_for_agent().await,
-        }),
+            "default_bridge": bridge,
+            })
+        }
         Err(e) => json!({"name": null, "reason": crate::describe(&e)}),
     };
     let network = match host.firewalls.select(settings.firewall).await {
         Ok(selection) => {
             let firewall = host.firewalls.build(selection.backend);
-            let plan = ecs_firewall::plan_network(&host.net_config(), selection, firewall.as_ref());
+            let plan =
+                ecs_firewall::plan_network(&host.net_config(bridge), selection, firewall.as_ref());
             // The exact commands of each real backend for these rules, not only the chosen one,
             // so an operator can compare before forcing ECS_INIT_FIREWALL.
             let by_backend = json!({

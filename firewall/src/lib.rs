@@ -17,8 +17,8 @@ pub mod select;
 
 pub use error::{FirewallError, Result};
 pub use hostnet::{
-    plan_network, recorded_backend, setup_network, teardown_backends, teardown_network, HostFacts,
-    NetConfig, NetError, NetPlan, SysctlChange,
+    plan_network, recorded_backend, setup_network, teardown_backends, teardown_network, Bridge,
+    HostFacts, NetConfig, NetError, NetPlan, SysctlChange,
 };
 pub use iptables::Iptables;
 pub use nftables::Nftables;

@@ -152,6 +152,10 @@ fn net_role(op: &str, json: &str) -> i32 {
         introspection_interface: v["iface"].as_str().map(str::to_string),
         state_dir: PathBuf::from(v["state"].as_str().unwrap()),
         proc_sys: PathBuf::from("/proc/sys"),
+        bridge: match v["bridge"].as_str() {
+            Some(name) => ecs_firewall::Bridge::Named(name.to_string()),
+            None => ecs_firewall::Bridge::Unknown,
+        },
     };
     // The launcher validates ECS_INIT_FIREWALL before anything else; so does this glue.
     let choice: Choice = match v["firewall"].as_str().unwrap().parse() {
