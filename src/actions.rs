@@ -91,9 +91,10 @@ pub async fn pre_start(host: &Host) -> anyhow::Result<()> {
     make_ready(host, &selection, rt.as_ref()).await?;
     let source = download::S3Download(download::options(&host.settings));
     cache::ensure_image(&host.settings.paths, rt.as_ref(), &source).await?;
-    // The agent's default AppArmor profile must be loaded before the container starts with it.
-    // An operator-chosen profile (ECS_AGENT_APPARMOR_PROFILE) is the operator's to load.
-    if spec.apparmor_profile.as_deref() == Some(agent::DEFAULT_APPARMOR_PROFILE) {
+    // The default AppArmor profile is written and loaded whenever the host enforces AppArmor,
+    // as the Go tool always does, also when ECS_AGENT_APPARMOR_PROFILE names another one (that
+    // one is the operator's to load; the default stays ready for a switch back).
+    if spec.apparmor_profile.is_some() {
         apparmor::install(
             host.exec.as_ref(),
             &host.settings.paths.rooted("/etc/apparmor.d".as_ref()),

@@ -188,7 +188,7 @@ fn binds(settings: &Settings, facts: &HostFacts) -> Vec<Mount> {
         mounts.push(Mount::rw(paths.var_lib_ecs.join("gpu"), "/var/lib/ecs/gpu"));
     }
     let fetcher = &knobs.credentials_fetcher;
-    if knobs.gmsa && facts.exists(fetcher) {
+    if gmsa_in_files(settings) && facts.exists(fetcher) {
         mounts.push(Mount::rw(fetcher, fetcher));
     }
     for plugins in [
@@ -211,6 +211,16 @@ fn binds(settings: &Settings, facts: &HostFacts) -> Vec<Mount> {
     }
     mounts.extend(host_binds(knobs.external, facts));
     mounts
+}
+
+/// The Go tool binds the credentials-fetcher socket when the env files (the agent's own
+/// environment) turn gMSA on, whatever the process environment says (that one decides only the
+/// realm check). Any value the agent reads as true counts.
+fn gmsa_in_files(settings: &Settings) -> bool {
+    settings
+        .files
+        .file_entry("ECS_GMSA_SUPPORTED")
+        .is_some_and(|e| crate::config::parse_bool(e.value.trim()) == Some(true))
 }
 
 /// `/var/run`, or only the Docker socket when `DOCKER_HOST` names one: bound where the agent's
@@ -254,30 +264,35 @@ fn host_binds(external: bool, facts: &HostFacts) -> Vec<Mount> {
     mounts
 }
 
+/// The agent container's log configuration, decided as the Go tool does: the driver of
+/// `ECS_LOG_DRIVER` (json-file when unset, or unknown — then `ECS_LOG_OPTS` is ignored too) with
+/// the options of `ECS_LOG_OPTS`; json-file without options gets `max-size` =
+/// `ECS_INIT_DOCKER_LOG_FILE_SIZE` and `max-file` = `ECS_INIT_DOCKER_LOG_FILE_NUM`, passed to
+/// the runtime exactly as written (Docker reads a bare number as bytes), `16m` and `4` when unset.
 fn log_config(settings: &Settings) -> LogConfig {
     let knobs = &settings.agent;
-    let mut log = LogConfig::default();
-    if let Some(size) = knobs.log_file_size.as_deref() {
-        let size = if size.bytes().all(|b| b.is_ascii_digit()) {
-            format!("{size}m")
-        } else {
-            size.to_string()
-        };
-        log.options.insert("max-size".into(), size);
-    }
-    if let Some(num) = knobs.log_file_num.as_deref() {
-        log.options.insert("max-file".into(), num.to_string());
-    }
-    if let Some(driver) = knobs.log_driver {
-        if driver != log.driver {
-            log.options.clear();
+    let default = LogConfig::default();
+    let (driver, options) = match (knobs.log_driver, knobs.log_driver_unknown) {
+        (_, true) => (default.driver.clone(), None),
+        (Some(driver), false) => (driver.to_string(), knobs.log_opts.clone()),
+        (None, false) => (default.driver.clone(), knobs.log_opts.clone()),
+    };
+    let options = match options {
+        Some(options) => options,
+        None if driver == default.driver => {
+            let mut options = default.options.clone();
+            let set = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+            if let Some(size) = set(&knobs.log_file_size) {
+                options.insert("max-size".into(), size);
+            }
+            if let Some(num) = set(&knobs.log_file_num) {
+                options.insert("max-file".into(), num);
+            }
+            options
         }
-        log.driver = driver.to_string();
-    }
-    if let Some(map) = &knobs.log_opts {
-        log.options = map.clone();
-    }
-    log
+        None => BTreeMap::new(),
+    };
+    LogConfig { driver, options }
 }
 
 #[cfg(test)]
@@ -507,7 +522,8 @@ mod tests {
         assert!(spec.privileged);
         assert_eq!(spec.pid, NamespaceMode::Host);
         assert_eq!(spec.apparmor_profile.as_deref(), Some("custom"));
-        assert_eq!(spec.log.options["max-size"], "32m");
+        // Passed as written, like the Go tool (Docker reads "32" as 32 bytes).
+        assert_eq!(spec.log.options["max-size"], "32");
         assert_eq!(spec.log.options["max-file"], "7");
     }
 
@@ -537,6 +553,47 @@ mod tests {
         );
         assert_eq!(spec.log, LogConfig::default());
         assert_eq!(w.len(), 2);
+        // An unknown driver: json-file with the size knobs, ECS_LOG_OPTS ignored (Go's rule).
+        let (spec, _) = build(
+            &Paths::under("/"),
+            &cfg(
+                "ECS_LOG_DRIVER=bogus\nECS_INIT_DOCKER_LOG_FILE_SIZE=1g\n",
+                &[("ECS_LOG_OPTS", r#"{"tag":"ecs"}"#)],
+            ),
+            &facts(),
+        );
+        assert_eq!(spec.log.driver, "json-file");
+        assert_eq!(
+            spec.log.options,
+            BTreeMap::from([
+                ("max-file".into(), "4".into()),
+                ("max-size".into(), "1g".into())
+            ])
+        );
+        // json-file with options: those only (no size knobs), as with Go.
+        let (spec, _) = build(
+            &Paths::under("/"),
+            &cfg(
+                "ECS_INIT_DOCKER_LOG_FILE_SIZE=1g\n",
+                &[("ECS_LOG_OPTS", r#"{"max-size":"5m"}"#)],
+            ),
+            &facts(),
+        );
+        assert_eq!(
+            spec.log.options,
+            BTreeMap::from([("max-size".into(), "5m".into())])
+        );
+        // Another driver without options: none (the driver's own defaults).
+        let (spec, _) = build(
+            &Paths::under("/"),
+            &cfg(
+                "ECS_LOG_DRIVER=journald\nECS_INIT_DOCKER_LOG_FILE_NUM=9\n",
+                &[],
+            ),
+            &facts(),
+        );
+        assert_eq!(spec.log.driver, "journald");
+        assert!(spec.log.options.is_empty());
         assert!(
             w[0].to_string()
                 .starts_with("/etc/ecs/ecs.config:1: ECS_LOG_DRIVER: unknown log driver \"bogus\""),
@@ -610,7 +667,7 @@ mod tests {
         let (spec, _) = build(
             &Paths::under("/"),
             &cfg(
-                "DOCKER_HOST=unix:///var/run/agent-docker.sock\n",
+                "DOCKER_HOST=unix:///var/run/agent-docker.sock\nECS_GMSA_SUPPORTED=true\n",
                 &[
                     ("DOCKER_HOST", "unix:///run/custom/docker.sock"),
                     ("ECS_GMSA_SUPPORTED", "true"),
@@ -634,5 +691,49 @@ mod tests {
             spec.env_value("CREDENTIALS_FETCHER_HOST_DIR"),
             Some("/run/cf.sock")
         );
+    }
+
+    /// As with the Go tool, the socket bind follows the env files (the agent's environment),
+    /// the domain-join mark the process environment.
+    #[test]
+    fn gmsa_bind_follows_the_env_files() {
+        let sock = PathBuf::from(CREDENTIALS_FETCHER_SOCKET);
+        let run = |file: &str, process: &[(&str, &str)]| {
+            let (spec, _) = build(
+                &Paths::under("/"),
+                &cfg(file, process),
+                &HostFacts {
+                    realm_joined: true,
+                    existing: vec![sock.clone()],
+                    ..facts()
+                },
+            );
+            let bound = binds(&spec)
+                .iter()
+                .any(|b| b.starts_with(CREDENTIALS_FETCHER_SOCKET));
+            let joined = spec.env_value("ECS_DOMAIN_JOINED_LINUX_INSTANCE") == Some("true");
+            (bound, joined)
+        };
+        assert_eq!(run("ECS_GMSA_SUPPORTED=true\n", &[]), (true, false));
+        assert_eq!(
+            run("", &[("ECS_GMSA_SUPPORTED", "true")]),
+            (false, true),
+            "process environment only: marked, not bound"
+        );
+        assert_eq!(
+            run(
+                "ECS_GMSA_SUPPORTED=true\n",
+                &[("ECS_GMSA_SUPPORTED", "true")]
+            ),
+            (true, true)
+        );
+        assert_eq!(run("ECS_GMSA_SUPPORTED=false\n", &[]), (false, false));
+        // The socket missing: no bind.
+        let (spec, _) = build(
+            &Paths::under("/"),
+            &cfg("ECS_GMSA_SUPPORTED=true\n", &[]),
+            &facts(),
+        );
+        assert!(!binds(&spec).iter().any(|b| b.contains("credentials")));
     }
 }

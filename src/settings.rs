@@ -196,7 +196,7 @@ pub const KNOBS: &[Knob] = &[
         kind: Kind::Text,
         default: "16m",
         scope: Scope::Anywhere,
-        doc: "`max-size` of the json-file log (a bare number means megabytes)",
+        doc: "`max-size` of the json-file log when `ECS_LOG_OPTS` is unset, passed as written, as the Go tool does (Docker reads a bare number as bytes: write `32m`)",
     },
     Knob {
         name: "ECS_INIT_DOCKER_LOG_FILE_NUM",
@@ -238,7 +238,7 @@ pub const KNOBS: &[Knob] = &[
         kind: Kind::Bool,
         default: BOOL_FALSE,
         scope: Scope::Process,
-        doc: "gMSA: bind the credentials-fetcher socket, mark a realm-joined host",
+        doc: "gMSA: mark a realm-joined host (`ECS_DOMAIN_JOINED_LINUX_INSTANCE`); the credentials-fetcher socket is bound when the env files say `ECS_GMSA_SUPPORTED=true`, as with the Go tool",
     },
     Knob {
         name: "CREDENTIALS_FETCHER_HOST",
@@ -479,6 +479,9 @@ pub struct AgentSettings {
     pub apparmor_profile: String,
     /// `ECS_LOG_DRIVER` when set to one of [`LOG_DRIVERS`] (another value is a warning).
     pub log_driver: Option<&'static str>,
+    /// `ECS_LOG_DRIVER` is set (not blank) to something else: json-file with the default
+    /// options, `ECS_LOG_OPTS` ignored (as the Go tool does).
+    pub log_driver_unknown: bool,
     /// `ECS_LOG_OPTS` parsed; `None` when unset or invalid (a warning then).
     pub log_opts: Option<BTreeMap<String, String>>,
     pub log_file_size: Option<String>,
@@ -914,8 +917,13 @@ impl Resolver<'_> {
 
     /// The knobs of the agent container.
     fn agent(&mut self, files: &Config, docker_host: Option<PathBuf>) -> AgentSettings {
+        let log_driver = self.log_driver();
+        let log_driver_set = self
+            .raw(knob("ECS_LOG_DRIVER"))
+            .is_some_and(|(v, _)| !v.is_empty());
         AgentSettings {
-            log_driver: self.log_driver(),
+            log_driver,
+            log_driver_unknown: log_driver.is_none() && log_driver_set,
             log_opts: self.log_opts(),
             log_file_size: self.text("ECS_INIT_DOCKER_LOG_FILE_SIZE"),
             log_file_num: self.text("ECS_INIT_DOCKER_LOG_FILE_NUM"),

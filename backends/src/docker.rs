@@ -338,6 +338,7 @@ fn create_body(spec: &AgentSpec) -> Result<ContainerCreateBody> {
         pid_mode: namespace(spec.pid),
         privileged: Some(spec.privileged),
         init: Some(spec.init),
+        ipc_mode: Some(IPC_MODE.into()),
         security_opt: spec
             .apparmor_profile
             .as_ref()
@@ -371,6 +372,12 @@ fn create_body(spec: &AgentSpec) -> Result<ContainerCreateBody> {
 fn is_status(err: &BollardError, codes: &[u16]) -> bool {
     matches!(err, BollardError::DockerResponseServerError { status_code, .. } if codes.contains(status_code))
 }
+
+/// The agent container's IPC mode: what the Go tool's container gets (it speaks API version
+/// 1.25, whose default is `shareable`); dockerd's own default at newer API versions is
+/// `private`. Either way the agent has an IPC namespace of its own; `shareable` only lets other
+/// containers join it.
+pub const IPC_MODE: &str = "shareable";
 
 /// The option of Docker's `bridge` network naming its host interface.
 pub const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";

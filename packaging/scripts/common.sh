@@ -63,8 +63,13 @@ after_install() {
     if systemd_running; then
         systemctl daemon-reload || true
         if [ "$1" = upgrade ]; then
-            # Restarts only a running service, so the new launcher takes over; a stopped or
-            # disabled service stays as the operator left it.
+            # A deliberate difference from the Go packages, which leave a running ecs alone on
+            # upgrade (%systemd_postun without restart; dh_installsystemd --no-start): we restart
+            # a running service so that the launcher supervising the agent is the one just
+            # installed (its fixes apply now, and `amazon-ecs-init version` tells the truth),
+            # at the cost of one agent restart (seconds; tasks keep running). Only a running
+            # service restarts; a stopped or disabled one stays as the operator left it.
+            # README.md, "Differences from the Go ecs-init".
             systemctl try-restart ecs.service || true
         fi
     elif upstart_running && [ "$1" = upgrade ] && upstart_job_running; then
