@@ -78,6 +78,9 @@ pub async fn pre_start(host: &Host) -> anyhow::Result<()> {
     let (selection, rt) = host.choose_runtime().await?;
     warn_without_docker_api(host, &selection).await;
     make_dirs(&host.settings.paths)?;
+    if let Some(w) = crate::ebs::warning(&host.settings) {
+        tracing::warn!("{w}");
+    }
     // GPU info first, as the Go tool does: it needs no runtime, and a GPU host whose NVML
     // fails must not start an agent that would register without its GPUs. It waits for a
     // late /dev/nvidia* (a SIGTERM meanwhile ends pre-start at once: no handler is installed).

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod compose;
 pub mod config;
 pub mod download;
+pub mod ebs;
 pub mod facts;
 pub mod gpu;
 pub mod locks;

@@ -42,8 +42,10 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
                 "iptables": host.firewalls.build(Backend::Iptables).render(&plan.rules),
                 "nftables": host.firewalls.build(Backend::Nftables).render(&plan.rules),
             });
+            let block = introspection_block(&settings.net, plan.facts.bridge.as_deref());
             let mut v = json!(plan);
             v["rendered_by_backend"] = by_backend;
+            v["introspection_block"] = block;
             v
         }
         Err(e) => json!({"error": e.to_string()}),
@@ -73,8 +75,13 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
         },
         "agent": spec,
         "gpu": crate::gpu::plan(&host.gpu_options()),
+        "ebs_csi_driver": crate::ebs::plan(settings),
         "settings": settings.shown,
-        "warnings": warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+        "warnings": warnings
+            .iter()
+            .map(|w| w.to_string())
+            .chain(crate::ebs::warning(settings))
+            .collect::<Vec<_>>(),
     });
     let mut text = serde_json::to_string_pretty(&out)?;
     text.push('\n');
@@ -209,5 +216,85 @@ async fn describe_agent(rt: &dyn Runtime, out: &mut String) -> bool {
             }
             st.running
         }
+    }
+}
+
+/// The effective block of the agent's introspection port (51678) from off-host, in words, for
+/// `plan`: where it is dropped, what stays accepted, and which setting decided.
+/// `ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME` was removed from the Go tool in 1.97; this product
+/// keeps it (README).
+pub fn introspection_block(
+    net: &crate::settings::NetSettings,
+    bridge: Option<&str>,
+) -> serde_json::Value {
+    if net.allow_offhost_introspection {
+        return json!({
+            "blocked": false,
+            "blocked_on": null,
+            "accepted_on": [],
+            "decided_by": "ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS=true: port 51678 is reachable from off-host",
+        });
+    }
+    let (blocked_on, decided_by) = match &net.introspection_interface {
+        Some(name) => (
+            name.clone(),
+            format!(
+                "ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME={name} (removed from the Go tool in 1.97, kept by this one): blocked on that interface only"
+            ),
+        ),
+        None => (
+            "every interface but loopback".to_string(),
+            "default (ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME unset): blocked on every interface but loopback, as the Go tool since 1.97".to_string(),
+        ),
+    };
+    let mut accepted = vec!["loopback".to_string()];
+    if let Some(b) = bridge {
+        accepted.push(format!("{b} (Docker's default bridge: task containers)"));
+    }
+    json!({
+        "blocked": true,
+        "blocked_on": blocked_on,
+        "accepted_on": accepted,
+        "decided_by": decided_by,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::NetSettings;
+
+    #[test]
+    fn the_effective_introspection_block() {
+        let net = NetSettings::default();
+        let v = introspection_block(&net, Some("docker0"));
+        assert_eq!(v["blocked"], true);
+        assert_eq!(v["blocked_on"], "every interface but loopback");
+        assert_eq!(
+            v["accepted_on"],
+            json!([
+                "loopback",
+                "docker0 (Docker's default bridge: task containers)"
+            ])
+        );
+        let net = NetSettings {
+            introspection_interface: Some("eth+".into()),
+            ..NetSettings::default()
+        };
+        let v = introspection_block(&net, None);
+        assert_eq!(v["blocked_on"], "eth+");
+        assert!(v["decided_by"]
+            .as_str()
+            .unwrap()
+            .contains("removed from the Go tool in 1.97"));
+        assert_eq!(v["accepted_on"], json!(["loopback"]));
+        let net = NetSettings {
+            allow_offhost_introspection: true,
+            introspection_interface: Some("eth0".into()),
+            ..NetSettings::default()
+        };
+        let v = introspection_block(&net, Some("docker0"));
+        assert_eq!(v["blocked"], false);
+        assert!(v["blocked_on"].is_null());
     }
 }

@@ -168,7 +168,7 @@ pub const KNOBS: &[Knob] = &[
         kind: Kind::Text,
         default: "(all non-loopback)",
         scope: Scope::Anywhere,
-        doc: "block 51678 only on this interface; a trailing `+` (or `*`) matches every interface starting with the name, on iptables and nftables alike",
+        doc: "block 51678 only on this interface; a trailing `+` (or `*`) matches every interface starting with the name, on iptables and nftables alike (removed from the Go tool in 1.97; kept here, see the README)",
     },
     Knob {
         name: "ECS_LOGLEVEL",

@@ -197,6 +197,13 @@ fn a_custom_bridge_name_is_used_for_the_rule() {
         "{rendered}"
     );
     assert!(!rendered.contains("docker0"), "{rendered}");
+    // The effective introspection block, in words.
+    let block = &plan["network"]["introspection_block"];
+    assert_eq!(
+        block["blocked_on"], "every interface but loopback",
+        "{block}"
+    );
+    assert!(block["accepted_on"].to_string().contains(BRIDGE), "{block}");
 
     root.place_agent_tarball(
         &ecs_test_support::stand_in_tarball("amazon/amazon-ecs-agent:latest"),

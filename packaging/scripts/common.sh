@@ -56,6 +56,33 @@ unlink_dangling_agent() {
     fi
 }
 
+# The EBS CSI driver image, where the agent looks for it. The Go packages ship it; ours do when
+# built with EBS_CSI_DRIVER_TARBALL (then BUNDLED_EBS_CSI is set and the package owns the file).
+EBS_CSI_TAR="$ROOT/var/lib/ecs/deps/daemons/ebs-csi-driver/ebs-csi-driver.tar"
+EBS_CSI_KEEP="$ROOT/var/lib/ecs/deps/daemons/ebs-csi-driver/.ebs-csi-driver.tar.amazon-ecs-init-keep"
+
+# Before this package's files are unpacked: a package that ships no driver image of its own
+# would lose one that the package it replaces installed (the Go ecs-init, or an upgrade from
+# it), since dpkg and rpm remove the files the new version does not list. Keep a hard link;
+# restore_ebs_csi_driver puts it back once the old files are gone.
+keep_ebs_csi_driver() {
+    [ -z "$BUNDLED_EBS_CSI" ] || return 0
+    if [ -f "$EBS_CSI_TAR" ] && [ ! -L "$EBS_CSI_TAR" ]; then
+        ln -f "$EBS_CSI_TAR" "$EBS_CSI_KEEP" 2>/dev/null || true
+    fi
+}
+
+# After the old package's files are gone (DEB postinst, RPM %posttrans).
+restore_ebs_csi_driver() {
+    [ -f "$EBS_CSI_KEEP" ] || return 0
+    if [ -e "$EBS_CSI_TAR" ]; then
+        rm -f "$EBS_CSI_KEEP"
+    else
+        mv -f "$EBS_CSI_KEEP" "$EBS_CSI_TAR"
+        echo "amazon-ecs-init: kept the EBS CSI driver image $EBS_CSI_TAR of the package it replaced" >&2
+    fi
+}
+
 # $1: install | upgrade
 after_install() {
     make_dirs
