@@ -78,15 +78,37 @@ printf '[{"Config":"dummy.json","RepoTags":["amazon/amazon-ecs-agent:latest"],"L
 # Deterministic, so that SKIP_BUILD=1 runs compare against the same bytes.
 touch -d @0 "$work/dummy/manifest.json"
 tar --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$work/dummy-agent.tar" -C "$work/dummy" manifest.json
+# A dummy EBS CSI driver image with an arch-specific name (as the Go spec's source).
+ebs_dest=/var/lib/ecs/deps/daemons/ebs-csi-driver/ebs-csi-driver.tar
+ebs_src="$work/ebs-csi-driver-$arch_deb.tar"
+printf 'ebs-csi-driver image for %s\n' "$arch_deb" > "$ebs_src"
+touch -d @0 "$ebs_src"
 
 # ---------------------------------------------------------------------------------------------
 echo "# build"
 if [ "${SKIP_BUILD:-}" != 1 ]; then
     check "make -C packaging rpm deb" make -C "$here" OUT="$out_plain" rpm deb
-    check "make -C packaging rpm deb with a bundled agent" \
+    check "make -C packaging rpm deb with a bundled agent and EBS CSI driver" \
         make -C "$here" OUT="$out_agent" AGENT_TARBALL="$work/dummy-agent.tar" \
-        AGENT_VERSION="$agent_version" rpm deb
+        AGENT_VERSION="$agent_version" EBS_CSI_DRIVER_TARBALL="$ebs_src" rpm deb
 fi
+# An EBS CSI driver image for another architecture is refused before anything is built.
+other_arch=arm64
+[ "$arch_deb" = arm64 ] && other_arch=amd64
+cp "$ebs_src" "$work/ebs-csi-driver-$other_arch.tar"
+if out=$(make -n -C "$here" EBS_CSI_DRIVER_TARBALL="$work/ebs-csi-driver-$other_arch.tar" deb 2>&1); then
+    fail "make refuses an EBS CSI driver image for $other_arch"
+else
+    contains "make refuses an EBS CSI driver image for $other_arch" "$out" "is for $other_arch, this package for $arch_deb"
+fi
+# Each combination picks its cargo-deb variant.
+for combo in "|" "x|" "|x" "x|x"; do
+    a=${combo%|*} e=${combo#*|}
+    want=$([ -n "$a" ] && [ -n "$e" ] && echo with-agent-ebs-csi || { [ -n "$a" ] && echo with-agent; } || { [ -n "$e" ] && echo with-ebs-csi; } || echo none)
+    got=$(make -n -C "$here" ${a:+AGENT_TARBALL="$work/dummy-agent.tar" AGENT_VERSION=1} \
+        ${e:+EBS_CSI_DRIVER_TARBALL="$ebs_src"} deb 2>/dev/null | grep -o -- '--variant [a-z-]*' || echo none)
+    contains "make deb${a:+ with agent}${e:+ with EBS CSI driver}: variant $want" "$got" "$want"
+done
 rpm_rich="$out_plain/amazon-ecs-init-$version-1.$arch_rpm.rpm"
 rpm_amzn2="$out_plain/amazon-ecs-init-$version-1.amzn2.$arch_rpm.rpm"
 deb_plain="$out_plain/amazon-ecs-init_${version}-1_$arch_deb.deb"
@@ -149,6 +171,10 @@ for rpmf in "$rpm_rich" "$rpm_amzn2"; do
     contains "$n: removal stops the service" "$scripts" "systemctl stop ecs.service"
     contains "$n: removal removes the rules when not run by systemd" "$scripts" "\"\$ECS_INIT\" post-stop"
     contains "$n: plain package bundles no agent" "$scripts" "^BUNDLED_AGENT=''"
+    contains "$n: plain package bundles no EBS CSI driver" "$scripts" "^BUNDLED_EBS_CSI=''"
+    lacks "$n: no EBS CSI driver image without EBS_CSI_DRIVER_TARBALL" "$listing" "$ebs_dest"
+    contains "$n: has a preinstall scriptlet (keeps the Go package's EBS CSI driver)" "$scripts" "preinstall scriptlet"
+    contains "$n: has a posttrans scriptlet (puts it back)" "$scripts" "posttrans scriptlet"
 done
 reqs=$(rpm -qp --requires "$rpm_rich")
 contains "rich rpm: firewall alternatives" "$reqs" "^(iptables or nftables)"
@@ -187,6 +213,8 @@ for entry in "${expected_files[@]}" "-rw-r--r-- /usr/share/zsh/vendor-completion
     contains "deb: ships ${entry#* } as ${entry%% *}" "$listing" "^$entry"
 done
 lacks "deb: no agent tarball without AGENT_TARBALL" "$listing" "/var/cache/ecs/ecs-agent"
+lacks "deb: no EBS CSI driver image without EBS_CSI_DRIVER_TARBALL" "$listing" "$ebs_dest"
+contains "deb: ships preinst" "$info" " preinst"
 
 # ---------------------------------------------------------------------------------------------
 echo "# packaged binaries: dynamic launcher on an old glibc baseline, static agent-init"
@@ -237,6 +265,17 @@ contains "deb+agent: postinst knows the tarball" "$(dpkg-deb -I "$deb_agent" pos
 contains "deb+agent: same package name" "$(dpkg-deb -f "$deb_agent" Package)" "^amazon-ecs-init"
 check "deb+agent: tarball is the one given at build time" \
     cmp "$work/dummy-agent.tar" <(dpkg-deb --fsys-tarfile "$deb_agent" | tar -xOf - "./var/cache/ecs/$agent_name")
+echo "# bundled EBS CSI driver"
+contains "rpm+ebs: ships $ebs_dest (644)" \
+    "$(rpm -qp --qf '[%{FILEMODES:perms} %{FILENAMES}\n]' "$rpm_agent")" "^-rw-r--r-- $ebs_dest"
+contains "amzn2 rpm+ebs: ships $ebs_dest" "$(rpm -qlp "$rpm_agent_amzn2")" "^$ebs_dest"
+contains "rpm+ebs: scripts know it is bundled" "$(rpm -qp --scripts "$rpm_agent")" "BUNDLED_EBS_CSI='ebs-csi-driver.tar'"
+contains "deb+ebs: ships $ebs_dest (644)" \
+    "$(dpkg-deb -c "$deb_agent" | awk '{print $1, substr($6, 2)}')" "^-rw-r--r-- $ebs_dest"
+check "deb+ebs: the image is the one given at build time" \
+    cmp "$ebs_src" <(dpkg-deb --fsys-tarfile "$deb_agent" | tar -xOf - ".$ebs_dest")
+check "rpm+ebs: the image is the one given at build time" \
+    cmp "$ebs_src" <(rpm2archive -n - < "$rpm_agent" 2>/dev/null | tar -xOf - ".$ebs_dest")
 
 # ---------------------------------------------------------------------------------------------
 # run_installed ROOT LABEL: `version` and `plan` of the binary installed under ROOT.
@@ -299,6 +338,24 @@ check "rpm %post: /var/cache/ecs mode 700" test "$(stat -c %a "$r/var/cache/ecs"
 check "rpm %post: /var/log/ecs exists" test -d "$r/var/log/ecs"
 check "rpm %post (upgrade) runs" env DPKG_ROOT="$r" sh "$work/rpm-post" 2
 check "rpm %preun (removal) runs" env DPKG_ROOT="$r" sh "$work/rpm-preun" 0
+# Replacing a package that shipped the EBS CSI driver image (the Go ecs-init) with one that does
+# not: %pre keeps a link, the replaced package's removal deletes the file, %posttrans restores it.
+rpm -qp --qf '%{PREIN}' "$rpm_rich" > "$work/rpm-pre-plain"
+rpm -qp --qf '%{POSTTRANS}' "$rpm_rich" > "$work/rpm-posttrans-plain"
+mkdir -p "$(dirname "$r$ebs_dest")"
+echo "the Go package's image" > "$r$ebs_dest"
+check "rpm %pre (plain) runs with an EBS CSI driver image present" env DPKG_ROOT="$r" sh "$work/rpm-pre-plain" 1
+rm -f "$r$ebs_dest"
+check "rpm %posttrans (plain) runs" env DPKG_ROOT="$r" sh "$work/rpm-posttrans-plain"
+check "rpm %posttrans: the replaced package's EBS CSI driver image is back" \
+    grep -qx "the Go package's image" "$r$ebs_dest"
+check "rpm %posttrans: no keep link left" \
+    test -z "$(find "$(dirname "$r$ebs_dest")" -name '*keep*')"
+# The check above must be able to fail: without %pre, nothing comes back.
+rm -f "$r$ebs_dest"
+env DPKG_ROOT="$r" sh "$work/rpm-posttrans-plain"
+check "rpm %posttrans without %pre restores nothing" test ! -e "$r$ebs_dest"
+rm -rf "$r/var/lib/ecs/deps"
 check "rpm -e --noscripts from scratch root" rpm --root "$r" -e --nodeps --noscripts amazon-ecs-init
 check "rpm -e: binary removed" test ! -e "$r/usr/libexec/amazon-ecs-init"
 check "rpm %postun (removal) runs" env DPKG_ROOT="$r" sh "$work/rpm-postun" 0
@@ -333,6 +390,27 @@ check "dpkg -r: ecs.config kept until purge" test -f "$d/etc/ecs/ecs.config"
 check "dpkg --root --purge" "${dpkg_r[@]}" --purge amazon-ecs-init
 check "dpkg --purge: ecs.config removed" test ! -e "$d/etc/ecs/ecs.config"
 check "dpkg --purge: state removed" test ! -e "$d/var/cache/ecs/state"
+
+echo "# deb: upgrade from a package that shipped the EBS CSI driver image (the Go one) keeps it"
+g="$work/goroot"
+mkdir -p "$g/var/lib/dpkg/info" "$g/var/lib/dpkg/updates"
+: > "$g/var/lib/dpkg/status"
+: > "$g/var/lib/dpkg/available"
+dpkg_g=(dpkg --root="$g" --force-script-chrootless --force-depends --log=/dev/null)
+fake="$work/fake-go"
+mkdir -p "$fake/DEBIAN" "$fake$(dirname "$ebs_dest")"
+printf 'Package: amazon-ecs-init\nVersion: 1.0.0-1\nArchitecture: %s\nMaintainer: test\nDescription: stand-in for the Go package\n' \
+    "$arch_deb" > "$fake/DEBIAN/control"
+echo "the Go package's image" > "$fake$ebs_dest"
+check "build a stand-in Go deb shipping the EBS CSI driver image" dpkg-deb --build --root-owner-group "$fake" "$work/fake-go.deb"
+check "dpkg -i the stand-in Go deb" "${dpkg_g[@]}" -i "$work/fake-go.deb"
+check "dpkg upgrade to our plain deb" "${dpkg_g[@]}" -i "$deb_plain"
+check "dpkg upgrade: the EBS CSI driver image is still there" grep -qx "the Go package's image" "$g$ebs_dest"
+check "dpkg upgrade: no keep link left" test -z "$(find "$(dirname "$g$ebs_dest")" -name '*keep*')"
+check "dpkg upgrade to our deb with the image" "${dpkg_g[@]}" -i "$deb_agent"
+check "dpkg upgrade: the packaged EBS CSI driver image replaced it" cmp "$ebs_src" "$g$ebs_dest"
+check "dpkg -r: the packaged image goes with the package" "${dpkg_g[@]}" -r amazon-ecs-init
+check "dpkg -r: EBS CSI driver image removed" test ! -e "$g$ebs_dest"
 
 echo "# dpkg-deb -x of the bundled-agent deb"
 x="$work/debx"

@@ -74,14 +74,19 @@ pub async fn pre_start(host: &Host) -> anyhow::Result<()> {
     // once, below.
     host.settings.check()?;
     let _lock = locks::host_changes(&host.settings.paths).await?;
-    let (spec, warnings) = host.spec();
-    log_warnings(&warnings);
     let (selection, rt) = host.choose_runtime().await?;
     warn_without_docker_api(host, &selection).await;
     make_dirs(&host.settings.paths)?;
+    if let Some(w) = crate::ebs::warning(&host.settings.paths, host.settings.agent.external) {
+        tracing::warn!("{w}");
+    }
     // GPU info first, as the Go tool does: it needs no runtime, and a GPU host whose NVML
-    // fails must not start an agent that would register without its GPUs.
-    gpu::setup(&host.gpu_options())?;
+    // fails must not start an agent that would register without its GPUs. It waits for a
+    // late /dev/nvidia* (a SIGTERM meanwhile ends pre-start at once: no handler is installed).
+    gpu::setup(&host.gpu_options()).await?;
+    // The spec after the GPU wait, so its warnings (a GPU switch left out) say what holds now.
+    let (spec, warnings) = host.spec();
+    log_warnings(&warnings);
     // Then the image, before any network change: it is the step most likely to fail, and it
     // changes nothing on the host outside the runtime, so a failure here leaves the host
     // network as it was.
@@ -89,9 +94,10 @@ pub async fn pre_start(host: &Host) -> anyhow::Result<()> {
     let source = download::S3Download(crate::compose::download_options(&host.settings));
     let loaded = cache::ensure_image(&host.settings.paths, rt.as_ref(), &source).await?;
     note_loaded(host, loaded.as_ref());
-    // The agent's default AppArmor profile must be loaded before the container starts with it.
-    // An operator-chosen profile (ECS_AGENT_APPARMOR_PROFILE) is the operator's to load.
-    if spec.apparmor_profile.as_deref() == Some(agent::DEFAULT_APPARMOR_PROFILE) {
+    // The default AppArmor profile is written and loaded whenever the host enforces AppArmor,
+    // as the Go tool always does, also when ECS_AGENT_APPARMOR_PROFILE names another one (that
+    // one is the operator's to load; the default stays ready for a switch back).
+    if spec.apparmor_profile.is_some() {
         apparmor::install(
             host.exec.as_ref(),
             &host.settings.paths.rooted("/etc/apparmor.d".as_ref()),
@@ -100,8 +106,9 @@ pub async fn pre_start(host: &Host) -> anyhow::Result<()> {
             true,
         )?;
     }
-    // All-or-nothing and idempotent (the firewall crate's contract).
-    let net = host.net_config();
+    // All-or-nothing and idempotent (the firewall crate's contract). The bridge rule names
+    // Docker's default bridge as dockerd reports it.
+    let net = host.net_config(host.default_bridge(rt.as_ref()).await);
     let selection = host.firewalls.choose(host.settings.firewall).await?;
     tracing::info!(firewall = %selection.kind, reason = %selection.reason, "firewall backend chosen");
     let firewall = host.firewalls.build(selection.kind);
@@ -121,23 +128,34 @@ pub async fn start(host: &Host) -> anyhow::Result<i32> {
         return Ok(0);
     };
     let rt = rt?;
-    let exec = host.exec.clone();
+    let exec = host.exec.as_ref();
     let last_spec = std::cell::RefCell::new(None::<String>);
+    let last_spec = &last_spec;
     let mut supervisor = supervise::Supervisor {
         runtime: rt.as_ref(),
         paths: host.settings.paths.clone(),
+        // The supervisor drops this future on SIGTERM, so the GPU wait never outlasts one.
         spec: Box::new(move || {
-            // Re-read the env files before every (re)start, like the Go tool.
-            let settings = host.settings.reload();
-            // A file refused now (a FIFO, a symlink, one over its cap) is named; the agent
-            // starts without what it would have held, as with a missing file.
-            for e in &settings.errors {
-                tracing::warn!("{e}");
-            }
-            let (spec, warnings) = spec_of(&settings, exec.as_ref());
-            log_warnings(&warnings);
-            log_spec(&spec, &mut last_spec.borrow_mut());
-            Ok(spec)
+            Box::pin(async move {
+                // Re-read the env files before every (re)start, like the Go tool.
+                let settings = host.settings.reload();
+                // A file refused now (a FIFO, a symlink, one over its cap) is named; the agent
+                // starts without what it would have held, as with a missing file.
+                for e in &settings.errors {
+                    tracing::warn!("{e}");
+                }
+                // A GPU driver that comes up late: wait for its device nodes, as pre-start does.
+                let gpu = crate::compose::gpu_options(&settings);
+                if gpu.enabled {
+                    if let Err(e) = gpu::wait_for_device(&gpu).await {
+                        tracing::warn!("{e}");
+                    }
+                }
+                let (spec, warnings) = spec_of(&settings, exec);
+                log_warnings(&warnings);
+                log_spec(&spec, &mut last_spec.borrow_mut());
+                Ok(spec)
+            })
         }),
         backoff: match host.settings.restart_delay {
             // Testing only (the soak): restarts as fast as asked.
@@ -200,7 +218,7 @@ pub async fn stop(host: &Host) -> anyhow::Result<()> {
 pub async fn post_stop(host: &Host) -> anyhow::Result<()> {
     warn_about_settings(host);
     let _lock = locks::host_changes(&host.settings.paths).await?;
-    let net = host.net_config();
+    let net = host.net_config(ecs_hostnet::Bridge::Unknown);
     let backends = ecs_hostnet::teardown_backends(
         &host.firewalls,
         &net.state_dir,
@@ -235,7 +253,7 @@ fn note_loaded(host: &Host, loaded: Option<&cache::Loaded>) {
 }
 
 /// Only pre-start's GPU step (diagnostics, and the real-GPU check tests/gpu/on-real-gpu.sh).
-pub fn gpu_info(host: &Host) -> anyhow::Result<()> {
-    gpu::setup(&host.gpu_options())?;
+pub async fn gpu_info(host: &Host) -> anyhow::Result<()> {
+    gpu::setup(&host.gpu_options()).await?;
     Ok(())
 }

@@ -4,6 +4,7 @@ use ecs_runtime::{AgentSpec, LogConfig, Mount, NamespaceMode};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::config::{Entry, Warning};
 use crate::facts::HostFacts;
 use crate::paths::Paths;
 
@@ -28,6 +29,9 @@ pub struct AgentKnobs {
     /// `ECS_LOG_DRIVER` when set to one of the drivers the Go tool allows (another value is a
     /// warning).
     pub log_driver: Option<&'static str>,
+    /// `ECS_LOG_DRIVER` is set (not blank) to something else: json-file with the default
+    /// options, `ECS_LOG_OPTS` ignored (as the Go tool does).
+    pub log_driver_unknown: bool,
     /// `ECS_LOG_OPTS` parsed; `None` when unset or invalid (a warning then).
     pub log_opts: Option<BTreeMap<String, String>>,
     pub log_file_size: Option<String>,
@@ -47,8 +51,8 @@ pub struct AgentKnobs {
 pub struct AgentOptions {
     pub knobs: AgentKnobs,
     pub paths: Paths,
-    /// The env files' entries (key, value), in order: passed to the agent as they are.
-    pub file_env: Vec<(String, String)>,
+    /// The env files' entries, in order: passed to the agent as they are.
+    pub file_env: Vec<Entry>,
 }
 
 /// Environment in insertion order where a later `set` replaces the value in place.
@@ -75,12 +79,25 @@ pub fn paths_to_probe(opts: &AgentOptions) -> Vec<PathBuf> {
     ]
 }
 
-/// Build the agent container spec (problems with the knobs, such as bad labels JSON, are among
-/// the settings' warnings, naming the file, line and key).
-pub fn build(opts: &AgentOptions, facts: &HostFacts) -> AgentSpec {
+/// Build the agent container spec, and the warnings of what the host made of the knobs (the
+/// knobs' own problems, such as bad labels JSON, are among the settings' warnings, naming the
+/// file, line and key).
+pub fn build(opts: &AgentOptions, facts: &HostFacts) -> (AgentSpec, Vec<Warning>) {
+    let mut warnings = Vec::new();
     let knobs = &opts.knobs;
     let log = log_config(knobs);
-    AgentSpec {
+    if let Some(entry) = dropped_gpu_switch(opts, facts) {
+        warnings.push(Warning {
+            origin: Some(entry.origin.clone()),
+            key: Some(crate::gpu::ENABLE_KEY.into()),
+            message: format!(
+                "No GPU devices found (no /dev/nvidia*), ignoring the GPU support config: {}={} is left out of the agent's environment",
+                crate::gpu::ENABLE_KEY,
+                entry.value
+            ),
+        });
+    }
+    let spec = AgentSpec {
         image: AGENT_IMAGE.into(),
         name: AGENT_NAME.into(),
         env: environment(opts, facts),
@@ -102,7 +119,23 @@ pub fn build(opts: &AgentOptions, facts: &HostFacts) -> AgentSpec {
         init: true,
         apparmor_profile: facts.apparmor.then(|| knobs.apparmor_profile.clone()),
         log,
-    }
+    };
+    (spec, warnings)
+}
+
+/// The env files' `ECS_ENABLE_GPU_SUPPORT=<true>` when no `/dev/nvidia*` exists (after the
+/// wait for a late driver): the Go tool leaves it out of the agent's environment rather than
+/// start a GPU agent without GPUs. Any value that reads as true counts (the agent parses it so);
+/// the Go tool drops only the literal `true` of `/var/lib/ecs/ecs.config`.
+fn dropped_gpu_switch<'o>(opts: &'o AgentOptions, facts: &HostFacts) -> Option<&'o Entry> {
+    let entry = file_entry(opts, crate::gpu::ENABLE_KEY)?;
+    let on = crate::config::parse_bool(entry.value.trim()) == Some(true);
+    (on && !facts.nvidia_devices).then_some(entry)
+}
+
+/// The env-file entry for `key`, if any.
+fn file_entry<'o>(opts: &'o AgentOptions, key: &str) -> Option<&'o Entry> {
+    opts.file_env.iter().find(|e| e.key == key)
 }
 
 /// The agent's environment, lowest precedence first (packaging/COMPATIBILITY.md §4).
@@ -140,8 +173,11 @@ fn environment(opts: &AgentOptions, facts: &HostFacts) -> Vec<(String, String)> 
     if knobs.gmsa && facts.realm_joined {
         env.set("ECS_DOMAIN_JOINED_LINUX_INSTANCE", "true");
     }
-    for (key, value) in &opts.file_env {
-        env.set(key, value.clone());
+    let dropped = dropped_gpu_switch(opts, facts).map(|e| e.key.as_str());
+    for e in &opts.file_env {
+        if Some(e.key.as_str()) != dropped {
+            env.set(&e.key, e.value.clone());
+        }
     }
     if knobs.external {
         env.set("ECS_ENABLE_TASK_ENI", "false");
@@ -177,7 +213,7 @@ fn binds(opts: &AgentOptions, facts: &HostFacts) -> Vec<Mount> {
         mounts.push(Mount::rw(paths.var_lib_ecs.join("gpu"), "/var/lib/ecs/gpu"));
     }
     let fetcher = &knobs.credentials_fetcher;
-    if knobs.gmsa && facts.exists(fetcher) {
+    if gmsa_in_files(opts) && facts.exists(fetcher) {
         mounts.push(Mount::rw(fetcher, fetcher));
     }
     for plugins in [
@@ -200,6 +236,14 @@ fn binds(opts: &AgentOptions, facts: &HostFacts) -> Vec<Mount> {
     }
     mounts.extend(host_binds(knobs.external, facts));
     mounts
+}
+
+/// The Go tool binds the credentials-fetcher socket when the env files (the agent's own
+/// environment) turn gMSA on, whatever the process environment says (that one decides only the
+/// realm check). Any value the agent reads as true counts.
+fn gmsa_in_files(opts: &AgentOptions) -> bool {
+    file_entry(opts, "ECS_GMSA_SUPPORTED")
+        .is_some_and(|e| crate::config::parse_bool(e.value.trim()) == Some(true))
 }
 
 /// `/var/run`, or only the Docker socket when `DOCKER_HOST` names one: bound where the agent's
@@ -242,29 +286,34 @@ fn host_binds(external: bool, facts: &HostFacts) -> Vec<Mount> {
     mounts
 }
 
+/// The agent container's log configuration, decided as the Go tool does: the driver of
+/// `ECS_LOG_DRIVER` (json-file when unset, or unknown — then `ECS_LOG_OPTS` is ignored too) with
+/// the options of `ECS_LOG_OPTS`; json-file without options gets `max-size` =
+/// `ECS_INIT_DOCKER_LOG_FILE_SIZE` and `max-file` = `ECS_INIT_DOCKER_LOG_FILE_NUM`, passed to
+/// the runtime exactly as written (Docker reads a bare number as bytes), `16m` and `4` when unset.
 fn log_config(knobs: &AgentKnobs) -> LogConfig {
-    let mut log = LogConfig::default();
-    if let Some(size) = knobs.log_file_size.as_deref() {
-        let size = if size.bytes().all(|b| b.is_ascii_digit()) {
-            format!("{size}m")
-        } else {
-            size.to_string()
-        };
-        log.options.insert("max-size".into(), size);
-    }
-    if let Some(num) = knobs.log_file_num.as_deref() {
-        log.options.insert("max-file".into(), num.to_string());
-    }
-    if let Some(driver) = knobs.log_driver {
-        if driver != log.driver {
-            log.options.clear();
+    let default = LogConfig::default();
+    let (driver, options) = match (knobs.log_driver, knobs.log_driver_unknown) {
+        (_, true) => (default.driver.clone(), None),
+        (Some(driver), false) => (driver.to_string(), knobs.log_opts.clone()),
+        (None, false) => (default.driver.clone(), knobs.log_opts.clone()),
+    };
+    let options = match options {
+        Some(options) => options,
+        None if driver == default.driver => {
+            let mut options = default.options.clone();
+            let set = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+            if let Some(size) = set(&knobs.log_file_size) {
+                options.insert("max-size".into(), size);
+            }
+            if let Some(num) = set(&knobs.log_file_num) {
+                options.insert("max-file".into(), num);
+            }
+            options
         }
-        log.driver = driver.to_string();
-    }
-    if let Some(map) = &knobs.log_opts {
-        log.options = map.clone();
-    }
-    log
+        None => BTreeMap::new(),
+    };
+    LogConfig { driver, options }
 }
 
 #[cfg(test)]
@@ -309,8 +358,9 @@ mod tests {
     ) -> (AgentSpec, Vec<Warning>) {
         let settings =
             crate::settings::Settings::resolve(env.clone(), paths.clone(), files.clone());
-        let spec = super::build(&crate::compose::agent_options(&settings), facts);
-        (spec, settings.warnings.clone())
+        let (spec, mut warnings) = super::build(&crate::compose::agent_options(&settings), facts);
+        warnings.extend(settings.warnings.clone());
+        (spec, warnings)
     }
 
     fn env(spec: &AgentSpec) -> Vec<String> {
@@ -493,7 +543,8 @@ mod tests {
         assert!(spec.privileged);
         assert_eq!(spec.pid, NamespaceMode::Host);
         assert_eq!(spec.apparmor_profile.as_deref(), Some("custom"));
-        assert_eq!(spec.log.options["max-size"], "32m");
+        // Passed as written, like the Go tool (Docker reads "32" as 32 bytes).
+        assert_eq!(spec.log.options["max-size"], "32");
         assert_eq!(spec.log.options["max-file"], "7");
     }
 
@@ -523,11 +574,88 @@ mod tests {
         );
         assert_eq!(spec.log, LogConfig::default());
         assert_eq!(w.len(), 2);
+        // An unknown driver: json-file with the size knobs, ECS_LOG_OPTS ignored (Go's rule).
+        let (spec, _) = build(
+            &Paths::under("/"),
+            &cfg(
+                "ECS_LOG_DRIVER=bogus\nECS_INIT_DOCKER_LOG_FILE_SIZE=1g\n",
+                &[("ECS_LOG_OPTS", r#"{"tag":"ecs"}"#)],
+            ),
+            &facts(),
+        );
+        assert_eq!(spec.log.driver, "json-file");
+        assert_eq!(
+            spec.log.options,
+            BTreeMap::from([
+                ("max-file".into(), "4".into()),
+                ("max-size".into(), "1g".into())
+            ])
+        );
+        // json-file with options: those only (no size knobs), as with Go.
+        let (spec, _) = build(
+            &Paths::under("/"),
+            &cfg(
+                "ECS_INIT_DOCKER_LOG_FILE_SIZE=1g\n",
+                &[("ECS_LOG_OPTS", r#"{"max-size":"5m"}"#)],
+            ),
+            &facts(),
+        );
+        assert_eq!(
+            spec.log.options,
+            BTreeMap::from([("max-size".into(), "5m".into())])
+        );
+        // Another driver without options: none (the driver's own defaults).
+        let (spec, _) = build(
+            &Paths::under("/"),
+            &cfg(
+                "ECS_LOG_DRIVER=journald\nECS_INIT_DOCKER_LOG_FILE_NUM=9\n",
+                &[],
+            ),
+            &facts(),
+        );
+        assert_eq!(spec.log.driver, "journald");
+        assert!(spec.log.options.is_empty());
         assert!(
             w[0].to_string()
                 .starts_with("/etc/ecs/ecs.config:1: ECS_LOG_DRIVER: unknown log driver \"bogus\""),
             "{w:?}"
         );
+    }
+
+    /// No `/dev/nvidia*` (after the wait): the env files' GPU switch is left out of the
+    /// agent's environment with a warning naming file and line; with devices, it passes.
+    #[test]
+    fn gpu_switch_left_out_without_devices() {
+        let gpu_env = |file: &str, nvidia_devices: bool| {
+            let (spec, warnings) = build(
+                &Paths::under("/"),
+                &cfg(file, &[]),
+                &HostFacts {
+                    nvidia_devices,
+                    ..facts()
+                },
+            );
+            let env: Vec<String> = env(&spec)
+                .into_iter()
+                .filter(|e| e.starts_with("ECS_ENABLE_GPU"))
+                .collect();
+            let warnings: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+            (env, warnings)
+        };
+        let (env, warnings) = gpu_env("ECS_CLUSTER=c\nECS_ENABLE_GPU_SUPPORT=true\n", false);
+        assert!(env.is_empty(), "{env:?}");
+        assert_eq!(
+            warnings,
+            ["/etc/ecs/ecs.config:2: ECS_ENABLE_GPU_SUPPORT: No GPU devices found (no /dev/nvidia*), ignoring the GPU support config: ECS_ENABLE_GPU_SUPPORT=true is left out of the agent's environment"]
+        );
+        // Any value the agent reads as true.
+        assert!(gpu_env("ECS_ENABLE_GPU_SUPPORT=1\n", false).0.is_empty());
+        let (env, warnings) = gpu_env("ECS_ENABLE_GPU_SUPPORT=true\n", true);
+        assert_eq!(env, ["ECS_ENABLE_GPU_SUPPORT=true"]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (env, warnings) = gpu_env("ECS_ENABLE_GPU_SUPPORT=false\n", false);
+        assert_eq!(env, ["ECS_ENABLE_GPU_SUPPORT=false"]);
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]
@@ -560,7 +688,7 @@ mod tests {
         let (spec, _) = build(
             &Paths::under("/"),
             &cfg(
-                "DOCKER_HOST=unix:///var/run/agent-docker.sock\n",
+                "DOCKER_HOST=unix:///var/run/agent-docker.sock\nECS_GMSA_SUPPORTED=true\n",
                 &[
                     ("DOCKER_HOST", "unix:///run/custom/docker.sock"),
                     ("ECS_GMSA_SUPPORTED", "true"),
@@ -584,5 +712,49 @@ mod tests {
             spec.env_value("CREDENTIALS_FETCHER_HOST_DIR"),
             Some("/run/cf.sock")
         );
+    }
+
+    /// As with the Go tool, the socket bind follows the env files (the agent's environment),
+    /// the domain-join mark the process environment.
+    #[test]
+    fn gmsa_bind_follows_the_env_files() {
+        let sock = PathBuf::from(CREDENTIALS_FETCHER_SOCKET);
+        let run = |file: &str, process: &[(&str, &str)]| {
+            let (spec, _) = build(
+                &Paths::under("/"),
+                &cfg(file, process),
+                &HostFacts {
+                    realm_joined: true,
+                    existing: vec![sock.clone()],
+                    ..facts()
+                },
+            );
+            let bound = binds(&spec)
+                .iter()
+                .any(|b| b.starts_with(CREDENTIALS_FETCHER_SOCKET));
+            let joined = spec.env_value("ECS_DOMAIN_JOINED_LINUX_INSTANCE") == Some("true");
+            (bound, joined)
+        };
+        assert_eq!(run("ECS_GMSA_SUPPORTED=true\n", &[]), (true, false));
+        assert_eq!(
+            run("", &[("ECS_GMSA_SUPPORTED", "true")]),
+            (false, true),
+            "process environment only: marked, not bound"
+        );
+        assert_eq!(
+            run(
+                "ECS_GMSA_SUPPORTED=true\n",
+                &[("ECS_GMSA_SUPPORTED", "true")]
+            ),
+            (true, true)
+        );
+        assert_eq!(run("ECS_GMSA_SUPPORTED=false\n", &[]), (false, false));
+        // The socket missing: no bind.
+        let (spec, _) = build(
+            &Paths::under("/"),
+            &cfg("ECS_GMSA_SUPPORTED=true\n", &[]),
+            &facts(),
+        );
+        assert!(!binds(&spec).iter().any(|b| b.contains("credentials")));
     }
 }

@@ -86,8 +86,10 @@ impl Host {
         gpu_options(&self.settings)
     }
 
-    /// What the host network setup needs from the configuration.
-    pub fn net_config(&self) -> ecs_hostnet::NetConfig {
+    /// What the host network setup needs from the configuration and the runtime (`bridge`:
+    /// Docker's default bridge as [`Host::default_bridge`] learned it; post-stop removes rules
+    /// from what is installed and needs none).
+    pub fn net_config(&self, bridge: ecs_hostnet::Bridge) -> ecs_hostnet::NetConfig {
         let net = &self.settings.net;
         ecs_hostnet::NetConfig {
             skip_localhost_filter: net.skip_localhost_filter,
@@ -96,6 +98,47 @@ impl Host {
             state_dir: self.settings.paths.var_lib_ecs.clone(),
             private_dir: self.settings.paths.var_lib_ecs_init.clone(),
             proc_sys: "/proc/sys".into(),
+            bridge,
+        }
+    }
+
+    /// Docker's default bridge, as the runtime reports it (the Go tool asks the Docker API for
+    /// the network `bridge`): its name for the introspection ACCEPT rule and `accept_ra`.
+    /// containerd has none to report, and a Docker that does not answer within 5 s leaves it
+    /// unknown (a warning): then `docker0`, as before, when it exists.
+    pub async fn default_bridge(&self, rt: &dyn Runtime) -> ecs_hostnet::Bridge {
+        let answer =
+            tokio::time::timeout(std::time::Duration::from_secs(5), rt.default_bridge()).await;
+        bridge_of_answer(
+            rt.name(),
+            answer.map_err(|_| "no answer within 5 s".to_string()),
+        )
+    }
+}
+
+/// The firewall's view of the runtime's answer about its default bridge (logged).
+pub fn bridge_of_answer(
+    runtime: &str,
+    answer: Result<ecs_runtime::Result<ecs_runtime::DefaultBridge>, String>,
+) -> ecs_hostnet::Bridge {
+    use ecs_hostnet::Bridge as B;
+    use ecs_runtime::DefaultBridge as D;
+    match answer.and_then(|r| r.map_err(|e| e.to_string())) {
+        Ok(D::Named(name)) => {
+            tracing::info!(runtime, bridge = %name, "default bridge as the runtime reports it");
+            B::Named(name)
+        }
+        Ok(D::Absent) => {
+            tracing::info!(
+                runtime,
+                "the runtime has no default bridge network: no bridge rule"
+            );
+            B::Absent
+        }
+        Ok(D::Unknown) => B::Unknown,
+        Err(e) => {
+            tracing::warn!(runtime, error = %e, "could not ask the runtime for its default bridge; using {} when it exists", ecs_hostnet::DOCKER_BRIDGE);
+            B::Unknown
         }
     }
 }
@@ -112,12 +155,7 @@ pub fn agent_options(settings: &Settings) -> crate::agent::AgentOptions {
     crate::agent::AgentOptions {
         knobs: settings.agent.clone(),
         paths: settings.paths.clone(),
-        file_env: settings
-            .files
-            .file_env
-            .iter()
-            .map(|e| (e.key.clone(), e.value.clone()))
-            .collect(),
+        file_env: settings.files.file_env.clone(),
     }
 }
 
@@ -132,8 +170,10 @@ pub fn facts_of(opts: &crate::agent::AgentOptions, exec: &dyn Exec) -> HostFacts
 /// The agent spec for `settings` and the settings' warnings.
 pub fn spec_of(settings: &Settings, exec: &dyn Exec) -> (AgentSpec, Vec<Warning>) {
     let opts = agent_options(settings);
-    let spec = crate::agent::build(&opts, &facts_of(&opts, exec));
-    (spec, settings.warnings.clone())
+    let (spec, mut warnings) = crate::agent::build(&opts, &facts_of(&opts, exec));
+    let mut all = settings.warnings.clone();
+    all.append(&mut warnings);
+    (spec, all)
 }
 
 /// The download's options from the settings (values that could not be used are among the
@@ -170,5 +210,38 @@ pub fn gpu_options(settings: &Settings) -> crate::gpu::GpuOptions {
         nvml_library: settings.nvml_library.clone(),
         dev_dir: "/dev".into(),
         out_dir: settings.paths.var_lib_ecs.join("gpu"),
+        wait: settings.gpu_wait,
+        wait_interval: crate::gpu::WAIT_INTERVAL,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ecs_hostnet::Bridge as B;
+    use ecs_runtime::DefaultBridge as D;
+
+    /// The runtime's answer decides; no answer (or an error) leaves it to `docker0`.
+    #[test]
+    fn the_runtimes_answer_becomes_the_firewalls_bridge() {
+        assert_eq!(
+            bridge_of_answer("docker", Ok(Ok(D::Named("br-x".into())))),
+            B::Named("br-x".into())
+        );
+        assert_eq!(bridge_of_answer("docker", Ok(Ok(D::Absent))), B::Absent);
+        assert_eq!(
+            bridge_of_answer("containerd", Ok(Ok(D::Unknown))),
+            B::Unknown
+        );
+        assert_eq!(
+            bridge_of_answer("docker", Err("no answer within 5 s".into())),
+            B::Unknown
+        );
+        let lost = ecs_runtime::RuntimeError::Connect {
+            runtime: "docker",
+            endpoint: "unix:///nowhere".into(),
+            reason: "gone".into(),
+        };
+        assert_eq!(bridge_of_answer("docker", Ok(Err(lost))), B::Unknown);
     }
 }

@@ -148,22 +148,50 @@ fn apparmor_supported() -> bool {
         && !Path::new("/run/.containerenv").exists()
 }
 
-/// `realm list` prints the joined realms; empty output (or no `realm` tool) means not joined.
+/// `realm list` describes each joined realm with a `realm-name:` line; the host is joined when
+/// it succeeds and names one, as the Go tool checks (no `realm` tool: not joined).
 fn realm_joined(exec: &dyn Exec) -> bool {
-    let Some(realm) = ["/usr/sbin/realm", "/usr/bin/realm"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-    else {
+    // Looked up on the search path, as the Go tool does.
+    let Some(realm) = exec.find("realm") else {
+        tracing::warn!(
+            "ECS_GMSA_SUPPORTED is on but realmd's realm tool is not installed: not domain-joined"
+        );
         return false;
     };
-    exec.run_blocking(realm, &["list".to_string()])
-        .map(|o| o.success && !o.stdout.trim().is_empty())
-        .unwrap_or(false)
+    match exec.run_blocking(&realm.to_string_lossy(), &["list".to_string()]) {
+        Ok(o) if o.success && names_a_realm(&o.stdout) => true,
+        Ok(o) if o.success => {
+            tracing::warn!("realm list names no realm (no realm-name line): not domain-joined");
+            false
+        }
+        Ok(o) => {
+            tracing::warn!(stderr = %o.stderr.trim(), "realm list failed: not domain-joined");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not run realm list: not domain-joined");
+            false
+        }
+    }
+}
+
+/// Does `realm list`'s output name a realm (a `realm-name` line, the Go tool's test)?
+fn names_a_realm(stdout: &str) -> bool {
+    stdout.contains("realm-name")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn realm_list_must_name_a_realm() {
+        let joined = "example.com\n  type: kerberos\n  realm-name: EXAMPLE.COM\n  domain-name: example.com\n  configured: kerberos-member\n";
+        assert!(names_a_realm(joined));
+        // Output that lists no realm (e.g. only a discovery hint) is not a join.
+        assert!(!names_a_realm(""));
+        assert!(!names_a_realm("example.com\n  type: kerberos\n"));
+    }
 
     #[test]
     fn os_release() {

@@ -18,6 +18,7 @@ use serde::Serialize;
 use std::ffi::{c_char, c_uint, CStr};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The knob that turns GPU support on (also passed to the agent through the env files).
 pub const ENABLE_KEY: &str = "ECS_ENABLE_GPU_SUPPORT";
@@ -28,6 +29,10 @@ pub const LIBRARY_KEY: &str = "ECS_INIT_NVML_LIBRARY";
 pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
 /// The file the agent reads, under the GPU directory.
 pub const INFO_FILE: &str = "nvidia-gpu-info.json";
+/// The knob of the window for a late `/dev/nvidia*`.
+pub const WAIT_KEY: &str = "ECS_INIT_GPU_WAIT_SECONDS";
+/// Time between two looks for `/dev/nvidia*` (the Go tool's 3 s).
+pub const WAIT_INTERVAL: Duration = Duration::from_secs(3);
 /// The line the Go ecs-init logs whenever GPU support is on.
 pub const EULA: &str = "By using the GPU Optimized AMI, you agree to Nvidia’s End User License Agreement: https://www.nvidia.com/en-us/about-nvidia/eula-agreement/";
 
@@ -42,9 +47,20 @@ pub struct GpuOptions {
     pub dev_dir: PathBuf,
     /// `/var/lib/ecs/gpu`, re-rooted by `ECS_INIT_HOST_ROOT`.
     pub out_dir: PathBuf,
+    /// How long to wait for a late `/dev/nvidia*` (`ECS_INIT_GPU_WAIT_SECONDS`).
+    pub wait: Duration,
+    /// Time between two looks ([`WAIT_INTERVAL`]; shorter in unit tests).
+    pub wait_interval: Duration,
 }
 
 impl GpuOptions {
+    /// How many looks for `/dev/nvidia*` the window allows, [`Self::wait_interval`] apart
+    /// (at least one): 10 for the default 30 s, like the Go tool.
+    pub fn tries(&self) -> u32 {
+        let interval = self.wait_interval.as_millis().max(1);
+        (self.wait.as_millis() / interval).clamp(1, u32::MAX as u128) as u32
+    }
+
     /// `/var/lib/ecs/gpu/nvidia-gpu-info.json` (re-rooted).
     pub fn info_file(&self) -> PathBuf {
         self.out_dir.join(INFO_FILE)
@@ -155,18 +171,49 @@ pub fn nvidia_device(dev_dir: &Path) -> Result<Option<PathBuf>, GpuError> {
     Ok(names.first().map(|n| dev_dir.join(n)))
 }
 
-/// The GPU step of `pre-start` (also the hidden `gpu-info` action).
-pub fn setup(opts: &GpuOptions) -> Result<Outcome, GpuError> {
+/// Look for `/dev/nvidia*` up to [`GpuOptions::tries`] times, [`GpuOptions::wait_interval`]
+/// apart, logging each look that finds none (a driver that loads a few seconds after boot
+/// creates its device nodes late). `None`: none appeared in the window. Callers that must answer
+/// SIGTERM during the wait drop this future then (`start` does; `pre-start` keeps the default
+/// disposition, so a SIGTERM ends it at once).
+pub async fn wait_for_device(opts: &GpuOptions) -> Result<Option<PathBuf>, GpuError> {
+    let tries = opts.tries();
+    for attempt in 1..=tries {
+        if let Some(device) = nvidia_device(&opts.dev_dir)? {
+            if attempt > 1 {
+                tracing::info!(device = %device.display(), attempt, "GPU device appeared");
+            }
+            return Ok(Some(device));
+        }
+        if attempt < tries {
+            tracing::info!(
+                dir = %opts.dev_dir.display(),
+                attempt,
+                tries,
+                next_in_ms = opts.wait_interval.as_millis() as u64,
+                "{ENABLE_KEY} is on but no nvidia* device exists yet; looking again"
+            );
+            tokio::time::sleep(opts.wait_interval).await;
+        }
+    }
+    tracing::warn!(
+        dir = %opts.dev_dir.display(),
+        tries,
+        "No GPU devices found, ignoring the GPU support config: no nvidia* device after {tries} looks over {} s ({WAIT_KEY}); no GPU info is written and {ENABLE_KEY} is left out of the agent's environment",
+        opts.wait_interval.as_secs_f64() * f64::from(tries - 1)
+    );
+    Ok(None)
+}
+
+/// The GPU step of `pre-start` (also the hidden `gpu-info` action): wait for a late
+/// `/dev/nvidia*`, then write the info file from NVML.
+pub async fn setup(opts: &GpuOptions) -> Result<Outcome, GpuError> {
     if !opts.enabled {
         tracing::debug!("{ENABLE_KEY} is not true: no GPU setup");
         return Ok(Outcome::Disabled);
     }
     tracing::info!("{EULA}");
-    let Some(device) = nvidia_device(&opts.dev_dir)? else {
-        tracing::info!(
-            dir = %opts.dev_dir.display(),
-            "{ENABLE_KEY} is on but no nvidia* device exists: not a GPU host, no GPU info written"
-        );
+    let Some(device) = wait_for_device(opts).await? else {
         return Ok(Outcome::NoDevices);
     };
     let info = query(opts.library(), &device)?;
@@ -354,10 +401,15 @@ fn write_info(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), GpuError> {
 /// driver's library and initialising it is not free of side effects, and can take seconds).
 pub fn plan(opts: &GpuOptions) -> serde_json::Value {
     let device = nvidia_device(&opts.dev_dir);
+    let tries = opts.tries();
+    let window = match tries {
+        1 => "one look, no wait".to_string(),
+        n => format!("{n} looks {} s apart", opts.wait_interval.as_secs_f64()),
+    };
     let step = match (&device, opts.enabled) {
         (_, false) => format!("off ({ENABLE_KEY} is not true)"),
         (Ok(None), true) => format!(
-            "nothing to do: no {}/nvidia* (not a GPU host)",
+            "no {}/nvidia* now: pre-start and every agent start look for one again ({window}); if none appears, no GPU info is written and {ENABLE_KEY} is left out of the agent's environment (warning)",
             opts.dev_dir.display()
         ),
         (Ok(Some(_)), true) => format!(
@@ -374,6 +426,11 @@ pub fn plan(opts: &GpuOptions) -> serde_json::Value {
         "nvidia_device": device.ok().flatten(),
         "nvml_library": opts.library(),
         "info_file": opts.info_file(),
+        "device_wait": {
+            "seconds": opts.wait.as_secs(),
+            "tries": tries,
+            "interval_seconds": opts.wait_interval.as_secs_f64(),
+        },
         "pre_start": step,
         "queries_nvml": false,
         "current_info": current,
@@ -394,7 +451,18 @@ mod tests {
             nvml_library: Some(dir.join("nvml/libnvidia-ml.so.1")),
             dev_dir: dir.join("dev"),
             out_dir: dir.join("var/lib/ecs/gpu"),
+            wait: Duration::ZERO,
+            wait_interval: Duration::from_millis(10),
         }
+    }
+
+    /// [`super::setup`] on a runtime of its own (the unit tests are synchronous).
+    fn setup(o: &GpuOptions) -> Result<Outcome, GpuError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(super::setup(o))
     }
 
     /// The fake NVML, copied next to its own scenario file.
@@ -431,13 +499,27 @@ mod tests {
                 nvml_library: Some("/opt/nvml/libnvidia-ml.so.1".into()),
                 dev_dir: "/dev".into(),
                 out_dir: "/tmp/r/var/lib/ecs/gpu".into(),
+                wait: Duration::from_secs(30),
+                wait_interval: Duration::from_secs(3),
             }
         );
+        assert_eq!(o.tries(), 10, "the Go tool's 10 looks, 3 s apart");
         assert_eq!(
             o.info_file(),
             PathBuf::from("/tmp/r/var/lib/ecs/gpu/nvidia-gpu-info.json")
         );
-        let o = crate::compose::gpu_options(&settings("", BTreeMap::new(), "/"));
+        let o = crate::compose::gpu_options(&settings(
+            "ECS_INIT_GPU_WAIT_SECONDS=7\n",
+            BTreeMap::new(),
+            "/",
+        ));
+        assert_eq!((o.wait, o.tries()), (Duration::from_secs(7), 2));
+        let o = crate::compose::gpu_options(&settings(
+            "",
+            BTreeMap::from([(WAIT_KEY.into(), "0".into())]),
+            "/",
+        ));
+        assert_eq!(o.tries(), 1, "0 s: look once");
         assert!(!o.enabled);
         assert_eq!(o.library(), Path::new("libnvidia-ml.so.1"));
     }
@@ -592,6 +674,57 @@ mod tests {
         );
     }
 
+    /// A driver that loads late: the device node appears during the wait and the step goes on
+    /// as if it had been there; one that never comes ends the wait after the tries, with
+    /// nothing written and NVML never loaded.
+    #[test]
+    fn a_late_device_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        fake(dir.path(), "devices=1\ndriver=2.0\n");
+        let mut o = opts(dir.path(), true);
+        o.wait = Duration::from_secs(5);
+        o.wait_interval = Duration::from_millis(50);
+        assert_eq!(o.tries(), 100);
+        let node = dir.path().join("dev/nvidia0");
+        let late = {
+            let node = node.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                std::fs::write(node, "").unwrap();
+            })
+        };
+        let t = std::time::Instant::now();
+        let out = setup(&o).unwrap();
+        late.join().unwrap();
+        assert!(matches!(out, Outcome::Written { .. }), "{out:?}");
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+
+        std::fs::remove_file(&node).unwrap();
+        std::fs::remove_dir_all(&o.out_dir).unwrap();
+        let before = calls(dir.path()).len();
+        o.wait = Duration::from_millis(200);
+        let t = std::time::Instant::now();
+        assert_eq!(setup(&o).unwrap(), Outcome::NoDevices);
+        // 4 looks, 3 waits of 50 ms between them.
+        assert!(
+            t.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(
+            calls(dir.path()).len(),
+            before,
+            "NVML loaded without a device"
+        );
+        assert!(!o.out_dir.exists());
+    }
+
     #[test]
     fn plan_is_read_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -599,10 +732,14 @@ mod tests {
         let o = opts(dir.path(), true);
         let v = plan(&o);
         assert_eq!(v["enabled"], true);
-        assert!(v["pre_start"]
-            .as_str()
-            .unwrap()
-            .starts_with("nothing to do"));
+        let step = v["pre_start"].as_str().unwrap();
+        assert!(
+            step.starts_with("no ")
+                && step.contains("look for one again (one look, no wait)")
+                && step.contains("ECS_ENABLE_GPU_SUPPORT is left out of the agent's environment"),
+            "{step}"
+        );
+        assert_eq!(v["device_wait"]["tries"], 1);
         std::fs::write(dir.path().join("dev/nvidia0"), "").unwrap();
         let v = plan(&o);
         assert_eq!(

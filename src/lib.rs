@@ -13,6 +13,7 @@ pub mod cli;
 pub mod compose;
 pub mod config;
 pub mod download;
+pub mod ebs;
 pub mod facts;
 pub mod gpu;
 pub mod locks;
@@ -111,7 +112,7 @@ async fn dispatch(action: Action, host: &Host) -> anyhow::Result<i32> {
         Action::Stop | Action::PreStop => actions::stop(host).await.map(|_| 0),
         Action::PostStop => actions::post_stop(host).await.map(|_| 0),
         Action::ReloadCache => actions::reload_cache(host).await.map(|_| 0),
-        Action::GpuInfo => actions::gpu_info(host).map(|_| 0),
+        Action::GpuInfo => actions::gpu_info(host).await.map(|_| 0),
         Action::Plan => report::plan(host).await.map(|_| 0),
         Action::Status => report::status(host).await,
         Action::Version => Ok(0),

@@ -15,20 +15,26 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
     let settings = &host.settings;
     let paths = &settings.paths;
     let (spec, warnings) = host.spec();
+    let mut bridge = ecs_hostnet::Bridge::Unknown;
     let runtime = match host.choose_runtime().await {
-        Ok((selection, rt)) => json!({
+        Ok((selection, rt)) => {
+            bridge = host.default_bridge(rt.as_ref()).await;
+            json!({
             "name": selection.kind,
             "reason": selection.reason,
             // What the backend itself submits for this spec (same code path as `start`).
             "submits": rt.describe(&spec).await,
             "docker_api_for_the_agent": host.docker_api_for_agent().await,
-        }),
+            "default_bridge": bridge,
+            })
+        }
         Err(e) => json!({"name": null, "reason": crate::describe(&e)}),
     };
     let network = match host.firewalls.choose(settings.firewall).await {
         Ok(selection) => {
             let firewall = host.firewalls.build(selection.kind);
-            let plan = ecs_hostnet::plan_network(&host.net_config(), selection, firewall.as_ref());
+            let plan =
+                ecs_hostnet::plan_network(&host.net_config(bridge), selection, firewall.as_ref());
             // The exact commands of each real backend for these rules, not only the chosen one,
             // so an operator can compare before forcing ECS_INIT_FIREWALL.
             let by_backend: serde_json::Map<String, serde_json::Value> = ecs_firewall::BACKENDS
@@ -41,8 +47,10 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
                     )
                 })
                 .collect();
+            let block = introspection_block(&settings.net, plan.facts.bridge.as_deref());
             let mut v = json!(plan);
             v["rendered_by_backend"] = by_backend.into();
+            v["introspection_block"] = block;
             v
         }
         Err(e) => json!({"error": e.to_string()}),
@@ -73,8 +81,13 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
         "agent": spec,
         "gpu": crate::gpu::plan(&host.gpu_options()),
         "rollback": crate::rollback::plan(paths, &settings.rollback),
+        "ebs_csi_driver": crate::ebs::plan(&settings.paths, settings.agent.external),
         "settings": settings.shown,
-        "warnings": warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+        "warnings": warnings
+            .iter()
+            .map(|w| w.to_string())
+            .chain(crate::ebs::warning(&settings.paths, settings.agent.external))
+            .collect::<Vec<_>>(),
     });
     let mut text = serde_json::to_string_pretty(&out)?;
     text.push('\n');
@@ -230,9 +243,50 @@ async fn describe_agent(rt: &dyn Runtime, out: &mut String) -> bool {
     }
 }
 
+/// The effective block of the agent's introspection port (51678) from off-host, in words, for
+/// `plan`: where it is dropped, what stays accepted, and which setting decided.
+/// `ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME` was removed from the Go tool in 1.97; this product
+/// keeps it (README).
+pub fn introspection_block(
+    net: &crate::settings::NetSettings,
+    bridge: Option<&str>,
+) -> serde_json::Value {
+    if net.allow_offhost_introspection {
+        return json!({
+            "blocked": false,
+            "blocked_on": null,
+            "accepted_on": [],
+            "decided_by": "ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS=true: port 51678 is reachable from off-host",
+        });
+    }
+    let (blocked_on, decided_by) = match &net.introspection_interface {
+        Some(name) => (
+            name.clone(),
+            format!(
+                "ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME={name} (removed from the Go tool in 1.97, kept by this one): blocked on that interface only"
+            ),
+        ),
+        None => (
+            "every interface but loopback".to_string(),
+            "default (ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME unset): blocked on every interface but loopback, as the Go tool since 1.97".to_string(),
+        ),
+    };
+    let mut accepted = vec!["loopback".to_string()];
+    if let Some(b) = bridge {
+        accepted.push(format!("{b} (Docker's default bridge: task containers)"));
+    }
+    json!({
+        "blocked": true,
+        "blocked_on": blocked_on,
+        "accepted_on": accepted,
+        "decided_by": decided_by,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::NetSettings;
 
     /// Issue 20 (7): EPIPE and ENOSPC on stdout are not fatal (before: a panic, exit 134).
     #[test]
@@ -248,5 +302,39 @@ mod tests {
         }
         print_to(&mut Failing(libc::EPIPE), "status\n");
         print_to(&mut Failing(libc::ENOSPC), "status\n");
+    }
+
+    #[test]
+    fn the_effective_introspection_block() {
+        let net = NetSettings::default();
+        let v = introspection_block(&net, Some("docker0"));
+        assert_eq!(v["blocked"], true);
+        assert_eq!(v["blocked_on"], "every interface but loopback");
+        assert_eq!(
+            v["accepted_on"],
+            json!([
+                "loopback",
+                "docker0 (Docker's default bridge: task containers)"
+            ])
+        );
+        let net = NetSettings {
+            introspection_interface: Some("eth+".into()),
+            ..NetSettings::default()
+        };
+        let v = introspection_block(&net, None);
+        assert_eq!(v["blocked_on"], "eth+");
+        assert!(v["decided_by"]
+            .as_str()
+            .unwrap()
+            .contains("removed from the Go tool in 1.97"));
+        assert_eq!(v["accepted_on"], json!(["loopback"]));
+        let net = NetSettings {
+            allow_offhost_introspection: true,
+            introspection_interface: Some("eth0".into()),
+            ..NetSettings::default()
+        };
+        let v = introspection_block(&net, Some("docker0"));
+        assert_eq!(v["blocked"], false);
+        assert!(v["blocked_on"].is_null());
     }
 }

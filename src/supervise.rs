@@ -147,12 +147,17 @@ pub fn excerpt(text: &str, max_bytes: usize) -> (Vec<&str>, bool) {
     (out, false)
 }
 
+/// The spec of one agent start, as the supervisor's `spec` builds it.
+pub type SpecFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<AgentSpec, String>> + 'a>>;
+
 /// What the supervisor needs; the spec is rebuilt before every start so that a config change
 /// takes effect at the agent's next restart, as with the Go tool.
 pub struct Supervisor<'a> {
     pub runtime: &'a dyn Runtime,
     pub paths: Paths,
-    pub spec: Box<dyn Fn() -> Result<AgentSpec, String> + 'a>,
+    /// Builds the spec (after any wait it needs, such as for a late GPU driver); dropped
+    /// unfinished on a shutdown.
+    pub spec: Box<dyn Fn() -> SpecFuture<'a> + 'a>,
     pub backoff: Backoff,
     /// A run at least this long resets the backoff.
     pub healthy_after: Duration,
@@ -213,7 +218,10 @@ impl Supervisor<'_> {
         announced: &mut bool,
         runtime_checked: &mut bool,
     ) -> Result<Next, SuperviseError> {
-        let spec = (self.spec)().map_err(SuperviseError::Spec)?;
+        let spec = match self.shutdown.guard((self.spec)()).await {
+            None => return Ok(Next::Exit(self.shut_down(None).await)),
+            Some(spec) => spec.map_err(SuperviseError::Spec)?,
+        };
         let name = spec.name.clone();
         // A daemon restart between two agent runs must not end ecs-init.
         if !*runtime_checked {
@@ -471,7 +479,7 @@ mod tests {
         Supervisor {
             runtime: rt,
             paths: paths.clone(),
-            spec: Box::new(|| Ok(spec())),
+            spec: Box::new(|| Box::pin(async { Ok(spec()) })),
             backoff: restart_backoff(),
             healthy_after: Duration::from_secs(60),
             stop_grace: Duration::from_secs(10),
@@ -574,6 +582,26 @@ mod tests {
             Duration::from_secs(1),
             "no backoff after an update: {gaps:?}"
         );
+    }
+
+    /// The spec's wait (a late GPU driver) answers a shutdown at once: nothing is created.
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_during_the_spec_wait_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path());
+        let rt = FakeRuntime::with_exits(&[(0, 1)]);
+        let mut s = with_shutdown(&rt, &paths, shutdown_after(Duration::from_millis(200)));
+        s.spec = Box::new(|| {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(spec())
+            })
+        });
+        let t = tokio::time::Instant::now();
+        assert_eq!(s.run().await.unwrap(), 0);
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert_eq!(rt.runs(), 0);
+        assert_eq!(rt.calls_of("remove_container"), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -182,6 +182,8 @@ fn spec_seen_from_inside(rt: &'static str) {
             assert_eq!(hc["NetworkMode"], "host");
             assert_eq!(hc["UsernsMode"], "host");
             assert_eq!(hc["Init"], true);
+            // The Go tool's agent gets API 1.25's default.
+            assert_eq!(hc["IpcMode"], "shareable");
             assert_eq!(hc["CapAdd"], serde_json::json!(["NET_ADMIN", "SYS_ADMIN"]));
             assert_eq!(hc["LogConfig"]["Type"], "json-file");
             assert_eq!(hc["LogConfig"]["Config"]["max-size"], "16m");

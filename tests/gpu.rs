@@ -41,6 +41,12 @@ done
 umount -l "$old"
 rmdir "$old"
 while [ "$n" -gt 0 ]; do : > "/dev/$1"; shift; n=$((n - 1)); done
+if [ -n "${ECS_TEST_LATE_DEVICE:-}" ]; then
+    # "<seconds> <name>": a driver that creates its device node late.
+    set -- $ECS_TEST_LATE_DEVICE "$@"
+    (sleep "$1"; : > "/dev/$2") >/dev/null 2>&1 &
+    shift 2
+fi
 if [ "${ECS_TEST_NETNS:-}" = 1 ]; then ip link set lo up; fi
 exec "$@"
 "#;
@@ -292,11 +298,15 @@ fn gpu_step_failures_write_nothing() {
 fn gpu_step_no_device_is_not_a_gpu_host() {
     let h = Host::new("devices=1\n", "ECS_ENABLE_GPU_SUPPORT=true\n");
     let mut cmd = h.cmd("gpu-info");
-    cmd.env("ECS_INIT_NVML_LIBRARY", h.nvml());
+    cmd.env("ECS_INIT_NVML_LIBRARY", h.nvml())
+        .env("ECS_INIT_GPU_WAIT_SECONDS", "0");
     let out = h.run(cmd, &["nvme0"], false);
     let log = text(&out);
     assert_eq!(out.status.code(), Some(0), "{log}");
-    assert!(log.contains("not a GPU host"), "{log}");
+    assert!(
+        log.contains("No GPU devices found, ignoring the GPU support config: no nvidia* device after 1 looks over 0 s"),
+        "{log}"
+    );
     assert!(log.contains(EULA), "{log}");
     assert!(h.calls().is_empty(), "NVML loaded: {:?}", h.calls());
     assert!(!h.root.join("var/lib/ecs/gpu").exists());
@@ -491,4 +501,176 @@ fn agent_gets_the_gpu_bind_and_env_on_docker_and_containerd() {
         expected_json("535.183.01", "9d8c7b6a-5f4e-4d3c-8b2a", 2)
     );
     assert_eq!(docker, containerd, "Docker and containerd differ");
+}
+
+/// A driver that comes up late: the wait looks again every 3 s (each look logged) and, once the
+/// device node appears, the step goes on as if it had been there.
+#[test]
+fn gpu_step_waits_for_a_late_device() {
+    let h = Host::new("devices=1\ndriver=3.0\n", "ECS_ENABLE_GPU_SUPPORT=true\n");
+    let mut cmd = h.cmd("gpu-info");
+    cmd.env("ECS_INIT_NVML_LIBRARY", h.nvml())
+        .env("ECS_INIT_GPU_WAIT_SECONDS", "30")
+        .env("ECS_TEST_LATE_DEVICE", "4 nvidia0");
+    let t = std::time::Instant::now();
+    let out = h.run(cmd, &["nvme0"], false);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(t.elapsed() >= Duration::from_secs(4), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    let looks = log
+        .matches("no nvidia* device exists yet; looking again")
+        .count();
+    assert!((2..=3).contains(&looks), "{looks} looks logged:\n{log}");
+    assert!(log.contains("attempt=2 tries=10"), "{log}");
+    assert!(log.contains("GPU device appeared"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(h.info_file()).unwrap(),
+        expected_json("3.0", "00000000-0000-4000-8000", 1),
+        "{log}"
+    );
+}
+
+/// No device in the window: a warning, nothing written, and `plan` (same namespace, no device)
+/// says what pre-start would do and shows the agent's environment without the GPU switch.
+#[test]
+fn gpu_step_gives_up_after_the_window_and_plan_says_so() {
+    let h = Host::new(
+        "devices=1\n",
+        "ECS_CLUSTER=c\nECS_ENABLE_GPU_SUPPORT=true\n",
+    );
+    let mut cmd = h.cmd("gpu-info");
+    cmd.env("ECS_INIT_NVML_LIBRARY", h.nvml())
+        .env("ECS_INIT_GPU_WAIT_SECONDS", "6");
+    let t = std::time::Instant::now();
+    let out = h.run(cmd, &[], false);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    // Two looks, 3 s apart.
+    assert!(t.elapsed() >= Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(
+        log.matches("no nvidia* device exists yet; looking again")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.contains("No GPU devices found, ignoring the GPU support config: no nvidia* device after 2 looks over 3 s (ECS_INIT_GPU_WAIT_SECONDS)"),
+        "{log}"
+    );
+    assert!(h.calls().is_empty(), "NVML loaded: {:?}", h.calls());
+    assert!(!h.root.join("var/lib/ecs/gpu").exists());
+
+    let mut cmd = h.cmd("plan");
+    cmd.env("ECS_INIT_NVML_LIBRARY", h.nvml())
+        .env("ECS_INIT_GPU_WAIT_SECONDS", "6")
+        .env("ECS_INIT_RUNTIME", "docker")
+        .env("ECS_INIT_FIREWALL", "none");
+    let out = h.run(cmd, &[], false);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan is JSON");
+    let gpu = &plan["gpu"];
+    assert_eq!(gpu["device_wait"]["tries"], 2, "{gpu}");
+    assert_eq!(gpu["device_wait"]["seconds"], 6, "{gpu}");
+    let step = gpu["pre_start"].as_str().unwrap();
+    assert!(
+        step.contains("look for one again (2 looks 3 s apart)")
+            && step.contains("ECS_ENABLE_GPU_SUPPORT is left out of the agent's environment"),
+        "{step}"
+    );
+    let env = plan["agent"]["env"].to_string();
+    assert!(env.contains("ECS_CLUSTER"), "{env}");
+    assert!(!env.contains("ECS_ENABLE_GPU_SUPPORT"), "{env}");
+    let warnings = plan["warnings"].to_string();
+    assert!(
+        warnings.contains("ECS_ENABLE_GPU_SUPPORT: No GPU devices found (no /dev/nvidia*), ignoring the GPU support config"),
+        "{warnings}"
+    );
+}
+
+/// `start` waits for the device too (a driver may come up after pre-start): a SIGTERM during
+/// that wait is answered at once, and no container is created.
+#[test]
+fn start_answers_sigterm_during_the_gpu_wait() {
+    let mut l = Launcher::new("docker");
+    l.root
+        .write_ecs_config("ECS_CLUSTER=gpu\nECS_ENABLE_GPU_SUPPORT=true\n");
+    l.env
+        .push(("ECS_INIT_GPU_WAIT_SECONDS".into(), "600".into()));
+    let mut start = KillOnDrop(
+        with_fake_dev(&l.cmd("start"), &[], false)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn start"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || l
+            .init_log()
+            .contains("no nvidia* device exists yet; looking again")),
+        "start never waited for the GPU device:\n{}",
+        l.init_log()
+    );
+    signal(&start.0, libc::SIGTERM);
+    let t0 = std::time::Instant::now();
+    let status = wait_exit(&mut start.0, Duration::from_secs(5)).expect("start ended");
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    assert_eq!(status.code(), Some(0), "{}", l.init_log());
+    assert_eq!(l.agent_containers(), 0);
+}
+
+/// `start` with GPU support on and no device after the wait: the agent runs (on the real
+/// runtime) without `ECS_ENABLE_GPU_SUPPORT` and without the GPU bind, and the log says why.
+#[test]
+fn start_leaves_the_gpu_switch_out_without_devices() {
+    let mut l = Launcher::new("docker");
+    l.root
+        .write_ecs_config("ECS_CLUSTER=gpu\nECS_ENABLE_GPU_SUPPORT=true\n");
+    l.env.push(("ECS_INIT_GPU_WAIT_SECONDS".into(), "3".into()));
+    l.root.place_agent_tarball(
+        &ecs_test_support::stand_in_tarball("amazon/amazon-ecs-agent:latest"),
+        2,
+    );
+    let out = wait_output(
+        with_fake_dev(&l.cmd("pre-start"), &[], false)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pre-start"),
+        Duration::from_secs(180),
+        "pre-start",
+    );
+    assert_ok(&out, "pre-start");
+    let mut start = KillOnDrop(
+        with_fake_dev(&l.cmd("start"), &[], false)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn start"),
+    );
+    assert!(
+        introspection_answers(Duration::from_secs(60)),
+        "introspection never answered:\n{}",
+        l.init_log()
+    );
+    let report = l.report();
+    assert_ok(&l.run("stop"), "stop");
+    assert_eq!(
+        wait_exit(&mut start.0, Duration::from_secs(20)).and_then(|s| s.code()),
+        Some(0)
+    );
+    let env = report["env"].as_object().expect("env");
+    assert_eq!(env.get("ECS_CLUSTER").and_then(|v| v.as_str()), Some("gpu"));
+    assert!(!env.contains_key("ECS_ENABLE_GPU_SUPPORT"), "{env:?}");
+    assert!(
+        !report["mounts"].to_string().contains("/var/lib/ecs/gpu"),
+        "{}",
+        report["mounts"]
+    );
+    let log = l.init_log();
+    // pre-start and start each warned.
+    assert!(
+        log.matches("ignoring the GPU support config").count() >= 4,
+        "{log}"
+    );
 }

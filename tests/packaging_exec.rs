@@ -261,6 +261,13 @@ fn unit_exec_lines_start_agent_and_signal_readiness() {
         Some("1"),
         "pre-start loaded the cached agent (state 2 -> 1)"
     );
+    // No EBS CSI driver image in this root: pre-start says what that means.
+    let log = root.read("var/log/ecs/ecs-init.log").unwrap_or_default();
+    assert!(
+        log.contains("level=warn")
+            && log.contains("ECS will not place EBS-backed tasks on this host"),
+        "{log}"
+    );
 
     // ExecStart: long-running; Type=notify waits for READY=1.
     cleanup.start = Some(
@@ -356,4 +363,61 @@ fn unit_parser_reads_the_shipped_unit() {
     for key in ["ExecStartPre", "ExecStart", "ExecStop", "ExecStopPost"] {
         assert!(unit.exec.contains_key(key), "{key}");
     }
+}
+
+/// The EBS CSI driver image: the path the packages ship it at (packaging/Makefile's
+/// EBS_CSI_DEST, and the DEB variants in Cargo.toml) is the one the launcher checks; without it,
+/// `plan` and `pre-start` warn that EBS-backed tasks will not be placed, with it they do not.
+#[test]
+fn ebs_csi_driver_path_is_the_packaged_one() {
+    require_root();
+    let makefile = std::fs::read_to_string(workspace_root().join("packaging/Makefile")).unwrap();
+    let dest = makefile
+        .lines()
+        .find_map(|l| l.strip_prefix("EBS_CSI_DEST := "))
+        .expect("EBS_CSI_DEST in packaging/Makefile")
+        .trim()
+        .to_string();
+    assert_eq!(
+        dest,
+        format!("/var/lib/ecs/{}", amazon_ecs_init::ebs::RELATIVE)
+    );
+    let cargo = std::fs::read_to_string(workspace_root().join("Cargo.toml")).unwrap();
+    assert_eq!(
+        cargo.matches(&format!("\"{}\"", &dest[1..])).count(),
+        2,
+        "both DEB variants with the image ship it at {dest}"
+    );
+    let root = TestRoot::new();
+    root.write_ecs_config("");
+    let plan = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_amazon-ecs-init"))
+            .arg("plan")
+            .env("ECS_INIT_HOST_ROOT", root.path())
+            .env("ECS_INIT_RUNTIME", "docker")
+            .env("ECS_INIT_FIREWALL", "none")
+            .output()
+            .expect("run plan");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("plan is JSON")
+    };
+    let p = plan();
+    assert_eq!(p["ebs_csi_driver"]["present"], false);
+    assert!(
+        p["warnings"]
+            .to_string()
+            .contains("ECS will not place EBS-backed tasks on this host"),
+        "{}",
+        p["warnings"]
+    );
+    let image = root.join(&dest[1..]);
+    std::fs::create_dir_all(image.parent().unwrap()).unwrap();
+    std::fs::write(&image, "image").unwrap();
+    let p = plan();
+    assert_eq!(p["ebs_csi_driver"]["present"], true);
+    assert!(!p["warnings"].to_string().contains("EBS-backed"));
 }

@@ -152,6 +152,10 @@ fn net_role(op: &str, json: &str) -> i32 {
         state_dir: PathBuf::from(v["state"].as_str().unwrap()),
         private_dir: PathBuf::from(v["state"].as_str().unwrap()).join("private"),
         proc_sys: PathBuf::from("/proc/sys"),
+        bridge: match v["bridge"].as_str() {
+            Some(name) => ecs_hostnet::Bridge::Named(name.to_string()),
+            None => ecs_hostnet::Bridge::Unknown,
+        },
     };
     // The launcher validates ECS_INIT_FIREWALL before anything else; so does this glue.
     let choice: Request = match v["firewall"].as_str().unwrap().parse() {

@@ -56,6 +56,33 @@ unlink_dangling_agent() {
     fi
 }
 
+# The EBS CSI driver image, where the agent looks for it. The Go packages ship it; ours do when
+# built with EBS_CSI_DRIVER_TARBALL (then BUNDLED_EBS_CSI is set and the package owns the file).
+EBS_CSI_TAR="$ROOT/var/lib/ecs/deps/daemons/ebs-csi-driver/ebs-csi-driver.tar"
+EBS_CSI_KEEP="$ROOT/var/lib/ecs/deps/daemons/ebs-csi-driver/.ebs-csi-driver.tar.amazon-ecs-init-keep"
+
+# Before this package's files are unpacked: a package that ships no driver image of its own
+# would lose one that the package it replaces installed (the Go ecs-init, or an upgrade from
+# it), since dpkg and rpm remove the files the new version does not list. Keep a hard link;
+# restore_ebs_csi_driver puts it back once the old files are gone.
+keep_ebs_csi_driver() {
+    [ -z "$BUNDLED_EBS_CSI" ] || return 0
+    if [ -f "$EBS_CSI_TAR" ] && [ ! -L "$EBS_CSI_TAR" ]; then
+        ln -f "$EBS_CSI_TAR" "$EBS_CSI_KEEP" 2>/dev/null || true
+    fi
+}
+
+# After the old package's files are gone (DEB postinst, RPM %posttrans).
+restore_ebs_csi_driver() {
+    [ -f "$EBS_CSI_KEEP" ] || return 0
+    if [ -e "$EBS_CSI_TAR" ]; then
+        rm -f "$EBS_CSI_KEEP"
+    else
+        mv -f "$EBS_CSI_KEEP" "$EBS_CSI_TAR"
+        echo "amazon-ecs-init: kept the EBS CSI driver image $EBS_CSI_TAR of the package it replaced" >&2
+    fi
+}
+
 # $1: install | upgrade
 after_install() {
     make_dirs
@@ -63,8 +90,13 @@ after_install() {
     if systemd_running; then
         systemctl daemon-reload || true
         if [ "$1" = upgrade ]; then
-            # Restarts only a running service, so the new launcher takes over; a stopped or
-            # disabled service stays as the operator left it.
+            # A deliberate difference from the Go packages, which leave a running ecs alone on
+            # upgrade (%systemd_postun without restart; dh_installsystemd --no-start): we restart
+            # a running service so that the launcher supervising the agent is the one just
+            # installed (its fixes apply now, and `amazon-ecs-init version` tells the truth),
+            # at the cost of one agent restart (seconds; tasks keep running). Only a running
+            # service restarts; a stopped or disabled one stays as the operator left it.
+            # README.md, "Differences from the Go ecs-init".
             systemctl try-restart ecs.service || true
         fi
     elif upstart_running && [ "$1" = upgrade ] && upstart_job_running; then

@@ -30,7 +30,7 @@ use region::Source;
 use tls::TrustSettings;
 
 /// The agent version this release downloads when nothing is cached.
-pub const AGENT_VERSION: &str = "1.105.0";
+pub const AGENT_VERSION: &str = "1.105.1";
 /// The Go tool's region when none can be found.
 pub const DEFAULT_REGION: &str = "us-east-1";
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";

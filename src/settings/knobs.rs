@@ -143,7 +143,7 @@ pub const KNOBS: &[Knob] = &[
         kind: Kind::Text,
         default: "(all non-loopback)",
         scope: Scope::Anywhere,
-        doc: "block 51678 only on this interface; a trailing `+` (or `*`) matches every interface starting with the name, on iptables and nftables alike",
+        doc: "block 51678 only on this interface; a trailing `+` (or `*`) matches every interface starting with the name, on iptables and nftables alike (removed from the Go tool in 1.97; kept here, see the README)",
     },
     Knob {
         name: "ECS_LOGLEVEL",
@@ -178,7 +178,7 @@ pub const KNOBS: &[Knob] = &[
         kind: Kind::Text,
         default: "16m",
         scope: Scope::Anywhere,
-        doc: "`max-size` of the json-file log (a bare number means megabytes)",
+        doc: "`max-size` of the json-file log when `ECS_LOG_OPTS` is unset, passed as written, as the Go tool does (Docker reads a bare number as bytes: write `32m`)",
     },
     Knob {
         name: "ECS_INIT_DOCKER_LOG_FILE_NUM",
@@ -220,7 +220,7 @@ pub const KNOBS: &[Knob] = &[
         kind: Kind::Bool,
         default: BOOL_FALSE,
         scope: Scope::Process,
-        doc: "gMSA: bind the credentials-fetcher socket, mark a realm-joined host",
+        doc: "gMSA: mark a realm-joined host (`ECS_DOMAIN_JOINED_LINUX_INSTANCE`); the credentials-fetcher socket is bound when the env files say `ECS_GMSA_SUPPORTED=true`, as with the Go tool",
     },
     Knob {
         name: "CREDENTIALS_FETCHER_HOST",
@@ -481,6 +481,13 @@ pub const KNOBS: &[Knob] = &[
         default: crate::gpu::DEFAULT_LIBRARY,
         scope: Scope::Anywhere,
         doc: "the NVML library pre-start loads on GPU hosts (a name searched by the dynamic loader, or a path)",
+    },
+    Knob {
+        name: "ECS_INIT_GPU_WAIT_SECONDS",
+        kind: Kind::Seconds,
+        default: "30",
+        scope: Scope::Anywhere,
+        doc: "GPU hosts: how long pre-start and every agent (re)start wait for a late `/dev/nvidia*` (checked every 3 s: the Go tool's 10 tries); none by then: no GPU info, and `ECS_ENABLE_GPU_SUPPORT` is left out of the agent's environment (warning); `0`: look once",
     },
 ];
 

@@ -100,6 +100,8 @@ pub struct Settings {
     pub restart_delay: Option<Duration>,
     /// `ECS_INIT_NVML_LIBRARY`, when set.
     pub nvml_library: Option<PathBuf>,
+    /// `ECS_INIT_GPU_WAIT_SECONDS`: the window for a late `/dev/nvidia*`.
+    pub gpu_wait: Duration,
     /// The automatic rollback knobs.
     pub rollback: RollbackSettings,
     pub download: DownloadSettings,
@@ -174,6 +176,7 @@ impl Settings {
         let log_level = r.log_level();
         let agent = r.agent(&files, docker_host);
         let nvml_library = r.trimmed("ECS_INIT_NVML_LIBRARY").map(PathBuf::from);
+        let gpu_wait = r.seconds("ECS_INIT_GPU_WAIT_SECONDS");
         let restart_delay = r.millis("ECS_INIT_RESTART_DELAY_MS");
         let rollback = r.rollback();
         let download = r.download();
@@ -208,6 +211,7 @@ impl Settings {
             log_level,
             agent,
             nvml_library,
+            gpu_wait,
             rollback,
             restart_delay,
             download,

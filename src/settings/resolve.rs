@@ -452,8 +452,13 @@ impl Resolver<'_> {
 
     /// The knobs of the agent container.
     pub(super) fn agent(&mut self, files: &Config, docker_host: Option<PathBuf>) -> AgentKnobs {
+        let log_driver = self.log_driver();
+        let log_driver_set = self
+            .raw(knob("ECS_LOG_DRIVER"))
+            .is_some_and(|(v, _)| !v.is_empty());
         AgentKnobs {
-            log_driver: self.log_driver(),
+            log_driver,
+            log_driver_unknown: log_driver.is_none() && log_driver_set,
             log_opts: self.log_opts(),
             log_file_size: self.text("ECS_INIT_DOCKER_LOG_FILE_SIZE"),
             log_file_num: self.text("ECS_INIT_DOCKER_LOG_FILE_NUM"),

@@ -38,6 +38,41 @@ pub struct NetConfig {
     pub private_dir: PathBuf,
     /// Normally `/proc/sys`; its parent is taken as `/proc`.
     pub proc_sys: PathBuf,
+    /// Docker's default bridge, as the launcher learned it from the runtime (this crate asks
+    /// no runtime).
+    pub bridge: Bridge,
+}
+
+/// Docker's default bridge as the runtime reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bridge {
+    /// Not known (containerd, or dockerd did not answer): [`DOCKER_BRIDGE`], when it exists.
+    #[default]
+    Unknown,
+    /// dockerd's default bridge network uses this interface (when it exists).
+    Named(String),
+    /// dockerd has no default bridge network (`--bridge=none`): no bridge rule, whatever
+    /// interface is called `docker0`.
+    Absent,
+}
+
+impl Bridge {
+    /// The interface to look for: the reported name when it is one the kernel allows (no
+    /// wildcard, no path characters), else none; `docker0` when nothing was reported.
+    pub fn candidate(&self) -> Option<&str> {
+        match self {
+            Bridge::Unknown => Some(DOCKER_BRIDGE),
+            Bridge::Named(name) => match ecs_firewall::interface_pattern(name) {
+                Ok(canonical) if canonical == *name && !name.ends_with('+') => Some(name),
+                _ => {
+                    tracing::warn!(bridge = %name, "the runtime reports a default bridge name that is not a usable interface name; no bridge rule");
+                    None
+                }
+            },
+            Bridge::Absent => None,
+        }
+    }
 }
 
 impl Default for NetConfig {
@@ -49,6 +84,7 @@ impl Default for NetConfig {
             state_dir: PathBuf::from("/var/lib/ecs"),
             private_dir: PathBuf::from("/var/lib/ecs-init"),
             proc_sys: PathBuf::from("/proc/sys"),
+            bridge: Bridge::Unknown,
         }
     }
 }
@@ -125,17 +161,17 @@ fn proc_root(cfg: &NetConfig) -> PathBuf {
 
 /// Probe the facts of the current network namespace. Read-only.
 ///
-/// The bridge exists when `<proc_sys>/net/ipv4/conf/docker0` does (every interface has one, and
-/// unlike `/sys/class/net` it always follows the caller's namespace); IPv6 is present when
+/// The bridge is the one the runtime reported (`docker0` when none was) and exists when
+/// `<proc_sys>/net/ipv4/conf/<bridge>` does (every interface has one, and unlike
+/// `/sys/class/net` it always follows the caller's namespace); IPv6 is present when
 /// `<proc>/net/if_inet6` lists an address; the default route is read from `<proc>/net/route`.
 pub fn host_facts(cfg: &NetConfig) -> NetFacts {
     let proc = proc_root(cfg);
     let bridge = cfg
-        .proc_sys
-        .join("net/ipv4/conf")
-        .join(DOCKER_BRIDGE)
-        .is_dir()
-        .then(|| DOCKER_BRIDGE.to_string());
+        .bridge
+        .candidate()
+        .filter(|name| cfg.proc_sys.join("net/ipv4/conf").join(name).is_dir())
+        .map(str::to_string);
     let ipv6 = std::fs::read_to_string(proc.join("net/if_inet6"))
         .map(|s| s.lines().any(|l| !l.trim().is_empty()))
         .unwrap_or(false);
@@ -636,6 +672,51 @@ mod tests {
                 ipv4_default_route: false
             }
         );
+    }
+
+    /// The bridge dockerd reports decides the ACCEPT rule and `accept_ra`: its own name when
+    /// it exists here, none when dockerd has no default bridge (even with a `docker0` present),
+    /// `docker0` when the runtime said nothing (containerd), and never a name the kernel would
+    /// refuse (a path, a wildcard).
+    #[test]
+    fn the_reported_bridge_name_decides() {
+        let (d, mut cfg) = fake_proc(true, false, true);
+        std::fs::create_dir_all(cfg.proc_sys.join("net/ipv4/conf/br-ecs")).unwrap();
+        let bridge_of = |cfg: &NetConfig| host_facts(cfg).bridge;
+        assert_eq!(
+            bridge_of(&cfg).as_deref(),
+            Some("docker0"),
+            "unknown: docker0"
+        );
+        cfg.bridge = Bridge::Named("br-ecs".into());
+        assert_eq!(bridge_of(&cfg).as_deref(), Some("br-ecs"));
+        let plan = plan_network(&cfg, none_selection(), &NoFirewall);
+        assert!(
+            plan.rules.rules.iter().any(|r| matches!(r,
+                ecs_firewall::Rule::IntrospectionBridgeAccept { bridge, .. } if bridge == "br-ecs")),
+            "{:?}",
+            plan.rules
+        );
+        assert_eq!(plan.sysctls[1].key, "net.ipv6.conf.br-ecs.accept_ra");
+        cfg.bridge = Bridge::Named("br-gone".into());
+        assert_eq!(bridge_of(&cfg), None, "reported but not in this namespace");
+        cfg.bridge = Bridge::Absent;
+        assert_eq!(
+            bridge_of(&cfg),
+            None,
+            "dockerd has no bridge: docker0 is not its"
+        );
+        let plan = plan_network(&cfg, none_selection(), &NoFirewall);
+        assert!(!plan
+            .rules
+            .rules
+            .iter()
+            .any(|r| matches!(r, ecs_firewall::Rule::IntrospectionBridgeAccept { .. })));
+        for bad in ["../../../../etc", "docker+", "br ecs", ""] {
+            cfg.bridge = Bridge::Named(bad.into());
+            assert_eq!(bridge_of(&cfg), None, "{bad:?}");
+        }
+        drop(d);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use crate::reference::familiar_reference;
 use crate::{
-    AgentSpec, ContainerState, NamespaceMode, Presence, Probed, Result, Runtime,
+    AgentSpec, ContainerState, DefaultBridge, NamespaceMode, Presence, Probed, Result, Runtime,
     RuntimeBackend as Backend, RuntimeError, RuntimeInfo, RuntimeKind, RuntimeOptions,
 };
 use async_trait::async_trait;
@@ -416,6 +416,7 @@ fn create_body(spec: &AgentSpec) -> Result<ContainerCreateBody> {
         pid_mode: namespace(spec.pid),
         privileged: Some(spec.privileged),
         init: Some(spec.init),
+        ipc_mode: Some(IPC_MODE.into()),
         security_opt: spec
             .apparmor_profile
             .as_ref()
@@ -450,8 +451,38 @@ fn is_status(err: &BollardError, codes: &[u16]) -> bool {
     matches!(err, BollardError::DockerResponseServerError { status_code, .. } if codes.contains(status_code))
 }
 
+/// The agent container's IPC mode: what the Go tool's container gets (it speaks API version
+/// 1.25, whose default is `shareable`); dockerd's own default at newer API versions is
+/// `private`. Either way the agent has an IPC namespace of its own; `shareable` only lets other
+/// containers join it.
+pub const IPC_MODE: &str = "shareable";
+
+/// The option of Docker's `bridge` network naming its host interface.
+pub const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
+
+/// The default bridge from dockerd's answer to `GET /networks/bridge`: the interface its
+/// [`BRIDGE_NAME_OPTION`] names (`docker0` when the option is missing: dockerd's own default).
+pub fn bridge_of(options: Option<&HashMap<String, String>>) -> DefaultBridge {
+    let name = options
+        .and_then(|o| o.get(BRIDGE_NAME_OPTION))
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+        .unwrap_or("docker0");
+    DefaultBridge::Named(name.to_string())
+}
+
 #[async_trait]
 impl Runtime for DockerRuntime {
+    async fn default_bridge(&self) -> Result<DefaultBridge> {
+        let docker = self.client().await?;
+        match docker.inspect_network("bridge", None).await {
+            Ok(network) => Ok(bridge_of(network.options.as_ref())),
+            // dockerd --bridge=none has no network named `bridge`.
+            Err(err) if is_status(&err, &[404]) => Ok(DefaultBridge::Absent),
+            Err(err) => Err(self.error("inspect the bridge network", err)),
+        }
+    }
+
     fn name(&self) -> &'static str {
         RUNTIME
     }
@@ -784,6 +815,29 @@ fn parse_api_version(v: &str) -> Option<ClientVersion> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// dockerd's `bridge` network names its interface in an option; without it, `docker0`.
+    #[test]
+    fn bridge_name_from_the_network_options() {
+        let opts = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            bridge_of(Some(&opts(&[
+                ("com.docker.network.bridge.default_bridge", "true"),
+                (BRIDGE_NAME_OPTION, "br-ecs"),
+            ]))),
+            DefaultBridge::Named("br-ecs".into())
+        );
+        assert_eq!(
+            bridge_of(Some(&opts(&[(BRIDGE_NAME_OPTION, " ")]))),
+            DefaultBridge::Named("docker0".into())
+        );
+        assert_eq!(bridge_of(None), DefaultBridge::Named("docker0".into()));
+    }
     use crate::{LogConfig, Mount};
     use std::collections::BTreeMap;
 

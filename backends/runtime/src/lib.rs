@@ -136,6 +136,25 @@ pub trait Runtime: Send + Sync {
     /// that creates the container; secret values redacted. For `plan`; works while the runtime
     /// is down (then without the image's own config, which it says).
     async fn describe(&self, spec: &AgentSpec) -> serde_json::Value;
+    /// The host interface of the runtime's default bridge network, as the runtime reports it
+    /// (Docker: the `com.docker.network.bridge.name` option of its network `bridge`, `docker0`
+    /// unless dockerd is configured otherwise). Runtimes without such a network (containerd)
+    /// report [`DefaultBridge::Unknown`].
+    async fn default_bridge(&self) -> Result<DefaultBridge> {
+        Ok(DefaultBridge::Unknown)
+    }
+}
+
+/// What a runtime says about its default bridge network (see [`Runtime::default_bridge`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultBridge {
+    /// The runtime has no notion of one (containerd).
+    Unknown,
+    /// The bridge's interface name.
+    Named(String),
+    /// The runtime has no default bridge network (dockerd with `--bridge=none`).
+    Absent,
 }
 
 /// Ping `runtime` until it answers or `window` has passed, backing off from 250 ms to 2 s, with
