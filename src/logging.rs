@@ -175,6 +175,7 @@ pub fn init(
                 "ecs_backends",
                 "ecs_firewall",
                 "ecs_host",
+                "ecs_volume_plugin",
             ]
             .map(|t| (t, level)),
         );

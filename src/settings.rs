@@ -394,7 +394,31 @@ pub const KNOBS: &[Knob] = &[
         scope: Scope::Anywhere,
         doc: "the NVML library pre-start loads on GPU hosts (a name searched by the dynamic loader, or a path)",
     },
+    Knob {
+        name: "ECS_VOLUME_PLUGIN_SOCKET",
+        kind: Kind::Path,
+        default: VOLUME_PLUGIN_SOCKET,
+        scope: Scope::Process,
+        doc: "socket of the ECS volume plugin: where it listens when systemd does not hand it one, and where `plan`/`status` ask it (Docker finds plugins only in `/run/docker/plugins`)",
+    },
+    Knob {
+        name: "ECS_VOLUME_PLUGIN_MOUNT_TIMEOUT_SECONDS",
+        kind: Kind::Seconds,
+        default: "120",
+        scope: Scope::Anywhere,
+        doc: "how long the volume plugin waits for one `mount`/`umount` (the EFS helper) before killing it and failing the request with an error naming the command",
+    },
 ];
+
+/// Where Docker looks for the ECS volume plugin (`amazon-ecs-volume-plugin`).
+pub const VOLUME_PLUGIN_SOCKET: &str = "/var/run/docker/plugins/amazon-ecs-volume-plugin.sock";
+
+/// The ECS volume plugin's knobs (the plugin reads them; `plan`/`status` ask its socket).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumePluginSettings {
+    pub socket: PathBuf,
+    pub mount_timeout: Duration,
+}
 
 /// The log drivers the agent container may use (`ECS_LOG_DRIVER`), as the Go tool allows.
 pub const LOG_DRIVERS: &[&str] = &[
@@ -533,6 +557,7 @@ pub struct Settings {
     /// `ECS_INIT_NVML_LIBRARY`, when set.
     pub nvml_library: Option<PathBuf>,
     pub download: DownloadSettings,
+    pub volume_plugin: VolumePluginSettings,
     /// `NOTIFY_SOCKET` (systemd's readiness protocol).
     pub notify_socket: Option<String>,
     /// `JOURNAL_STREAM` (`<device>:<inode>` of the journal stream systemd gave stdout/stderr).
@@ -1033,6 +1058,13 @@ impl Settings {
         let nvml_library = r.trimmed("ECS_INIT_NVML_LIBRARY").map(PathBuf::from);
         let restart_delay = r.millis("ECS_INIT_RESTART_DELAY_MS");
         let download = r.download();
+        let volume_plugin = VolumePluginSettings {
+            socket: r
+                .trimmed("ECS_VOLUME_PLUGIN_SOCKET")
+                .map(|v| strip_unix(&v))
+                .unwrap_or_else(|| VOLUME_PLUGIN_SOCKET.into()),
+            mount_timeout: r.positive_seconds("ECS_VOLUME_PLUGIN_MOUNT_TIMEOUT_SECONDS"),
+        };
         // The alternatives of a knob that was set under its other name (`https_proxy` when
         // `HTTPS_PROXY` is set): shown, and their values kept for scrubbing.
         for k in KNOBS {
@@ -1066,6 +1098,7 @@ impl Settings {
             nvml_library,
             restart_delay,
             download,
+            volume_plugin,
             paths,
             files,
             shown,
