@@ -69,12 +69,12 @@ fn shown(v: Shown) -> Value {
     json!({"Name": v.name, "Mountpoint": v.mountpoint, "CreatedAt": v.created_at})
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(
-    endpoint: &str,
-    body: &[u8],
-) -> Result<T, Response<Full<Bytes>>> {
+/// A request that is not the protocol: its status and words.
+type Refusal = (StatusCode, String);
+
+fn parse<T: for<'de> Deserialize<'de>>(endpoint: &str, body: &[u8]) -> Result<T, Refusal> {
     serde_json::from_slice(body).map_err(|e| {
-        error(
+        (
             StatusCode::BAD_REQUEST,
             format!("malformed request to {endpoint}: {e}"),
         )
@@ -126,7 +126,7 @@ pub async fn handle(
     let work = tokio::spawn(async move {
         route(&plugin, &endpoint, &body)
             .await
-            .unwrap_or_else(|refused| refused)
+            .unwrap_or_else(|(status, words)| error(status, words))
     });
     Ok(work.await.unwrap_or_else(|e| {
         error(
@@ -140,7 +140,7 @@ async fn route(
     plugin: &Plugin,
     endpoint: &str,
     body: &[u8],
-) -> Result<Response<Full<Bytes>>, Response<Full<Bytes>>> {
+) -> Result<Response<Full<Bytes>>, Refusal> {
     Ok(match endpoint {
         "/Plugin.Activate" => reply(StatusCode::OK, json!({"Implements": ["VolumeDriver"]})),
         "/VolumeDriver.Capabilities" => {

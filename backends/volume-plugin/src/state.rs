@@ -4,18 +4,19 @@
 //!
 //! ```json
 //! {
-//! 	"volumes": {
-//! 		"<name>": {
-//! 			"type": "efs",
-//! 			"path": "/var/lib/ecs/volumes/<name>",
-//! 			"options": {"device": "fs-12345678:/", "o": "tls,iam", "type": "efs"},
-//! 			"createdAt": "2026-12-06T01:02:03.123456789Z",
-//! 			"mounts": {"<mount ID>": 1}
-//! 		}
-//! 	}
+//!     "volumes": {
+//!         "<name>": {
+//!             "type": "efs",
+//!             "path": "/var/lib/ecs/volumes/<name>",
+//!             "options": {"device": "fs-12345678:/", "o": "tls,iam", "type": "efs"},
+//!             "createdAt": "2026-12-06T01:02:03.123456789Z",
+//!             "mounts": {"<mount ID>": 1}
+//!         }
+//!     }
 //! }
 //! ```
 //!
+//! (indented with tabs in the file, as Go's `json.MarshalIndent(…, "", "\t")` writes it).
 //! Every member is left out when empty, as Go's `omitempty` does; members this version does
 //! not know are kept as they were. `/var/lib/ecs/data` is the agent's data directory (writable
 //! by the agent container): the file is read capped and without following a symlink, and
