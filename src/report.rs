@@ -82,19 +82,24 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
     }
 }
 
+/// Send `request` on `stream` (its timeouts set) and read at most 4 KiB of the answer.
+fn exchange(mut stream: impl Read + Write, request: &[u8]) -> Result<String, String> {
+    stream.write_all(request).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    stream
+        .take(4096)
+        .read_to_end(&mut buf)
+        .map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
 /// Ask the agent's introspection endpoint; `Ok(status line)` when it answers HTTP.
 pub fn introspection(timeout: Duration) -> Result<String, String> {
     let addr: SocketAddr = ([127, 0, 0, 1], 51678).into();
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    let s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    s.write_all(b"GET /v1/metadata HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    s.take(4096)
-        .read_to_end(&mut buf)
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&buf);
+    let text = exchange(s, b"GET /v1/metadata HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
     let status = text.lines().next().unwrap_or("").trim().to_string();
     if status.starts_with("HTTP/") {
         Ok(status)
@@ -106,20 +111,14 @@ pub fn introspection(timeout: Duration) -> Result<String, String> {
 /// Ask the ECS volume plugin on `socket` to activate (`POST /Plugin.Activate`, as dockerd
 /// does); `Ok(what it implements)` when it answers as a volume driver.
 pub fn volume_plugin(socket: &Path, timeout: Duration) -> Result<String, String> {
-    let mut s = UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    let s = UnixStream::connect(socket).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(timeout))
         .and_then(|_| s.set_write_timeout(Some(timeout)))
-        .and_then(|_| {
-            s.write_all(
-                b"POST /Plugin.Activate HTTP/1.0\r\nHost: plugin\r\nContent-Length: 0\r\n\r\n",
-            )
-        })
         .map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    s.take(4096)
-        .read_to_end(&mut buf)
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&buf);
+    let text = exchange(
+        s,
+        b"POST /Plugin.Activate HTTP/1.0\r\nHost: plugin\r\nContent-Length: 0\r\n\r\n",
+    )?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     let implements = serde_json::from_str::<serde_json::Value>(body)
         .ok()

@@ -265,26 +265,24 @@ fn run_stand_in(name: &str, volume: &str, detach: bool) -> Option<i32> {
     out.status.code()
 }
 
+/// `docker volume create -d amazon-ecs-volume-plugin` of an EFS volume; its name.
+fn create_volume(name: &str, device: &str, options: &str) -> String {
+    let device = format!("device={device}");
+    let options = format!("o={options}");
+    ok(
+        "docker",
+        &[
+            "volume", "create", "-d", DRIVER, "--opt", "type=efs", "--opt", &device, "--opt",
+            &options, name,
+        ],
+    )
+}
+
 #[test]
 fn dockerd_uses_the_plugin_for_an_efs_volume_that_containers_share() {
     let mut rig = Rig::new();
     let vol = rig.volume("efs-shared");
-    let out = ok(
-        "docker",
-        &[
-            "volume",
-            "create",
-            "-d",
-            DRIVER,
-            "--opt",
-            "type=efs",
-            "--opt",
-            "device=fs-12345678:/",
-            "--opt",
-            "o=tls,iam",
-            &vol,
-        ],
-    );
+    let out = create_volume(&vol, "fs-12345678:/", "tls,iam");
     assert_eq!(out.trim(), vol);
     let path = rig.volumes.join(&vol);
     // Exactly what mount.efs received from mount(8), and the mount is there for dockerd.
@@ -376,22 +374,7 @@ fn dockerd_uses_the_plugin_for_an_efs_volume_that_containers_share() {
 fn a_plugin_killed_while_containers_use_a_volume_is_restarted_and_loses_nothing() {
     let mut rig = Rig::new();
     let vol = rig.volume("efs-kill");
-    ok(
-        "docker",
-        &[
-            "volume",
-            "create",
-            "-d",
-            DRIVER,
-            "--opt",
-            "type=efs",
-            "--opt",
-            "device=fs-1:/",
-            "--opt",
-            "o=tls",
-            &vol,
-        ],
-    );
+    create_volume(&vol, "fs-1:/", "tls");
     let path = rig.volumes.join(&vol);
     std::fs::write(path.join("script"), "serve\nserve\nexit 3\n").unwrap();
     let (c1, c2) = (rig.container("efs-kill-1"), rig.container("efs-kill-2"));
