@@ -287,7 +287,9 @@ m() {
     nsenter -t "$LEADER" -a -- /usr/bin/env -i PATH="$INSIDE_PATH" LANG=C.UTF-8 \
         DEBIAN_FRONTEND=noninteractive SYSTEMD_PAGER= SYSTEMD_COLORS=0 "$@" </dev/null
 }
-prop() { m systemctl show -p "$1" --value ecs.service; }
+# uprop UNIT PROPERTY
+uprop() { m systemctl show -p "$2" --value "$1"; }
+prop() { uprop ecs.service "$1"; }
 is_active() { [ "$(prop ActiveState)" = active ]; }
 
 # The runtime, from outside, through this boot's private sockets only.
@@ -338,8 +340,8 @@ journal() { m journalctl --no-pager -q -u ecs.service "$@"; }
 
 # The volume plugin: its units' properties, and a request on its socket (as dockerd makes them).
 readonly PLUGIN_SOCK=/run/docker/plugins/amazon-ecs-volume-plugin.sock
-pprop() { m systemctl show -p "$1" --value amazon-ecs-volume-plugin.service; }
-sprop() { m systemctl show -p "$1" --value amazon-ecs-volume-plugin.socket; }
+pprop() { uprop amazon-ecs-volume-plugin.service "$1"; }
+sprop() { uprop amazon-ecs-volume-plugin.socket "$1"; }
 plugin_call() {
     m curl -s --max-time 30 --unix-socket "$PLUGIN_SOCK" -H 'Content-Type: application/json' \
         -d "$2" "http://plugin/$1"
@@ -744,13 +746,8 @@ docker_boot() {
     agent_crash
 
     phase "4. the launcher is SIGKILLed -> systemd restarts the unit"
-    local main nr t0 waited
-    main=$(prop MainPID)
-    nr=$(prop NRestarts)
-    t0=$(now)
-    m kill -KILL "$main"
-    if wait_until 60 restarted_after "$nr" "$main"; then
-        waited=$(secs_since "$t0")
+    local main nr waited
+    if kill_main_and_wait ecs.service; then
         pass "systemd restarted ecs after the launcher's SIGKILL (${waited} s)"
         if awk -v w="$waited" 'BEGIN { exit !(w >= 9.5) }'; then
             pass "restart waited RestartSec=10s"
@@ -896,7 +893,7 @@ docker_boot() {
 
 # Item 11: the volume plugin under systemd.
 volume_plugin_checks() {
-    local out main nr t0 waited
+    local waited
     expect "plugin socket enabled and listening by the package; service not started" \
         "$(m systemctl is-enabled amazon-ecs-volume-plugin.socket 2>&1 || true) $(sprop ActiveState) $(pprop ActiveState)" \
         "enabled active inactive"
@@ -924,12 +921,7 @@ volume_plugin_checks() {
             '{"Err":"","Mountpoint":"/var/lib/ecs/volumes/sd-vol"}'
     done
     m sh -c 'echo kept > /var/lib/ecs/volumes/sd-vol/data'
-    main=$(pprop MainPID)
-    nr=$(pprop NRestarts)
-    t0=$(now)
-    m kill -KILL "$main"
-    if wait_until 60 plugin_restarted "$nr" "$main"; then
-        waited=$(secs_since "$t0")
+    if kill_main_and_wait amazon-ecs-volume-plugin.service; then
         pass "systemd restarted the plugin after its SIGKILL (${waited} s, RestartSec=10s)"
     else
         fail "no plugin restart within 60 s ($(pprop ActiveState) $(pprop SubState), NRestarts $(pprop NRestarts))"
@@ -959,10 +951,6 @@ volume_plugin_checks() {
     has "and to /var/log/ecs/ecs-volume-plugin.log" \
         "$(m cat /var/log/ecs/ecs-volume-plugin.log)" 'msg="volume created and mounted"'
 }
-plugin_restarted() {
-    [ "$(pprop ActiveState)" = active ] && [ "$(pprop NRestarts)" -gt "$1" ] &&
-        [ "$(pprop MainPID)" != "$2" ] && [ "$(pprop MainPID)" != 0 ]
-}
 
 # The boot has finished, one way or the other. Not "offline": systemctl prints that while the
 # booted system's /run/systemd/system does not exist yet (seen once: the wait ended after 1 s and
@@ -974,8 +962,21 @@ system_settled() {
     esac
 }
 
-restarted_after() {
-    is_active && [ "$(prop NRestarts)" -gt "$1" ] && [ "$(prop MainPID)" != "$2" ]
+# restarted UNIT NRESTARTS OLD_MAINPID: active again under a new main process, as a restart.
+restarted() {
+    [ "$(uprop "$1" ActiveState)" = active ] && [ "$(uprop "$1" NRestarts)" -gt "$2" ] &&
+        [ "$(uprop "$1" MainPID)" != "$3" ] && [ "$(uprop "$1" MainPID)" != 0 ]
+}
+# kill_main_and_wait UNIT: SIGKILL its main process and wait up to 60 s for systemd to restart
+# it; sets `waited` (seconds). Fails when it was not restarted.
+kill_main_and_wait() {
+    local main nr t0
+    main=$(uprop "$1" MainPID)
+    nr=$(uprop "$1" NRestarts)
+    t0=$(now)
+    m kill -KILL "$main"
+    wait_until 60 restarted "$1" "$nr" "$main" || return 1
+    waited=$(secs_since "$t0")
 }
 restarted_by_upgrade() {
     is_active && [ "$(prop MainPID)" != "$1" ] && [ "$(prop MainPID)" != 0 ]
