@@ -523,7 +523,7 @@ for i in $(seq 1 "$ROUNDS"); do
 done
 t0=$(now_us)
 for i in $(seq 1 100); do
-    call Create "{\"Name\":\"p$i\",\"Opts\":{\"device\":\"fs-1:/\"}}" &
+    call Create "{\"Name\":\"p$i\",\"Opts\":{\"type\":\"efs\",\"device\":\"fs-1:/\"}}" &
 done
 wait_rc=0
 for j in $(jobs -p); do [ "$j" = "$pid" ] || wait "$j" || wait_rc=1; done
