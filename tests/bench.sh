@@ -31,7 +31,9 @@
 #     (`unshare -m`, so no mount reaches the host) with a test-only `mount.efs` (an overlay on
 #     /usr/sbin there) that mounts a tmpfs: ROUNDS times, create+mount+unmount+remove of a volume
 #     through the plugin's socket (four HTTP requests, as dockerd makes them) against
-#     `mount -t efs` + `umount -l` of the same helper alone; the plugin's RSS idle, and its
+#     `mount -t efs` + `umount -l` of the same helper alone (and four `List` requests: the
+#     client's and HTTP's share of the difference; the rest is mostly the four fsynced saves
+#     of the state file); the plugin's RSS idle, and its
 #     peak RSS (VmHWM) while 100 requests run in parallel (100 creates of distinct volumes,
 #     then 100 removes).
 #  5. the soak (tests/soak.sh), after the summary: SOAK_CYCLES (default 1000; 0 to skip) agent
@@ -519,7 +521,10 @@ for i in $(seq 1 "$ROUNDS"); do
     mount -t efs -o tls fs-1:/ "$dir"
     umount -l "$dir"
     t2=$(now_us)
-    echo "round $((t1 - t0)) $((t2 - t1))"
+    # The same four requests' client and HTTP cost alone (List changes nothing, saves nothing).
+    for _ in 1 2 3 4; do call List '{}'; done
+    t3=$(now_us)
+    echo "round $((t1 - t0)) $((t2 - t1)) $((t3 - t2))"
 done
 t0=$(now_us)
 for i in $(seq 1 100); do
@@ -539,20 +544,21 @@ kill -TERM "$pid"
 wait "$pid"
 INNER
     ) || die "the volume plugin bench failed: $(cat "$VP/plugin.err" 2>/dev/null)"
-    P=() H=()
-    while read -r _ p h; do P+=("$p"); H+=("$h"); done < <(grep '^round ' <<<"$VP_OUT")
+    P=() H=() Q=()
+    while read -r _ p h q; do P+=("$p"); H+=("$h"); Q+=("$q"); done < <(grep '^round ' <<<"$VP_OUT")
     echo "plugin create+mount+unmount+remove (ms): $(for v in "${P[@]}"; do printf '%s ' "$(ms "$v")"; done)"
     echo "helper alone, mount+umount -l (ms):       $(for v in "${H[@]}"; do printf '%s ' "$(ms "$v")"; done)"
+    echo "4 List requests (curl + HTTP only) (ms):  $(for v in "${Q[@]}"; do printf '%s ' "$(ms "$v")"; done)"
     read -r _ pc pr prc <<<"$(grep '^parallel ' <<<"$VP_OUT")"
     [ "$prc" = 0 ] || die "some of the 100 parallel requests failed"
     [ "$(awk '/^left_mounted/ {print $2}' <<<"$VP_OUT")" = 0 ] || die "volumes left mounted after the removes"
     idle=$(awk '/^idle_rss_kib/ {print $2}' <<<"$VP_OUT")
     peak=$(awk '/^peak_rss_kib/ {print $2}' <<<"$VP_OUT")
     after=$(awk '/^after_rss_kib/ {print $2}' <<<"$VP_OUT")
-    mP=$(median "${P[@]}") mH=$(median "${H[@]}")
+    mP=$(median "${P[@]}") mH=$(median "${H[@]}") mQ=$(median "${Q[@]}")
     echo "100 parallel creates: $(ms "$pc") ms, then 100 parallel removes: $(ms "$pr") ms"
     echo "RSS idle $(kib_to_mib "$idle") MiB, peak under 100 parallel requests $(kib_to_mib "$peak") MiB, after $(kib_to_mib "$after") MiB"
-    VP_SUMMARY=$(printf '%10s %10s %10s %10s %10s %10s' "$(ms "$mP")" "$(ms "$mH")" "$(ms "$(awk -v a="$mP" -v b="$mH" 'BEGIN { print a - b }')")" \
+    VP_SUMMARY=$(printf '%10s %10s %10s %10s %10s %10s %10s' "$(ms "$mP")" "$(ms "$mH")" "$(ms "$(awk -v a="$mP" -v b="$mH" 'BEGIN { print a - b }')")" "$(ms "$mQ")" \
         "$(kib_to_mib "$idle")" "$(kib_to_mib "$peak")" "$(ms "$pc")")
 fi
 
@@ -567,7 +573,7 @@ if [ ${#DL_SUMMARY[@]} -gt 0 ]; then
 fi
 if [ -n "$VP_SUMMARY" ]; then
     echo
-    printf '%10s %10s %10s %10s %10s %10s\n' "plugin ms" "helper ms" "overhead" "idle MiB" "peak MiB" "100 par ms"
+    printf '%10s %10s %10s %10s %10s %10s %10s\n' "plugin ms" "helper ms" "overhead" "4 List ms" "idle MiB" "peak MiB" "100 par ms"
     echo "$VP_SUMMARY"
 fi
 
