@@ -59,7 +59,7 @@ glibc_versions() {
 glibc_baseline=$(sed -n 's/^GLIBC_BASELINE *:= *//p' "$here/Makefile")
 
 [ "$(id -u)" = 0 ] || { echo "packaging/test.sh must run as root (dpkg --root, rpm --root)" >&2; exit 1; }
-for tool in rpm dpkg-deb dpkg systemd-analyze python3 cargo make readelf unshare; do
+for tool in rpm dpkg-deb dpkg systemd-analyze systemd-socket-activate python3 cargo make readelf unshare; do
     command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
 
@@ -127,7 +127,10 @@ fi
 expected_files=(
     "-rwxr-xr-x /usr/libexec/amazon-ecs-init"
     "-rwxr-xr-x /usr/libexec/amazon-ecs-init-agent-init"
+    "-rwxr-xr-x /usr/libexec/amazon-ecs-volume-plugin"
     "-rw-r--r-- /usr/lib/systemd/system/ecs.service"
+    "-rw-r--r-- /usr/lib/systemd/system/amazon-ecs-volume-plugin.service"
+    "-rw-r--r-- /usr/lib/systemd/system/amazon-ecs-volume-plugin.socket"
     "-rw------- /etc/ecs/ecs.config"
     "-rw-r--r-- /usr/share/man/man1/amazon-ecs-init.1.gz"
     "-rw-r--r-- /usr/share/bash-completion/completions/amazon-ecs-init"
@@ -145,6 +148,7 @@ for rpmf in "$rpm_rich" "$rpm_amzn2"; do
     listing=$(rpm -qp --qf '[%{FILEMODES:perms} %{FILENAMES}\n]' "$rpmf")
     for entry in "${expected_files[@]}" \
         "-rw-r--r-- /etc/init/ecs.conf" \
+        "-rw-r--r-- /etc/init/amazon-ecs-volume-plugin.conf" \
         "-rw-r--r-- /usr/share/zsh/site-functions/_amazon-ecs-init"; do
         contains "$n: ships ${entry#* } as ${entry%% *}" "$listing" "^$entry"
     done
@@ -152,6 +156,7 @@ for rpmf in "$rpm_rich" "$rpm_amzn2"; do
     flags=$(rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$rpmf")
     contains "$n: ecs.config is %config(noreplace)" "$flags" "^cn /etc/ecs/ecs.config"
     contains "$n: upstart job is %config(noreplace)" "$flags" "^cn /etc/init/ecs.conf"
+    contains "$n: plugin upstart job is %config(noreplace)" "$flags" "^cn /etc/init/amazon-ecs-volume-plugin.conf"
     contains "$n: rpm -qcp lists ecs.config" "$(rpm -qcp "$rpmf")" "^/etc/ecs/ecs.config"
     contains "$n: man page is %doc" "$flags" "^d /usr/share/man/man1/amazon-ecs-init.1.gz"
     contains "$n: requires procps" "$reqs" "^procps"
@@ -175,7 +180,15 @@ for rpmf in "$rpm_rich" "$rpm_amzn2"; do
     lacks "$n: no EBS CSI driver image without EBS_CSI_DRIVER_TARBALL" "$listing" "$ebs_dest"
     contains "$n: has a preinstall scriptlet (keeps the Go package's EBS CSI driver)" "$scripts" "preinstall scriptlet"
     contains "$n: has a posttrans scriptlet (puts it back)" "$scripts" "posttrans scriptlet"
+    contains "$n: install enables the plugin socket" "$scripts" 'systemctl enable "$PLUGIN.socket"'
+    contains "$n: install starts the plugin socket" "$scripts" 'systemctl start "$PLUGIN.socket"'
+    contains "$n: upgrade restarts a running plugin" "$scripts" 'systemctl try-restart "$PLUGIN.service"'
+    contains "$n: removal stops the plugin" "$scripts" 'systemctl stop "$PLUGIN.socket" "$PLUGIN.service"'
+    contains "$n: removal warns about volumes left mounted" "$scripts" "warn_mounted_volumes"
 done
+contains "rich rpm: recommends amazon-efs-utils (the EFS mount helper)" \
+    "$(rpm -qp --recommends "$rpm_rich")" "^amazon-efs-utils"
+lacks "amzn2 rpm: no weak dependencies (rpm 4.11)" "$(rpm -qp --recommends "$rpm_amzn2")" "amazon-efs-utils"
 reqs=$(rpm -qp --requires "$rpm_rich")
 contains "rich rpm: firewall alternatives" "$reqs" "^(iptables or nftables)"
 contains "rich rpm: runtime alternatives" "$reqs" \
@@ -197,6 +210,9 @@ contains "deb: runtime alternatives" "$depends" \
     "docker-ce (>= 5:20.10) | docker.io (>= 20.10) | moby-engine (>= 20.10) | containerd.io | containerd"
 contains "deb: firewall alternatives" "$depends" "iptables | nftables"
 contains "deb: procps" "$depends" "procps"
+contains "deb: recommends amazon-efs-utils (the EFS mount helper)" \
+    "$(dpkg-deb -f "$deb_plain" Recommends)" "^amazon-efs-utils"
+lacks "deb: amazon-efs-utils is not a hard dependency" "$depends" "amazon-efs-utils"
 contains "deb: glibc from $glibc_baseline (the launcher's link baseline)" "$depends" "libc6 (>= $glibc_baseline)"
 too_new=$(grep -o 'libc6 (>= [0-9.]*)' <<<"$depends" | sed 's/^libc6 (>= \(.*\))$/\1/' | newer_than "$glibc_baseline")
 check "deb: no libc6 requirement above $glibc_baseline ($too_new)" test -z "$too_new"
@@ -247,6 +263,52 @@ check "agent-init: static (no interpreter, no shared libraries)" \
     sh -c "! readelf -l -W '$agent_init' | grep -q 'program interpreter' && ! readelf -d -W '$agent_init' | grep -q NEEDED"
 size=$(stat -c %s "$launcher")
 check "launcher: $size bytes, at most 6 MB" test "$size" -le 6000000
+plugin="$bx/usr/libexec/amazon-ecs-volume-plugin"
+contains "volume plugin: dynamically linked" "$(readelf -l -W "$plugin")" "Requesting program interpreter"
+too_new=$(glibc_versions "$plugin" | newer_than "$glibc_baseline")
+check "volume plugin: no symbol needs a glibc newer than $glibc_baseline ($too_new)" test -z "$too_new"
+size=$(stat -c %s "$plugin")
+check "volume plugin: $size bytes, at most 4 MB" test "$size" -le 4000000
+contains "volume plugin: --version" "$("$plugin" --version 2>&1)" "amazon-ecs-volume-plugin $version"
+# The packaged plugin answers the protocol, on a socket passed the systemd way (LISTEN_FDS, as
+# amazon-ecs-volume-plugin.socket does) and on one it binds itself (upstart, by hand).
+ask_plugin() {
+    python3 - "$1" <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+s.sendall(b"POST /Plugin.Activate HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+data = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+print(data.decode().split("\r\n\r\n", 1)[1])
+PY
+}
+pr="$work/plugin-root"
+mkdir -p "$pr"
+systemd-socket-activate -E ECS_INIT_HOST_ROOT="$pr" -l "$work/activated.sock" "$plugin" >"$work/activate.log" 2>&1 &
+activator=$!
+for _ in $(seq 1 50); do [ -S "$work/activated.sock" ] && break; sleep 0.1; done
+contains "volume plugin: answers on a socket passed by socket activation" \
+    "$(ask_plugin "$work/activated.sock" 2>&1)" '{"Implements":["VolumeDriver"]}'
+contains "volume plugin: says it took systemd's socket" "$(cat "$pr/var/log/ecs/ecs-volume-plugin.log")" \
+    'listening on the socket systemd passed'
+kill "$activator" 2>/dev/null || true
+wait "$activator" 2>/dev/null || true
+ECS_INIT_HOST_ROOT="$pr" ECS_VOLUME_PLUGIN_SOCKET="$work/own.sock" "$plugin" >"$work/own.log" 2>&1 &
+own=$!
+for _ in $(seq 1 50); do [ -S "$work/own.sock" ] && break; sleep 0.1; done
+contains "volume plugin: answers on a socket it binds itself" \
+    "$(ask_plugin "$work/own.sock" 2>&1)" '{"Implements":["VolumeDriver"]}'
+check "volume plugin: its socket is mode 660" test "$(stat -c %a "$work/own.sock")" = 660
+kill -TERM "$own"
+own_rc=0
+wait "$own" || own_rc=$?
+check "volume plugin: exits 0 on SIGTERM (exit $own_rc)" test "$own_rc" = 0
 # The GPU step of the packaged launcher: NVML loaded at run time from the fake library, with
 # fake /dev/nvidia* in private mount namespaces (tests/gpu.rs).
 check "GPU step tests against the packaged launcher" \
@@ -305,13 +367,16 @@ verify_unit() {
     local root=$1 label=$2 out
     mkdir -p "$root/usr/lib/systemd/system"
     cp -an /lib/systemd/system/. "$root/usr/lib/systemd/system/"
-    if out=$(MANPATH="$root/usr/share/man" systemd-analyze verify --root="$root" ecs.service 2>&1) &&
-        [ -z "$out" ]; then
-        pass "$label: systemd-analyze verify ecs.service"
-    else
-        fail "$label: systemd-analyze verify ecs.service:"
-        printf '%s\n' "$out" | sed 's/^/       /'
-    fi
+    local unit
+    for unit in ecs.service amazon-ecs-volume-plugin.service amazon-ecs-volume-plugin.socket; do
+        if out=$(MANPATH="$root/usr/share/man" systemd-analyze verify --root="$root" "$unit" 2>&1) &&
+            [ -z "$out" ]; then
+            pass "$label: systemd-analyze verify $unit"
+        else
+            fail "$label: systemd-analyze verify $unit:"
+            printf '%s\n' "$out" | sed 's/^/       /'
+        fi
+    done
 }
 
 echo "# rpm install into a scratch root"
@@ -438,6 +503,17 @@ if MANPATH=/nonexistent systemd-analyze verify --root="$neg" ecs.service >/dev/n
 else
     pass "systemd-analyze verify rejects a unit with a missing ExecStart binary"
 fi
+punit=$(cat "$here/systemd/amazon-ecs-volume-plugin.service")
+for line in "Requires=amazon-ecs-volume-plugin.socket" "After=network.target amazon-ecs-volume-plugin.socket" \
+    "ExecStart=/usr/libexec/amazon-ecs-volume-plugin" "Restart=on-failure" "RestartSec=10s" "KillMode=process"; do
+    contains "plugin unit: $line" "$punit" "^$line"
+done
+psock=$(cat "$here/systemd/amazon-ecs-volume-plugin.socket")
+for line in "ListenStream=/run/docker/plugins/amazon-ecs-volume-plugin.sock" "WantedBy=sockets.target"; do
+    contains "plugin socket: $line" "$psock" "^$line"
+done
+contains "plugin upstart job: exec" "$(cat "$here/upstart/amazon-ecs-volume-plugin.conf")" \
+    "^exec /usr/libexec/amazon-ecs-volume-plugin"
 job=$(cat "$here/upstart/ecs.conf")
 for line in "start on stopped rc RUNLEVEL=[345]" "respawn" "normal exit 0 5" \
     "pre-start exec /usr/libexec/amazon-ecs-init pre-start" "exec /usr/libexec/amazon-ecs-init start" \

@@ -156,9 +156,13 @@ fn environment(opts: &AgentOptions, facts: &HostFacts) -> Vec<(String, String)> 
         ("ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST", "true"),
         ("ECS_EBSTA_SUPPORTED", "true"),
         ("ECS_AGENT_LABELS", ""),
-        ("ECS_VOLUME_PLUGIN_CAPABILITIES", r#"["efsAuth"]"#),
     ] {
         env.set(k, v);
+    }
+    // Only when the plugin is there: the agent hands every EFS volume with transit encryption
+    // or an access point to the `amazon-ecs-volume-plugin` driver, which must then exist.
+    if facts.volume_plugin {
+        env.set("ECS_VOLUME_PLUGIN_CAPABILITIES", r#"["efsAuth"]"#);
     }
     env.set("ECS_DETAILED_OS_FAMILY", facts.detailed_os_family.clone());
     if let Some(dir) = &facts.cert_dir {
@@ -337,6 +341,7 @@ mod tests {
             modinfo: Some("/sbin/modinfo".into()),
             cloud_init_result: Some(crate::facts::CLOUD_INIT_RESULT.into()),
             existing: vec![],
+            volume_plugin: true,
         }
     }
 
@@ -466,12 +471,15 @@ mod tests {
             ),
             &HostFacts {
                 ebs_dir: false,
+                volume_plugin: false,
                 ..facts()
             },
         );
         assert_eq!(spec.env_value("ECS_LOGFILE"), Some("/log/x.log"));
         assert_eq!(spec.env_value("ECS_ENABLE_TASK_ENI"), Some("false"));
         assert_eq!(spec.env_value("ECS_EBSTA_SUPPORTED"), Some("false"));
+        // No volume plugin installed: the agent is not told to use it.
+        assert_eq!(spec.env_value("ECS_VOLUME_PLUGIN_CAPABILITIES"), None);
         // External: no caps, rotating creds, no cloud-init result.
         assert!(spec.cap_add.is_empty());
         let b = binds(&spec);

@@ -44,7 +44,13 @@ pub struct HostFacts {
     pub cloud_init_result: Option<PathBuf>,
     /// Every path the spec builder asked about that exists (for the conditional binds).
     pub existing: Vec<PathBuf>,
+    /// The ECS volume plugin is installed ([`VOLUME_PLUGIN`]): the agent may hand it EFS
+    /// volumes.
+    pub volume_plugin: bool,
 }
+
+/// The ECS volume plugin our packages install (the Docker volume driver for EFS volumes).
+pub const VOLUME_PLUGIN: &str = "/usr/libexec/amazon-ecs-volume-plugin";
 
 /// Paths whose existence decides a bind (checked on the real host, not re-rooted).
 pub const CLOUD_INIT_RESULT: &str = "/var/lib/cloud/data/result.json";
@@ -92,6 +98,7 @@ impl HostFacts {
                 .map(PathBuf::from),
             cloud_init_result: exists(CLOUD_INIT_RESULT).then(|| CLOUD_INIT_RESULT.into()),
             existing: extra.iter().filter(|p| p.exists()).cloned().collect(),
+            volume_plugin: exists(VOLUME_PLUGIN),
         }
     }
 

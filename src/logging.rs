@@ -170,7 +170,14 @@ pub fn init(
     let level = Targets::new()
         .with_default(level.min(LevelFilter::WARN))
         .with_targets(
-            ["amazon_ecs_init", "ecs_runtime", "ecs_firewall", "ecs_host"].map(|t| (t, level)),
+            [
+                "amazon_ecs_init",
+                "ecs_runtime",
+                "ecs_firewall",
+                "ecs_host",
+                "ecs_volume_plugin",
+            ]
+            .map(|t| (t, level)),
         );
     let console = tracing_subscriber::fmt::layer()
         .event_format(LineFormat(console))

@@ -4,6 +4,8 @@ use ecs_runtime::Runtime;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use crate::compose::Host;
@@ -82,6 +84,7 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
         "gpu": crate::gpu::plan(&host.gpu_options()),
         "rollback": crate::rollback::plan(paths, &settings.rollback),
         "ebs_csi_driver": crate::ebs::plan(&settings.paths, settings.agent.external),
+        "volume_plugin": volume_plugin_report(&settings.volume_plugin.socket),
         "settings": settings.shown,
         "warnings": warnings
             .iter()
@@ -111,25 +114,72 @@ fn print_to(out: &mut dyn Write, text: &str) {
     }
 }
 
+/// Send `request` on `stream` (its timeouts set) and read at most 4 KiB of the answer.
+fn exchange(mut stream: impl Read + Write, request: &[u8]) -> Result<String, String> {
+    stream.write_all(request).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    stream
+        .take(4096)
+        .read_to_end(&mut buf)
+        .map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
 /// Ask the agent's introspection endpoint; `Ok(status line)` when it answers HTTP.
 pub fn introspection(timeout: Duration) -> Result<String, String> {
     let addr: SocketAddr = ([127, 0, 0, 1], 51678).into();
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    let s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    s.write_all(b"GET /v1/metadata HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    s.take(4096)
-        .read_to_end(&mut buf)
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&buf);
+    let text = exchange(s, b"GET /v1/metadata HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
     let status = text.lines().next().unwrap_or("").trim().to_string();
     if status.starts_with("HTTP/") {
         Ok(status)
     } else {
         Err(format!("unexpected answer {status:?}"))
     }
+}
+
+/// Ask the ECS volume plugin on `socket` to activate (`POST /Plugin.Activate`, as dockerd
+/// does); `Ok(what it implements)` when it answers as a volume driver.
+pub fn volume_plugin(socket: &Path, timeout: Duration) -> Result<String, String> {
+    let s = UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .and_then(|_| s.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    let text = exchange(
+        s,
+        b"POST /Plugin.Activate HTTP/1.0\r\nHost: plugin\r\nContent-Length: 0\r\n\r\n",
+    )?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let implements = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("Implements").cloned());
+    match implements {
+        Some(list)
+            if list
+                .as_array()
+                .is_some_and(|l| l.iter().any(|i| i == "VolumeDriver")) =>
+        {
+            Ok(format!("implements {list}"))
+        }
+        _ => Err(format!(
+            "unexpected answer {:?}",
+            text.lines().next().unwrap_or("")
+        )),
+    }
+}
+
+/// The volume plugin for `plan`: installed, and answering on its socket.
+fn volume_plugin_report(socket: &Path) -> serde_json::Value {
+    let answer = volume_plugin(socket, Duration::from_secs(2));
+    json!({
+        "binary": crate::facts::VOLUME_PLUGIN,
+        "installed": Path::new(crate::facts::VOLUME_PLUGIN).exists(),
+        "socket": socket,
+        "answers": answer.is_ok(),
+        "detail": answer.unwrap_or_else(|e| e),
+    })
 }
 
 /// Print the runtime, the agent container's state and whether introspection answers.
@@ -186,6 +236,17 @@ pub async fn status(host: &Host) -> anyhow::Result<i32> {
             )
         }
     }
+    let socket = &host.settings.volume_plugin.socket;
+    out += &match volume_plugin(socket, Duration::from_secs(2)) {
+        Ok(what) => format!("volume plugin:  {} answers ({what})\n", socket.display()),
+        Err(e) if !Path::new(crate::facts::VOLUME_PLUGIN).exists() => {
+            format!("volume plugin:  not installed ({e})\n")
+        }
+        Err(e) => format!(
+            "volume plugin:  {} does not answer ({e})\n",
+            socket.display()
+        ),
+    };
     print_out(&out);
     Ok(if running { 0 } else { 3 })
 }

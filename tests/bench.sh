@@ -32,6 +32,15 @@
 #     pre-start's load step fails right after the download: the download's own final log line
 #     (size, seconds, MD5; from the first tarball request to the verified digest, before the
 #     fsync) is what is timed. BENCH_ONLY=download runs this section alone.
+#  6. the ECS volume plugin (VOLUME_PLUGIN=0 to skip), in a private mount namespace of its own
+#     (`unshare -m`, so no mount reaches the host) with a test-only `mount.efs` (an overlay on
+#     /usr/sbin there) that mounts a tmpfs: ROUNDS times, create+mount+unmount+remove of a volume
+#     through the plugin's socket (four HTTP requests, as dockerd makes them) against
+#     `mount -t efs` + `umount -l` of the same helper alone (and four `List` requests: the
+#     client's and HTTP's share of the difference; the rest is mostly the four fsynced saves
+#     of the state file); the plugin's RSS idle, and its
+#     peak RSS (VmHWM) while 100 requests run in parallel (100 creates of distinct volumes,
+#     then 100 removes).
 #  5. the soak (tests/soak.sh), after the summary: SOAK_CYCLES (default 1000; 0 to skip) agent
 #     crash/restart cycles under one supervisor on each runtime of RUNTIMES, printing the
 #     launcher's RSS and open fds early and at the end; fails when either grew.
@@ -530,6 +539,82 @@ if [ -n "$DOWNLOAD_SIZES_MB" ]; then
     done
 fi
 
+# ---------------------------------------------------------------- 6. the ECS volume plugin
+VP_SUMMARY=
+if [ "${VOLUME_PLUGIN:-1}" != 0 ]; then
+    echo "================================================================ volume plugin"
+    cargo build -q --release -p ecs-volume-plugin
+    vp_bin=$PWD/target/release/amazon-ecs-volume-plugin
+    echo "plugin:     $("$vp_bin" --version) ($(stat -c %s "$vp_bin") bytes)"
+    VP=$ROOT/volume-plugin
+    mkdir -p "$VP/sbin-upper" "$VP/sbin-work" "$VP/root"
+    printf '%s\n' '#!/bin/sh' 'exec mount -t tmpfs -o size=1m efs-bench "$2"' >"$VP/sbin-upper/mount.efs"
+    chmod 755 "$VP/sbin-upper/mount.efs"
+    # Runs as PID 1's sibling in a private mount namespace; prints "key value" lines.
+    VP_OUT=$(unshare -m --propagation private env VP="$VP" BIN="$vp_bin" ROUNDS="$ROUNDS" bash -s <<'INNER'
+set -euo pipefail
+mount -t overlay overlay -o "lowerdir=/usr/sbin,upperdir=$VP/sbin-upper,workdir=$VP/sbin-work" /usr/sbin
+now_us() { echo "${EPOCHREALTIME/./}"; }
+sock=$VP/plugin.sock
+ECS_INIT_HOST_ROOT=$VP/root ECS_VOLUME_PLUGIN_SOCKET=$sock ECS_LOGLEVEL=warn "$BIN" 2>"$VP/plugin.err" &
+pid=$!
+for _ in $(seq 1 100); do [ -S "$sock" ] && break; sleep 0.05; done
+call() { curl -sf --unix-socket "$sock" -d "$2" "http://plugin/VolumeDriver.$1" >/dev/null; }
+sleep 0.5
+echo "idle_rss_kib $(awk '/^VmRSS/ {print $2}' /proc/$pid/status)"
+dir=$VP/helper-alone
+mkdir -p "$dir"
+for i in $(seq 1 "$ROUNDS"); do
+    t0=$(now_us)
+    call Create "{\"Name\":\"b$i\",\"Opts\":{\"type\":\"efs\",\"device\":\"fs-1:/\",\"o\":\"tls\"}}"
+    call Mount "{\"Name\":\"b$i\",\"ID\":\"c\"}"
+    call Unmount "{\"Name\":\"b$i\",\"ID\":\"c\"}"
+    call Remove "{\"Name\":\"b$i\"}"
+    t1=$(now_us)
+    mount -t efs -o tls fs-1:/ "$dir"
+    umount -l "$dir"
+    t2=$(now_us)
+    # The same four requests' client and HTTP cost alone (List changes nothing, saves nothing).
+    for _ in 1 2 3 4; do call List '{}'; done
+    t3=$(now_us)
+    echo "round $((t1 - t0)) $((t2 - t1)) $((t3 - t2))"
+done
+t0=$(now_us)
+for i in $(seq 1 100); do
+    call Create "{\"Name\":\"p$i\",\"Opts\":{\"type\":\"efs\",\"device\":\"fs-1:/\"}}" &
+done
+wait_rc=0
+for j in $(jobs -p); do [ "$j" = "$pid" ] || wait "$j" || wait_rc=1; done
+t1=$(now_us)
+for i in $(seq 1 100); do call Remove "{\"Name\":\"p$i\"}" & done
+for j in $(jobs -p); do [ "$j" = "$pid" ] || wait "$j" || wait_rc=1; done
+t2=$(now_us)
+echo "parallel $((t1 - t0)) $((t2 - t1)) $wait_rc"
+echo "peak_rss_kib $(awk '/^VmHWM/ {print $2}' /proc/$pid/status)"
+echo "after_rss_kib $(awk '/^VmRSS/ {print $2}' /proc/$pid/status)"
+echo "left_mounted $(grep -c " $VP/root/" /proc/self/mountinfo || true)"
+kill -TERM "$pid"
+wait "$pid"
+INNER
+    ) || die "the volume plugin bench failed: $(cat "$VP/plugin.err" 2>/dev/null)"
+    P=() H=() Q=()
+    while read -r _ p h q; do P+=("$p"); H+=("$h"); Q+=("$q"); done < <(grep '^round ' <<<"$VP_OUT")
+    echo "plugin create+mount+unmount+remove (ms): $(for v in "${P[@]}"; do printf '%s ' "$(ms "$v")"; done)"
+    echo "helper alone, mount+umount -l (ms):       $(for v in "${H[@]}"; do printf '%s ' "$(ms "$v")"; done)"
+    echo "4 List requests (curl + HTTP only) (ms):  $(for v in "${Q[@]}"; do printf '%s ' "$(ms "$v")"; done)"
+    read -r _ pc pr prc <<<"$(grep '^parallel ' <<<"$VP_OUT")"
+    [ "$prc" = 0 ] || die "some of the 100 parallel requests failed"
+    [ "$(awk '/^left_mounted/ {print $2}' <<<"$VP_OUT")" = 0 ] || die "volumes left mounted after the removes"
+    idle=$(awk '/^idle_rss_kib/ {print $2}' <<<"$VP_OUT")
+    peak=$(awk '/^peak_rss_kib/ {print $2}' <<<"$VP_OUT")
+    after=$(awk '/^after_rss_kib/ {print $2}' <<<"$VP_OUT")
+    mP=$(median "${P[@]}") mH=$(median "${H[@]}") mQ=$(median "${Q[@]}")
+    echo "100 parallel creates: $(ms "$pc") ms, then 100 parallel removes: $(ms "$pr") ms"
+    echo "RSS idle $(kib_to_mib "$idle") MiB, peak under 100 parallel requests $(kib_to_mib "$peak") MiB, after $(kib_to_mib "$after") MiB"
+    VP_SUMMARY=$(printf '%10s %10s %10s %10s %10s %10s %10s' "$(ms "$mP")" "$(ms "$mH")" "$(ms "$(awk -v a="$mP" -v b="$mH" 'BEGIN { print a - b }')")" "$(ms "$mQ")" \
+        "$(kib_to_mib "$idle")" "$(kib_to_mib "$peak")" "$(ms "$pc")")
+fi
+
 echo
 echo "================================================================ summary (medians of $ROUNDS)"
 printf '%-11s %10s %10s %6s %10s %10s %10s %10s\n' runtime "launch ms" "raw ms" ratio "+old ms" "RSS MiB" "HWM MiB" "pre-st ms"
@@ -538,6 +623,11 @@ if [ ${#DL_SUMMARY[@]} -gt 0 ]; then
     echo
     printf '%-5s %-10s %9s %9s %9s %9s %7s %7s %8s\n' MB cap "curl" "curl+md5" "par.curl" "launcher" "L/c+md5" "L/par" "RSS MiB"
     printf '%s\n' "${DL_SUMMARY[@]}"
+fi
+if [ -n "$VP_SUMMARY" ]; then
+    echo
+    printf '%10s %10s %10s %10s %10s %10s %10s\n' "plugin ms" "helper ms" "overhead" "4 List ms" "idle MiB" "peak MiB" "100 par ms"
+    echo "$VP_SUMMARY"
 fi
 
 # ---------------------------------------------------------------- 5. soak

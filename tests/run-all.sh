@@ -39,7 +39,7 @@ export CARGO_TERM_COLOR=never
 run "cargo fmt --check" cargo fmt --all -- --check
 # Every crate's real-daemon/netns suites are behind its `integration` feature so that a plain
 # `cargo test` works on a laptop; here they are always built, linted and run.
-INTEGRATION=(--features "amazon-ecs-init/integration,ecs-runtime/integration,ecs-firewall/integration,ecs-test-support/integration")
+INTEGRATION=(--features "amazon-ecs-init/integration,ecs-runtime/integration,ecs-firewall/integration,ecs-test-support/integration,ecs-volume-plugin/integration")
 run "cargo clippy" cargo clippy --workspace --all-targets "${INTEGRATION[@]}" -- -D warnings
 # One cargo invocation for every crate's unit and integration tests; the tests that run the
 # agent container serialise themselves on a cross-process lock.

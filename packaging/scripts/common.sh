@@ -10,6 +10,9 @@
 ROOT="${DPKG_ROOT:-}"
 [ "$ROOT" = / ] && ROOT=
 ECS_INIT=/usr/libexec/amazon-ecs-init
+# The ECS volume plugin (Docker volume driver for EFS volumes): its units and where it mounts.
+PLUGIN=amazon-ecs-volume-plugin
+VOLUMES_DIR=/var/lib/ecs/volumes
 CACHE_DIR="$ROOT/var/cache/ecs"
 
 in_scratch_root() { [ -n "$ROOT" ]; }
@@ -23,8 +26,19 @@ upstart_running() {
         initctl version 2>/dev/null | grep -q upstart
 }
 
+# $1: the job (default ecs)
 upstart_job_running() {
-    initctl status ecs 2>/dev/null | grep -q 'start/'
+    initctl status "${1:-ecs}" 2>/dev/null | grep -q 'start/'
+}
+
+# Volumes the plugin mounted stay mounted when the package goes (containers may still use them,
+# and an unreachable NFS server could hang an unmount): say which, and how to unmount them.
+warn_mounted_volumes() {
+    in_scratch_root && return 0
+    mounted=$(awk -v dir="$VOLUMES_DIR/" 'index($2, dir) == 1 { print $2 }' /proc/mounts 2>/dev/null || true)
+    [ -n "$mounted" ] || return 0
+    echo "amazon-ecs-init: warning: these ECS volumes are still mounted and are left alone; unmount each with 'umount -l <path>' once no task uses it:" >&2
+    for m in $mounted; do echo "    $m" >&2; done
 }
 
 # Directories the launcher and the agent expect. The RPM also owns them; the DEB format cannot
@@ -89,6 +103,10 @@ after_install() {
     link_bundled_agent
     if systemd_running; then
         systemctl daemon-reload || true
+        # The volume plugin, as the Go package has it: the socket listens from now on and at
+        # every boot; the first request (dockerd activating the plugin) starts the service.
+        systemctl enable "$PLUGIN.socket" >/dev/null 2>&1 || true
+        systemctl start "$PLUGIN.socket" || true
         if [ "$1" = upgrade ]; then
             # A deliberate difference from the Go packages, which leave a running ecs alone on
             # upgrade (%systemd_postun without restart; dh_installsystemd --no-start): we restart
@@ -98,10 +116,19 @@ after_install() {
             # service restarts; a stopped or disabled one stays as the operator left it.
             # README.md, "Differences from the Go ecs-init".
             systemctl try-restart ecs.service || true
+            # The new plugin serves the volumes of the state file; nothing is unmounted.
+            systemctl try-restart "$PLUGIN.service" || true
         fi
-    elif upstart_running && [ "$1" = upgrade ] && upstart_job_running; then
-        initctl stop ecs || true
-        initctl start ecs || true
+    elif upstart_running; then
+        if [ "$1" = upgrade ] && upstart_job_running; then
+            initctl stop ecs || true
+            initctl start ecs || true
+        fi
+        if upstart_job_running "$PLUGIN"; then
+            initctl restart "$PLUGIN" || true
+        else
+            initctl start "$PLUGIN" || true
+        fi
     fi
 }
 
@@ -113,10 +140,19 @@ before_remove() {
             systemctl stop ecs.service && stopped_by_init=yes
         fi
         systemctl --no-reload disable ecs.service >/dev/null 2>&1 || true
-    elif upstart_running && upstart_job_running; then
-        # The job's pre-stop and post-stop stanzas stop the agent and remove the rules.
-        initctl stop ecs && stopped_by_init=yes
+        # The plugin exits on SIGTERM without unmounting anything (KillMode=process).
+        systemctl stop "$PLUGIN.socket" "$PLUGIN.service" || true
+        systemctl --no-reload disable "$PLUGIN.socket" "$PLUGIN.service" >/dev/null 2>&1 || true
+    elif upstart_running; then
+        if upstart_job_running; then
+            # The job's pre-stop and post-stop stanzas stop the agent and remove the rules.
+            initctl stop ecs && stopped_by_init=yes
+        fi
+        if upstart_job_running "$PLUGIN"; then
+            initctl stop "$PLUGIN" || true
+        fi
     fi
+    warn_mounted_volumes
     if [ "$stopped_by_init" = no ] && ! in_scratch_root && [ -x "$ECS_INIT" ]; then
         # Not running under an init system (manual runs, or the service had crashed): stop any
         # agent container and remove the host changes, so nothing is left behind. Both actions

@@ -483,6 +483,20 @@ pub const KNOBS: &[Knob] = &[
         doc: "the NVML library pre-start loads on GPU hosts (a name searched by the dynamic loader, or a path)",
     },
     Knob {
+        name: "ECS_VOLUME_PLUGIN_SOCKET",
+        kind: Kind::Path,
+        default: VOLUME_PLUGIN_SOCKET,
+        scope: Scope::Process,
+        doc: "socket of the ECS volume plugin: where it listens when systemd does not hand it one, and where `plan`/`status` ask it (Docker finds plugins only in `/run/docker/plugins`)",
+    },
+    Knob {
+        name: "ECS_VOLUME_PLUGIN_MOUNT_TIMEOUT_SECONDS",
+        kind: Kind::Seconds,
+        default: "120",
+        scope: Scope::Anywhere,
+        doc: "how long the volume plugin waits for one `mount`/`umount` (the EFS helper) before killing it and failing the request with an error naming the command",
+    },
+    Knob {
         name: "ECS_INIT_GPU_WAIT_SECONDS",
         kind: Kind::Seconds,
         default: "30",
@@ -490,6 +504,9 @@ pub const KNOBS: &[Knob] = &[
         doc: "GPU hosts: how long pre-start and every agent (re)start wait for a late `/dev/nvidia*` (checked every 3 s: the Go tool's 10 tries); none by then: no GPU info, and `ECS_ENABLE_GPU_SUPPORT` is left out of the agent's environment (warning); `0`: look once",
     },
 ];
+
+/// Where Docker looks for the ECS volume plugin (`amazon-ecs-volume-plugin`).
+pub const VOLUME_PLUGIN_SOCKET: &str = "/var/run/docker/plugins/amazon-ecs-volume-plugin.sock";
 
 /// The log drivers the agent container may use (`ECS_LOG_DRIVER`), as the Go tool allows.
 pub const LOG_DRIVERS: &[&str] = &[

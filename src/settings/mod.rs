@@ -80,6 +80,13 @@ pub struct NetSettings {
     pub introspection_interface: Option<String>,
 }
 
+/// The ECS volume plugin's knobs (the plugin reads them; `plan`/`status` ask its socket).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumePluginSettings {
+    pub socket: PathBuf,
+    pub mount_timeout: Duration,
+}
+
 /// Everything the launcher is configured with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -105,6 +112,7 @@ pub struct Settings {
     /// The automatic rollback knobs.
     pub rollback: RollbackSettings,
     pub download: DownloadSettings,
+    pub volume_plugin: VolumePluginSettings,
     /// `NOTIFY_SOCKET` (systemd's readiness protocol).
     pub notify_socket: Option<String>,
     /// `JOURNAL_STREAM` (`<device>:<inode>` of the journal stream systemd gave stdout/stderr).
@@ -180,6 +188,13 @@ impl Settings {
         let restart_delay = r.millis("ECS_INIT_RESTART_DELAY_MS");
         let rollback = r.rollback();
         let download = r.download();
+        let volume_plugin = VolumePluginSettings {
+            socket: r
+                .trimmed("ECS_VOLUME_PLUGIN_SOCKET")
+                .map(|v| resolve::strip_unix(&v))
+                .unwrap_or_else(|| VOLUME_PLUGIN_SOCKET.into()),
+            mount_timeout: r.positive_seconds("ECS_VOLUME_PLUGIN_MOUNT_TIMEOUT_SECONDS"),
+        };
         // The alternatives of a knob that was set under its other name (`https_proxy` when
         // `HTTPS_PROXY` is set): shown, and their values kept for scrubbing.
         for k in KNOBS {
@@ -215,6 +230,7 @@ impl Settings {
             rollback,
             restart_delay,
             download,
+            volume_plugin,
             paths,
             files,
             shown,

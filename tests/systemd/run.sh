@@ -22,6 +22,14 @@
 #   9. journalctl -u ecs: no second timestamp or level in the launcher's lines, priorities usable
 #      with -p; the file log keeps its own format
 #  10. a second boot without dockerd (docker.io purged): the containerd backend, for 1, 2, 3, 6
+#  11. the volume plugin (Docker boot): the package enabled and started its socket, the first
+#      request starts the service (socket activation); volumes created, mounted by a test-only
+#      mount.efs in the booted system, counted per mount ID; SIGKILL of the plugin -> systemd
+#      restarts it, the volume stays mounted with its data, Unmount and Remove still work; at
+#      removal (item 8) the plugin is stopped and disabled, a mounted volume is left mounted
+#      with a warning. (Containers on plugin volumes under a real dockerd, and the plugin's
+#      restart under them, are tests/…/docker_volumes.rs: the private dockerd here does not see
+#      the booted system's later mounts.)
 #
 # The container runtime: the booted system gets its own network namespace (--private-network).
 # A private containerd (and, for the Docker boot, a private dockerd) from the booted system's own
@@ -279,7 +287,9 @@ m() {
     nsenter -t "$LEADER" -a -- /usr/bin/env -i PATH="$INSIDE_PATH" LANG=C.UTF-8 \
         DEBIAN_FRONTEND=noninteractive SYSTEMD_PAGER= SYSTEMD_COLORS=0 "$@" </dev/null
 }
-prop() { m systemctl show -p "$1" --value ecs.service; }
+# uprop UNIT PROPERTY
+uprop() { m systemctl show -p "$2" --value "$1"; }
+prop() { uprop ecs.service "$1"; }
 is_active() { [ "$(prop ActiveState)" = active ]; }
 
 # The runtime, from outside, through this boot's private sockets only.
@@ -327,6 +337,15 @@ lo_route() { m ip -4 route show 169.254.170.2/32 dev lo; }
 pkg() { m dpkg-query -W -f="\${$1}" amazon-ecs-init; }
 
 journal() { m journalctl --no-pager -q -u ecs.service "$@"; }
+
+# The volume plugin: its units' properties, and a request on its socket (as dockerd makes them).
+readonly PLUGIN_SOCK=/run/docker/plugins/amazon-ecs-volume-plugin.sock
+pprop() { uprop amazon-ecs-volume-plugin.service "$1"; }
+sprop() { uprop amazon-ecs-volume-plugin.socket "$1"; }
+plugin_call() {
+    m curl -s --max-time 30 --unix-socket "$PLUGIN_SOCK" -H 'Content-Type: application/json' \
+        -d "$2" "http://plugin/$1"
+}
 # Lines of the launcher itself (all its Exec commands), as text.
 launcher_journal() { journal -t amazon-ecs-init -o cat "$@"; }
 
@@ -727,13 +746,8 @@ docker_boot() {
     agent_crash
 
     phase "4. the launcher is SIGKILLed -> systemd restarts the unit"
-    local main nr t0 waited
-    main=$(prop MainPID)
-    nr=$(prop NRestarts)
-    t0=$(now)
-    m kill -KILL "$main"
-    if wait_until 60 restarted_after "$nr" "$main"; then
-        waited=$(secs_since "$t0")
+    local main nr waited
+    if kill_main_and_wait ecs.service; then
         pass "systemd restarted ecs after the launcher's SIGKILL (${waited} s)"
         if awk -v w="$waited" 'BEGIN { exit !(w >= 9.5) }'; then
             pass "restart waited RestartSec=10s"
@@ -815,6 +829,9 @@ docker_boot() {
     expect "a stopped service stays stopped" "$(prop ActiveState) $(agent_count)" "inactive 0"
     expect "still enabled" "$(m systemctl is-enabled ecs.service 2>&1 || true)" "enabled"
 
+    phase "11. the volume plugin: socket activation, SIGKILL -> systemd restart, nothing lost"
+    volume_plugin_checks
+
     phase "9. journal: one timestamp and one level per line; priorities"
     journal_checks
 
@@ -830,6 +847,15 @@ docker_boot() {
     fi
     expect "stopped" "$(prop ActiveState)" "inactive"
     expect "unit file gone" "$(prop LoadState)" "not-found"
+    has "apt-get remove warns that a plugin volume stays mounted" "$out" \
+        "/var/lib/ecs/volumes/sd-left"
+    check "the mounted plugin volume is left mounted" m mountpoint -q /var/lib/ecs/volumes/sd-left
+    expect "plugin units gone" "$(pprop LoadState) $(sprop LoadState)" "not-found not-found"
+    check "plugin socket disabled: no sockets.target.wants link" \
+        test ! -e "$MERGED/etc/systemd/system/sockets.target.wants/amazon-ecs-volume-plugin.socket"
+    expect "no plugin process" "$(m pgrep -f /usr/libexec/amazon-ecs-volume-plugin | wc -l)" 0
+    check "/usr/libexec/amazon-ecs-volume-plugin removed" \
+        test ! -e "$MERGED/usr/libexec/amazon-ecs-volume-plugin"
     check "disabled: no multi-user.target.wants link" \
         test ! -e "$MERGED/etc/systemd/system/multi-user.target.wants/ecs.service"
     expect "no agent process" "$(agent_count)" 0
@@ -865,6 +891,67 @@ docker_boot() {
     end_boot
 }
 
+# Item 11: the volume plugin under systemd.
+volume_plugin_checks() {
+    local waited
+    expect "plugin socket enabled and listening by the package; service not started" \
+        "$(m systemctl is-enabled amazon-ecs-volume-plugin.socket 2>&1 || true) $(sprop ActiveState) $(pprop ActiveState)" \
+        "enabled active inactive"
+    has "systemctl status of the socket shows where it listens" \
+        "$(m systemctl status --no-pager amazon-ecs-volume-plugin.socket 2>&1 || true)" \
+        "Listen: $PLUGIN_SOCK (Stream)"
+    # A test-only EFS helper in this throw-away booted system (never on the machine's /sbin):
+    # records its arguments, mounts a tmpfs.
+    printf '%s\n' '#!/bin/sh' '# test-only mount.efs: record the arguments, mount a tmpfs' \
+        "(IFS='$(printf '\t')'; echo \"\$*\") >> /root/ecs-test/mount.efs.log" \
+        'exec mount -t tmpfs -o size=8m efs-test "$2"' >"$MERGED/usr/sbin/mount.efs"
+    chmod 755 "$MERGED/usr/sbin/mount.efs"
+    expect "first request: answered by the plugin systemd started" \
+        "$(plugin_call Plugin.Activate '{}')" '{"Implements":["VolumeDriver"]}'
+    expect "socket activation started the service" "$(pprop ActiveState) $(pprop SubState)" \
+        "active running"
+    expect "Create" "$(plugin_call VolumeDriver.Create \
+        '{"Name":"sd-vol","Opts":{"type":"efs","device":"fs-12345678:/","o":"tls,iam"}}')" '{"Err":""}'
+    expect "mount.efs got exactly the volume's device, mount point and options" \
+        "$(m cat /root/ecs-test/mount.efs.log)" \
+        "fs-12345678:/$(printf '\t')/var/lib/ecs/volumes/sd-vol$(printf '\t')-o$(printf '\t')rw,tls,iam"
+    check "the volume is mounted" m mountpoint -q /var/lib/ecs/volumes/sd-vol
+    for id in c1 c2; do
+        expect "Mount by $id" "$(plugin_call VolumeDriver.Mount "{\"Name\":\"sd-vol\",\"ID\":\"$id\"}")" \
+            '{"Err":"","Mountpoint":"/var/lib/ecs/volumes/sd-vol"}'
+    done
+    m sh -c 'echo kept > /var/lib/ecs/volumes/sd-vol/data'
+    if kill_main_and_wait amazon-ecs-volume-plugin.service; then
+        pass "systemd restarted the plugin after its SIGKILL (${waited} s, RestartSec=10s)"
+    else
+        fail "no plugin restart within 60 s ($(pprop ActiveState) $(pprop SubState), NRestarts $(pprop NRestarts))"
+    fi
+    check "the volume stayed mounted" m mountpoint -q /var/lib/ecs/volumes/sd-vol
+    expect "its data is still there" "$(m cat /var/lib/ecs/volumes/sd-vol/data)" kept
+    expect "the restart mounted nothing (mount.efs ran once)" \
+        "$(m cat /root/ecs-test/mount.efs.log | wc -l)" 1
+    expect "List from the restarted plugin" "$(plugin_call VolumeDriver.List '{}')" \
+        '{"Err":"","Volumes":[{"Mountpoint":"/var/lib/ecs/volumes/sd-vol","Name":"sd-vol"}]}'
+    has "Remove refused while both mounts are counted" \
+        "$(plugin_call VolumeDriver.Remove '{"Name":"sd-vol"}')" "in use by 2 container mount(s) (c1, c2)"
+    for id in c1 c2; do
+        expect "Unmount by $id" "$(plugin_call VolumeDriver.Unmount "{\"Name\":\"sd-vol\",\"ID\":\"$id\"}")" \
+            '{"Err":""}'
+    done
+    expect "Remove" "$(plugin_call VolumeDriver.Remove '{"Name":"sd-vol"}')" '{"Err":""}'
+    check "unmounted and its directory removed" m test ! -e /var/lib/ecs/volumes/sd-vol
+    expect "state file: no volumes" "$(m cat /var/lib/ecs/data/ecs_volume_plugin.json)" "{}"
+    # Left mounted for the removal (item 8).
+    expect "Create sd-left" "$(plugin_call VolumeDriver.Create \
+        '{"Name":"sd-left","Opts":{"type":"efs","device":"fs-1:/"}}')" '{"Err":""}'
+    has "the launcher's status: the plugin answers" "$(m /usr/libexec/amazon-ecs-init status 2>&1 || true)" \
+        "volume plugin:  /var/run/docker/plugins/amazon-ecs-volume-plugin.sock answers"
+    has "the plugin logs to the journal" \
+        "$(m journalctl --no-pager -q -u amazon-ecs-volume-plugin.service -o cat)" "volume created and mounted"
+    has "and to /var/log/ecs/ecs-volume-plugin.log" \
+        "$(m cat /var/log/ecs/ecs-volume-plugin.log)" 'msg="volume created and mounted"'
+}
+
 # The boot has finished, one way or the other. Not "offline": systemctl prints that while the
 # booted system's /run/systemd/system does not exist yet (seen once: the wait ended after 1 s and
 # the next call could not connect to the bus).
@@ -875,8 +962,21 @@ system_settled() {
     esac
 }
 
-restarted_after() {
-    is_active && [ "$(prop NRestarts)" -gt "$1" ] && [ "$(prop MainPID)" != "$2" ]
+# restarted UNIT NRESTARTS OLD_MAINPID: active again under a new main process, as a restart.
+restarted() {
+    [ "$(uprop "$1" ActiveState)" = active ] && [ "$(uprop "$1" NRestarts)" -gt "$2" ] &&
+        [ "$(uprop "$1" MainPID)" != "$3" ] && [ "$(uprop "$1" MainPID)" != 0 ]
+}
+# kill_main_and_wait UNIT: SIGKILL its main process and wait up to 60 s for systemd to restart
+# it; sets `waited` (seconds). Fails when it was not restarted.
+kill_main_and_wait() {
+    local main nr t0
+    main=$(uprop "$1" MainPID)
+    nr=$(uprop "$1" NRestarts)
+    t0=$(now)
+    m kill -KILL "$main"
+    wait_until 60 restarted "$1" "$nr" "$main" || return 1
+    waited=$(secs_since "$t0")
 }
 restarted_by_upgrade() {
     is_active && [ "$(prop MainPID)" != "$1" ] && [ "$(prop MainPID)" != 0 ]
@@ -924,6 +1024,12 @@ containerd_boot() {
 
     phase "10/1. dpkg -i on the containerd-only system; operator configuration"
     install_and_configure
+
+    # No Docker here to use the volume plugin: the operator turns its socket off (the package
+    # enabled it, which made /run/docker/plugins), so the agent's bind source is missing again.
+    check "containerd-only host: the plugin socket can be turned off" \
+        m systemctl disable --now amazon-ecs-volume-plugin.socket
+    m rm -rf /run/docker/plugins
 
     phase "10/2. systemctl start on containerd"
     check "no Docker plugin directory on this host before the start" \

@@ -10,6 +10,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The search path used when the process environment has no `PATH`.
 pub const DEFAULT_SEARCH_PATH: &str =
@@ -65,6 +66,18 @@ pub fn command_line(program: &str, args: &[String]) -> String {
         .join(" ")
 }
 
+/// The error of a command that did not finish within `limit`.
+fn timed_out(program: &str, args: &[String], limit: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!(
+            "{} did not finish within {} s and was killed",
+            command_line(program, args),
+            limit.as_secs_f64()
+        ),
+    )
+}
+
 /// Runs external programs. `Err` only when the program cannot be started at all (missing,
 /// not executable); a program that ran and failed is an `Ok` [`Output`].
 #[async_trait]
@@ -78,6 +91,19 @@ pub trait Exec: Send + Sync + fmt::Debug {
         args: &[String],
         input: &[u8],
     ) -> io::Result<Output>;
+    /// [`Exec::run`] bounded by `limit`: a program still running then is killed and the answer
+    /// is a `TimedOut` error naming the command and the limit (a mount helper waiting on an
+    /// unreachable NFS server must not hold its caller forever).
+    async fn run_within(
+        &self,
+        program: &str,
+        args: &[String],
+        limit: Duration,
+    ) -> io::Result<Output> {
+        tokio::time::timeout(limit, self.run(program, args))
+            .await
+            .unwrap_or_else(|_| Err(timed_out(program, args, limit)))
+    }
     /// The same, blocking (for probes made outside the async runtime).
     fn run_blocking(&self, program: &str, args: &[String]) -> io::Result<Output>;
     /// Where `name` is found on the search path, if it is installed.
@@ -164,6 +190,36 @@ impl Exec for SystemExec {
                 Ok(out)
             }
             Ok(()) => Ok(out),
+        }
+    }
+
+    /// The program runs in a process group of its own, and the whole group is killed at the
+    /// limit: `mount` waits for the helper it started (`mount.efs`, then `mount.nfs4`), and
+    /// killing only `mount` would leave them behind.
+    async fn run_within(
+        &self,
+        program: &str,
+        args: &[String],
+        limit: Duration,
+    ) -> io::Result<Output> {
+        use std::os::unix::process::CommandExt;
+        tracing::debug!(command = %command_line(program, args), limit = ?limit, "running");
+        let mut cmd = self.command(program, args);
+        cmd.process_group(0);
+        let child = tokio::process::Command::from(cmd)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let group = child.id();
+        match tokio::time::timeout(limit, child.wait_with_output()).await {
+            Ok(out) => Ok(Output::from_std(out?)),
+            Err(_) => {
+                if let Some(pid) = group.and_then(|p| libc::pid_t::try_from(p).ok()) {
+                    // SAFETY: kill(2) of the process group the child leads (its pid).
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                }
+                Err(timed_out(program, args, limit))
+            }
         }
     }
 
@@ -366,6 +422,49 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((out.code, out.stderr.as_str()), (Some(1), "no"));
+    }
+
+    #[tokio::test]
+    async fn a_program_over_its_limit_is_killed_with_its_children() {
+        let exec = SystemExec::new(None);
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child.pid");
+        // The shell starts a child (as mount starts its helper) and waits for it.
+        let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+        let started = std::time::Instant::now();
+        let err = exec
+            .run_within("sh", &args(&["-c", &script]), Duration::from_millis(500))
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            err.to_string().contains("did not finish within 0.5 s"),
+            "{err}"
+        );
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The grandchild went with the group (it may linger as a zombie of its dead parent
+        // for a moment, so wait for it to be reaped by init).
+        let gone = (0..50).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.is_empty() || stat.contains(") Z ")
+        });
+        assert!(gone, "the helper {pid} outlived the timeout");
+        // Within the limit: the ordinary answer.
+        let out = exec
+            .run_within(
+                "sh",
+                &args(&["-c", "echo hi; exit 2"]),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!((out.code, out.stdout.as_str()), (Some(2), "hi\n"));
     }
 
     #[test]
