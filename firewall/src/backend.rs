@@ -3,9 +3,7 @@
 use crate::Firewall;
 use async_trait::async_trait;
 use ecs_host::Exec;
-use serde::{Serialize, Serializer};
-use std::fmt;
-use std::hash::{Hash, Hasher};
+use serde::Serialize;
 use std::sync::Arc;
 
 /// A firewall backend's entry in the registry.
@@ -37,49 +35,7 @@ pub struct Availability {
     pub unusable_because: String,
 }
 
-/// A firewall backend, by its registry entry: compared, hashed, printed and serialised by name.
-#[derive(Clone, Copy)]
-pub struct FirewallKind(pub &'static dyn Backend);
-
-impl FirewallKind {
-    pub fn as_str(self) -> &'static str {
-        self.0.name()
-    }
-
-    /// The registry entry.
-    pub fn backend(self) -> &'static dyn Backend {
-        self.0
-    }
-}
-
-impl PartialEq for FirewallKind {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for FirewallKind {}
-
-impl Hash for FirewallKind {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state)
-    }
-}
-
-impl fmt::Debug for FirewallKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for FirewallKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for FirewallKind {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
+ecs_host::registry_kind! {
+    /// A firewall backend, by its registry entry: compared, hashed, printed and serialised by name.
+    pub struct FirewallKind(dyn Backend);
 }

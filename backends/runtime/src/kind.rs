@@ -5,9 +5,6 @@
 use crate::{Result, Runtime, RuntimeOptions};
 use async_trait::async_trait;
 use ecs_host::Exec;
-use serde::{Serialize, Serializer};
-use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 /// A runtime backend's entry in the registry.
@@ -60,49 +57,7 @@ impl Probed {
     }
 }
 
-/// A runtime backend, by its registry entry: compared, hashed, printed and serialised by name.
-#[derive(Clone, Copy)]
-pub struct RuntimeKind(pub &'static dyn Backend);
-
-impl RuntimeKind {
-    pub fn as_str(self) -> &'static str {
-        self.0.name()
-    }
-
-    /// The registry entry.
-    pub fn backend(self) -> &'static dyn Backend {
-        self.0
-    }
-}
-
-impl PartialEq for RuntimeKind {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for RuntimeKind {}
-
-impl Hash for RuntimeKind {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state)
-    }
-}
-
-impl fmt::Debug for RuntimeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for RuntimeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for RuntimeKind {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
+ecs_host::registry_kind! {
+    /// A runtime backend, by its registry entry: compared, hashed, printed and serialised by name.
+    pub struct RuntimeKind(dyn Backend);
 }
