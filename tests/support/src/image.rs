@@ -252,7 +252,12 @@ fn write_atomically(
     out: &Path,
     fill: impl FnOnce(&mut tar::Builder<BufWriter<File>>) -> io::Result<()>,
 ) -> io::Result<()> {
-    let tmp = out.with_extension(format!("tmp.{}", std::process::id()));
+    // Unique per writer, not only per process: test threads of one binary build the same
+    // cached image at once on a cold cache (seen in a fresh clone: one thread renamed the
+    // temp file away under the other).
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = out.with_extension(format!("tmp.{}.{seq}", std::process::id()));
     let result = (|| {
         let mut b = tar::Builder::new(BufWriter::new(File::create(&tmp)?));
         fill(&mut b)?;
