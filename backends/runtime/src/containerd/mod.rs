@@ -545,6 +545,33 @@ impl ContainerdRuntime {
 
     /// Delete the stopped task of `name`, keeping how it ended in the container record: the
     /// shim and the log shim exit with it, so no process of the agent outlives it.
+    /// The exit code of a task that is gone (exited and reaped already, e.g. by `stop`). Whoever
+    /// reaps records the code right after deleting the task ([`Self::reap`]), so a container
+    /// without one yet is asked again for a moment before the task counts as lost (seen: a
+    /// `stop` that reaped while this wait was reconnecting after a containerd restart).
+    async fn recorded_exit(&self, name: &str) -> Result<i64> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match self.inspect(name).await? {
+                Some(ContainerState {
+                    exit_code: Some(code),
+                    ..
+                }) => return Ok(code),
+                Some(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Some(_) => {
+                    return Err(RuntimeError::daemon(
+                        RT,
+                        format!("wait for {name}"),
+                        "the container has no task",
+                    ))
+                }
+                None => return Err(RuntimeError::NoSuchContainer(name.into())),
+            }
+        }
+    }
+
     async fn reap(&self, name: &str) -> Result<()> {
         let deleted = self
             .tasks()
@@ -737,21 +764,7 @@ impl Runtime for ContainerdRuntime {
                     }
                     return Ok(i64::from(code));
                 }
-                Ok(None) => {
-                    // Exited and reaped already: its recorded exit code.
-                    return match self.inspect(name).await? {
-                        Some(ContainerState {
-                            exit_code: Some(code),
-                            ..
-                        }) => Ok(code),
-                        Some(_) => Err(RuntimeError::daemon(
-                            RT,
-                            format!("wait for {name}"),
-                            "the container has no task",
-                        )),
-                        None => Err(RuntimeError::NoSuchContainer(name.into())),
-                    };
-                }
+                Ok(None) => return self.recorded_exit(name).await,
                 Err(e @ RuntimeError::Connect { .. }) => {
                     let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
                     if since.elapsed() >= WAIT_THROUGH_RESTART {
