@@ -202,10 +202,21 @@ pub struct Loaded {
 /// digest, or at least changed). The state file is written by the caller only after this
 /// succeeded.
 pub async fn load(runtime: &dyn Runtime, tarball: &Path) -> Result<Loaded, CacheError> {
+    let image = agent_image_in(tarball).await?;
+    load_checked(runtime, tarball, image).await
+}
+
+/// [`load`] of a tarball whose agent image ([`agent_image_in`]) the caller has read already, so
+/// that the tarball is not read and hashed a second time.
+pub async fn load_checked(
+    runtime: &dyn Runtime,
+    tarball: &Path,
+    image: TarballImage,
+) -> Result<Loaded, CacheError> {
     let TarballImage {
         image_id: expected,
         version,
-    } = agent_image_in(tarball).await?;
+    } = image;
     tracing::info!(tarball = %tarball.display(), runtime = runtime.name(), "loading agent image");
     crate::notify::extend_timeout(std::time::Duration::from_secs(300));
     let before = runtime.image_id(AGENT_IMAGE).await?;
@@ -318,7 +329,19 @@ use ecs_formats::desired::parse_desired_image;
 /// Agent exit 42: load the desired image and record it as cached.
 pub async fn load_desired(paths: &Paths, runtime: &dyn Runtime) -> Result<Loaded, CacheError> {
     let tarball = desired_tarball(paths)?;
-    let loaded = load(runtime, &tarball).await?;
+    let image = agent_image_in(&tarball).await?;
+    load_desired_checked(paths, runtime, &tarball, image).await
+}
+
+/// [`load_desired`] of `tarball` (the one `desired-image` names), whose agent image the caller
+/// has read already (the rollback checks it against the refused updates first).
+pub async fn load_desired_checked(
+    paths: &Paths,
+    runtime: &dyn Runtime,
+    tarball: &Path,
+    image: TarballImage,
+) -> Result<Loaded, CacheError> {
+    let loaded = load_checked(runtime, tarball, image).await?;
     set_state(paths, CacheState::Cached)?;
     Ok(loaded)
 }

@@ -718,7 +718,7 @@ impl Guard {
                 image: offered.to_string(),
             });
         }
-        let loaded = cache::load_desired(&self.paths, runtime).await?;
+        let loaded = cache::load_desired_checked(&self.paths, runtime, &tarball, offered).await?;
         ledger.start_probation(
             Image::from(loaded.image.clone()),
             &loaded.tarball,
