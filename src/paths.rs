@@ -73,14 +73,9 @@ impl Paths {
     pub fn runtime_record(&self) -> PathBuf {
         self.var_lib_ecs.join("runtime-backend")
     }
-    /// The launcher's own state: [`Paths::var_lib_ecs_init`] (root-only, outside every bind of
-    /// the agent container, so the agent cannot write what is trusted there).
-    pub fn init_state_dir(&self) -> PathBuf {
-        self.var_lib_ecs_init.clone()
-    }
     /// The agent-image record of the automatic rollback (known good, probation, refused).
     pub fn agent_images_record(&self) -> PathBuf {
-        self.init_state_dir().join("agent-images")
+        self.var_lib_ecs_init.join("agent-images")
     }
     /// A path under the re-rooting prefix.
     pub fn rooted(&self, absolute: &Path) -> PathBuf {

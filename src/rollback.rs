@@ -423,7 +423,7 @@ fn owned_and_private(meta: &std::fs::Metadata) -> Result<(), String> {
 /// The ledger at `paths`: `Ok(None)` when there is none, `Err` (why) when it is not to be
 /// trusted or cannot be read.
 pub fn read_ledger(paths: &Paths) -> Result<Option<Ledger>, String> {
-    let dir = paths.init_state_dir();
+    let dir = paths.var_lib_ecs_init.clone();
     let path = paths.agent_images_record();
     let describe = |p: &Path, why: String| format!("{}: {why}", p.display());
     match std::fs::symlink_metadata(&dir) {
@@ -465,7 +465,7 @@ pub fn load_ledger(paths: &Paths) -> Ledger {
 
 /// Write the ledger (directory 0700, file 0600).
 pub fn save_ledger(paths: &Paths, ledger: &Ledger) -> std::io::Result<()> {
-    let dir = paths.init_state_dir();
+    let dir = paths.var_lib_ecs_init.clone();
     ecs_host::files::ensure_dir(&dir, 0o700)?;
     let meta = std::fs::symlink_metadata(&dir)?;
     if let Err(why) = owned_and_private(&meta) {
@@ -1064,7 +1064,7 @@ mod tests {
         let l = on_probation();
         save_ledger(&paths, &l).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&paths.init_state_dir()), 0o700);
+        assert_eq!(mode(&paths.var_lib_ecs_init.clone()), 0o700);
         assert_eq!(mode(&paths.agent_images_record()), 0o600);
         assert_eq!(read_ledger(&paths), Ok(Some(l.clone())));
         // A record anyone may write: not trusted.
@@ -1075,7 +1075,7 @@ mod tests {
         assert_eq!(load_ledger(&paths), Ledger::default());
         std::fs::set_permissions(&rec, std::fs::Permissions::from_mode(0o600)).unwrap();
         // A directory others may write into: not trusted.
-        let d = paths.init_state_dir();
+        let d = paths.var_lib_ecs_init.clone();
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
         assert!(read_ledger(&paths).is_err());
         assert!(save_ledger(&paths, &l).is_err(), "not written there either");
@@ -1099,7 +1099,7 @@ mod tests {
         );
         let exec = ecs_host::exec::FakeExec::new(&[], |_, _| unreachable!());
         let spec = crate::compose::spec_of(&settings, &exec).0;
-        let dir = settings.paths.init_state_dir();
+        let dir = settings.paths.var_lib_ecs_init.clone();
         for m in &spec.mounts {
             let src = m.source.as_path();
             assert!(
