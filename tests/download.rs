@@ -1033,6 +1033,20 @@ fn ranged_download_in_parallel_parts() {
         .filter(|r| r.header("range").is_some_and(|r| r != "bytes=0-"))
         .all(|r| r.header("if-match") == Some("\"fake\""));
     assert!(if_match, "parts are asked for the same object (ETag)");
+    // Each of the 4 workers keeps its connection from one part to the next (S3 keeps them);
+    // the first request's open range cannot be reused (its body goes on past part 0).
+    let conns: std::collections::BTreeSet<usize> = h
+        .aws
+        .requests_to("s3")
+        .iter()
+        .filter(|r| r.target == format!("/{BUCKET}/{}", object()) && r.header("range").is_some())
+        .map(|r| r.conn)
+        .collect();
+    assert!(
+        conns.len() <= 5,
+        "{parts} parts on {} connections: {conns:?}",
+        conns.len()
+    );
 
     // Part 0 breaks after 1000 bytes: it resumes at byte 1001 (the break sent bytes 0-1000).
     h.aws

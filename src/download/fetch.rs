@@ -11,16 +11,17 @@ use std::fmt;
 use std::fs::File;
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use hyper::body::Bytes;
 
-use super::http::{with_retries, Attempt, Client, HttpError, Kind as HttpKind, Response, Retry};
+use super::http::{
+    with_retries, Attempt, Client, Conn, HttpError, Kind as HttpKind, Response, Retry,
+};
 use super::region::Source;
 use super::DownloadLimits;
 
@@ -304,27 +305,53 @@ fn check_size(
     Ok(())
 }
 
-/// The byte ranges of an object of `total` bytes: about a quarter of an even share per
-/// connection (so that the MD5 of the contiguous prefix never lags far behind: when the last
-/// bytes arrive, what is left to hash is about one round of parts), at least 1 MiB (or the
-/// part size, when smaller) and at most `part_bytes`, in a number of parts that is a multiple
-/// of the connections when that keeps them at least that floor, so that every connection has
-/// work until the end.
+/// The byte ranges of an object of `total` bytes, in rounds of one part per connection. The
+/// last rounds are small: from the end, one round of 1 MiB parts (or of the part size, when
+/// smaller), then rounds that double up to `part_bytes`; the rest is even rounds of at most
+/// `part_bytes` (a multiple of the connections, so that every connection has work until the
+/// end, when the parts stay at least that floor). Why: the MD5 is computed over the contiguous
+/// prefix as it grows, so whatever arrived beyond the first unfinished part is hashed only once
+/// that part is done. With a round of even 7.5 MB parts last, a 300 MB download's hashing
+/// thread still had ~52 MB to hash after the last byte arrived (~90 ms, README, Benchmarks);
+/// with small parts last it has one round of them, and each earlier round's leftover is hashed
+/// while the next round (at least half as large) arrives.
 pub fn plan_parts(total: u64, part_bytes: u64, parallelism: u32) -> Vec<std::ops::Range<u64>> {
-    const MIN_PART: u64 = 1 << 20;
-    const ROUNDS: u64 = 4;
+    const LAST_PART: u64 = 1 << 20;
+    if total == 0 {
+        return Vec::new();
+    }
     let conns = u64::from(parallelism.max(1));
-    let floor = MIN_PART.min(part_bytes).max(1);
-    let len = total
-        .div_ceil(conns * ROUNDS)
-        .max(floor)
-        .min(part_bytes.max(1));
-    // Rounded up to a multiple of the connections when the parts stay at least the floor.
-    let n = total.div_ceil(len).div_ceil(conns) * conns;
-    let even = total.div_ceil(n.max(1));
-    let len = if even >= floor { even } else { len };
-    (0..total.div_ceil(len).max(1))
-        .map(|i| i * len..((i + 1) * len).min(total))
+    let cap = part_bytes.max(1);
+    let floor = LAST_PART.min(cap);
+    // The tail's part sizes, last part first.
+    let mut tail = Vec::new();
+    let mut left = total;
+    let mut size = floor;
+    while size < cap && left > conns * size {
+        tail.extend(std::iter::repeat_n(size, conns as usize));
+        left -= conns * size;
+        size = (size * 2).min(cap);
+    }
+    // The rest: a multiple of the connections when the parts stay at least the floor.
+    let mut sizes = Vec::new();
+    if left > 0 {
+        let n = left.div_ceil(cap).div_ceil(conns) * conns;
+        let even = left.div_ceil(n);
+        let len = if even >= floor { even } else { floor };
+        let mut at = 0;
+        while at < left {
+            sizes.push(len.min(left - at));
+            at += len;
+        }
+    }
+    sizes.extend(tail.into_iter().rev());
+    let mut at = 0;
+    sizes
+        .into_iter()
+        .map(|len| {
+            at += len;
+            at - len..at
+        })
         .collect()
 }
 
@@ -434,10 +461,60 @@ impl Drop for Sink {
 /// How far each part has been written, shared with the thread that hashes the file's
 /// contiguous prefix as it grows.
 struct PrefixState {
+    parts: Vec<std::ops::Range<u64>>,
     /// Bytes written of each part (each part is written in order from its start).
     written: Vec<u64>,
+    /// The first part not written to its end.
+    frontier: usize,
+    /// Where the prefix ended when the thread was last woken.
+    woken_at: u64,
     /// The download gave up: the thread stops.
     abort: bool,
+}
+
+impl PrefixState {
+    fn new(parts: Vec<std::ops::Range<u64>>) -> PrefixState {
+        PrefixState {
+            written: vec![0; parts.len()],
+            parts,
+            frontier: 0,
+            woken_at: 0,
+            abort: false,
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.parts.last().map_or(0, |p| p.end)
+    }
+
+    /// Where the file's contiguous written prefix ends.
+    fn contiguous(&mut self) -> u64 {
+        while let Some(p) = self.parts.get(self.frontier) {
+            let end = p.start + self.written[self.frontier];
+            if end < p.end {
+                return end;
+            }
+            self.frontier += 1;
+        }
+        self.total()
+    }
+
+    /// `n` more bytes of `part` written: whether the hashing thread is to be woken, which is
+    /// when the prefix grew by a read's worth since it last was, or reached the end (not at
+    /// every piece received: at a 20 MB/s per-connection cap pieces are ~16 KiB TLS records,
+    /// and a wake-up per piece cost a 300 MB download ~0.3 s of CPU, tests/bench.sh).
+    fn advance(&mut self, part: usize, n: u64) -> bool {
+        self.written[part] += n;
+        if part != self.frontier {
+            return false;
+        }
+        let end = self.contiguous();
+        let wake = end - self.woken_at >= HASH_READ as u64 || end == self.total();
+        if wake {
+            self.woken_at = end;
+        }
+        wake
+    }
 }
 
 /// The MD5 of the parts' file, computed in order by a thread that reads (`pread`, from the page
@@ -453,19 +530,13 @@ const HASH_READ: usize = 1 << 20;
 
 impl Prefix {
     fn start(file: File, parts: Vec<std::ops::Range<u64>>) -> std::io::Result<Prefix> {
-        let state = Arc::new((
-            Mutex::new(PrefixState {
-                written: vec![0; parts.len()],
-                abort: false,
-            }),
-            Condvar::new(),
-        ));
+        let total = parts.last().map_or(0, |p| p.end);
+        let state = Arc::new((Mutex::new(PrefixState::new(parts)), Condvar::new()));
         let shared = state.clone();
         let worker = std::thread::Builder::new()
             .name("agent-download-md5".into())
             .spawn(move || {
                 use std::os::unix::fs::FileExt;
-                let total = parts.last().map_or(0, |p| p.end);
                 let (lock, cv) = &*shared;
                 let mut md5 = Md5::new();
                 let mut buf = vec![0u8; HASH_READ];
@@ -477,7 +548,7 @@ impl Prefix {
                             if st.abort {
                                 return Err(std::io::Error::other("download abandoned"));
                             }
-                            let contiguous = contiguous_end(&parts, &st.written);
+                            let contiguous = st.contiguous();
                             if contiguous > hashed {
                                 break contiguous;
                             }
@@ -509,8 +580,13 @@ impl Prefix {
 
     fn advance(&self, part: usize, n: u64) {
         let (lock, cv) = &*self.state;
-        lock.lock().unwrap_or_else(|e| e.into_inner()).written[part] += n;
-        cv.notify_one();
+        if lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .advance(part, n)
+        {
+            cv.notify_one();
+        }
     }
 
     /// Every part written: the digest of the whole file.
@@ -531,16 +607,6 @@ impl Drop for Prefix {
             let _ = worker.join();
         }
     }
-}
-
-/// Where the file's contiguous written prefix ends.
-fn contiguous_end(parts: &[std::ops::Range<u64>], written: &[u64]) -> u64 {
-    for (p, w) in parts.iter().zip(written) {
-        if p.start + w < p.end {
-            return p.start + w;
-        }
-    }
-    parts.last().map_or(0, |p| p.end)
 }
 
 /// A 206 that is not the range asked for (or of another object size) cannot be used.
@@ -564,8 +630,9 @@ fn wrong_range(resp: &Response, want: (u64, u64, u64)) -> Option<SourceError> {
 }
 
 /// One part into its place in the file: resumed after what it already wrote on a retry, with
-/// its own retry budget. `first` is the response of the object's first request (an open range
-/// from 0), which gives part 0 without a request of its own.
+/// its own retry budget, on the worker's kept connection (`slot`) when it has one. `first` is
+/// the response of the object's first request (an open range from 0), which gives part 0
+/// without a request of its own.
 #[allow(clippy::too_many_arguments)]
 async fn fetch_part(
     client: &Client,
@@ -574,7 +641,7 @@ async fn fetch_part(
     (index, range, total): (usize, std::ops::Range<u64>, u64),
     first: Option<Response>,
     (file, tmp): (&File, &Path),
-    prefix: &Prefix,
+    (prefix, slot): (&Prefix, &Mutex<Option<Conn>>),
     (meter, retry): (&Meter, Retry),
 ) -> Result<(), SourceError> {
     use std::os::unix::fs::FileExt;
@@ -585,8 +652,10 @@ async fn fetch_part(
         let pre = first.lock().unwrap_or_else(|e| e.into_inner()).take();
         async move {
             let mut pos = range.start + prefix.written(index);
-            let mut resp = match pre {
-                Some(r) => r,
+            // Taken for this attempt; given back only after a body read to its end.
+            let mut conn = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let (mut resp, bounded) = match pre {
+                Some(r) => (r, false),
                 None => {
                     let mut headers = vec![("range", format!("bytes={pos}-{}", range.end - 1))];
                     if let Some(tag) = etag {
@@ -595,13 +664,13 @@ async fn fetch_part(
                     let h: Vec<(&'static str, &str)> =
                         headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
                     let resp = client
-                        .request(hyper::Method::GET, url, &h)
+                        .request_on(&mut conn, hyper::Method::GET, url, &h)
                         .await?
                         .success()?;
                     if let Some(e) = wrong_range(&resp, (pos, range.end - 1, total)) {
                         return Err(e);
                     }
-                    resp
+                    (resp, true)
                 }
             };
             while pos < range.end {
@@ -628,6 +697,11 @@ async fn fetch_part(
                 pos += take as u64;
                 prefix.advance(index, take as u64);
                 meter.add(take as u64);
+            }
+            // The body's end (nothing more: its length was the range's), which makes the
+            // connection ready for the worker's next part.
+            if bounded && resp.chunk().await?.is_none() {
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = conn;
             }
             Ok(())
         }
@@ -695,26 +769,35 @@ async fn fetch_into(
     let prefix = Prefix::start(reader, parts.clone())
         .map_err(|e| local("starting the hashing thread for", e))?;
     let etag = first.etag.clone();
-    let mut first = Some(first);
-    let jobs = parts.into_iter().enumerate().map(|(index, range)| {
-        let pre = if index == 0 { first.take() } else { None };
-        fetch_part(
-            client,
-            url,
-            etag.as_deref(),
-            (index, range, total),
-            pre,
-            (file, tmp),
-            &prefix,
-            (meter, opts.retry),
-        )
+    let first = Mutex::new(Some(first));
+    // `parallelism` workers, each taking the next part in order (so every connection has work
+    // until the last part is taken) on a connection it keeps from one part to the next.
+    let next = AtomicUsize::new(0);
+    let workers = (0..(opts.limits.parallelism as usize).min(parts.len())).map(|_| async {
+        let slot = Mutex::new(None);
+        loop {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            let Some(range) = parts.get(index).cloned() else {
+                return Ok::<(), SourceError>(());
+            };
+            let pre = match index {
+                0 => first.lock().unwrap_or_else(|e| e.into_inner()).take(),
+                _ => None,
+            };
+            fetch_part(
+                client,
+                url,
+                etag.as_deref(),
+                (index, range, total),
+                pre,
+                (file, tmp),
+                (&prefix, &slot),
+                (meter, opts.retry),
+            )
+            .await?;
+        }
     });
-    let mut running =
-        futures_util::stream::iter(jobs).buffer_unordered(opts.limits.parallelism as usize);
-    while let Some(done) = running.next().await {
-        done?;
-    }
-    drop(running);
+    futures_util::future::try_join_all(workers).await?;
     let waited = Instant::now();
     let md5 = prefix.finish().map_err(|e| local("reading back", e))?;
     tracing::debug!(
@@ -951,16 +1034,39 @@ mod tests {
     }
 
     #[test]
-    fn parts_are_even_over_the_connections_and_at_most_the_part_size() {
+    fn parts_come_in_rounds_over_the_connections_and_end_small() {
         let mib = 1u64 << 20;
-        // 40 MB over 8 connections: 4 rounds of 8 equal parts.
+        let lens =
+            |p: &[std::ops::Range<u64>]| p.iter().map(|r| r.end - r.start).collect::<Vec<_>>();
+        // 40 MB over 8 connections: a round of even parts, then rounds of 2 MiB and 1 MiB.
         let p = plan_parts(40_000_000, 8 * mib, 8);
-        assert_eq!(p.len(), 32);
-        assert!(p.iter().all(|r| r.end - r.start == 1_250_000), "{p:?}");
-        // 300 MB: at most 8 MiB, a multiple of 8 parts (36 would leave 4 connections idle).
+        assert_eq!(p.len(), 24);
+        let l = lens(&p);
+        assert!(
+            l[..8].iter().all(|&n| n == l[0] && n > mib && n <= 2 * mib),
+            "{l:?}"
+        );
+        assert!(l[8..16].iter().all(|&n| n == 2 * mib), "{l:?}");
+        assert!(l[16..].iter().all(|&n| n == mib), "{l:?}");
+        // 300 MB: even rounds of at most 8 MiB (a multiple of 8 parts: 29 would leave 3
+        // connections idle), then rounds of 4, 2 and 1 MiB.
         let p = plan_parts(300_000_000, 8 * mib, 8);
-        assert_eq!(p.len(), 40);
-        assert!(p.iter().all(|r| r.end - r.start <= 8 * mib));
+        assert_eq!(p.len(), 56);
+        let l = lens(&p);
+        assert!(
+            l[..32].iter().all(|&n| n <= 8 * mib && n > 7 * mib),
+            "{l:?}"
+        );
+        for (round, len) in [(4, 4 * mib), (5, 2 * mib), (6, mib)] {
+            assert!(
+                l[round * 8..round * 8 + 8].iter().all(|&n| n == len),
+                "{l:?}"
+            );
+        }
+        // With one connection the tail still ends small (nothing is left to hash at the end
+        // either way, but the plan does not depend on it).
+        let l = lens(&plan_parts(20 * mib, 8 * mib, 1));
+        assert_eq!(l.last(), Some(&mib), "{l:?}");
         // Small objects: parts of at least 1 MiB, so up to 1 MiB is one stream.
         assert_eq!(plan_parts(1 << 20, 8 * mib, 8), vec![0..1 << 20]);
         assert_eq!(plan_parts(3 * mib, 8 * mib, 8).len(), 3);
@@ -985,12 +1091,31 @@ mod tests {
     }
 
     #[test]
-    fn the_prefix_ends_at_the_first_unfinished_part() {
-        let parts = vec![0..10, 10..20, 20..25];
-        assert_eq!(contiguous_end(&parts, &[0, 10, 5]), 0);
-        assert_eq!(contiguous_end(&parts, &[4, 10, 5]), 4);
-        assert_eq!(contiguous_end(&parts, &[10, 3, 5]), 13);
-        assert_eq!(contiguous_end(&parts, &[10, 10, 5]), 25);
+    fn the_prefix_ends_at_the_first_unfinished_part_and_wakes_the_hasher_sparingly() {
+        let at = |written: &[u64]| {
+            let mut st = PrefixState::new(vec![0..10, 10..20, 20..25]);
+            st.written = written.to_vec();
+            st.contiguous()
+        };
+        assert_eq!(at(&[0, 10, 5]), 0);
+        assert_eq!(at(&[4, 10, 5]), 4);
+        assert_eq!(at(&[10, 3, 5]), 13);
+        assert_eq!(at(&[10, 10, 5]), 25);
+        // Woken when the prefix grew by a read's worth, or reached the end; never for bytes
+        // beyond the first unfinished part.
+        let read = HASH_READ as u64;
+        let mut st = PrefixState::new(vec![0..3 * read, 3 * read..4 * read + 1]);
+        assert!(!st.advance(1, read), "beyond the prefix");
+        assert!(!st.advance(0, read / 2));
+        assert!(st.advance(0, read / 2), "a read's worth");
+        assert!(!st.advance(0, read - 1));
+        assert!(
+            st.advance(0, read + 1),
+            "part 0 done: the prefix jumps past part 1's bytes"
+        );
+        assert!(!st.advance(1, 0));
+        assert!(st.advance(1, 1), "the end");
+        assert_eq!(st.contiguous(), 4 * read + 1);
     }
 
     /// Parts written out of order (last first) are hashed in order, and the digest is the

@@ -1,4 +1,5 @@
-//! A small HTTP/1.1 client for the download: one connection per request, direct or through an
+//! A small HTTP/1.1 client for the download: a connection per request, or one kept alive for
+//! the next request to the same server when the caller keeps it, direct or through an
 //! `http://` forward proxy (a CONNECT tunnel for HTTPS, absolute-form requests for plain HTTP),
 //! TLS by rustls with the ring provider and the host's trust store, a connect timeout, a read
 //! timeout that applies to the response head and to every wait for body data, and retries with
@@ -232,6 +233,19 @@ pub struct Response {
     window: (Instant, u64),
 }
 
+type SendRequest = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+/// A connection kept open for the next request to the same server ([`Client::request_on`]).
+pub struct Conn {
+    /// Scheme, host, port and proxy: what a request must share to use it.
+    key: String,
+    sender: SendRequest,
+}
+
+/// How long a kept connection may take to be ready for the next request: a connection whose
+/// last body was read to its end is ready at once.
+const KEPT_READY: Duration = Duration::from_millis(100);
+
 /// `bytes <first>-<last>/<total|*>`.
 pub fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes ")?;
@@ -279,9 +293,26 @@ impl Client {
             .clone()
     }
 
-    /// Send one request (empty body) and wait for the response head.
+    /// Send one request (empty body) on a connection of its own and wait for the response head.
     pub async fn request(
         &self,
+        method: Method,
+        url: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Response, HttpError> {
+        self.request_on(&mut None, method, url, headers).await
+    }
+
+    /// Send one request on the connection kept in `slot` when it is to the same server (and
+    /// through the same proxy) and ready for another request (the previous response's body was
+    /// read to its end), else on a new one; the connection is then kept in `slot` for the next
+    /// request. A kept connection the server has closed meanwhile is replaced once, without
+    /// counting as a failed attempt: keep-alive saves a TCP and TLS handshake per request (a
+    /// ranged download makes several per connection), but a server may close an idle
+    /// connection at any time.
+    pub async fn request_on(
+        &self,
+        slot: &mut Option<Conn>,
         method: Method,
         url: &str,
         headers: &[(&'static str, &str)],
@@ -298,50 +329,93 @@ impl Client {
         let proxy = self
             .proxies
             .for_target(target.https, &target.host, target.port);
-        let io = self
-            .connect(&target, proxy)
-            .await
-            .map_err(|(k, d)| err(k, d))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| err(Kind::Interrupted, chain(&e)))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let key = format!(
+            "{}://{}:{} via {}",
+            if target.https { "https" } else { "http" },
+            target.host,
+            target.port,
+            proxy.map_or_else(|| "none".to_string(), |p| format!("{}:{}", p.host, p.port))
+        );
+        let kept = match slot.take() {
+            Some(mut c) if c.key == key => {
+                // Ready at once when the last body was read to its end; a connection that
+                // is not (closed, or a body left unread) is not waited for.
+                match timeout(KEPT_READY, c.sender.ready()).await {
+                    Ok(Ok(())) => Some(c.sender),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
         // Plain HTTP through a proxy uses the absolute form; otherwise the origin form.
         let forward = proxy.filter(|_| !target.https);
         let uri = match forward {
             Some(_) => url.to_string(),
             None => target.path.clone(),
         };
-        let mut req = Request::builder()
-            .method(method.clone())
-            .uri(uri)
-            .header(header::HOST, target.host_header())
-            .header(header::USER_AGENT, USER_AGENT)
-            .header(header::ACCEPT, "*/*");
-        if let Some(auth) = forward.and_then(|p| p.authorization.as_deref()) {
-            req = req.header(header::PROXY_AUTHORIZATION, auth);
-        }
-        if method == Method::PUT {
-            req = req.header(header::CONTENT_LENGTH, "0");
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| err(Kind::Invalid, e.to_string()))?;
-        let resp = match timeout(self.read_timeout, sender.send_request(req)).await {
-            Err(_) => {
-                return Err(err(
-                    Kind::Timeout,
-                    format!("no response within {:?}", self.read_timeout),
-                ))
+        let build = || {
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(uri.as_str())
+                .header(header::HOST, target.host_header())
+                .header(header::USER_AGENT, USER_AGENT)
+                .header(header::ACCEPT, "*/*");
+            if let Some(auth) = forward.and_then(|p| p.authorization.as_deref()) {
+                req = req.header(header::PROXY_AUTHORIZATION, auth);
             }
-            Ok(Err(e)) => return Err(err(Kind::Interrupted, chain(&e))),
-            Ok(Ok(r)) => r,
+            if method == Method::PUT {
+                req = req.header(header::CONTENT_LENGTH, "0");
+            }
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            req.body(Empty::<Bytes>::new())
+                .map_err(|e| err(Kind::Invalid, e.to_string()))
         };
+        let open = || async {
+            let io = self
+                .connect(&target, proxy)
+                .await
+                .map_err(|(k, d)| err(k, d))?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| err(Kind::Interrupted, chain(&e)))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok::<_, HttpError>(sender)
+        };
+        let send = |sender: &mut SendRequest, req| {
+            let sent = sender.send_request(req);
+            async move {
+                match timeout(self.read_timeout, sent).await {
+                    Err(_) => Err(err(
+                        Kind::Timeout,
+                        format!("no response within {:?}", self.read_timeout),
+                    )),
+                    Ok(Err(e)) => Err(err(Kind::Interrupted, chain(&e))),
+                    Ok(Ok(r)) => Ok(r),
+                }
+            }
+        };
+        let (sender, resp) = match kept {
+            Some(mut sender) => match send(&mut sender, build()?).await {
+                Ok(resp) => (sender, resp),
+                Err(e) if e.kind == Kind::Interrupted => {
+                    tracing::debug!(url, error = %e, "a kept connection was closed; a new one");
+                    let mut sender = open().await?;
+                    let resp = send(&mut sender, build()?).await?;
+                    (sender, resp)
+                }
+                Err(e) => return Err(e),
+            },
+            None => {
+                let mut sender = open().await?;
+                let resp = send(&mut sender, build()?).await?;
+                (sender, resp)
+            }
+        };
+        *slot = Some(Conn { key, sender });
         let text = |name| {
             resp.headers()
                 .get(name)
@@ -761,6 +835,116 @@ mod tests {
         attempts: 3,
         backoff: Duration::from_millis(20),
     };
+
+    /// A loopback server that answers every request of a connection with `hello` (or, on
+    /// `/big`, 4 MiB) and keeps the connection; with `one_each`, a connection's second request
+    /// is read and then the connection closed without an answer, as when a server's idle
+    /// timeout closes a kept connection just as the next request arrives. Counts connections
+    /// and requests.
+    fn keep_alive_server(one_each: bool) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (conns, reqs) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (c, r) = (conns.clone(), reqs.clone());
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut conn) = conn else { return };
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    let mut rd = BufReader::new(conn.try_clone().unwrap());
+                    let mut served = 0;
+                    loop {
+                        let (mut line, mut head) = (String::new(), String::new());
+                        while rd.read_line(&mut line).is_ok_and(|n| n > 2) {
+                            head.push_str(&line);
+                            line.clear();
+                        }
+                        if head.is_empty() {
+                            return;
+                        }
+                        r.fetch_add(1, Ordering::SeqCst);
+                        served += 1;
+                        if served > 1 && one_each {
+                            return;
+                        }
+                        let body = match head.starts_with("GET /big ") {
+                            true => vec![b'x'; 4 << 20],
+                            false => b"hello".to_vec(),
+                        };
+                        let a =
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                        if conn.write_all(a.as_bytes()).is_err() || conn.write_all(&body).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}"), conns, reqs)
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_carries_the_next_request_to_the_same_server() {
+        let c = client(Duration::from_secs(2));
+        let (url, conns, reqs) = keep_alive_server(false);
+        let mut slot = None;
+        for _ in 0..3 {
+            let mut resp = c
+                .request_on(&mut slot, Method::GET, &format!("{url}/x"), &[])
+                .await
+                .unwrap();
+            assert_eq!(resp.chunk().await.unwrap().as_deref(), Some(&b"hello"[..]));
+            assert!(resp.chunk().await.unwrap().is_none());
+        }
+        assert_eq!(reqs.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            conns.load(Ordering::SeqCst),
+            1,
+            "one connection for three requests"
+        );
+        // A response dropped before its end leaves the connection unusable: a new one.
+        let resp = c
+            .request_on(&mut slot, Method::GET, &format!("{url}/big"), &[])
+            .await
+            .unwrap();
+        drop(resp);
+        let text = c
+            .request_on(&mut slot, Method::GET, &format!("{url}/x"), &[])
+            .await
+            .unwrap()
+            .text(100)
+            .await
+            .unwrap();
+        assert_eq!(text, "hello");
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
+        // Another server: a connection of its own, not the kept one.
+        let (other, other_conns, _) = keep_alive_server(false);
+        c.request_on(&mut slot, Method::GET, &format!("{other}/y"), &[])
+            .await
+            .unwrap();
+        assert_eq!(other_conns.load(Ordering::SeqCst), 1);
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_the_server_closed_is_replaced_without_an_error() {
+        let c = client(Duration::from_secs(2));
+        let (url, conns, reqs) = keep_alive_server(true);
+        let mut slot = None;
+        for _ in 0..4 {
+            let mut resp = c
+                .request_on(&mut slot, Method::GET, &format!("{url}/x"), &[])
+                .await
+                .unwrap();
+            assert_eq!(resp.chunk().await.unwrap().as_deref(), Some(&b"hello"[..]));
+            assert!(resp.chunk().await.unwrap().is_none());
+        }
+        // Each request after the first was sent on the kept connection, which closed, then
+        // on a new one.
+        assert_eq!(conns.load(Ordering::SeqCst), 4);
+        assert_eq!(reqs.load(Ordering::SeqCst), 7);
+    }
 
     #[tokio::test]
     async fn retries_5xx_and_truncation_then_succeeds() {

@@ -331,7 +331,7 @@ async fn download_by(
                 tracing::info!(
                     url = %f.url,
                     bytes = f.bytes,
-                    seconds = format!("{secs:.2}"),
+                    seconds = format!("{secs:.3}"),
                     rate_mib_s = format!("{:.1}", f.bytes as f64 / 1048576.0 / secs),
                     md5 = %f.md5,
                     path = %f.path.display(),

@@ -430,7 +430,7 @@ pub const KNOBS: &[Knob] = &[
         kind: Kind::Count,
         default: "8388608",
         scope: Scope::Anywhere,
-        doc: "largest byte range of the parallel download (an object is split into about 4 rounds of even parts per connection, each at least 1 MiB; one of at most 1 MiB is one stream)",
+        doc: "largest byte range of the parallel download (rounds of one part per connection: even parts of at most this size, then rounds halving down to 1 MiB parts last; an object of at most 1 MiB is one stream)",
     },
     Knob {
         name: "ECS_INIT_DOWNLOAD_PARALLELISM",

@@ -77,6 +77,9 @@ pub struct Seen {
     /// The request target (path, absolute URL, or `host:port` for CONNECT).
     pub target: String,
     pub headers: Vec<(String, String)>,
+    /// Which connection to its server carried it (numbered from 1 in the order S3 accepted
+    /// them; 0 on the other servers): S3 keeps a connection for the next request.
+    pub conn: usize,
 }
 
 impl Seen {
@@ -101,6 +104,8 @@ struct Shared {
     ignore_range: AtomicBool,
     /// Bytes per second each S3 connection may send (0: no cap), like S3's per-stream rate.
     rate_cap: std::sync::atomic::AtomicU64,
+    /// S3 connections accepted so far.
+    s3_conns: AtomicUsize,
 }
 
 /// The three fake endpoints. Dropping it stops them.
@@ -221,6 +226,7 @@ fn parse_head(server: &'static str, head: &str) -> Seen {
         method,
         target,
         headers,
+        conn: 0,
     }
 }
 
@@ -457,167 +463,190 @@ impl FakeAws {
     fn s3_conn(shared: &Shared, tls: Arc<rustls::ServerConfig>, s: TcpStream) -> io::Result<()> {
         let raw = s.try_clone()?;
         raw.set_read_timeout(Some(Duration::from_secs(30)))?;
+        // A kept connection's next answer must not wait (Nagle) for the ACK of the last one's
+        // final bytes, which the client delays (~40 ms): servers that keep connections set this.
+        raw.set_nodelay(true)?;
         let conn = rustls::ServerConnection::new(tls).map_err(io::Error::other)?;
         let mut tls = rustls::StreamOwned::new(conn, s);
-        let req = Self::record(shared, parse_head("s3", &read_head(&mut tls)?));
-        let mut path = req.target.split('?').next().unwrap_or("").to_string();
-        // A virtual-hosted name (`<bucket>.s3….`): the bucket is in the host.
-        let host = req.header("host").unwrap_or("").to_string();
-        if let Some(name) = VIRTUAL_HOSTS
-            .iter()
-            .find(|h| host.split(':').next() == Some(h))
-        {
-            let bucket = name.split(".s3").next().unwrap_or("");
-            path = format!("/{bucket}{path}");
-        }
-        let answer = shared
-            .scripts
-            .lock()
-            .unwrap()
-            .get_mut(&path)
-            .and_then(|q| q.pop_front());
-        let object = shared.objects.lock().unwrap().get(&path).cloned();
-        let not_found = || {
-            simple(
+        // A plain answer (the object, whole or a range) keeps the connection for the next
+        // request, as S3 does; every scripted answer and error closes it.
+        let mut served = 0;
+        let conn_no = shared.s3_conns.fetch_add(1, Ordering::SeqCst) + 1;
+        loop {
+            let head = match read_head(&mut tls) {
+                Ok(head) => head,
+                // The client closed (or left) a kept connection.
+                Err(_) if served > 0 => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            served += 1;
+            let mut req = parse_head("s3", &head);
+            req.conn = conn_no;
+            let req = Self::record(shared, req);
+            let mut path = req.target.split('?').next().unwrap_or("").to_string();
+            // A virtual-hosted name (`<bucket>.s3….`): the bucket is in the host.
+            let host = req.header("host").unwrap_or("").to_string();
+            if let Some(name) = VIRTUAL_HOSTS
+                .iter()
+                .find(|h| host.split(':').next() == Some(h))
+            {
+                let bucket = name.split(".s3").next().unwrap_or("");
+                path = format!("/{bucket}{path}");
+            }
+            let answer = shared
+                .scripts
+                .lock()
+                .unwrap()
+                .get_mut(&path)
+                .and_then(|q| q.pop_front());
+            let object = shared.objects.lock().unwrap().get(&path).cloned();
+            let not_found = || {
+                simple(
                 404,
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>",
             )
-        };
-        let full_head = |len: usize| {
-            format!(
+            };
+            let full_head = |len: usize| {
+                format!(
                 "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nETag: \"fake\"\r\nConnection: close\r\n\r\n"
             )
-        };
-        let cap = shared.rate_cap.load(Ordering::SeqCst);
-        let write_body = |tls: &mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>,
-                          body: &[u8]|
-         -> io::Result<()> {
-            // At most `cap` bytes per second: each piece waits for its share of the time.
-            let started = Instant::now();
-            let mut sent = 0u64;
-            let piece_len = if cap > 0 { 16 * 1024 } else { 64 * 1024 };
-            for piece in body.chunks(piece_len) {
-                if cap > 0 {
-                    let due = Duration::from_secs_f64(sent as f64 / cap as f64);
-                    if let Some(wait) = due.checked_sub(started.elapsed()) {
-                        thread::sleep(wait);
-                    }
-                }
-                tls.write_all(piece)?;
-                sent += piece.len() as u64;
-            }
-            tls.flush()
-        };
-        // `Range: bytes=<first>-[<last>]` (one range, as the launcher asks).
-        let range = |len: usize| -> Option<(usize, usize)> {
-            if shared.ignore_range.load(Ordering::SeqCst) || len == 0 {
-                return None;
-            }
-            let spec = req.header("range")?.strip_prefix("bytes=")?;
-            let (first, last) = spec.split_once('-')?;
-            let first: usize = first.trim().parse().ok()?;
-            let last = match last.trim() {
-                "" => len - 1,
-                l => l.parse::<usize>().ok()?.min(len - 1),
             };
-            (first <= last).then_some((first, last))
-        };
-        let partial_head = |first: usize, last: usize, len: usize| {
-            format!(
+            let cap = shared.rate_cap.load(Ordering::SeqCst);
+            let write_body =
+                |tls: &mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>,
+                 body: &[u8]|
+                 -> io::Result<()> {
+                    // At most `cap` bytes per second: each piece waits for its share of the time.
+                    let started = Instant::now();
+                    let mut sent = 0u64;
+                    let piece_len = if cap > 0 { 16 * 1024 } else { 64 * 1024 };
+                    for piece in body.chunks(piece_len) {
+                        if cap > 0 {
+                            let due = Duration::from_secs_f64(sent as f64 / cap as f64);
+                            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                                thread::sleep(wait);
+                            }
+                        }
+                        tls.write_all(piece)?;
+                        sent += piece.len() as u64;
+                    }
+                    tls.flush()
+                };
+            // `Range: bytes=<first>-[<last>]` (one range, as the launcher asks).
+            let range = |len: usize| -> Option<(usize, usize)> {
+                if shared.ignore_range.load(Ordering::SeqCst) || len == 0 {
+                    return None;
+                }
+                let spec = req.header("range")?.strip_prefix("bytes=")?;
+                let (first, last) = spec.split_once('-')?;
+                let first: usize = first.trim().parse().ok()?;
+                let last = match last.trim() {
+                    "" => len - 1,
+                    l => l.parse::<usize>().ok()?.min(len - 1),
+                };
+                (first <= last).then_some((first, last))
+            };
+            let partial_head = |first: usize, last: usize, len: usize| {
+                format!(
                 "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {first}-{last}/{len}\r\nContent-Type: application/octet-stream\r\nETag: \"fake\"\r\nConnection: close\r\n\r\n",
                 last - first + 1
             )
-        };
-        match (answer, object) {
-            (Some(Answer::Status(code)), _) => {
-                tls.write_all(&simple(
-                    code,
-                    &format!("<Error><Code>Scripted{code}</Code></Error>"),
-                ))?;
-            }
-            (_, None) => tls.write_all(&not_found())?,
-            (None, Some(obj)) => match range(obj.len()) {
-                Some((first, last)) => {
-                    tls.write_all(partial_head(first, last, obj.len()).as_bytes())?;
-                    write_body(&mut tls, &obj[first..=last])?;
+            };
+            match (answer, object) {
+                (Some(Answer::Status(code)), _) => {
+                    tls.write_all(&simple(
+                        code,
+                        &format!("<Error><Code>Scripted{code}</Code></Error>"),
+                    ))?;
                 }
-                None => {
-                    tls.write_all(full_head(obj.len()).as_bytes())?;
-                    write_body(&mut tls, &obj)?;
-                }
-            },
-            (Some(Answer::PartTruncate(n)), Some(obj)) => {
-                let (first, last) = range(obj.len()).unwrap_or((0, obj.len() - 1));
-                tls.write_all(partial_head(first, last, obj.len()).as_bytes())?;
-                write_body(&mut tls, &obj[first..=(first + n).min(last)])?;
-                return raw.shutdown(Shutdown::Both);
-            }
-            (Some(Answer::Endless), Some(_)) => {
-                tls.write_all(
-                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
-                )?;
-                let piece = pseudo_random(64 * 1024, 7);
-                while !shared.shutdown.load(Ordering::SeqCst) {
-                    tls.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
-                    tls.write_all(&piece)?;
-                    tls.write_all(b"\r\n")?;
-                }
-                return Ok(());
-            }
-            (Some(Answer::Trickle), Some(obj)) => {
-                tls.write_all(full_head(obj.len()).as_bytes())?;
-                tls.flush()?;
-                for byte in obj.iter() {
-                    if shared.shutdown.load(Ordering::SeqCst) {
-                        break;
+                (_, None) => tls.write_all(&not_found())?,
+                (None, Some(obj)) => {
+                    let keep = |head: String| head.replace("Connection: close\r\n", "");
+                    match range(obj.len()) {
+                        Some((first, last)) => {
+                            tls.write_all(keep(partial_head(first, last, obj.len())).as_bytes())?;
+                            write_body(&mut tls, &obj[first..=last])?;
+                        }
+                        None => {
+                            tls.write_all(keep(full_head(obj.len())).as_bytes())?;
+                            write_body(&mut tls, &obj)?;
+                        }
                     }
-                    thread::sleep(Duration::from_secs(1));
-                    tls.write_all(&[*byte])?;
-                    tls.flush()?;
+                    continue;
                 }
-                return Ok(());
-            }
-            (Some(Answer::Chunked), Some(obj)) => {
-                tls.write_all(
+                (Some(Answer::PartTruncate(n)), Some(obj)) => {
+                    let (first, last) = range(obj.len()).unwrap_or((0, obj.len() - 1));
+                    tls.write_all(partial_head(first, last, obj.len()).as_bytes())?;
+                    write_body(&mut tls, &obj[first..=(first + n).min(last)])?;
+                    return raw.shutdown(Shutdown::Both);
+                }
+                (Some(Answer::Endless), Some(_)) => {
+                    tls.write_all(
                     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
                 )?;
-                for piece in obj.chunks(64 * 1024) {
-                    tls.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
-                    tls.write_all(piece)?;
-                    tls.write_all(b"\r\n")?;
+                    let piece = pseudo_random(64 * 1024, 7);
+                    while !shared.shutdown.load(Ordering::SeqCst) {
+                        tls.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
+                        tls.write_all(&piece)?;
+                        tls.write_all(b"\r\n")?;
+                    }
+                    return Ok(());
                 }
-                tls.write_all(b"0\r\n\r\n")?;
-            }
-            (Some(Answer::Truncate(n)), Some(obj)) => {
-                tls.write_all(full_head(obj.len()).as_bytes())?;
-                write_body(&mut tls, &obj[..n.min(obj.len())])?;
-                // No close_notify: the client sees the connection end mid-body.
-                return raw.shutdown(Shutdown::Both);
-            }
-            (Some(Answer::Reset(n)), Some(obj)) => {
-                tls.write_all(full_head(obj.len()).as_bytes())?;
-                write_body(&mut tls, &obj[..n.min(obj.len())])?;
-                thread::sleep(Duration::from_millis(50));
-                linger_zero(&raw);
-                return Ok(());
-            }
-            (Some(Answer::Stall(n)), Some(obj)) => {
-                tls.write_all(full_head(obj.len()).as_bytes())?;
-                write_body(&mut tls, &obj[..n.min(obj.len())])?;
-                let until = Instant::now() + Duration::from_secs(120);
-                while !shared.shutdown.load(Ordering::SeqCst) && Instant::now() < until {
-                    thread::sleep(Duration::from_millis(20));
+                (Some(Answer::Trickle), Some(obj)) => {
+                    tls.write_all(full_head(obj.len()).as_bytes())?;
+                    tls.flush()?;
+                    for byte in obj.iter() {
+                        if shared.shutdown.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        thread::sleep(Duration::from_secs(1));
+                        tls.write_all(&[*byte])?;
+                        tls.flush()?;
+                    }
+                    return Ok(());
                 }
-                return Ok(());
+                (Some(Answer::Chunked), Some(obj)) => {
+                    tls.write_all(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+                )?;
+                    for piece in obj.chunks(64 * 1024) {
+                        tls.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
+                        tls.write_all(piece)?;
+                        tls.write_all(b"\r\n")?;
+                    }
+                    tls.write_all(b"0\r\n\r\n")?;
+                }
+                (Some(Answer::Truncate(n)), Some(obj)) => {
+                    tls.write_all(full_head(obj.len()).as_bytes())?;
+                    write_body(&mut tls, &obj[..n.min(obj.len())])?;
+                    // No close_notify: the client sees the connection end mid-body.
+                    return raw.shutdown(Shutdown::Both);
+                }
+                (Some(Answer::Reset(n)), Some(obj)) => {
+                    tls.write_all(full_head(obj.len()).as_bytes())?;
+                    write_body(&mut tls, &obj[..n.min(obj.len())])?;
+                    thread::sleep(Duration::from_millis(50));
+                    linger_zero(&raw);
+                    return Ok(());
+                }
+                (Some(Answer::Stall(n)), Some(obj)) => {
+                    tls.write_all(full_head(obj.len()).as_bytes())?;
+                    write_body(&mut tls, &obj[..n.min(obj.len())])?;
+                    let until = Instant::now() + Duration::from_secs(120);
+                    while !shared.shutdown.load(Ordering::SeqCst) && Instant::now() < until {
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                    return Ok(());
+                }
             }
+            tls.flush()?;
+            tls.conn.send_close_notify();
+            tls.flush()?;
+            let _ = raw.shutdown(Shutdown::Write);
+            // Let the client read to the end before the socket closes.
+            let _ = tls.sock.read(&mut [0u8; 16]);
+            return Ok(());
         }
-        tls.flush()?;
-        tls.conn.send_close_notify();
-        tls.flush()?;
-        let _ = raw.shutdown(Shutdown::Write);
-        // Let the client read to the end before the socket closes.
-        let _ = tls.sock.read(&mut [0u8; 16]);
-        Ok(())
     }
 
     fn proxy_conn(shared: &Shared, s3: SocketAddr, mut s: TcpStream) -> io::Result<()> {
