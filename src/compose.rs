@@ -212,6 +212,10 @@ pub fn gpu_options(settings: &Settings) -> crate::gpu::GpuOptions {
         out_dir: settings.paths.var_lib_ecs.join("gpu"),
         wait: settings.gpu_wait,
         wait_interval: crate::gpu::WAIT_INTERVAL,
+        mps_control: settings
+            .paths
+            .rooted(std::path::Path::new(crate::gpu::MPS_CONTROL)),
+        search_path: settings.search_path.clone(),
     }
 }
 

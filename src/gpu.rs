@@ -4,18 +4,28 @@
 //! GPUs. When GPU support is on and some `/dev/nvidia*` exists, `pre-start` loads the NVIDIA
 //! Management Library at run time (`dlopen` of `libnvidia-ml.so.1`, so the same binary runs on
 //! hosts without any NVIDIA driver), reads the driver version and every device's UUID, shuts
-//! NVML down and writes `{"DriverVersion":"…","GPUIDs":["GPU-…",…]}` atomically, directory and
-//! file mode 0700. Every NVML failure is an error naming the NVML call and NVML's own error
-//! string (`nvmlErrorString`), and no file is written.
+//! NVML down and writes `{"DriverVersion":"…","GPUIDs":["GPU-…",…],…}` atomically, directory
+//! and file mode 0700. Every NVML failure of those calls is an error naming the NVML call and
+//! NVML's own error string (`nvmlErrorString`), and no file is written.
 //!
-//! The seven NVML functions are bound by hand with `libloading` rather than through
+//! The newer Go tool also writes what the agent needs to decide whether to advertise MPS GPU
+//! sharing (COMPATIBILITY.md §7): each GPU's usable memory (`GPUMemoryMiB`, NVML's v2 total
+//! less reserved, all GPUs or none), whether the MPS control binary is installed, whether its
+//! systemd unit is enabled, and whether any GPU is a vGPU slice. Those facts never fail the
+//! step: the vGPU and MPS checks fail open as Go's do, and memory that cannot be read for every
+//! GPU (an older driver without `nvmlDeviceGetMemoryInfo_v2`, an NVML error, a reading with
+//! more reserved than total) leaves `GPUMemoryMiB` out with a warning, where Go fails its
+//! setup (README, differences).
+//!
+//! The NVML functions are bound by hand with `libloading` rather than through
 //! `nvml-wrapper`: that crate binds the whole API (hundreds of symbols, all looked up at load
 //! time) and reports errors with its own wording instead of NVML's.
 //!
 //! The process must be dynamically linked: a static glibc program cannot use a `dlopen`ed
 //! glibc library such as NVML (see packaging/README.md for how the packaged launcher is built).
 use serde::Serialize;
-use std::ffi::{c_char, c_uint, CStr};
+use std::collections::BTreeMap;
+use std::ffi::{c_char, c_uint, c_ulonglong, CStr, OsString};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,6 +43,12 @@ pub const INFO_FILE: &str = "nvidia-gpu-info.json";
 pub const WAIT_KEY: &str = "ECS_INIT_GPU_WAIT_SECONDS";
 /// Time between two looks for `/dev/nvidia*` (the Go tool's 3 s).
 pub const WAIT_INTERVAL: Duration = Duration::from_secs(3);
+/// The NVIDIA MPS control daemon's binary, as the GPU AMI installs it (the Go tool's check).
+pub const MPS_CONTROL: &str = "/usr/bin/nvidia-cuda-mps-control";
+/// The systemd unit that runs the MPS control daemon.
+pub const MPS_SERVICE: &str = "nvidia-mps.service";
+/// How long `systemctl is-enabled` may take before the unit counts as not enabled.
+const SYSTEMCTL_LIMIT: Duration = Duration::from_secs(5);
 /// The line the Go ecs-init logs whenever GPU support is on.
 pub const EULA: &str = "By using the GPU Optimized AMI, you agree to Nvidia’s End User License Agreement: https://www.nvidia.com/en-us/about-nvidia/eula-agreement/";
 
@@ -51,6 +67,10 @@ pub struct GpuOptions {
     pub wait: Duration,
     /// Time between two looks ([`WAIT_INTERVAL`]; shorter in unit tests).
     pub wait_interval: Duration,
+    /// [`MPS_CONTROL`], re-rooted by `ECS_INIT_HOST_ROOT`.
+    pub mps_control: PathBuf,
+    /// Where `systemctl` is looked for (the process's `PATH`).
+    pub search_path: Option<OsString>,
 }
 
 impl GpuOptions {
@@ -81,6 +101,16 @@ pub struct GpuInfo {
     pub driver_version: String,
     #[serde(rename = "GPUIDs")]
     pub gpu_ids: Vec<String>,
+    /// Usable memory per GPU UUID (MiB); left out unless every GPU's could be read.
+    #[serde(rename = "GPUMemoryMiB", skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_mib: Option<BTreeMap<String, u64>>,
+    #[serde(rename = "MpsControlBinaryPresent")]
+    pub mps_control_binary_present: bool,
+    #[serde(rename = "MpsServiceEnabled")]
+    pub mps_service_enabled: bool,
+    /// Some GPU is a vGPU slice (which rules MPS out).
+    #[serde(rename = "HasVGPU")]
+    pub has_vgpu: bool,
 }
 
 impl GpuInfo {
@@ -216,16 +246,43 @@ pub async fn setup(opts: &GpuOptions) -> Result<Outcome, GpuError> {
     let Some(device) = wait_for_device(opts).await? else {
         return Ok(Outcome::NoDevices);
     };
-    let info = query(opts.library(), &device)?;
+    let mut info = query(opts.library(), &device)?;
+    info.mps_control_binary_present = std::fs::metadata(&opts.mps_control).is_ok();
+    info.mps_service_enabled = mps_service_enabled(opts.search_path.clone()).await;
     let path = opts.info_file();
     write_info(&opts.out_dir, &path, &info.to_bytes())?;
     tracing::info!(
         file = %path.display(),
         driver = %info.driver_version,
         gpus = info.gpu_ids.len(),
+        memory = info.gpu_memory_mib.is_some(),
+        mps_control = info.mps_control_binary_present,
+        mps_service = info.mps_service_enabled,
+        vgpu = info.has_vgpu,
         "GPU info written"
     );
     Ok(Outcome::Written { path, info })
+}
+
+/// Whether `systemctl is-enabled nvidia-mps.service` prints `enabled` or `enabled-runtime`
+/// (the printed state decides, not the exit status, which is non-zero for a disabled unit
+/// too). No systemctl, a timeout or anything else: not enabled.
+async fn mps_service_enabled(search_path: Option<OsString>) -> bool {
+    use ecs_host::Exec as _;
+    let exec = ecs_host::SystemExec::new(search_path);
+    let args = ["is-enabled".to_string(), MPS_SERVICE.to_string()];
+    match exec.run_within("systemctl", &args, SYSTEMCTL_LIMIT).await {
+        Ok(out) => service_enabled(&out.stdout),
+        Err(e) => {
+            tracing::debug!(error = %e, "systemctl is-enabled {MPS_SERVICE}: counted as not enabled");
+            false
+        }
+    }
+}
+
+/// What `systemctl is-enabled` printed means enabled.
+fn service_enabled(printed: &str) -> bool {
+    matches!(printed.trim(), "enabled" | "enabled-runtime")
 }
 
 /// Load NVML, read the driver version and every UUID, shut NVML down.
@@ -260,6 +317,9 @@ fn read_info(nvml: &Nvml, device_node: &Path) -> Result<GpuInfo, GpuError> {
         });
     }
     let mut gpu_ids = Vec::with_capacity(count as usize);
+    let mut has_vgpu = false;
+    // Every GPU's usable memory, or why not (all or none, as the agent expects).
+    let mut memory: Result<BTreeMap<String, u64>, String> = Ok(BTreeMap::new());
     for index in 0..count {
         let mut handle: NvmlDevice = std::ptr::null_mut();
         nvml.check("nvmlDeviceGetHandleByIndex_v2", Some(index), unsafe {
@@ -274,11 +334,32 @@ fn read_info(nvml: &Nvml, device_node: &Path) -> Result<GpuInfo, GpuError> {
             call,
             device: Some(index),
         })?;
+        has_vgpu |= nvml.is_vgpu(handle);
+        memory = match memory {
+            Ok(mut m) => nvml.usable_memory_mib(handle, index).map(|mib| {
+                m.insert(uuid.clone(), mib);
+                m
+            }),
+            Err(e) => Err(e),
+        };
         gpu_ids.push(uuid);
     }
+    let gpu_memory_mib = match memory {
+        Ok(m) => Some(m),
+        Err(why) => {
+            tracing::warn!(
+                "GPUMemoryMiB is left out of the GPU info ({why}); the GPUs are registered without their memory"
+            );
+            None
+        }
+    };
     Ok(GpuInfo {
         driver_version,
         gpu_ids,
+        gpu_memory_mib,
+        mps_control_binary_present: false,
+        mps_service_enabled: false,
+        has_vgpu,
     })
 }
 
@@ -298,6 +379,23 @@ type NvmlReturn = c_uint;
 /// `nvmlDevice_t`: an opaque pointer.
 type NvmlDevice = *mut std::ffi::c_void;
 
+/// `nvmlMemory_v2_t` (nvml.h), in bytes.
+#[repr(C)]
+#[derive(Default)]
+struct NvmlMemoryV2 {
+    version: c_uint,
+    total: c_ulonglong,
+    reserved: c_ulonglong,
+    free: c_ulonglong,
+    used: c_ulonglong,
+}
+
+/// `nvmlMemory_v2`: `NVML_STRUCT_VERSION(Memory, 2)`, the struct's size and version 2 in the
+/// top byte; NVML refuses a struct with another version word.
+const NVML_MEMORY_V2: c_uint = std::mem::size_of::<NvmlMemoryV2>() as c_uint | (2 << 24);
+/// `NVML_GPU_VIRTUALIZATION_MODE_VGPU` of `nvmlGpuVirtualizationMode_t`.
+const NVML_GPU_VIRTUALIZATION_MODE_VGPU: c_uint = 2;
+
 /// The NVML functions this step calls, resolved from one loaded library. The fields are plain
 /// function pointers; `_lib` keeps the library mapped for as long as they are used.
 struct Nvml {
@@ -308,6 +406,9 @@ struct Nvml {
     device_count: unsafe extern "C" fn(*mut c_uint) -> NvmlReturn,
     handle_by_index: unsafe extern "C" fn(c_uint, *mut NvmlDevice) -> NvmlReturn,
     uuid: unsafe extern "C" fn(NvmlDevice, *mut c_char, c_uint) -> NvmlReturn,
+    /// Optional: drivers older than the function lack it (the fact is then unknown).
+    virtualization_mode: Option<unsafe extern "C" fn(NvmlDevice, *mut c_uint) -> NvmlReturn>,
+    memory_v2: Option<unsafe extern "C" fn(NvmlDevice, *mut NvmlMemoryV2) -> NvmlReturn>,
     _lib: libloading::Library,
 }
 
@@ -333,8 +434,46 @@ impl Nvml {
                 device_count: symbol(&lib, &name, "nvmlDeviceGetCount_v2")?,
                 handle_by_index: symbol(&lib, &name, "nvmlDeviceGetHandleByIndex_v2")?,
                 uuid: symbol(&lib, &name, "nvmlDeviceGetUUID")?,
+                virtualization_mode: symbol(&lib, &name, "nvmlDeviceGetVirtualizationMode").ok(),
+                memory_v2: symbol(&lib, &name, "nvmlDeviceGetMemoryInfo_v2").ok(),
                 _lib: lib,
             })
+        }
+    }
+
+    /// Whether the device is a vGPU slice; an error or an older driver counts as not (fails
+    /// open, as the Go tool's check: a flaky probe must not take MPS away).
+    fn is_vgpu(&self, device: NvmlDevice) -> bool {
+        let Some(f) = self.virtualization_mode else {
+            return false;
+        };
+        let mut mode: c_uint = 0;
+        // SAFETY: `device` is a handle NVML gave out; `mode` is a valid out pointer.
+        let rc = unsafe { f(device, &mut mode) };
+        rc == 0 && mode == NVML_GPU_VIRTUALIZATION_MODE_VGPU
+    }
+
+    /// The device's usable memory in MiB (v2 total less reserved), or why it is unknown.
+    fn usable_memory_mib(&self, device: NvmlDevice, index: u32) -> Result<u64, String> {
+        let call = "nvmlDeviceGetMemoryInfo_v2";
+        let Some(f) = self.memory_v2 else {
+            return Err(format!("the NVML library has no {call}"));
+        };
+        let mut memory = NvmlMemoryV2 {
+            version: NVML_MEMORY_V2,
+            ..Default::default()
+        };
+        // SAFETY: `device` is a handle NVML gave out; `memory` is an `nvmlMemory_v2_t` with
+        // its version set, as NVML requires.
+        let rc = unsafe { f(device, &mut memory) };
+        self.check(call, Some(index), rc)
+            .map_err(|e| e.to_string())?;
+        match memory.total.checked_sub(memory.reserved) {
+            Some(usable) => Ok(usable / (1024 * 1024)),
+            None => Err(format!(
+                "NVML call {call} (device {index}) reports {} bytes reserved of {} in all",
+                memory.reserved, memory.total
+            )),
         }
     }
 
@@ -453,13 +592,35 @@ mod tests {
             out_dir: dir.join("var/lib/ecs/gpu"),
             wait: Duration::ZERO,
             wait_interval: Duration::from_millis(10),
+            mps_control: dir.join("usr/bin/nvidia-cuda-mps-control"),
+            // No systemctl there: the MPS unit counts as not enabled.
+            search_path: Some(dir.join("bin").into()),
         }
+    }
+
+    /// A `systemctl` in `<dir>/bin` that prints `state` for `is-enabled nvidia-mps.service`.
+    fn fake_systemctl(dir: &Path, state: &str) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        let script = dir.join("bin/systemctl");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh
+[ \"$*\" = \"is-enabled nvidia-mps.service\" ] || exit 9
+echo {state}
+[ {state} = enabled ] || exit 1
+"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
     /// [`super::setup`] on a runtime of its own (the unit tests are synchronous).
     fn setup(o: &GpuOptions) -> Result<Outcome, GpuError> {
         tokio::runtime::Builder::new_current_thread()
-            .enable_time()
+            .enable_all()
             .build()
             .unwrap()
             .block_on(super::setup(o))
@@ -501,6 +662,8 @@ mod tests {
                 out_dir: "/tmp/r/var/lib/ecs/gpu".into(),
                 wait: Duration::from_secs(30),
                 wait_interval: Duration::from_secs(3),
+                mps_control: "/tmp/r/usr/bin/nvidia-cuda-mps-control".into(),
+                search_path: s.search_path.clone(),
             }
         );
         assert_eq!(o.tries(), 10, "the Go tool's 10 looks, 3 s apart");
@@ -524,16 +687,94 @@ mod tests {
         assert_eq!(o.library(), Path::new("libnvidia-ml.so.1"));
     }
 
+    /// The newer Go tool's fields and order (its struct's), memory keyed by UUID in order.
     #[test]
     fn json_matches_go() {
-        let info = GpuInfo {
+        let mut info = GpuInfo {
             driver_version: "550.54.15".into(),
-            gpu_ids: vec!["GPU-a".into(), "GPU-b".into()],
+            gpu_ids: vec!["GPU-b".into(), "GPU-a".into()],
+            gpu_memory_mib: Some(BTreeMap::from([
+                ("GPU-b".to_string(), 15872),
+                ("GPU-a".to_string(), 23808),
+            ])),
+            mps_control_binary_present: true,
+            mps_service_enabled: false,
+            has_vgpu: false,
         };
         assert_eq!(
-            info.to_bytes(),
-            br#"{"DriverVersion":"550.54.15","GPUIDs":["GPU-a","GPU-b"]}"#
+            String::from_utf8(info.to_bytes()).unwrap(),
+            r#"{"DriverVersion":"550.54.15","GPUIDs":["GPU-b","GPU-a"],"GPUMemoryMiB":{"GPU-a":23808,"GPU-b":15872},"MpsControlBinaryPresent":true,"MpsServiceEnabled":false,"HasVGPU":false}"#
         );
+        info.gpu_memory_mib = None;
+        assert_eq!(
+            String::from_utf8(info.to_bytes()).unwrap(),
+            r#"{"DriverVersion":"550.54.15","GPUIDs":["GPU-b","GPU-a"],"MpsControlBinaryPresent":true,"MpsServiceEnabled":false,"HasVGPU":false}"#
+        );
+    }
+
+    #[test]
+    fn the_printed_state_decides_whether_the_mps_unit_is_enabled() {
+        for (printed, want) in [
+            ("enabled\n", true),
+            ("enabled-runtime\n", true),
+            ("disabled\n", false),
+            ("static\n", false),
+            ("masked\n", false),
+            ("", false),
+        ] {
+            assert_eq!(service_enabled(printed), want, "{printed:?}");
+        }
+    }
+
+    /// The MPS facts: the binary, the unit (through `systemctl` on the search path), a vGPU
+    /// among the GPUs, every GPU's usable memory; none of them fails the step.
+    #[test]
+    fn mps_facts_and_memory_are_written_and_never_fail_the_step() {
+        let dir = tempfile::tempdir().unwrap();
+        fake(
+            dir.path(),
+            "devices=2\ndriver=580.1\nuuid_stem=s\nmemory_mib=24576,768\nvgpu_index=1\n",
+        );
+        std::fs::write(dir.path().join("dev/nvidia0"), "").unwrap();
+        let o = opts(dir.path(), true);
+        std::fs::create_dir_all(o.mps_control.parent().unwrap()).unwrap();
+        std::fs::write(&o.mps_control, "").unwrap();
+        fake_systemctl(dir.path(), "enabled-runtime");
+        setup(&o).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(o.info_file()).unwrap(),
+            r#"{"DriverVersion":"580.1","GPUIDs":["GPU-s-000000000000","GPU-s-000000000001"],"GPUMemoryMiB":{"GPU-s-000000000000":23808,"GPU-s-000000000001":23808},"MpsControlBinaryPresent":true,"MpsServiceEnabled":true,"HasVGPU":true}"#
+        );
+        // Memory that cannot be read for every GPU is left out, whatever the reason; so is a
+        // vGPU check that fails (not a vGPU); a disabled unit is not enabled.
+        fake_systemctl(dir.path(), "disabled");
+        std::fs::remove_file(&o.mps_control).unwrap();
+        for scenario in [
+            "devices=2\ndriver=1\nuuid_stem=s\nfail=nvmlDeviceGetMemoryInfo_v2\nfail_index=1\n",
+            "devices=2\ndriver=1\nuuid_stem=s\nmemory_mib=512,1024\n",
+            "devices=2\ndriver=1\nuuid_stem=s\nvgpu_index=0\nfail=nvmlDeviceGetVirtualizationMode\nmemory_mib=512,1024\n",
+        ] {
+            fake_nvml::set_scenario(&dir.path().join("nvml"), scenario);
+            setup(&o).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(o.info_file()).unwrap(),
+                r#"{"DriverVersion":"1","GPUIDs":["GPU-s-000000000000","GPU-s-000000000001"],"MpsControlBinaryPresent":false,"MpsServiceEnabled":false,"HasVGPU":false}"#,
+                "{scenario:?}"
+            );
+        }
+        // After a memory failure on device 0, device 1's memory is not asked for.
+        fake_nvml::set_scenario(
+            &dir.path().join("nvml"),
+            "devices=2\ndriver=1\nfail=nvmlDeviceGetMemoryInfo_v2\nfail_index=0\n",
+        );
+        let before = calls(dir.path()).len();
+        setup(&o).unwrap();
+        let memory_calls: Vec<String> = calls(dir.path())[before..]
+            .iter()
+            .filter(|c| c.starts_with("nvmlDeviceGetMemoryInfo_v2"))
+            .cloned()
+            .collect();
+        assert_eq!(memory_calls, ["nvmlDeviceGetMemoryInfo_v2 0"]);
     }
 
     #[test]
@@ -560,7 +801,7 @@ mod tests {
         std::fs::write(dir.path().join("dev/nvidiactl"), "").unwrap();
         let o = opts(dir.path(), true);
         let out = setup(&o).unwrap();
-        let expected = br#"{"DriverVersion":"535.183.01","GPUIDs":["GPU-3a9e77c1-7b1e-4d2c-9f00-000000000000","GPU-3a9e77c1-7b1e-4d2c-9f00-000000000001"]}"#;
+        let expected = br#"{"DriverVersion":"535.183.01","GPUIDs":["GPU-3a9e77c1-7b1e-4d2c-9f00-000000000000","GPU-3a9e77c1-7b1e-4d2c-9f00-000000000001"],"GPUMemoryMiB":{"GPU-3a9e77c1-7b1e-4d2c-9f00-000000000000":15872,"GPU-3a9e77c1-7b1e-4d2c-9f00-000000000001":15872},"MpsControlBinaryPresent":false,"MpsServiceEnabled":false,"HasVGPU":false}"#;
         assert_eq!(std::fs::read(o.info_file()).unwrap(), expected);
         assert!(matches!(out, Outcome::Written { ref path, .. } if *path == o.info_file()));
         assert_eq!(
@@ -580,8 +821,12 @@ mod tests {
                 "nvmlDeviceGetCount_v2",
                 "nvmlDeviceGetHandleByIndex_v2 0",
                 "nvmlDeviceGetUUID 0",
+                "nvmlDeviceGetVirtualizationMode 0",
+                "nvmlDeviceGetMemoryInfo_v2 0",
                 "nvmlDeviceGetHandleByIndex_v2 1",
                 "nvmlDeviceGetUUID 1",
+                "nvmlDeviceGetVirtualizationMode 1",
+                "nvmlDeviceGetMemoryInfo_v2 1",
                 "nvmlShutdown",
             ]
         );

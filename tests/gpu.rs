@@ -146,11 +146,15 @@ fn text(out: &Output) -> String {
 
 const EULA: &str = "By using the GPU Optimized AMI, you agree to Nvidia’s End User License Agreement: https://www.nvidia.com/en-us/about-nvidia/eula-agreement/";
 
+/// The file for the fake's defaults: 15872 MiB usable per GPU, no vGPU, and on the test root
+/// no MPS control binary (nor, on a test machine, an enabled nvidia-mps.service).
 fn expected_json(driver: &str, stem: &str, n: usize) -> String {
     let ids: Vec<String> = (0..n).map(|i| format!("\"GPU-{stem}-{i:012x}\"")).collect();
+    let memory: Vec<String> = ids.iter().map(|id| format!("{id}:15872")).collect();
     format!(
-        "{{\"DriverVersion\":\"{driver}\",\"GPUIDs\":[{}]}}",
-        ids.join(",")
+        "{{\"DriverVersion\":\"{driver}\",\"GPUIDs\":[{}],\"GPUMemoryMiB\":{{{}}},\"MpsControlBinaryPresent\":false,\"MpsServiceEnabled\":false,\"HasVGPU\":false}}",
+        ids.join(","),
+        memory.join(",")
     )
 }
 
@@ -206,8 +210,12 @@ fn gpu_step_two_gpus_via_the_knob() {
             "nvmlDeviceGetCount_v2",
             "nvmlDeviceGetHandleByIndex_v2 0",
             "nvmlDeviceGetUUID 0",
+            "nvmlDeviceGetVirtualizationMode 0",
+            "nvmlDeviceGetMemoryInfo_v2 0",
             "nvmlDeviceGetHandleByIndex_v2 1",
             "nvmlDeviceGetUUID 1",
+            "nvmlDeviceGetVirtualizationMode 1",
+            "nvmlDeviceGetMemoryInfo_v2 1",
             "nvmlShutdown",
         ]
     );

@@ -10,6 +10,10 @@
  *   driver=TEXT      what nvmlSystemGetDriverVersion returns (default "0.0")
  *   uuid_stem=TEXT   device N's UUID is "GPU-<uuid_stem>-<N as 12 hex digits>"
  *                    (default 00000000-0000-4000-8000)
+ *   memory_mib=T,R   every device's nvmlDeviceGetMemoryInfo_v2 total and reserved, in MiB
+ *                    (default 16384,512: 15872 MiB usable)
+ *   vgpu_index=N     device N is a vGPU slice (nvmlDeviceGetVirtualizationMode answers
+ *                    NVML_GPU_VIRTUALIZATION_MODE_VGPU; every other device NONE)
  *   fail=CALL        make CALL (e.g. nvmlInit_v2) return fail_code instead of success
  *   fail_index=N     ... only for device N (per-device calls); default: every device
  *   fail_code=N      the nvmlReturn_t to return (default 999, NVML_ERROR_UNKNOWN)
@@ -39,6 +43,7 @@ enum {
     NVML_ERROR_INSUFFICIENT_SIZE = 7,
     NVML_ERROR_DRIVER_NOT_LOADED = 9,
     NVML_ERROR_GPU_IS_LOST = 15,
+    NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25,
     NVML_ERROR_UNKNOWN = 999,
 };
 
@@ -54,7 +59,21 @@ struct scenario {
     char fail[64];
     long fail_index; /* -1: every device */
     int fail_code;
+    unsigned long long memory_total_mib, memory_reserved_mib;
+    long vgpu_index; /* -1: none */
 };
+
+/* nvml.h's nvmlMemory_v2_t, and its version word (NVML_STRUCT_VERSION(Memory, 2)). */
+typedef struct {
+    unsigned int version;
+    unsigned long long total;
+    unsigned long long reserved;
+    unsigned long long free;
+    unsigned long long used;
+} nvmlMemory_v2_t;
+#define nvmlMemory_v2 ((unsigned int)(sizeof(nvmlMemory_v2_t) | (2u << 24)))
+#define NVML_GPU_VIRTUALIZATION_MODE_NONE 0
+#define NVML_GPU_VIRTUALIZATION_MODE_VGPU 2
 
 /* The path this shared object was loaded from. */
 static const char *self_path(void)
@@ -80,6 +99,9 @@ static void load(struct scenario *s)
     strcpy(s->uuid_stem, "00000000-0000-4000-8000");
     s->fail_index = -1;
     s->fail_code = NVML_ERROR_UNKNOWN;
+    s->memory_total_mib = 16384;
+    s->memory_reserved_mib = 512;
+    s->vgpu_index = -1;
     side_file(path, sizeof(path), "scenario");
     f = fopen(path, "r");
     if (f == NULL)
@@ -100,6 +122,12 @@ static void load(struct scenario *s)
             snprintf(s->driver, sizeof(s->driver), "%s", value);
         } else if (strcmp(line, "uuid_stem") == 0) {
             snprintf(s->uuid_stem, sizeof(s->uuid_stem), "%s", value);
+        } else if (strcmp(line, "memory_mib") == 0) {
+            char *comma = strchr(value, ',');
+            s->memory_total_mib = strtoull(value, NULL, 10);
+            s->memory_reserved_mib = comma ? strtoull(comma + 1, NULL, 10) : 0;
+        } else if (strcmp(line, "vgpu_index") == 0) {
+            s->vgpu_index = strtol(value, NULL, 10);
         } else if (strcmp(line, "fail") == 0) {
             snprintf(s->fail, sizeof(s->fail), "%s", value);
         } else if (strcmp(line, "fail_index") == 0) {
@@ -169,6 +197,7 @@ const char *nvmlErrorString(nvmlReturn_t result)
     case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient Size (fake NVML)";
     case NVML_ERROR_DRIVER_NOT_LOADED: return "Driver Not Loaded (fake NVML)";
     case NVML_ERROR_GPU_IS_LOST: return "GPU is lost (fake NVML)";
+    case NVML_ERROR_ARGUMENT_VERSION_MISMATCH: return "Argument version mismatch (fake NVML)";
     default: return "Unknown Error (fake NVML)";
     }
 }
@@ -244,5 +273,54 @@ nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int len
     if (strlen(text) + 1 > length)
         return NVML_ERROR_INSUFFICIENT_SIZE;
     strcpy(uuid, text);
+    return NVML_SUCCESS;
+}
+
+/* The index of a handle this library gave out, or -1 (recorded as "CALL" alone). */
+static long handle_index(nvmlDevice_t device)
+{
+    if (device < &devices[0] || device >= &devices[MAX_DEVICES])
+        return -1;
+    return (long)(device - &devices[0]);
+}
+
+nvmlReturn_t nvmlDeviceGetVirtualizationMode(nvmlDevice_t device, int *mode)
+{
+    struct scenario s;
+    long index = handle_index(device);
+
+    load(&s);
+    record("nvmlDeviceGetVirtualizationMode", index);
+    if (!initialized)
+        return NVML_ERROR_UNINITIALIZED;
+    if (index < 0 || mode == NULL || (unsigned long)index >= s.devices)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    if (failing(&s, "nvmlDeviceGetVirtualizationMode", index))
+        return s.fail_code;
+    *mode = index == s.vgpu_index ? NVML_GPU_VIRTUALIZATION_MODE_VGPU : NVML_GPU_VIRTUALIZATION_MODE_NONE;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *memory)
+{
+    struct scenario s;
+    long index = handle_index(device);
+    const unsigned long long mib = 1024ull * 1024ull;
+
+    load(&s);
+    record("nvmlDeviceGetMemoryInfo_v2", index);
+    if (!initialized)
+        return NVML_ERROR_UNINITIALIZED;
+    if (index < 0 || memory == NULL || (unsigned long)index >= s.devices)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    /* The real library checks the caller's struct version, as here. */
+    if (memory->version != nvmlMemory_v2)
+        return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    if (failing(&s, "nvmlDeviceGetMemoryInfo_v2", index))
+        return s.fail_code;
+    memory->total = s.memory_total_mib * mib;
+    memory->reserved = s.memory_reserved_mib * mib;
+    memory->used = 0;
+    memory->free = memory->total > memory->reserved ? memory->total - memory->reserved : 0;
     return NVML_SUCCESS;
 }

@@ -5,8 +5,9 @@
 # firewall) with the binary exactly as the packages ship it, against a scratch ECS_INIT_HOST_ROOT
 # whose ecs.config says ECS_ENABLE_GPU_SUPPORT=true, then compares
 # <root>/var/lib/ecs/gpu/nvidia-gpu-info.json with
-# `nvidia-smi --query-gpu=uuid,driver_version --format=csv,noheader`, printing both and
-# `N passed, N failed` (exit 1 on any failure).
+# `nvidia-smi --query-gpu=uuid,driver_version --format=csv,noheader` (and each GPU's memory and
+# virtualization mode, the MPS binary and `systemctl is-enabled nvidia-mps.service`), printing
+# both and `N passed, N failed` (exit 1 on any failure).
 #
 # Needs: Linux with an NVIDIA driver (nvidia-smi, libnvidia-ml.so.1, /dev/nvidia*); coreutils,
 # grep, sed; dpkg-deb (for a .deb) or rpm2cpio + cpio (for a .rpm). No Rust, no container
@@ -70,6 +71,11 @@ if [ "$smi_rc" != 0 ] || [ -z "$smi" ]; then fail "nvidia-smi failed (exit $smi_
 root="$work/root"
 mkdir -p "$root/etc/ecs"
 echo "ECS_ENABLE_GPU_SUPPORT=true" > "$root/etc/ecs/ecs.config"
+# The MPS control binary is looked for under the (re-rooted) host root: mirror the host's.
+mps_bin_rooted=false
+if [ -e /usr/bin/nvidia-cuda-mps-control ]; then
+    mkdir -p "$root/usr/bin" && : > "$root/usr/bin/nvidia-cuda-mps-control" && mps_bin_rooted=true
+fi
 info="$root/var/lib/ecs/gpu/nvidia-gpu-info.json"
 ECS_INIT_HOST_ROOT="$root" "$bin" gpu-info > "$work/out" 2>&1
 rc=$?
@@ -92,7 +98,7 @@ if [ "$(stat -c %a "$(dirname "$info")")" = 700 ]; then pass "directory mode 070
 smi_uuids=$(printf '%s\n' "$smi" | sed -n 's/^ *\(GPU-[^,]*\) *,.*/\1/p')
 smi_driver=$(printf '%s\n' "$smi" | sed -n 's/^[^,]*, *\([^ ]*\) *$/\1/p' | sort -u)
 json_driver=$(sed -n 's/^{"DriverVersion":"\([^"]*\)".*/\1/p' <<<"$json")
-json_uuids=$(grep -o '"GPU-[^"]*"' <<<"$json" | tr -d '"')
+json_uuids=$(sed -n 's/.*"GPUIDs":\[\([^]]*\)\].*/\1/p' <<<"$json" | grep -o '"GPU-[^"]*"' | tr -d '"')
 echo "# nvidia-smi: driver $smi_driver; $(wc -l <<<"$smi_uuids") GPU(s)"
 echo "# launcher:   driver $json_driver; $(grep -c . <<<"$json_uuids") GPU(s)"
 if [ "$(wc -l <<<"$smi_driver")" = 1 ] && [ "$json_driver" = "$smi_driver" ]; then
@@ -106,9 +112,48 @@ else
     fail "GPUIDs differ from nvidia-smi's UUIDs"
 fi
 ids=$(while read -r u; do printf '"%s"\n' "$u"; done <<<"$smi_uuids" | paste -sd, -)
-expected="{\"DriverVersion\":\"$smi_driver\",\"GPUIDs\":[$ids]}"
+prefix="{\"DriverVersion\":\"$smi_driver\",\"GPUIDs\":[$ids],"
+if [ "${json#"$prefix"}" != "$json" ]; then
+    pass "the file starts $prefix (nvidia-smi's order)"
+else
+    fail "the file does not start $prefix"
+fi
+
+# GPUMemoryMiB: NVML's v2 total less reserved per UUID, against nvidia-smi's (MiB each, so
+# within 1 of each other).
+mem_json=$(sed -n 's/.*"GPUMemoryMiB":{\([^}]*\)}.*/\1/p' <<<"$json")
+smi_mem=$(nvidia-smi --query-gpu=uuid,memory.total,memory.reserved --format=csv,noheader,nounits 2>&1)
+echo "# nvidia-smi --query-gpu=uuid,memory.total,memory.reserved --format=csv,noheader,nounits:"
+printf '%s\n' "$smi_mem" | sed 's/^/#   /'
+if [ -z "$mem_json" ]; then
+    fail "no GPUMemoryMiB (the log above says why)"
+else
+    while IFS=, read -r uuid total reserved; do
+        uuid=$(echo $uuid) total=$(echo $total) reserved=$(echo $reserved)
+        got=$(grep -o "\"$uuid\":[0-9]*" <<<"$mem_json" | cut -d: -f2)
+        if ! [[ $total =~ ^[0-9]+$ && $reserved =~ ^[0-9]+$ ]]; then
+            echo "# nvidia-smi gives no memory.total/memory.reserved for $uuid: launcher says ${got:-none}"
+        elif [ -n "$got" ] && [ $((got - (total - reserved))) -ge -1 ] && [ $((got - (total - reserved))) -le 1 ]; then
+            pass "GPUMemoryMiB of $uuid: $got (nvidia-smi: $total - $reserved)"
+        else
+            fail "GPUMemoryMiB of $uuid: ${got:-missing}, nvidia-smi: $total - $reserved"
+        fi
+    done <<<"$smi_mem"
+fi
+
+# The MPS facts, from the host itself.
+mps_bin=false; [ -e /usr/bin/nvidia-cuda-mps-control ] && mps_bin=true
+state=$(systemctl is-enabled nvidia-mps.service 2>/dev/null)
+mps_svc=false; case "$state" in enabled | enabled-runtime) mps_svc=true ;; esac
+modes=$(nvidia-smi --query-gpu=virtualization_mode --format=csv,noheader 2>/dev/null)
+vgpu=false; grep -qx 'VGPU' <<<"$modes" && vgpu=true
+echo "# host: nvidia-cuda-mps-control present $mps_bin; nvidia-mps.service '$state'; virtualization modes: $(paste -sd, - <<<"$modes")"
+tail="\"MpsControlBinaryPresent\":$mps_bin_rooted,\"MpsServiceEnabled\":$mps_svc,\"HasVGPU\":$vgpu}"
+memory_part=
+[ -n "$mem_json" ] && memory_part="\"GPUMemoryMiB\":{$mem_json},"
+expected="$prefix$memory_part$tail"
 if [ "$json" = "$expected" ]; then
-    pass "file bytes are exactly $expected (no trailing newline, nvidia-smi's order)"
+    pass "file bytes are exactly $expected (no trailing newline)"
 else
     fail "file bytes differ from $expected"
 fi
