@@ -173,7 +173,15 @@ pub async fn start(host: &Host) -> anyhow::Result<i32> {
             )
         }),
     };
-    Ok(supervisor.run().await?)
+    // The agent's custom health checks ask through this socket while the agent runs.
+    let socket = host
+        .settings
+        .paths
+        .rooted(std::path::Path::new(crate::healthcheck::SOCKET));
+    tokio::select! {
+        code = supervisor.run() => Ok(code?),
+        () = crate::healthcheck::run(socket, exec) => unreachable!("the health-check server never ends"),
+    }
 }
 
 /// `stop` and `post-stop` clean up from the records; configuration problems are only warnings

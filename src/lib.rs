@@ -16,6 +16,7 @@ pub mod download;
 pub mod ebs;
 pub mod facts;
 pub mod gpu;
+pub mod healthcheck;
 pub mod locks;
 pub mod logging;
 pub mod notify;

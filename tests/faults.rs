@@ -257,6 +257,63 @@ fn hostile_files_never_stall_start(rt: &'static str) {
     drop(lock);
 }
 
+/// The custom health-check socket while `start` supervises: `systemctl is-active <unit>` (here a
+/// fake `systemctl` first on the launcher's `PATH`) is answered with its exit code, anything else
+/// with 99 and nothing run; the socket is root's alone and gone when `start` ends.
+#[test]
+fn custom_health_checks_are_answered_while_start_runs() {
+    let mut l = Launcher::new("docker");
+    l.pre_start_with(&agent_tarball("v1"));
+    let bin = l.root.join("fake-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let ran = l.root.join("systemctl-ran");
+    std::fs::write(
+        bin.join("systemctl"),
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\n[ \"$2\" = amazon-ssm-agent ] && exit 0\nexit 3\n",
+            ran.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        bin.join("systemctl"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let path = std::env::var("PATH").unwrap_or_default();
+    l.env
+        .push(("PATH".into(), format!("{}:{path}", bin.display())));
+    std::fs::create_dir_all(l.root.join("var/run")).unwrap();
+    let socket = l.root.join("var/run/ecs.sock");
+    let mut start = KillOnDrop(l.spawn_start());
+    assert!(introspection_answers(Duration::from_secs(60)));
+    assert!(wait_until(Duration::from_secs(10), || socket.exists()));
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let ask = |timeout: u32, command: &str| {
+        let mut c = UnixStream::connect(&socket).unwrap();
+        let mut req = timeout.to_le_bytes().to_vec();
+        req.extend_from_slice(command.as_bytes());
+        c.write_all(&req).unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    assert_eq!(ask(0, "systemctl is-active amazon-ssm-agent"), "0");
+    assert_eq!(ask(5, "sudo systemctl is-active docker"), "3");
+    assert_eq!(ask(5, "touch /tmp/ecs-init-never"), "99");
+    assert_eq!(
+        std::fs::read_to_string(&ran).unwrap(),
+        "is-active amazon-ssm-agent\nis-active docker\n"
+    );
+    signal(&start.0, libc::SIGTERM);
+    let status = wait_exit(&mut start.0, Duration::from_secs(60)).expect("start ended");
+    assert_eq!(status.code(), Some(0));
+    assert!(!socket.exists(), "the socket outlived start");
+    let log = l.init_log();
+    assert!(log.contains("custom health check refused"), "{log}");
+}
+
 macro_rules! per_runtime {
     ($runtime:ident) => {
         mod $runtime {
