@@ -699,8 +699,9 @@ async fn fetch_part(
                 meter.add(take as u64);
             }
             // The body's end (nothing more: its length was the range's), which makes the
-            // connection ready for the worker's next part.
-            if bounded && resp.chunk().await?.is_none() {
+            // connection ready for the worker's next part. The part is complete either way: a
+            // hitch here only costs the connection.
+            if bounded && matches!(resp.chunk().await, Ok(None)) {
                 *slot.lock().unwrap_or_else(|e| e.into_inner()) = conn;
             }
             Ok(())
