@@ -637,6 +637,15 @@ install_and_configure() {
     rl0=$(route_localnet)
 }
 
+# ask_healthcheck COMMAND: the launcher's answer on its custom health-check socket, asked from
+# inside the machine as the agent asks (a 4-byte little-endian timeout, then the command).
+ask_healthcheck() {
+    m perl -MIO::Socket::UNIX -e '
+        my $s = IO::Socket::UNIX->new(Peer => "/var/run/ecs.sock") or die "connect: $!\n";
+        print $s pack("V", 10) . $ARGV[0];
+        local $/; my $r = <$s>; print $r;' "$1" 2>&1
+}
+
 # Item 2.
 start_and_check() {
     local t0 out
@@ -683,6 +692,14 @@ start_and_check() {
     expect "firewall: no rule twice" "$(sort <<<"$fw1" | uniq -d)" ""
     expect "sysctl net.ipv4.conf.all.route_localnet=1" "$(route_localnet)" 1
     expect "route 169.254.170.2 dev lo (no default route here)" "$(lo_route | wc -l)" 1
+    expect "custom health-check socket /var/run/ecs.sock: a socket, mode 600" \
+        "$(m stat -c '%F %a' /var/run/ecs.sock 2>&1)" "socket 600"
+    expect "health check 'systemctl is-active ecs.service' (the real systemd): 0" \
+        "$(ask_healthcheck 'systemctl is-active ecs.service')" 0
+    expect "health check of a unit that does not run: systemctl's 3" \
+        "$(ask_healthcheck 'sudo systemctl is-active no-such-unit.service')" 3
+    expect "health check with another command: 99, nothing run" \
+        "$(ask_healthcheck 'touch /tmp/ecs-healthcheck-ran'; m test -e /tmp/ecs-healthcheck-ran && echo ran)" 99
 }
 
 # Item 3.
@@ -729,6 +746,8 @@ stop_and_check() {
     expect "post-stop: firewall as before the first start" "$(firewall)" "$fw0"
     expect "post-stop: route_localnet restored" "$(route_localnet)" "$rl0"
     expect "post-stop: lo route removed" "$(lo_route | wc -l)" 0
+    expect "custom health-check socket removed" \
+        "$(m test -e /var/run/ecs.sock && echo present || echo gone)" gone
 }
 
 # ------------------------------------------------------------------------------------------------
