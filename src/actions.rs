@@ -83,7 +83,7 @@ pub async fn pre_start(host: &Host) -> anyhow::Result<()> {
     // GPU info first, as the Go tool does: it needs no runtime, and a GPU host whose NVML
     // fails must not start an agent that would register without its GPUs. It waits for a
     // late /dev/nvidia* (a SIGTERM meanwhile ends pre-start at once: no handler is installed).
-    gpu::setup(&host.gpu_options()).await?;
+    gpu::setup(&host.gpu_options(), host.exec.as_ref()).await?;
     // The spec after the GPU wait, so its warnings (a GPU switch left out) say what holds now.
     let (spec, warnings) = host.spec();
     log_warnings(&warnings);
@@ -174,10 +174,7 @@ pub async fn start(host: &Host) -> anyhow::Result<i32> {
         }),
     };
     // The agent's custom health checks ask through this socket while the agent runs.
-    let socket = host
-        .settings
-        .paths
-        .rooted(std::path::Path::new(crate::healthcheck::SOCKET));
+    let socket = host.settings.paths.healthcheck_socket();
     tokio::select! {
         code = supervisor.run() => Ok(code?),
         () = crate::healthcheck::run(socket, exec) => unreachable!("the health-check server never ends"),
@@ -262,6 +259,6 @@ fn note_loaded(host: &Host, loaded: Option<&cache::Loaded>) {
 
 /// Only pre-start's GPU step (diagnostics, and the real-GPU check tests/gpu/on-real-gpu.sh).
 pub async fn gpu_info(host: &Host) -> anyhow::Result<()> {
-    gpu::setup(&host.gpu_options()).await?;
+    gpu::setup(&host.gpu_options(), host.exec.as_ref()).await?;
     Ok(())
 }

@@ -215,7 +215,6 @@ pub fn gpu_options(settings: &Settings) -> crate::gpu::GpuOptions {
         mps_control: settings
             .paths
             .rooted(std::path::Path::new(crate::gpu::MPS_CONTROL)),
-        search_path: settings.search_path.clone(),
     }
 }
 

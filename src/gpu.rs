@@ -25,7 +25,7 @@
 //! glibc library such as NVML (see packaging/README.md for how the packaged launcher is built).
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::ffi::{c_char, c_uint, c_ulonglong, CStr, OsString};
+use std::ffi::{c_char, c_uint, c_ulonglong, CStr};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -69,8 +69,6 @@ pub struct GpuOptions {
     pub wait_interval: Duration,
     /// [`MPS_CONTROL`], re-rooted by `ECS_INIT_HOST_ROOT`.
     pub mps_control: PathBuf,
-    /// Where `systemctl` is looked for (the process's `PATH`).
-    pub search_path: Option<OsString>,
 }
 
 impl GpuOptions {
@@ -237,7 +235,7 @@ pub async fn wait_for_device(opts: &GpuOptions) -> Result<Option<PathBuf>, GpuEr
 
 /// The GPU step of `pre-start` (also the hidden `gpu-info` action): wait for a late
 /// `/dev/nvidia*`, then write the info file from NVML.
-pub async fn setup(opts: &GpuOptions) -> Result<Outcome, GpuError> {
+pub async fn setup(opts: &GpuOptions, exec: &dyn ecs_host::Exec) -> Result<Outcome, GpuError> {
     if !opts.enabled {
         tracing::debug!("{ENABLE_KEY} is not true: no GPU setup");
         return Ok(Outcome::Disabled);
@@ -248,7 +246,7 @@ pub async fn setup(opts: &GpuOptions) -> Result<Outcome, GpuError> {
     };
     let mut info = query(opts.library(), &device)?;
     info.mps_control_binary_present = std::fs::metadata(&opts.mps_control).is_ok();
-    info.mps_service_enabled = mps_service_enabled(opts.search_path.clone()).await;
+    info.mps_service_enabled = mps_service_enabled(exec).await;
     let path = opts.info_file();
     write_info(&opts.out_dir, &path, &info.to_bytes())?;
     tracing::info!(
@@ -267,9 +265,7 @@ pub async fn setup(opts: &GpuOptions) -> Result<Outcome, GpuError> {
 /// Whether `systemctl is-enabled nvidia-mps.service` prints `enabled` or `enabled-runtime`
 /// (the printed state decides, not the exit status, which is non-zero for a disabled unit
 /// too). No systemctl, a timeout or anything else: not enabled.
-async fn mps_service_enabled(search_path: Option<OsString>) -> bool {
-    use ecs_host::Exec as _;
-    let exec = ecs_host::SystemExec::new(search_path);
+async fn mps_service_enabled(exec: &dyn ecs_host::Exec) -> bool {
     let args = ["is-enabled".to_string(), MPS_SERVICE.to_string()];
     match exec.run_within("systemctl", &args, SYSTEMCTL_LIMIT).await {
         Ok(out) => service_enabled(&out.stdout),
@@ -335,13 +331,10 @@ fn read_info(nvml: &Nvml, device_node: &Path) -> Result<GpuInfo, GpuError> {
             device: Some(index),
         })?;
         has_vgpu |= nvml.is_vgpu(handle);
-        memory = match memory {
-            Ok(mut m) => nvml.usable_memory_mib(handle, index).map(|mib| {
-                m.insert(uuid.clone(), mib);
-                m
-            }),
-            Err(e) => Err(e),
-        };
+        memory = memory.and_then(|mut m| {
+            m.insert(uuid.clone(), nvml.usable_memory_mib(handle, index)?);
+            Ok(m)
+        });
         gpu_ids.push(uuid);
     }
     let gpu_memory_mib = match memory {
@@ -593,8 +586,6 @@ mod tests {
             wait: Duration::ZERO,
             wait_interval: Duration::from_millis(10),
             mps_control: dir.join("usr/bin/nvidia-cuda-mps-control"),
-            // No systemctl there: the MPS unit counts as not enabled.
-            search_path: Some(dir.join("bin").into()),
         }
     }
 
@@ -618,12 +609,16 @@ echo {state}
     }
 
     /// [`super::setup`] on a runtime of its own (the unit tests are synchronous).
+    /// Programs (`systemctl`) come from `<dir>/bin` only, next to the test's `<dir>/dev`: none
+    /// there, and the MPS unit counts as not enabled.
     fn setup(o: &GpuOptions) -> Result<Outcome, GpuError> {
+        let dir = o.dev_dir.parent().unwrap();
+        let exec = ecs_host::SystemExec::new(Some(dir.join("bin").into()));
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap()
-            .block_on(super::setup(o))
+            .block_on(super::setup(o, &exec))
     }
 
     /// The fake NVML, copied next to its own scenario file.
@@ -663,7 +658,6 @@ echo {state}
                 wait: Duration::from_secs(30),
                 wait_interval: Duration::from_secs(3),
                 mps_control: "/tmp/r/usr/bin/nvidia-cuda-mps-control".into(),
-                search_path: s.search_path.clone(),
             }
         );
         assert_eq!(o.tries(), 10, "the Go tool's 10 looks, 3 s apart");

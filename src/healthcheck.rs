@@ -185,18 +185,17 @@ pub async fn serve(listener: Listener, exec: &dyn Exec) {
 /// Bind and serve at `path`, or (when it cannot be bound) log why and wait forever: the agent's
 /// checks then report impaired, and supervision goes on.
 pub async fn run(path: PathBuf, exec: &dyn Exec) {
-    match bind(&path) {
-        Ok(listener) => serve(listener, exec).await,
-        // A scratch host root without /var/run (tests): nothing to say to an operator.
-        Err(e) if path.parent().is_some_and(|p| !p.exists()) => {
-            tracing::debug!(socket = %path.display(), error = %e, "no custom health-check socket");
-            std::future::pending::<()>().await
-        }
-        Err(e) => {
-            tracing::warn!(socket = %path.display(), error = %e, "no custom health-check socket");
-            std::future::pending::<()>().await
-        }
+    let e = match bind(&path) {
+        Ok(listener) => return serve(listener, exec).await,
+        Err(e) => e,
+    };
+    // A scratch host root without /var/run (tests): nothing to say to an operator.
+    if path.parent().is_some_and(|p| !p.exists()) {
+        tracing::debug!(socket = %path.display(), error = %e, "no custom health-check socket");
+    } else {
+        tracing::warn!(socket = %path.display(), error = %e, "no custom health-check socket");
     }
+    std::future::pending().await
 }
 
 /// What `plan` shows.

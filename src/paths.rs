@@ -77,6 +77,10 @@ impl Paths {
     pub fn agent_images_record(&self) -> PathBuf {
         self.var_lib_ecs_init.join("agent-images")
     }
+    /// `/var/run/ecs.sock`, the agent's custom health-check socket.
+    pub fn healthcheck_socket(&self) -> PathBuf {
+        self.rooted(Path::new(crate::healthcheck::SOCKET))
+    }
     /// A path under the re-rooting prefix.
     pub fn rooted(&self, absolute: &Path) -> PathBuf {
         self.root

@@ -85,7 +85,7 @@ pub async fn plan(host: &Host) -> anyhow::Result<()> {
         "rollback": crate::rollback::plan(paths, &settings.rollback),
         "ebs_csi_driver": crate::ebs::plan(&settings.paths, settings.agent.external),
         "volume_plugin": volume_plugin_report(&settings.volume_plugin.socket),
-        "custom_healthcheck_socket": crate::healthcheck::plan(&paths.rooted(std::path::Path::new(crate::healthcheck::SOCKET))),
+        "custom_healthcheck_socket": crate::healthcheck::plan(&paths.healthcheck_socket()),
         "settings": settings.shown,
         "warnings": warnings
             .iter()

@@ -530,8 +530,9 @@ const HASH_READ: usize = 1 << 20;
 
 impl Prefix {
     fn start(file: File, parts: Vec<std::ops::Range<u64>>) -> std::io::Result<Prefix> {
-        let total = parts.last().map_or(0, |p| p.end);
-        let state = Arc::new((Mutex::new(PrefixState::new(parts)), Condvar::new()));
+        let state = PrefixState::new(parts);
+        let total = state.total();
+        let state = Arc::new((Mutex::new(state), Condvar::new()));
         let shared = state.clone();
         let worker = std::thread::Builder::new()
             .name("agent-download-md5".into())

@@ -884,18 +884,23 @@ mod tests {
         (format!("http://{addr}"), conns, reqs)
     }
 
+    /// `GET <url>/x` on the kept connection, its body `hello` read to its end.
+    async fn hello_to_its_end(c: &Client, slot: &mut Option<Conn>, url: &str) {
+        let mut resp = c
+            .request_on(slot, Method::GET, &format!("{url}/x"), &[])
+            .await
+            .unwrap();
+        assert_eq!(resp.chunk().await.unwrap().as_deref(), Some(&b"hello"[..]));
+        assert!(resp.chunk().await.unwrap().is_none());
+    }
+
     #[tokio::test]
     async fn a_kept_connection_carries_the_next_request_to_the_same_server() {
         let c = client(Duration::from_secs(2));
         let (url, conns, reqs) = keep_alive_server(false);
         let mut slot = None;
         for _ in 0..3 {
-            let mut resp = c
-                .request_on(&mut slot, Method::GET, &format!("{url}/x"), &[])
-                .await
-                .unwrap();
-            assert_eq!(resp.chunk().await.unwrap().as_deref(), Some(&b"hello"[..]));
-            assert!(resp.chunk().await.unwrap().is_none());
+            hello_to_its_end(&c, &mut slot, &url).await;
         }
         assert_eq!(reqs.load(Ordering::SeqCst), 3);
         assert_eq!(
@@ -933,12 +938,7 @@ mod tests {
         let (url, conns, reqs) = keep_alive_server(true);
         let mut slot = None;
         for _ in 0..4 {
-            let mut resp = c
-                .request_on(&mut slot, Method::GET, &format!("{url}/x"), &[])
-                .await
-                .unwrap();
-            assert_eq!(resp.chunk().await.unwrap().as_deref(), Some(&b"hello"[..]));
-            assert!(resp.chunk().await.unwrap().is_none());
+            hello_to_its_end(&c, &mut slot, &url).await;
         }
         // Each request after the first was sent on the kept connection, which closed, then
         // on a new one.
