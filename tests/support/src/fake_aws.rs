@@ -91,6 +91,16 @@ impl Seen {
     }
 }
 
+/// What becomes of an S3 connection after an answer.
+enum After {
+    /// Kept for the client's next request (a plain object answer, as S3 keeps it).
+    Keep,
+    /// Closed cleanly (close_notify, then the socket).
+    Close,
+    /// Already ended (or left hanging) by the answer itself.
+    Done,
+}
+
 #[derive(Default)]
 struct Shared {
     objects: Mutex<HashMap<String, Arc<Vec<u8>>>>,
@@ -483,170 +493,189 @@ impl FakeAws {
             let mut req = parse_head("s3", &head);
             req.conn = conn_no;
             let req = Self::record(shared, req);
-            let mut path = req.target.split('?').next().unwrap_or("").to_string();
-            // A virtual-hosted name (`<bucket>.s3….`): the bucket is in the host.
-            let host = req.header("host").unwrap_or("").to_string();
-            if let Some(name) = VIRTUAL_HOSTS
-                .iter()
-                .find(|h| host.split(':').next() == Some(h))
-            {
-                let bucket = name.split(".s3").next().unwrap_or("");
-                path = format!("/{bucket}{path}");
-            }
-            let answer = shared
-                .scripts
-                .lock()
-                .unwrap()
-                .get_mut(&path)
-                .and_then(|q| q.pop_front());
-            let object = shared.objects.lock().unwrap().get(&path).cloned();
-            let not_found = || {
-                simple(
-                404,
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>",
-            )
-            };
-            let full_head = |len: usize| {
-                format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nETag: \"fake\"\r\nConnection: close\r\n\r\n"
-            )
-            };
-            let cap = shared.rate_cap.load(Ordering::SeqCst);
-            let write_body =
-                |tls: &mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>,
-                 body: &[u8]|
-                 -> io::Result<()> {
-                    // At most `cap` bytes per second: each piece waits for its share of the time.
-                    let started = Instant::now();
-                    let mut sent = 0u64;
-                    let piece_len = if cap > 0 { 16 * 1024 } else { 64 * 1024 };
-                    for piece in body.chunks(piece_len) {
-                        if cap > 0 {
-                            let due = Duration::from_secs_f64(sent as f64 / cap as f64);
-                            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                                thread::sleep(wait);
-                            }
-                        }
-                        tls.write_all(piece)?;
-                        sent += piece.len() as u64;
-                    }
-                    tls.flush()
-                };
-            // `Range: bytes=<first>-[<last>]` (one range, as the launcher asks).
-            let range = |len: usize| -> Option<(usize, usize)> {
-                if shared.ignore_range.load(Ordering::SeqCst) || len == 0 {
-                    return None;
-                }
-                let spec = req.header("range")?.strip_prefix("bytes=")?;
-                let (first, last) = spec.split_once('-')?;
-                let first: usize = first.trim().parse().ok()?;
-                let last = match last.trim() {
-                    "" => len - 1,
-                    l => l.parse::<usize>().ok()?.min(len - 1),
-                };
-                (first <= last).then_some((first, last))
-            };
-            let partial_head = |first: usize, last: usize, len: usize| {
-                format!(
-                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {first}-{last}/{len}\r\nContent-Type: application/octet-stream\r\nETag: \"fake\"\r\nConnection: close\r\n\r\n",
-                last - first + 1
-            )
-            };
-            match (answer, object) {
-                (Some(Answer::Status(code)), _) => {
-                    tls.write_all(&simple(
-                        code,
-                        &format!("<Error><Code>Scripted{code}</Code></Error>"),
-                    ))?;
-                }
-                (_, None) => tls.write_all(&not_found())?,
-                (None, Some(obj)) => {
-                    let keep = |head: String| head.replace("Connection: close\r\n", "");
-                    match range(obj.len()) {
-                        Some((first, last)) => {
-                            tls.write_all(keep(partial_head(first, last, obj.len())).as_bytes())?;
-                            write_body(&mut tls, &obj[first..=last])?;
-                        }
-                        None => {
-                            tls.write_all(keep(full_head(obj.len())).as_bytes())?;
-                            write_body(&mut tls, &obj)?;
-                        }
-                    }
-                    continue;
-                }
-                (Some(Answer::PartTruncate(n)), Some(obj)) => {
-                    let (first, last) = range(obj.len()).unwrap_or((0, obj.len() - 1));
-                    tls.write_all(partial_head(first, last, obj.len()).as_bytes())?;
-                    write_body(&mut tls, &obj[first..=(first + n).min(last)])?;
-                    return raw.shutdown(Shutdown::Both);
-                }
-                (Some(Answer::Endless), Some(_)) => {
-                    tls.write_all(
-                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
-                )?;
-                    let piece = pseudo_random(64 * 1024, 7);
-                    while !shared.shutdown.load(Ordering::SeqCst) {
-                        tls.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
-                        tls.write_all(&piece)?;
-                        tls.write_all(b"\r\n")?;
-                    }
-                    return Ok(());
-                }
-                (Some(Answer::Trickle), Some(obj)) => {
-                    tls.write_all(full_head(obj.len()).as_bytes())?;
+            match Self::s3_answer(shared, &mut tls, &raw, &req)? {
+                After::Keep => {}
+                After::Done => return Ok(()),
+                After::Close => {
                     tls.flush()?;
-                    for byte in obj.iter() {
-                        if shared.shutdown.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        thread::sleep(Duration::from_secs(1));
-                        tls.write_all(&[*byte])?;
-                        tls.flush()?;
-                    }
-                    return Ok(());
-                }
-                (Some(Answer::Chunked), Some(obj)) => {
-                    tls.write_all(
-                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
-                )?;
-                    for piece in obj.chunks(64 * 1024) {
-                        tls.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
-                        tls.write_all(piece)?;
-                        tls.write_all(b"\r\n")?;
-                    }
-                    tls.write_all(b"0\r\n\r\n")?;
-                }
-                (Some(Answer::Truncate(n)), Some(obj)) => {
-                    tls.write_all(full_head(obj.len()).as_bytes())?;
-                    write_body(&mut tls, &obj[..n.min(obj.len())])?;
-                    // No close_notify: the client sees the connection end mid-body.
-                    return raw.shutdown(Shutdown::Both);
-                }
-                (Some(Answer::Reset(n)), Some(obj)) => {
-                    tls.write_all(full_head(obj.len()).as_bytes())?;
-                    write_body(&mut tls, &obj[..n.min(obj.len())])?;
-                    thread::sleep(Duration::from_millis(50));
-                    linger_zero(&raw);
-                    return Ok(());
-                }
-                (Some(Answer::Stall(n)), Some(obj)) => {
-                    tls.write_all(full_head(obj.len()).as_bytes())?;
-                    write_body(&mut tls, &obj[..n.min(obj.len())])?;
-                    let until = Instant::now() + Duration::from_secs(120);
-                    while !shared.shutdown.load(Ordering::SeqCst) && Instant::now() < until {
-                        thread::sleep(Duration::from_millis(20));
-                    }
+                    tls.conn.send_close_notify();
+                    tls.flush()?;
+                    let _ = raw.shutdown(Shutdown::Write);
+                    // Let the client read to the end before the socket closes.
+                    let _ = tls.sock.read(&mut [0u8; 16]);
                     return Ok(());
                 }
             }
-            tls.flush()?;
-            tls.conn.send_close_notify();
-            tls.flush()?;
-            let _ = raw.shutdown(Shutdown::Write);
-            // Let the client read to the end before the socket closes.
-            let _ = tls.sock.read(&mut [0u8; 16]);
-            return Ok(());
         }
+    }
+
+    /// Answer one S3 request; what then becomes of the connection.
+    fn s3_answer(
+        shared: &Shared,
+        tls: &mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>,
+        raw: &TcpStream,
+        req: &Seen,
+    ) -> io::Result<After> {
+        let mut path = req.target.split('?').next().unwrap_or("").to_string();
+        // A virtual-hosted name (`<bucket>.s3….`): the bucket is in the host.
+        let host = req.header("host").unwrap_or("").to_string();
+        if let Some(name) = VIRTUAL_HOSTS
+            .iter()
+            .find(|h| host.split(':').next() == Some(h))
+        {
+            let bucket = name.split(".s3").next().unwrap_or("");
+            path = format!("/{bucket}{path}");
+        }
+        let answer = shared
+            .scripts
+            .lock()
+            .unwrap()
+            .get_mut(&path)
+            .and_then(|q| q.pop_front());
+        let object = shared.objects.lock().unwrap().get(&path).cloned();
+        let not_found = || {
+            simple(
+            404,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>",
+        )
+        };
+        // `Connection: close` on every answer but a plain object's (which keeps the connection).
+        let connection = |keep: bool| if keep { "" } else { "Connection: close\r\n" };
+        let head_200 = |len: usize, keep: bool| {
+            format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nETag: \"fake\"\r\n{}\r\n",
+            connection(keep)
+        )
+        };
+        let full_head = |len: usize| head_200(len, false);
+        let cap = shared.rate_cap.load(Ordering::SeqCst);
+        let write_body = |tls: &mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>,
+                          body: &[u8]|
+         -> io::Result<()> {
+            // At most `cap` bytes per second: each piece waits for its share of the time.
+            let started = Instant::now();
+            let mut sent = 0u64;
+            let piece_len = if cap > 0 { 16 * 1024 } else { 64 * 1024 };
+            for piece in body.chunks(piece_len) {
+                if cap > 0 {
+                    let due = Duration::from_secs_f64(sent as f64 / cap as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        thread::sleep(wait);
+                    }
+                }
+                tls.write_all(piece)?;
+                sent += piece.len() as u64;
+            }
+            tls.flush()
+        };
+        // `Range: bytes=<first>-[<last>]` (one range, as the launcher asks).
+        let range = |len: usize| -> Option<(usize, usize)> {
+            if shared.ignore_range.load(Ordering::SeqCst) || len == 0 {
+                return None;
+            }
+            let spec = req.header("range")?.strip_prefix("bytes=")?;
+            let (first, last) = spec.split_once('-')?;
+            let first: usize = first.trim().parse().ok()?;
+            let last = match last.trim() {
+                "" => len - 1,
+                l => l.parse::<usize>().ok()?.min(len - 1),
+            };
+            (first <= last).then_some((first, last))
+        };
+        let head_206 = |first: usize, last: usize, len: usize, keep: bool| {
+            format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {first}-{last}/{len}\r\nContent-Type: application/octet-stream\r\nETag: \"fake\"\r\n{}\r\n",
+            last - first + 1,
+            connection(keep)
+        )
+        };
+        match (answer, object) {
+            (Some(Answer::Status(code)), _) => {
+                tls.write_all(&simple(
+                    code,
+                    &format!("<Error><Code>Scripted{code}</Code></Error>"),
+                ))?;
+            }
+            (_, None) => tls.write_all(&not_found())?,
+            (None, Some(obj)) => {
+                match range(obj.len()) {
+                    Some((first, last)) => {
+                        tls.write_all(head_206(first, last, obj.len(), true).as_bytes())?;
+                        write_body(tls, &obj[first..=last])?;
+                    }
+                    None => {
+                        tls.write_all(head_200(obj.len(), true).as_bytes())?;
+                        write_body(tls, &obj)?;
+                    }
+                }
+                return Ok(After::Keep);
+            }
+            (Some(Answer::PartTruncate(n)), Some(obj)) => {
+                let (first, last) = range(obj.len()).unwrap_or((0, obj.len() - 1));
+                tls.write_all(head_206(first, last, obj.len(), false).as_bytes())?;
+                write_body(tls, &obj[first..=(first + n).min(last)])?;
+                return raw.shutdown(Shutdown::Both).map(|()| After::Done);
+            }
+            (Some(Answer::Endless), Some(_)) => {
+                tls.write_all(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+                )?;
+                let piece = pseudo_random(64 * 1024, 7);
+                while !shared.shutdown.load(Ordering::SeqCst) {
+                    tls.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
+                    tls.write_all(&piece)?;
+                    tls.write_all(b"\r\n")?;
+                }
+                return Ok(After::Done);
+            }
+            (Some(Answer::Trickle), Some(obj)) => {
+                tls.write_all(full_head(obj.len()).as_bytes())?;
+                tls.flush()?;
+                for byte in obj.iter() {
+                    if shared.shutdown.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    thread::sleep(Duration::from_secs(1));
+                    tls.write_all(&[*byte])?;
+                    tls.flush()?;
+                }
+                return Ok(After::Done);
+            }
+            (Some(Answer::Chunked), Some(obj)) => {
+                tls.write_all(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+                )?;
+                for piece in obj.chunks(64 * 1024) {
+                    tls.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
+                    tls.write_all(piece)?;
+                    tls.write_all(b"\r\n")?;
+                }
+                tls.write_all(b"0\r\n\r\n")?;
+            }
+            (Some(Answer::Truncate(n)), Some(obj)) => {
+                tls.write_all(full_head(obj.len()).as_bytes())?;
+                write_body(tls, &obj[..n.min(obj.len())])?;
+                // No close_notify: the client sees the connection end mid-body.
+                return raw.shutdown(Shutdown::Both).map(|()| After::Done);
+            }
+            (Some(Answer::Reset(n)), Some(obj)) => {
+                tls.write_all(full_head(obj.len()).as_bytes())?;
+                write_body(tls, &obj[..n.min(obj.len())])?;
+                thread::sleep(Duration::from_millis(50));
+                linger_zero(raw);
+                return Ok(After::Done);
+            }
+            (Some(Answer::Stall(n)), Some(obj)) => {
+                tls.write_all(full_head(obj.len()).as_bytes())?;
+                write_body(tls, &obj[..n.min(obj.len())])?;
+                let until = Instant::now() + Duration::from_secs(120);
+                while !shared.shutdown.load(Ordering::SeqCst) && Instant::now() < until {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                return Ok(After::Done);
+            }
+        }
+        Ok(After::Close)
     }
 
     fn proxy_conn(shared: &Shared, s3: SocketAddr, mut s: TcpStream) -> io::Result<()> {
